@@ -1,0 +1,3 @@
+from driver.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""config: tell the runner where builds go, and give later stages this job's state dir."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+from driver import NAME, __version__
+from driver import job as job_file
+from driver import settings as settings_file
+from driver.commands.prepare import machine_name
+from driver.contract import JOB_DIR_ENV
+from driver.errors import ConfigError
+from driver.state import JobDir
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = settings_file.load(args.config_path)
+    program = settings.docker_machine.program
+    if shutil.which(program) is None:
+        raise ConfigError(
+            f"docker-machine program {program!r} is not found",
+            hint="install docker-machine (GitLab's fork) or set [docker_machine] program "
+            "to its full path",
+        )
+    job = job_file.from_response_file()
+    output = {
+        "builds_dir": settings.builds_dir,
+        "cache_dir": settings.cache_dir,
+        "builds_dir_is_shared": False,  # one VM per job: nothing else writes there
+        "hostname": machine_name(settings, job.id),
+        "driver": {"name": NAME, "version": __version__},
+        "job_env": {JOB_DIR_ENV: str(JobDir(settings.state_dir, job.id).path)},
+    }
+    print(json.dumps(output))
+    return 0

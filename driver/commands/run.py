@@ -1,0 +1,159 @@
+"""run SCRIPT STAGE: run one stage's script in the job's machine.
+
+This runs once per stage, so it stays lean: no pydantic, no structlog, no
+docker SDK on the success path. The script travels on ssh's stdin (it holds
+the job's secrets, so never on argv); ssh's stdout and stderr are ours, so
+output reaches the job log as it comes, with nothing buffering it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from types import FrameType
+
+from driver.contract import JOB_DIR_ENV, clean_env
+from driver.errors import BuildFailure, Cancelled, DriverError, JobError
+
+# Runs in the VM. Reads "<size>\n<script>" from stdin into a private file and
+# runs it in its own session with stdin from /dev/null (a job command reading
+# stdin cannot eat the script). Our stdin stays open while the driver's `run`
+# lives; when it closes (cancel, or `run` was killed) the stage's processes
+# get SIGTERM, then SIGKILL after the grace. ssh's own failures exit 255, so a
+# script's real 255 is also written to a marker file the driver can ask for.
+# Every failure of the wrapper itself exits 255 without that marker.
+# No single quotes in here: it is sent single-quoted.
+WRAPPER = r"""
+umask 077
+grace=$1 token=$2 dir=${TMPDIR:-/tmp}
+script=$(mktemp "$dir/gmd-stage.XXXXXXXX") || exit 255
+IFS= read -r size || { rm -f "$script"; exit 255; }
+head -c "$size" > "$script"
+if [ "$(wc -c < "$script")" -ne "$size" ]; then
+  rm -f "$script"; echo "the stage script arrived incomplete" >&2; exit 255
+fi
+setsid bash "$script" < /dev/null &
+pid=$!
+(read -r _; kill -TERM -- -$pid; sleep "$grace"; kill -KILL -- -$pid) <&0 >/dev/null 2>&1 &
+watchdog=$!
+wait $pid
+rc=$?
+kill $watchdog 2>/dev/null
+rm -f "$script"
+if [ $rc -eq 255 ]; then echo 255 > "$dir/gmd-rc.$token"; fi
+exit $rc
+"""
+assert "'" not in WRAPPER
+
+# Asked only after ssh exits 255: did the script itself exit 255?
+PROBE = r"""f=${TMPDIR:-/tmp}/gmd-rc.$1; cat "$f" 2>/dev/null; rm -f "$f" """
+SSH_FAILED = 255
+PROBE_TIMEOUT = 15.0
+
+
+def main(script_path: str, stage: str, config_path: str | None) -> int:
+    job_dir = os.environ.get(JOB_DIR_ENV) or _job_dir_from_config(config_path)
+    state = _load_state(job_dir)
+    try:
+        with open(script_path, "rb") as f:
+            script = f.read()
+    except OSError as e:
+        raise JobError(f"cannot read the stage script {script_path}: {e.strerror}") from None
+
+    grace = float(str(state.get("kill_grace", 10)))
+    token = os.urandom(8).hex()
+    ssh = ["ssh", "-F", os.path.join(job_dir, "ssh_config"), "-T", "machine"]
+    remote = f"bash -c '{WRAPPER}' gmd-stage {grace:g} {token}"
+
+    signal.signal(signal.SIGTERM, _cancel)
+    signal.signal(signal.SIGINT, _cancel)
+    proc = subprocess.Popen([*ssh, remote], stdin=subprocess.PIPE, env=clean_env())
+    assert proc.stdin is not None
+    try:
+        try:
+            proc.stdin.write(b"%d\n" % len(script) + script)
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # ssh already gave up; its exit code says why
+        rc = proc.wait()
+    except Cancelled:
+        _stop(proc, grace)
+        raise Cancelled(
+            f"stage {stage} cancelled: its processes in the VM were sent SIGTERM "
+            f"(SIGKILL after {grace:g}s)"
+        ) from None
+
+    if rc == 0:
+        return 0
+    if rc == SSH_FAILED and not _script_exited_255(ssh, token):
+        machine = state.get("machine", "?")
+        raise DriverError(
+            f"lost the connection to machine {machine} during stage {stage}; "
+            "the script may not have finished",
+            hint="the VM stopped answering (it may have been deleted or crashed); "
+            "the runner may retry the job",
+        )
+    raise BuildFailure(rc)
+
+
+def _cancel(signum: int, frame: FrameType | None) -> None:
+    raise Cancelled(signal.Signals(signum).name)
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Closing ssh's stdin tells the wrapper in the VM to stop the stage; then wait."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        if proc.stdin:
+            proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=grace + 5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _script_exited_255(ssh: list[str], token: str) -> bool:
+    try:
+        probe = subprocess.run(
+            [*ssh, f"bash -c '{PROBE}' gmd-probe {token}"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=PROBE_TIMEOUT,
+            env=clean_env(),
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return probe.returncode == 0 and probe.stdout.strip() == b"255"
+
+
+def _load_state(job_dir: str) -> dict[str, object]:
+    path = os.path.join(job_dir, "state.json")
+    try:
+        with open(path, "rb") as f:
+            state: dict[str, object] = json.load(f)
+    except FileNotFoundError:
+        raise JobError(
+            f"no machine for this job ({path} is missing): prepare did not finish, "
+            "or cleanup already ran",
+        ) from None
+    except (OSError, ValueError) as e:
+        raise JobError(f"the job's state file {path} is unreadable: {e}") from None
+    if state.get("phase") != "ready":
+        raise JobError(f"the job's machine is not ready (state: {state.get('phase')})")
+    return state
+
+
+def _job_dir_from_config(config_path: str | None) -> str:
+    """Slow path, for stages run by hand without the config stage's job_env."""
+    from driver import job as job_file
+    from driver import settings as settings_file
+    from driver.state import JobDir
+
+    settings = settings_file.load(settings_file.config_path(config_path))
+    job = job_file.from_response_file()
+    return str(JobDir(settings.state_dir, job.id).path)

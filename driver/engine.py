@@ -1,0 +1,48 @@
+"""The VM's own Docker engine, reached with the docker SDK over docker-machine's TLS."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from driver.errors import DriverError
+from driver.machine import MachineInfo
+
+
+def wait_ready(
+    info: MachineInfo,
+    *,
+    timeout: float,
+    progress: Callable[[str], None],
+    interval: float = 1.0,
+) -> str:
+    """Wait until the engine answers a ping with TLS verified; return its version."""
+    import docker  # heavy: only prepare pays for it
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
+    tls = docker.tls.TLSConfig(
+        client_cert=(info.client_cert, info.client_key), ca_cert=info.ca_cert, verify=True
+    )
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while time.monotonic() < deadline:
+        try:
+            client = docker.DockerClient(
+                base_url=info.engine_url, tls=tls, timeout=max(1, min(10, int(timeout)))
+            )
+            try:
+                client.ping()
+                return str(client.version().get("Version", "unknown"))
+            finally:
+                client.close()
+        except (DockerException, RequestException, OSError) as e:
+            last_error = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        progress(f"Docker engine at {info.engine_url} not ready yet: {last_error}")
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+    raise DriverError(
+        f"the Docker engine of {info.name} at {info.engine_url} did not answer within "
+        f"{timeout:g}s: {last_error}",
+        hint="check the machine's provisioning (docker-machine create output, "
+        "engine options); jobs need the engine, so this machine is not used",
+    )

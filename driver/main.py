@@ -1,0 +1,100 @@
+"""The command line: parse, dispatch, and turn every failure into the right exit code.
+
+Command modules are imported only when chosen: each stage is its own process,
+and `run` starts once per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from driver import NAME, __version__, contract
+from driver.errors import BuildFailure, DriverError
+
+
+@contextmanager
+def error_handler() -> Iterator[None]:
+    """Exit codes tell the truth: the script's failure is a build failure, ours a system one."""
+    try:
+        yield
+    except BuildFailure as e:
+        contract.write_build_exit_code(e.exit_code)
+        print(f"[{NAME}] {e}", file=sys.stderr, flush=True)
+        raise SystemExit(contract.build_failure_code()) from None
+    except DriverError as e:
+        print(f"[{NAME}] ERROR: {e}", file=sys.stderr, flush=True)
+        _log_error(e)
+        raise SystemExit(contract.system_failure_code()) from None
+    except Exception as e:
+        print(
+            f"[{NAME}] ERROR: internal error: {type(e).__name__}: {e}\n"
+            f"  hint: this is a bug in {NAME}; the traceback follows",
+            file=sys.stderr,
+            flush=True,
+        )
+        traceback.print_exc()
+        _log_error(e)
+        raise SystemExit(contract.system_failure_code()) from None
+
+
+def _log_error(error: BaseException) -> None:
+    """Into the admin's log too, if a command set one up."""
+    import structlog
+
+    if structlog.is_configured():
+        structlog.get_logger().error("failed", error=str(error), kind=type(error).__name__)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=NAME,
+        description="GitLab Runner custom executor: one fresh docker-machine VM per job.",
+    )
+    p.add_argument("--version", action="version", version=f"{NAME} {__version__}")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the driver's config file (default: $GITLAB_MACHINE_DRIVER_CONFIG or "
+        "/etc/gitlab-machine-driver/config.toml)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("config", help="print the executor config JSON (config_exec)")
+    sub.add_parser("prepare", help="create and ready this job's machine (prepare_exec)")
+    run = sub.add_parser("run", help="run one stage's script in the machine (run_exec)")
+    run.add_argument("script", help="the script file the runner wrote")
+    run.add_argument("stage", help="the stage name, e.g. build_script")
+    sub.add_parser("cleanup", help="destroy this job's machine (cleanup_exec)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    with error_handler():
+        if args.command == "run":
+            from driver.commands import run
+
+            return run.main(args.script, args.stage, args.config)
+        from driver import settings
+
+        args.config_path = settings.config_path(args.config)
+        if args.command == "config":
+            from driver.commands import config
+
+            return config.main(args)
+        if args.command == "prepare":
+            from driver.commands import prepare
+
+            return prepare.main(args)
+        if args.command == "cleanup":
+            from driver.commands import cleanup
+
+            return cleanup.main(args)
+    raise AssertionError(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

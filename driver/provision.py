@@ -1,0 +1,134 @@
+"""Making and destroying machines: retried, bounded, and never leaving one behind."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from filelock import FileLock
+
+from driver import log
+from driver.errors import CommandError, DriverError
+from driver.machine import DockerMachine
+from driver.settings import Settings
+
+Progress = Callable[[str], None]
+
+
+@contextmanager
+def first_create_guard(dm: DockerMachine, timeout: float) -> Iterator[None]:
+    """Serialise creates until docker-machine's shared certs exist.
+
+    The first create on a storage makes the CA and client certificates without
+    any locking; two at once corrupt them. Once they exist, creates run in
+    parallel freely.
+    """
+    if dm.certs_exist():
+        yield
+        return
+    dm.storage.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = FileLock(dm.storage / ".gitlab-machine-driver-certs.lock", mode=0o600)
+    with lock.acquire(timeout=timeout):
+        if dm.certs_exist():
+            lock.release()  # someone else made them while we waited
+        yield
+
+
+def create(
+    dm: DockerMachine,
+    name: str,
+    labels: dict[str, str],
+    settings: Settings,
+    progress: Progress,
+) -> int:
+    """Create ``name``, retrying with back-off; returns the attempt that succeeded.
+
+    Whatever a failed attempt leaves (an Error entry, a half-made VM) is removed
+    before the next attempt and after the last one.
+    """
+    attempts = settings.create.attempts
+    delay = settings.create.backoff
+    for attempt in range(1, attempts + 1):
+        progress(
+            f"Creating machine {name} with driver {settings.machine.driver} "
+            f"(attempt {attempt}/{attempts})..."
+        )
+        timer = log.Timer()
+        try:
+            with first_create_guard(dm, settings.create.timeout):
+                dm.create(name, labels, settings.create.timeout)
+            log.get().info("machine_created", attempt=attempt, seconds=timer.seconds)
+            return attempt
+        except CommandError as e:
+            log.get().warning("create_failed", attempt=attempt, error=str(e))
+            progress(
+                f"Attempt {attempt}/{attempts} to create {name} failed after "
+                f"{timer.seconds:g}s:\n{e}"
+            )
+            destroy(dm, name, settings, progress, quiet_if_missing=True)
+            if attempt == attempts:
+                raise DriverError(
+                    f"could not create machine {name} in {attempts} attempt(s); "
+                    "the last error is shown above",
+                    hint="check the machine driver, its options and the cloud's quotas; "
+                    "the runner retries prepare on its own",
+                ) from None
+        progress(f"Retrying in {delay:g}s...")
+        time.sleep(delay)
+        delay = min(delay * 2, settings.create.backoff_max)
+    raise AssertionError("unreachable")
+
+
+def destroy(
+    dm: DockerMachine,
+    name: str,
+    settings: Settings,
+    progress: Progress,
+    *,
+    deadline: float | None = None,
+    quiet_if_missing: bool = False,
+) -> bool:
+    """Remove ``name``: `rm -y` retried, then `rm -f`. True if it is certainly gone.
+
+    False means the entry was dropped but the cloud may still run the VM: the
+    warning names it so an admin can delete it by hand.
+    """
+    deadline = deadline or time.monotonic() + settings.cleanup.timeout
+    if not dm.exists(name):
+        if not quiet_if_missing:
+            progress(f"Machine {name} does not exist: nothing to remove")
+        return True
+    attempts = settings.cleanup.remove_attempts
+    last = ""
+    for attempt in range(1, attempts + 1):
+        remaining = deadline - time.monotonic()
+        if remaining <= 1:
+            break
+        timer = log.Timer()
+        try:
+            result = dm.remove(
+                name, force=False, timeout=min(remaining, settings.cleanup.remove_timeout)
+            )
+        except CommandError as e:  # timed out
+            last = str(e)
+        else:
+            if result.exit_code == 0:
+                progress(f"Removed machine {name} in {timer.seconds:g}s")
+                log.get().info("machine_removed", machine=name, seconds=timer.seconds)
+                return True
+            last = result.output
+            if not dm.exists(name):
+                return True
+        progress(f"Removing {name} failed (attempt {attempt}/{attempts}): {last.splitlines()[-1:]}")
+        if attempt < attempts:
+            time.sleep(min(2.0 * attempt, max(0.0, deadline - time.monotonic())))
+    # Last resort: drop the entry so it stops counting, and say loudly what may remain.
+    result = dm.remove(name, force=True, timeout=max(10.0, deadline - time.monotonic()))
+    log.warn(
+        f"machine {name} could not be removed cleanly; its entry was force-removed "
+        f"and the VM MAY BE ORPHANED in the cloud: delete it by hand. Last error: "
+        f"{(last or result.output).strip()[-500:]}"
+    )
+    log.get().error("machine_maybe_orphaned", machine=name, error=last[-500:])
+    return False

@@ -1,0 +1,198 @@
+"""The admin's configuration file: TOML, validated with pydantic.
+
+Everything here comes from the admin. Nothing a job sets (``CUSTOM_ENV_*``)
+is ever read into it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from driver.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/gitlab-machine-driver/config.toml")
+CONFIG_PATH_ENV = "GITLAB_MACHINE_DRIVER_CONFIG"
+
+Seconds = Annotated[float, Field(gt=0)]
+Count = Annotated[int, Field(ge=1, le=100)]
+
+# docker-machine's own rule, plus room for "-<job id>" under the 64-character hostname limit.
+NAME_PREFIX = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+def _default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/gitlab-machine-driver")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gitlab-machine-driver"
+
+
+def _default_storage_path() -> Path:
+    # docker-machine's own default, so `docker-machine ls` shows the same machines.
+    env = os.environ.get("MACHINE_STORAGE_PATH")
+    return Path(env) if env else Path.home() / ".docker" / "machine"
+
+
+class Section(BaseModel):
+    # A typo in the admin's file must be an error, not a silently ignored key.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DockerMachineSettings(Section):
+    program: str = "docker-machine"
+    storage_path: Path = Field(default_factory=_default_storage_path)
+    call_timeout: Seconds = 60.0  # every call but create and rm
+
+
+class MachineSettings(Section):
+    driver: str = "virtualbox"
+    # As docker+machine's MachineOptions: "amazonec2-region=eu-west-1" -> --amazonec2-region=...
+    options: list[str] = []
+    name_prefix: str = "gmd"
+    engine_registry_mirror: list[str] = []
+    engine_insecure_registry: list[str] = []
+    engine_label: list[str] = []
+    engine_env: list[str] = []
+    engine_opt: list[str] = []
+    engine_storage_driver: str = ""
+    engine_install_url: str = ""
+
+    @field_validator("options")
+    @classmethod
+    def _options_without_dashes(cls, options: list[str]) -> list[str]:
+        for option in options:
+            if not option or option.startswith("-"):
+                raise ValueError(
+                    f"option {option!r} must be written without leading dashes, "
+                    'as docker+machine\'s MachineOptions are: "amazonec2-region=eu-west-1"'
+                )
+        return options
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _valid_prefix(cls, prefix: str) -> str:
+        if not NAME_PREFIX.match(prefix):
+            raise ValueError(
+                "must be 1-40 characters of a-z, 0-9 and '-', starting with a letter or digit"
+            )
+        return prefix
+
+    @field_validator("driver")
+    @classmethod
+    def _valid_driver(cls, driver: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", driver):
+            raise ValueError("must be a docker-machine driver name such as 'amazonec2'")
+        return driver
+
+
+class CreateSettings(Section):
+    timeout: Seconds = 900.0
+    attempts: Count = 3
+    backoff: Annotated[float, Field(ge=0)] = 10.0  # first wait; doubles each attempt
+    backoff_max: Annotated[float, Field(ge=0)] = 120.0
+
+
+class SSHSettings(Section):
+    user: str = ""  # overrides the user docker-machine reports
+    ready_timeout: Seconds = 300.0
+    connect_timeout: Seconds = 10.0
+    # Seconds between keep-alives; three missed ones mean the VM is gone.
+    keepalive_interval: Seconds = 5.0
+
+
+class DockerSettings(Section):
+    check: bool = True  # prepare waits until the VM's Docker engine answers
+    ready_timeout: Seconds = 120.0
+
+
+class RunSettings(Section):
+    # On cancel: seconds between SIGTERM and SIGKILL for the stage's processes in the VM.
+    kill_grace: Seconds = 10.0
+
+
+class CleanupSettings(Section):
+    timeout: Seconds = 600.0
+    remove_attempts: Count = 3
+    remove_timeout: Seconds = 300.0  # each `docker-machine rm`
+
+
+class Settings(Section):
+    builds_dir: str = "/builds"
+    cache_dir: str = "/cache"
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    log_file: Path | None = None  # JSON log lines; default <state_dir>/driver.log
+    gitlab_runner_binary: Path | None = None  # uploaded into VMs that lack gitlab-runner
+    docker_machine: DockerMachineSettings = DockerMachineSettings()
+    machine: MachineSettings = MachineSettings()
+    create: CreateSettings = CreateSettings()
+    ssh: SSHSettings = SSHSettings()
+    docker: DockerSettings = DockerSettings()
+    run: RunSettings = RunSettings()
+    cleanup: CleanupSettings = CleanupSettings()
+
+    @field_validator("builds_dir", "cache_dir")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if not path.startswith("/") or path.rstrip("/") == "":
+            raise ValueError("must be an absolute path inside the VM, such as /builds")
+        return path
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_file or self.state_dir / "driver.log"
+
+
+def config_path(given: str | None) -> Path:
+    return Path(given or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load(path: Path) -> Settings:
+    """Read and validate the admin's file; every problem names the file, field and fix."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist",
+            hint=f"create it (see config/config.example.toml) or pass --config PATH"
+            f" or set {CONFIG_PATH_ENV}",
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"config file {path} is not valid TOML: {e}",
+            hint="fix the syntax at the position shown",
+        ) from None
+    return parse(data, source=str(path))
+
+
+def parse(data: dict[str, Any], source: str = "config") -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        problems = "\n".join(f"  {_describe(err)}" for err in e.errors())
+        raise ConfigError(
+            f"config file {source} has {e.error_count()} problem(s):\n{problems}",
+            hint="see config/config.example.toml for every setting and its allowed values",
+        ) from None
+
+
+def _describe(err: Any) -> str:
+    loc = list(err["loc"])
+    field = ".".join(str(part) for part in loc)
+    if len(loc) > 1 and isinstance(loc[0], str):
+        field = f"[{loc[0]}] " + ".".join(str(part) for part in loc[1:])
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown setting (a typo?)"
+    elif "input" in err and not isinstance(err["input"], dict):
+        message += f" (got {err['input']!r})"
+    return f"{field}: {message}"

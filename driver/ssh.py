@@ -1,0 +1,159 @@
+"""The system OpenSSH client, pinned to each job's machine.
+
+Every job gets its own ssh_config, known_hosts and master socket in its state
+dir. The host key is learned at first contact (accept-new, into a known_hosts
+file that holds only this machine) and enforced (StrictHostKeyChecking yes)
+on every connection after that. One master connection (ControlMaster) serves
+every stage; if it dies, the next stage reconnects against the pinned key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from driver import process
+from driver.errors import CommandError, DriverError
+from driver.state import JobDir
+
+HOST_ALIAS = "machine"
+CONTROL_PERSIST = "10m"  # the master outlives idle gaps between stages, not a lost job
+# Unix socket paths are limited to 108 bytes; ssh adds ~17 for its temporary name.
+MAX_CONTROL_PATH = 90
+
+
+def config_text(
+    job_dir: JobDir,
+    *,
+    machine: str,
+    host: str,
+    port: int,
+    user: str,
+    key_path: str,
+    connect_timeout: float,
+    keepalive_interval: float,
+) -> str:
+    return "\n".join(
+        [
+            f"# Written by gitlab-machine-driver for machine {machine}.",
+            f"# Debug with: ssh -F {job_dir.ssh_config} {HOST_ALIAS}",
+            f"Host {HOST_ALIAS}",
+            f"  HostName {host}",
+            f"  Port {port}",
+            f"  User {user}",
+            f"  IdentityFile {key_path}",
+            "  IdentitiesOnly yes",
+            "  IdentityAgent none",
+            "  BatchMode yes",
+            f"  HostKeyAlias {machine}",
+            f"  UserKnownHostsFile {job_dir.known_hosts}",
+            "  GlobalKnownHostsFile /dev/null",
+            "  StrictHostKeyChecking yes",
+            "  UpdateHostKeys no",
+            "  CheckHostIP no",
+            f"  ControlPath {job_dir.control_path}",
+            "  ControlMaster auto",
+            f"  ControlPersist {CONTROL_PERSIST}",
+            f"  ConnectTimeout {int(connect_timeout)}",
+            f"  ServerAliveInterval {int(keepalive_interval)}",
+            "  ServerAliveCountMax 3",
+            "  ForwardAgent no",
+            "  ForwardX11 no",
+            "  RequestTTY no",
+            "  LogLevel ERROR",
+            "",
+        ]
+    )
+
+
+def check_control_path(job_dir: JobDir) -> None:
+    if len(str(job_dir.control_path)) > MAX_CONTROL_PATH:
+        raise DriverError(
+            f"the SSH control socket path {job_dir.control_path} is too long for a unix socket",
+            hint=f"set state_dir to a path shorter than {MAX_CONTROL_PATH - 20} characters",
+        )
+
+
+def argv(job_dir: JobDir, *options: str) -> list[str]:
+    return ["ssh", "-F", str(job_dir.ssh_config), *options, HOST_ALIAS]
+
+
+def run(
+    job_dir: JobDir,
+    remote_command: str,
+    *,
+    timeout: float,
+    input: bytes | None = None,
+    stdin_file: Path | None = None,
+    check: bool = True,
+    what: str = "",
+    hint: str = "",
+) -> process.Result:
+    return process.run(
+        [*argv(job_dir), remote_command],
+        timeout=timeout,
+        input=input,
+        stdin_file=stdin_file,
+        check=check,
+        what=what,
+        hint=hint,
+    )
+
+
+def wait_ready(
+    job_dir: JobDir,
+    *,
+    target: str,
+    timeout: float,
+    connect_timeout: float,
+    progress: Callable[[str], None],
+    interval: float = 1.0,
+    report_every: float = 10.0,
+) -> None:
+    """Wait until the machine accepts our key; pins its host key at the first contact.
+
+    The connection that succeeds stays on as the job's master connection.
+    """
+    deadline = time.monotonic() + timeout
+    next_report = time.monotonic() + report_every
+    progress(f"Waiting for SSH on {target} (up to {timeout:g}s)...")
+    last_error = ""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DriverError(
+                f"SSH on {target} did not become ready within {timeout:g}s"
+                + (f"; last error: {last_error}" if last_error else ""),
+                hint="the VM may have failed to boot or its firewall blocks port 22 from "
+                "the runner host; raise [ssh] ready_timeout if the cloud is just slow",
+            )
+        try:
+            process.run(
+                # First contact: learn the host key; it is enforced from here on.
+                [*argv(job_dir, "-o", "StrictHostKeyChecking=accept-new"), "true"],
+                timeout=min(remaining, connect_timeout + 5),
+                what="ssh",
+            )
+            return
+        except CommandError as e:
+            last_error = (e.output.splitlines() or [e.message])[-1]
+        if time.monotonic() >= next_report:
+            waited = timeout - (deadline - time.monotonic())
+            progress(f"Still waiting for SSH on {target} ({waited:.0f}s): {last_error}")
+            next_report += report_every
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def stop_master(job_dir: JobDir) -> None:
+    """Close the job's master connection (and with it every session on it)."""
+    if not job_dir.ssh_config.exists():
+        return
+    process.run(argv(job_dir, "-O", "exit"), timeout=10, check=False)
+
+
+def pinned_key(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
