@@ -1,0 +1,71 @@
+import json
+from pathlib import Path
+
+from driver import settings
+from driver.machine import DockerMachine, _machine_info
+
+
+def make(tmp_path: Path, **machine: object) -> DockerMachine:
+    return DockerMachine(
+        settings.parse(
+            {
+                "docker_machine": {"program": "dm", "storage_path": str(tmp_path)},
+                "machine": machine,
+            }
+        )
+    )
+
+
+def test_options_are_passed_as_docker_plus_machine_passes_machine_options(tmp_path: Path) -> None:
+    dm = make(
+        tmp_path,
+        driver="amazonec2",
+        options=["amazonec2-region=eu-west-1", "amazonec2-private-address-only"],
+        engine_registry_mirror=["http://mirror:5000"],
+        engine_label=["team=ci"],
+        engine_storage_driver="overlay2",
+    )
+    argv = dm.create_argv("gmd-1", {"job": "1"})
+    assert argv[:3] == ["dm", "--storage-path", str(tmp_path)]
+    assert "--bugsnag-api-token=no-report" in argv
+    assert argv[argv.index("create") :] == [
+        "create",
+        "--driver",
+        "amazonec2",
+        "--amazonec2-region=eu-west-1",
+        "--amazonec2-private-address-only",
+        "--engine-registry-mirror=http://mirror:5000",
+        "--engine-label=team=ci",
+        "--engine-label=gitlab-machine-driver.job=1",
+        "--engine-storage-driver=overlay2",
+        "gmd-1",
+    ]
+
+
+def test_inspect_defaults_follow_docker_machine(tmp_path: Path) -> None:
+    # The none driver's real output (shared/reference): empty user and key, port 0.
+    data = {
+        "Driver": json.loads(
+            '{"IPAddress":"10.0.0.5","MachineName":"runner-abc-1","SSHKeyPath":"",'
+            '"SSHPort":0,"SSHUser":"","StorePath":"/var/lib/machines"}'
+        ),
+        "DriverName": "none",
+        "HostOptions": {"EngineOptions": {"Labels": ["gitlab-machine-driver.job=7", "x"]}},
+    }
+    info = _machine_info("runner-abc-1", data, tmp_path)
+    assert info.ssh_user == "root"
+    assert info.ssh_port == 22
+    assert info.ssh_key == str(tmp_path / "machines" / "runner-abc-1" / "id_rsa")
+    assert info.ca_cert == str(tmp_path / "certs" / "ca.pem")
+    assert info.engine_url == "tcp://10.0.0.5:2376"
+    assert info.labels == {"gitlab-machine-driver.job": "7", "x": ""}
+
+
+def test_certs_exist_only_when_all_four_do(tmp_path: Path) -> None:
+    dm = make(tmp_path)
+    (tmp_path / "certs").mkdir()
+    for name in ("ca.pem", "ca-key.pem", "cert.pem"):
+        (tmp_path / "certs" / name).write_text("x")
+    assert not dm.certs_exist()
+    (tmp_path / "certs" / "key.pem").write_text("x")
+    assert dm.certs_exist()
