@@ -18,6 +18,30 @@ _MISSING = re.compile(r'Docker machine "[^"]*" does not exist')
 CERT_FILES = ("ca.pem", "ca-key.pem", "cert.pem", "key.pem")
 
 
+# How a failed create is retried. Patterns from docker-machine drivers' and clouds' messages.
+_PERMANENT = re.compile(
+    r"flag provided but not defined|Incorrect Usage|Invalid hostname|"
+    r"AuthFailure|UnauthorizedOperation|InvalidClientTokenId|SignatureDoesNotMatch|"
+    r"OptInRequired|Blocked|invalid credentials|could not find credentials|"
+    r"Driver .[^ ]* not found|InvalidAMIID|InvalidParameter|InvalidKeyPair",
+    re.IGNORECASE,
+)
+_RATE_LIMITED = re.compile(
+    r"RequestLimitExceeded|Throttling|Rate exceeded|rateLimitExceeded|TooManyRequests|"
+    r"status code: 429|429 Too Many Requests|RequestThrottled",
+    re.IGNORECASE,
+)
+
+
+def classify_failure(output: str) -> str:
+    """'permanent' (retrying cannot help), 'rate_limited', or 'transient'."""
+    if _RATE_LIMITED.search(output):
+        return "rate_limited"
+    if _PERMANENT.search(output):
+        return "permanent"
+    return "transient"
+
+
 @dataclass(frozen=True)
 class MachineInfo:
     """What ``docker-machine inspect`` tells about a machine, with its documented defaults."""

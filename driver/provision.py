@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from filelock import FileLock
 
 from driver import log
 from driver.errors import CommandError, DriverError
-from driver.machine import DockerMachine
+from driver.machine import DockerMachine, classify_failure
 from driver.settings import Settings
 
 Progress = Callable[[str], None]
@@ -61,12 +62,19 @@ def create(
             log.get().info("machine_created", attempt=attempt, seconds=timer.seconds)
             return attempt
         except CommandError as e:
-            log.get().warning("create_failed", attempt=attempt, error=str(e))
+            kind = classify_failure(e.output)
+            log.get().warning("create_failed", attempt=attempt, kind=kind, error=str(e))
             progress(
                 f"Attempt {attempt}/{attempts} to create {name} failed after "
-                f"{timer.seconds:g}s:\n{e}"
+                f"{timer.seconds:g}s ({kind.replace('_', ' ')}):\n{e}"
             )
             destroy(dm, name, settings, progress, quiet_if_missing=True)
+            if kind == "permanent":
+                raise DriverError(
+                    f"could not create machine {name}: docker-machine refused the "
+                    "configuration (see its error above); retrying cannot help",
+                    hint="fix [machine] driver/options or the cloud credentials",
+                ) from None
             if attempt == attempts:
                 raise DriverError(
                     f"could not create machine {name} in {attempts} attempt(s); "
@@ -74,8 +82,12 @@ def create(
                     hint="check the machine driver, its options and the cloud's quotas; "
                     "the runner retries prepare on its own",
                 ) from None
-        progress(f"Retrying in {delay:g}s...")
-        time.sleep(delay)
+            if kind == "rate_limited":
+                delay = min(delay * 2, settings.create.backoff_max)
+        # Jitter keeps jobs that failed together from retrying together.
+        wait = delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not secrecy
+        progress(f"Retrying in {wait:.1f}s...")
+        time.sleep(wait)
         delay = min(delay * 2, settings.create.backoff_max)
     raise AssertionError("unreachable")
 

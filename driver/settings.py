@@ -116,6 +116,15 @@ class RunSettings(Section):
     kill_grace: Seconds = 10.0
 
 
+class LimitSettings(Section):
+    # 0 = no limit. Counted over every machine this driver owns on the host.
+    max_machines: Annotated[int, Field(ge=0)] = 0  # like the runner's `limit`
+    max_creating: Annotated[int, Field(ge=0)] = 0  # like MaxGrowthRate
+    create_rate: Annotated[float, Field(ge=0)] = 0.0  # creates per minute (token bucket)
+    create_burst: Annotated[int, Field(ge=1)] = 10
+    wait_timeout: Seconds = 600.0  # how long prepare waits for a slot
+
+
 class CleanupSettings(Section):
     timeout: Seconds = 600.0
     remove_attempts: Count = 3
@@ -135,6 +144,7 @@ class Settings(Section):
     docker: DockerSettings = DockerSettings()
     run: RunSettings = RunSettings()
     cleanup: CleanupSettings = CleanupSettings()
+    limits: LimitSettings = LimitSettings()
 
     @field_validator("builds_dir", "cache_dir")
     @classmethod

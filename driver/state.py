@@ -36,6 +36,7 @@ class MachineState:
     key_path: str = ""
     engine_url: str = ""
     kill_grace: float = 10.0
+    pid: int = 0  # the prepare that is creating it; a dead one's create is no longer in flight
     timings: dict[str, float] = field(default_factory=dict)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import time
 from pathlib import Path
 
-from driver import engine, log, provision, signals, ssh
+from driver import engine, limits, log, provision, signals, ssh
 from driver import job as job_file
 from driver import settings as settings_file
 from driver.errors import DriverError
@@ -40,15 +41,22 @@ def main(args: argparse.Namespace) -> int:
         if dm.exists(name):
             say(f"Removing machine {name} left over from an earlier attempt...")
             provision.destroy(dm, name, settings, say)
-        # Saved before the machine exists: a prepare killed mid-create leaves cleanup a name.
         state = MachineState(
             job_id=job.id,
             project_id=job.project_id,
             pipeline_id=job.pipeline_id,
             machine=name,
             kill_grace=settings.run.kill_grace,
+            pid=os.getpid(),
         )
-        job_dir.save(state)
+        # Saved before the machine exists: a prepare killed mid-create leaves cleanup a name.
+        limits.claim_slot(
+            settings.state_dir,
+            job_dir.path,
+            settings.limits,
+            claim=lambda: job_dir.save(state),
+            progress=say,
+        )
         try:
             _prepare(settings, dm, job_dir, state, job.project_id, job.pipeline_id)
         except BaseException as e:

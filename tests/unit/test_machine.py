@@ -1,8 +1,10 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from driver import settings
-from driver.machine import DockerMachine, _machine_info
+from driver.machine import DockerMachine, _machine_info, classify_failure
 
 
 def make(tmp_path: Path, **machine: object) -> DockerMachine:
@@ -69,3 +71,29 @@ def test_certs_exist_only_when_all_four_do(tmp_path: Path) -> None:
     assert not dm.certs_exist()
     (tmp_path / "certs" / "key.pem").write_text("x")
     assert dm.certs_exist()
+
+
+@pytest.mark.parametrize(
+    ("output", "kind"),
+    [
+        (
+            "Error creating machine: Error in driver during machine creation: "
+            "RequestLimitExceeded: "
+            "Request limit exceeded.\n\tstatus code: 503, request id: x",
+            "rate_limited",
+        ),
+        ("Incorrect Usage: flag provided but not defined: -amazonec2-regio", "permanent"),
+        (
+            "Error creating machine: Error in driver during machine creation: AuthFailure: "
+            "AWS was not able to validate the provided access credentials",
+            "permanent",
+        ),
+        (
+            "Error creating machine: Error running provisioning: error installing docker",
+            "transient",
+        ),
+        ("", "transient"),
+    ],
+)
+def test_create_failures_are_classified(output: str, kind: str) -> None:
+    assert classify_failure(output) == kind

@@ -1,0 +1,22 @@
+# `make demo`: one whole CI job through the four entrypoints on the local default.
+# `make test`: the test suite. Both install what they need first (scripts/setup).
+PY := .venv/bin/python
+
+.PHONY: setup demo test lint bench
+
+setup:
+	@./scripts/setup
+
+demo: setup
+	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) -m tests.runner --config config/demo.toml
+
+test: setup
+	$(PY) -m pytest -n 2 --dist loadgroup
+
+lint: setup
+	$(PY) -m ruff check driver tests bench
+	$(PY) -m ruff format --check driver tests bench
+	$(PY) -m mypy driver
+
+bench: setup
+	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/stages.py
