@@ -57,6 +57,9 @@ class MachineInfo:
     client_key: str
     labels: dict[str, str]
 
+    def label(self, key: str) -> str:
+        return self.labels.get(f"{LABEL_PREFIX}.{key}", "")
+
     @property
     def engine_url(self) -> str:
         return f"tcp://{self.host}:{ENGINE_PORT}"
@@ -148,13 +151,21 @@ class DockerMachine:
             what=f"docker-machine rm {name}",
         )
 
-    def names(self, prefix: str) -> list[str]:
+    def list(self, name_pattern: str) -> dict[str, str]:
+        """Machine name -> state ("Running", "Error", ...) for names matching the regexp."""
         result = process.run(
-            self._argv("ls", "-q", "--filter", f"name=^{re.escape(prefix)}"),
+            self._argv(
+                "ls", "--filter", f"name={name_pattern}", "--format", "{{.Name}}\t{{.State}}"
+            ),
             timeout=self.call_timeout,
             what="docker-machine ls",
         )
-        return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+        machines = {}
+        for line in result.stdout.splitlines():
+            name, _, state = line.strip().partition("\t")
+            if name and re.fullmatch(name_pattern, name):
+                machines[name] = state.strip()
+        return machines
 
 
 def _machine_info(name: str, data: dict[str, Any], storage: Path) -> MachineInfo:

@@ -7,6 +7,7 @@ and `run` starts once per stage.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -57,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"{NAME} {__version__}")
     p.add_argument(
         "--config",
+        dest="config_path",
         metavar="PATH",
         help="the driver's config file (default: $GITLAB_MACHINE_DRIVER_CONFIG or "
         "/etc/gitlab-machine-driver/config.toml)",
@@ -68,32 +70,20 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("script", help="the script file the runner wrote")
     run.add_argument("stage", help="the stage name, e.g. build_script")
     sub.add_parser("cleanup", help="destroy this job's machine (cleanup_exec)")
+    sweep = sub.add_parser("sweep", help="remove machines whose jobs are over (timer, cron)")
+    sweep.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     with error_handler():
-        if args.command == "run":
-            from driver.commands import run
-
-            return run.main(args.script, args.stage, args.config)
-        from driver import settings
-
-        args.config_path = settings.config_path(args.config)
-        if args.command == "config":
-            from driver.commands import config
-
-            return config.main(args)
-        if args.command == "prepare":
-            from driver.commands import prepare
-
-            return prepare.main(args)
-        if args.command == "cleanup":
-            from driver.commands import cleanup
-
-            return cleanup.main(args)
-    raise AssertionError(f"unknown command {args.command}")
+        # Each command is a module of driver.commands with main(args); only the chosen
+        # one is imported, so `run` does not pay for what prepare needs.
+        command = importlib.import_module(f"driver.commands.{args.command}")
+        code: int = command.main(args)
+        return code
+    raise AssertionError("unreachable")
 
 
 if __name__ == "__main__":

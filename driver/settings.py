@@ -131,6 +131,35 @@ class CleanupSettings(Section):
     remove_timeout: Seconds = 300.0  # each `docker-machine rm`
 
 
+class GitLabSettings(Section):
+    """Where the sweeper asks whether a machine's job is still alive (read_api token)."""
+
+    url: str = ""
+    token: str = ""
+    token_file: Path | None = None  # preferred: keeps the token out of this file
+    timeout: Seconds = 10.0
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url)
+
+    def read_token(self) -> str:
+        if self.token_file is None:
+            return self.token
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot read [gitlab] token_file {self.token_file}: {e.strerror}",
+                hint="create it (mode 0600) with a token that has the read_api scope",
+            ) from None
+
+
+class SweeperSettings(Section):
+    max_age: Seconds = 86400.0  # older machines are removed whatever GitLab says
+    grace: Seconds = 1800.0  # younger ones are left alone unless proven dead
+
+
 class Settings(Section):
     builds_dir: str = "/builds"
     cache_dir: str = "/cache"
@@ -145,6 +174,8 @@ class Settings(Section):
     run: RunSettings = RunSettings()
     cleanup: CleanupSettings = CleanupSettings()
     limits: LimitSettings = LimitSettings()
+    gitlab: GitLabSettings = GitLabSettings()
+    sweeper: SweeperSettings = SweeperSettings()
 
     @field_validator("builds_dir", "cache_dir")
     @classmethod
@@ -158,12 +189,13 @@ class Settings(Section):
         return self.log_file or self.state_dir / "driver.log"
 
 
-def config_path(given: str | None) -> Path:
+def config_path(given: str | Path | None) -> Path:
     return Path(given or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
 
 
-def load(path: Path) -> Settings:
+def load(given: str | Path | None) -> Settings:
     """Read and validate the admin's file; every problem names the file, field and fix."""
+    path = config_path(given)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

@@ -37,6 +37,9 @@ class MachineState:
     engine_url: str = ""
     kill_grace: float = 10.0
     pid: int = 0  # the prepare that is creating it; a dead one's create is no longer in flight
+    # The runner process that owns the job: once it is gone, so is the job.
+    runner_pid: int = 0
+    runner_started: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -104,6 +107,16 @@ class JobDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def process_start_time(pid: int) -> int:
+    """The kernel's start time of ``pid`` (0 if none): tells a live process from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def write_private(path: Path, text: str) -> None:

@@ -15,7 +15,7 @@ from driver.errors import DriverError
 from driver.log import say
 from driver.machine import DockerMachine
 from driver.settings import Settings
-from driver.state import JobDir, MachineState, write_private
+from driver.state import JobDir, MachineState, process_start_time, write_private
 
 # What the runner's scripts and our stage wrapper need in the VM.
 REQUIRED_TOOLS = ("bash", "setsid", "mktemp", "head", "wc", "git")
@@ -48,6 +48,8 @@ def main(args: argparse.Namespace) -> int:
             machine=name,
             kill_grace=settings.run.kill_grace,
             pid=os.getpid(),
+            runner_pid=os.getppid(),
+            runner_started=process_start_time(os.getppid()),
         )
         # Saved before the machine exists: a prepare killed mid-create leaves cleanup a name.
         limits.claim_slot(

@@ -8,6 +8,7 @@ output reaches the job log as it comes, with nothing buffering it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -53,8 +54,9 @@ SSH_FAILED = 255
 PROBE_TIMEOUT = 15.0
 
 
-def main(script_path: str, stage: str, config_path: str | None) -> int:
-    job_dir = os.environ.get(JOB_DIR_ENV) or _job_dir_from_config(config_path)
+def main(args: argparse.Namespace) -> int:
+    script_path, stage = args.script, args.stage
+    job_dir = os.environ.get(JOB_DIR_ENV) or _job_dir_from_config(args.config_path)
     state = _load_state(job_dir)
     try:
         with open(script_path, "rb") as f:
@@ -154,6 +156,6 @@ def _job_dir_from_config(config_path: str | None) -> str:
     from driver import settings as settings_file
     from driver.state import JobDir
 
-    settings = settings_file.load(settings_file.config_path(config_path))
+    settings = settings_file.load(config_path)
     job = job_file.from_response_file()
     return str(JobDir(settings.state_dir, job.id).path)
