@@ -72,6 +72,11 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("cleanup", help="destroy this job's machine (cleanup_exec)")
     sweep = sub.add_parser("sweep", help="remove machines whose jobs are over (timer, cron)")
     sweep.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    ls = sub.add_parser("ls", help="list the machines this driver owns, with their jobs")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ssh = sub.add_parser("ssh", help="a shell (or COMMAND) in a job's VM, host key checked")
+    ssh.add_argument("target", metavar="JOB_ID|MACHINE")
+    ssh.add_argument("command", nargs=argparse.REMAINDER, help="run this instead of a shell")
     return p
 
 
