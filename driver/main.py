@@ -74,6 +74,10 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     ls = sub.add_parser("ls", help="list the machines this driver owns, with their jobs")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor = sub.add_parser("doctor", help="check the set-up and say how to fix problems")
+    doctor.add_argument(
+        "--create", action="store_true", help="also create, use and destroy one machine"
+    )
     job = sub.add_parser("job", help="print a job environment to run stages by hand")
     job_sub = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
     init = job_sub.add_parser("init", help="write a job response file; print its environment")
