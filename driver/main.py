@@ -78,6 +78,11 @@ def parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--create", action="store_true", help="also create, use and destroy one machine"
     )
+    migrate = sub.add_parser(
+        "migrate", help="print driver configs for gitlab-runner's docker+machine runners"
+    )
+    migrate.add_argument("runner_config", metavar="RUNNER_CONFIG_TOML")
+    migrate.add_argument("--output", metavar="DIR", help="write each driver config into DIR")
     job = sub.add_parser("job", help="print a job environment to run stages by hand")
     job_sub = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
     init = job_sub.add_parser("init", help="write a job response file; print its environment")

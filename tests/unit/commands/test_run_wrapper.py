@@ -23,7 +23,9 @@ def start(tmp_path: Path, script: bytes, grace: float = 1) -> subprocess.Popen[b
 
 
 def finish(proc: subprocess.Popen[bytes]) -> tuple[int, bytes, bytes]:
-    assert proc.stdin
+    # stdin stays open until the stage ends, as the driver's run keeps it: closing it
+    # earlier is a cancel. (Outputs here are small enough not to fill the pipes.)
+    proc.wait(timeout=30)
     out, err = proc.communicate(timeout=30)
     return proc.returncode, out, err
 
