@@ -246,7 +246,11 @@ def services_json(job: Job) -> str:
 
 
 def job_payload(job: Job, ctx: BuildContext) -> dict[str, Any]:
-    """The job response as GitLab sends it; the runner writes it to response.json."""
+    """The job response as GitLab sends it; the runner writes it to response.json.
+
+    It is written before config_exec runs, so CI_BUILDS_DIR and CI_PROJECT_DIR
+    are among its variables only when the TOML builds_dir is set.
+    """
     steps: list[dict[str, Any]] = [
         {
             "name": "script" if stage == "build_script" else stage[len(USER_STAGE_PREFIX) :],
@@ -291,7 +295,9 @@ def job_payload(job: Job, ctx: BuildContext) -> dict[str, Any]:
         "variables": [v.payload() for v in job_variables(job, ctx)],
         "steps": steps,
         "image": {"name": job.image or "", "entrypoint": None},
-        "services": [{"name": s, "alias": "", "entrypoint": None, "command": None} for s in job.services],
+        "services": [
+            {"name": s, "alias": "", "entrypoint": None, "command": None} for s in job.services
+        ],
         "artifacts": _artifacts_payload(job),
         "cache": _cache_payload(job),
         "credentials": [
@@ -454,7 +460,7 @@ def stage_commands(job: Job, ctx: BuildContext, stage: str) -> list[str]:
         raise ValueError("the builds_dir is not configured")
     lines = _exports(job_variables(job, ctx), project_dir + ".tmp")
     if stage == "prepare_script":
-        return lines + [_running_on(ctx.hostname)]
+        return [*lines, _running_on(ctx.hostname)]
     if stage == "get_sources":
         return lines + _get_sources(job, project_dir)
     if stage == "cleanup_file_variables":
@@ -464,7 +470,7 @@ def stage_commands(job: Job, ctx: BuildContext, stage: str) -> list[str]:
     if stage in user:
         return lines + _user_commands(user[stage])
     if stage == "after_script":
-        return lines + [_notice("Running after script...")] + _user_commands(job.after_script)
+        return [*lines, _notice("Running after script..."), *_user_commands(job.after_script)]
     if stage == "restore_cache":
         return lines + _restore_cache(job, ctx)
     if stage == "download_artifacts":
@@ -473,7 +479,8 @@ def stage_commands(job: Job, ctx: BuildContext, stage: str) -> list[str]:
         return lines + _archive_cache(job, ctx)
     if stage in ("upload_artifacts_on_success", "upload_artifacts_on_failure"):
         return lines + _upload_artifacts(job)
-    raise ValueError(f"unknown stage {stage!r}")
+    # A stage a newer runner might send (drivers must accept those): no work.
+    return [*lines, f"echo {shell_quote('stage ' + stage)}"]
 
 
 def _exports(variables: Iterable[Variable], tmp_dir: str) -> list[str]:
