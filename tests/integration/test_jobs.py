@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tests.doubles import docker_machine as double
 from tests.runner import CancelPlan, Job, Variable
-
-from .conftest import SYSTEM_FAILURE, Env, driver_argv
+from tests.world import SYSTEM_FAILURE, Env, driver_argv
 
 
 def test_a_multi_stage_job_succeeds_in_its_own_machine(env: Env) -> None:

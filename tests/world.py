@@ -1,0 +1,204 @@
+"""A test world: the runner emulation driving the real driver against the
+docker-machine test double, each machine a real OpenSSH server.
+
+Used by the integration tests, the benchmarks and the soak. Each world has its
+own short temp dir (unix socket paths are short-limited) holding the
+docker-machine storage and the driver's state, and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.doubles import docker_machine as double
+from tests.runner import CustomExecutorConfig, Job, JobResult, RunnerEmulator
+
+ROOT = Path(__file__).resolve().parents[2]
+DOUBLE_BIN = ROOT / "tests" / "doubles" / "bin"
+BUILD_FAILURE = 33  # not 1 and 2, so nothing can hard-code the runner's defaults
+SYSTEM_FAILURE = 34
+
+
+def driver_argv() -> list[str]:
+    return [sys.executable, "-m", "driver"]
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def write_config(path: Path, settings: dict[str, Any]) -> None:
+    lines = [f"{k} = {toml_value(v)}" for k, v in settings.items() if not isinstance(v, dict)]
+    for section, values in settings.items():
+        if isinstance(values, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class Env:
+    """One test's world: a docker-machine storage, a driver state dir, a runner."""
+
+    base: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def storage(self) -> Path:
+        return self.base / "dm"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.base / "st"
+
+    @property
+    def config_path(self) -> Path:
+        return self.base / "driver.toml"
+
+    @property
+    def runner_temp(self) -> Path:
+        return self.base / "runner-tmp"
+
+    def configure(self, **sections: Any) -> Path:
+        self.settings = merge(self.settings, sections)
+        write_config(self.config_path, self.settings)
+        return self.config_path
+
+    def process_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{DOUBLE_BIN}{os.pathsep}{env.get('PATH', '')}"
+        env["PYTHONPATH"] = str(ROOT)
+        return env
+
+    def runner(self, **overrides: Any) -> RunnerEmulator:
+        def call(stage: str) -> list[str]:
+            return [*driver_argv()[1:], "--config", str(self.config_path), stage]
+
+        exe = driver_argv()[0]
+        config = CustomExecutorConfig(
+            config_exec=exe,
+            config_args=call("config"),
+            prepare_exec=exe,
+            prepare_args=call("prepare"),
+            run_exec=exe,
+            run_args=call("run"),
+            cleanup_exec=exe,
+            cleanup_args=call("cleanup"),
+            build_failure_exit_code=BUILD_FAILURE,
+            system_failure_exit_code=SYSTEM_FAILURE,
+            graceful_kill_timeout=8.0,
+            force_kill_timeout=5.0,
+            preparation_retry_delay=0.1,
+            cancel_wait=30.0,
+            temp_root=str(self.runner_temp),
+        )
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        return RunnerEmulator(config, env=self.process_env())
+
+    def run_job(self, job: Job | None = None, **kwargs: Any) -> JobResult:
+        return self.runner().run_job(job or Job(), **kwargs)
+
+    def driver(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """One driver command, as an operator would type it."""
+        return subprocess.run(
+            [*driver_argv(), "--config", str(self.config_path), *args],
+            env={**self.process_env(), **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def machines(self) -> list[str]:
+        return double.machine_names(str(self.storage))
+
+    def faults(self, **faults: Any) -> None:
+        double.set_faults(str(self.storage), faults)
+
+    def job_dirs(self) -> list[str]:
+        jobs = self.state_dir / "jobs"
+        return sorted(p.name for p in jobs.iterdir()) if jobs.exists() else []
+
+    def assert_nothing_left(self) -> None:
+        """No machine, no job state, no runner temp dir, no VM process."""
+        deadline = time.monotonic() + 10
+        while double.storage_pids(str(self.storage)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert self.machines() == []
+        assert self.job_dirs() == []
+        assert double.storage_pids(str(self.storage)) == []
+        assert double.leftover_namespaces(str(self.storage)) == []
+        leftover = list(self.runner_temp.iterdir()) if self.runner_temp.exists() else []
+        assert leftover == [], f"runner temp dirs left: {leftover}"
+        assert _ssh_masters(self.state_dir) == []
+
+
+def _ssh_masters(state_dir: Path) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "ssh" in line and str(state_dir) in line]
+
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "builds_dir": "/builds",
+    "cache_dir": "/cache",
+    "machine": {"driver": "local", "name_prefix": "gmdt"},
+    "create": {"timeout": 60, "attempts": 3, "backoff": 0.2, "backoff_max": 1},
+    "ssh": {"ready_timeout": 20, "connect_timeout": 5, "keepalive_interval": 2},
+    "docker": {"check": False, "ready_timeout": 30},
+    "run": {"kill_grace": 2},
+    "cleanup": {"timeout": 60, "remove_attempts": 2, "remove_timeout": 30},
+}
+
+
+def new_world(**settings: Any) -> Env:
+    base = Path(tempfile.mkdtemp(prefix="gmd", dir="/tmp"))
+    world = Env(base)
+    world.configure(
+        **merge(
+            merge(
+                DEFAULT_SETTINGS,
+                {
+                    "state_dir": str(world.state_dir),
+                    "docker_machine": {
+                        "program": "docker-machine",
+                        "storage_path": str(world.storage),
+                    },
+                },
+            ),
+            settings,
+        )
+    )
+    return world
+
+
+def destroy_world(world: Env) -> None:
+    double.teardown_all(str(world.storage))
+    subprocess.run(["pkill", "-f", str(world.state_dir)], check=False)
+    shutil.rmtree(world.base, ignore_errors=True)
