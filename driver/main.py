@@ -91,7 +91,12 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--response", metavar="FILE", help="a saved response.json to use instead")
     ssh = sub.add_parser("ssh", help="a shell (or COMMAND) in a job's VM, host key checked")
     ssh.add_argument("target", metavar="JOB_ID|MACHINE")
-    ssh.add_argument("command", nargs=argparse.REMAINDER, help="run this instead of a shell")
+    ssh.add_argument(
+        "remote_command",
+        metavar="COMMAND",
+        nargs=argparse.REMAINDER,
+        help="run this instead of a shell",
+    )
     return p
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from tests.doubles import docker_machine as double
 from tests.runner import CustomExecutorConfig, Job, JobResult, RunnerEmulator
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DOUBLE_BIN = ROOT / "tests" / "doubles" / "bin"
 BUILD_FAILURE = 33  # not 1 and 2, so nothing can hard-code the runner's defaults
 SYSTEM_FAILURE = 34
@@ -180,6 +180,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 def new_world(**settings: Any) -> Env:
     base = Path(tempfile.mkdtemp(prefix="gmd", dir="/tmp"))
     world = Env(base)
+    world.runner_temp.mkdir()
     world.configure(
         **merge(
             merge(

@@ -67,7 +67,9 @@ def main(args: argparse.Namespace) -> int:
     grace = float(str(state.get("kill_grace", 10)))
     token = os.urandom(8).hex()
     ssh = ["ssh", "-F", os.path.join(job_dir, "ssh_config"), "-T", "machine"]
-    remote = f"bash -c '{WRAPPER}' gmd-stage {grace:g} {token}"
+    # --norc: bash run by sshd would otherwise read ~/.bashrc (a second time, after the
+    # login shell): slow on some images, and not the job's business.
+    remote = f"exec bash --norc --noprofile -c '{WRAPPER}' gmd-stage {grace:g} {token}"
 
     signal.signal(signal.SIGTERM, _cancel)
     signal.signal(signal.SIGINT, _cancel)
@@ -122,7 +124,7 @@ def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
 def _script_exited_255(ssh: list[str], token: str) -> bool:
     try:
         probe = subprocess.run(
-            [*ssh, f"bash -c '{PROBE}' gmd-probe {token}"],
+            [*ssh, f"exec bash --norc --noprofile -c '{PROBE}' gmd-probe {token}"],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=PROBE_TIMEOUT,

@@ -35,8 +35,8 @@ def job_dir_for(settings: settings_file.Settings, target: str) -> JobDir:
 def main(args: argparse.Namespace) -> int:
     settings = settings_file.load(args.config_path)
     job_dir = job_dir_for(settings, args.target)
-    argv = ssh.argv(job_dir, "-t" if not args.command else "-T")
-    argv += args.command
+    argv = ssh.argv(job_dir, "-T" if args.remote_command else "-t")
+    argv += args.remote_command
     # Replaces this process: the terminal is the operator's. No shell on this side.
     os.execvp(argv[0], argv)  # noqa: S606
     return 0  # pragma: no cover - execvp does not return
