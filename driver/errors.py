@@ -38,7 +38,11 @@ class JobError(DriverError):
 
 
 class CommandError(DriverError):
-    """A program the driver ran failed; carries the command, its exit code and output."""
+    """A program the driver ran failed; carries the command, its exit code and output.
+
+    ``message`` names what was being done ("docker-machine create gmd-1"); the
+    error reads "<message> failed (exit code N)".
+    """
 
     def __init__(
         self,
@@ -52,8 +56,8 @@ class CommandError(DriverError):
         self.command = list(command)
         self.exit_code = exit_code
         self.output = output
-        what = message or f"{self.command[0]} failed"
-        super().__init__(f"{what} (exit code {exit_code})", hint=hint)
+        what = message or self.command[0]
+        super().__init__(f"{what} failed (exit code {exit_code})", hint=hint)
 
     def __str__(self) -> str:
         text = super().__str__()
@@ -74,9 +78,9 @@ class CommandTimedOut(CommandError):
         hint: str = "",
     ) -> None:
         self.timeout = timeout
-        what = message or f"{command[0]} did not finish"
+        what = message or command[0]
         super().__init__(command, None, output, message=what, hint=hint)
-        self.message = f"{what} within {timeout:g}s and was stopped"
+        self.message = f"{what} did not finish within {timeout:g}s and was stopped"
 
     def __str__(self) -> str:
         text = DriverError.__str__(self)

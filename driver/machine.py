@@ -108,7 +108,7 @@ class DockerMachine:
         process.run(
             self.create_argv(name, labels),
             timeout=timeout,
-            what=f"docker-machine create {name} failed",
+            what=f"docker-machine create {name}",
             hint="the output above is docker-machine's own; check the machine driver's "
             "options and credentials in the config file",
         )
@@ -128,7 +128,7 @@ class DockerMachine:
                 result.command,
                 result.exit_code,
                 result.output,
-                message=f"docker-machine inspect {name} failed",
+                message=f"docker-machine inspect {name}",
             )
         try:
             return _machine_info(name, json.loads(result.stdout), self.storage)

@@ -64,7 +64,7 @@ def run(
             argv,
             127,
             "",
-            message=f"cannot start {argv[0]}: {e.strerror}",
+            message=f"starting {argv[0]} ({e.strerror})",
             hint=hint or f"install {argv[0]} or set its path in the config file",
         ) from None
     if stdin_file is not None:

@@ -91,15 +91,28 @@ def main(args: argparse.Namespace) -> int:
 
     if rc == 0:
         return 0
-    if rc == SSH_FAILED and not _script_exited_255(ssh, token):
-        machine = state.get("machine", "?")
-        raise DriverError(
-            f"lost the connection to machine {machine} during stage {stage}; "
-            "the script may not have finished",
-            hint="the VM stopped answering (it may have been deleted or crashed); "
-            "the runner may retry the job",
-        )
+    if rc == SSH_FAILED:
+        exited_255, probe_error = _probe(ssh, token)
+        if not exited_255:
+            raise _connection_lost(str(state.get("machine", "?")), stage, probe_error)
     raise BuildFailure(rc)
+
+
+def _connection_lost(machine: str, stage: str, probe_error: str) -> DriverError:
+    if "IDENTIFICATION HAS CHANGED" in probe_error or "verification failed" in probe_error:
+        return DriverError(
+            f"machine {machine} presented a different SSH host key than at first contact "
+            f"(during stage {stage}): refusing to connect; this may be an attack "
+            "(someone else answering at its address) or the VM was replaced",
+            hint="the job is stopped as a system failure; check the cloud for a VM at "
+            "that address that is not this job's",
+        )
+    return DriverError(
+        f"lost the connection to machine {machine} during stage {stage}; "
+        "the script may not have finished",
+        hint="the VM stopped answering (it may have been deleted or crashed); "
+        "the runner may retry the job",
+    )
 
 
 def _cancel(signum: int, frame: FrameType | None) -> None:
@@ -121,7 +134,8 @@ def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
         proc.wait()
 
 
-def _script_exited_255(ssh: list[str], token: str) -> bool:
+def _probe(ssh: list[str], token: str) -> tuple[bool, str]:
+    """Did the script itself exit 255? If the VM cannot say, also why (ssh's error)."""
     try:
         probe = subprocess.run(
             [*ssh, f"exec bash --norc --noprofile -c '{PROBE}' gmd-probe {token}"],
@@ -131,8 +145,9 @@ def _script_exited_255(ssh: list[str], token: str) -> bool:
             env=clean_env(),
         )
     except subprocess.TimeoutExpired:
-        return False
-    return probe.returncode == 0 and probe.stdout.strip() == b"255"
+        return False, "no answer"
+    exited_255 = probe.returncode == 0 and probe.stdout.strip() == b"255"
+    return exited_255, probe.stderr.decode("utf-8", "replace")
 
 
 def _load_state(job_dir: str) -> dict[str, object]:

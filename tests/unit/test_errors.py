@@ -3,7 +3,7 @@ from driver.errors import CommandError, CommandTimedOut, ConfigError, DriverErro
 
 def test_a_command_error_carries_command_code_and_the_output_tail() -> None:
     output = "\n".join(f"line {i}" for i in range(50))
-    e = CommandError(["docker-machine", "create", "x"], 3, output, message="create failed")
+    e = CommandError(["docker-machine", "create", "x"], 3, output, message="create")
     text = str(e)
     assert e.exit_code == 3
     assert e.command == ["docker-machine", "create", "x"]
@@ -12,8 +12,8 @@ def test_a_command_error_carries_command_code_and_the_output_tail() -> None:
 
 
 def test_timeouts_say_how_long_they_waited() -> None:
-    e = CommandTimedOut(["ssh", "x"], 12.5, "partial output", message="ssh did not answer")
-    assert "ssh did not answer within 12.5s and was stopped" in str(e)
+    e = CommandTimedOut(["ssh", "x"], 12.5, "partial output", message="ssh x")
+    assert "ssh x did not finish within 12.5s and was stopped" in str(e)
     assert "partial output" in str(e)
     assert isinstance(e, DriverError)
 
