@@ -4,9 +4,40 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from driver.errors import DriverError
 from driver.machine import MachineInfo
+
+
+def _client(info: MachineInfo, timeout: int) -> Any:
+    import docker
+
+    tls = docker.tls.TLSConfig(
+        client_cert=(info.client_cert, info.client_key), ca_cert=info.ca_cert, verify=True
+    )
+    return docker.DockerClient(base_url=info.engine_url, tls=tls, timeout=timeout)
+
+
+def pull(info: MachineInfo, images: list[str], auth: dict[str, str] | None) -> None:
+    """Pull ``images`` into the machine's engine, so the job's first `docker run` does not."""
+    from docker.errors import DockerException
+
+    client = _client(info, timeout=600)
+    try:
+        for image in images:
+            repository, _, tag = (
+                image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
+            )
+            try:
+                client.images.pull(repository, tag=tag or "latest", auth_config=auth)
+            except DockerException as e:
+                raise DriverError(
+                    f"pulling {image} into {info.name} failed: {e}",
+                    hint="check [pool] images and the registry credentials",
+                ) from None
+    finally:
+        client.close()
 
 
 def wait_ready(
@@ -17,20 +48,14 @@ def wait_ready(
     interval: float = 1.0,
 ) -> str:
     """Wait until the engine answers a ping with TLS verified; return its version."""
-    import docker  # heavy: only prepare pays for it
-    from docker.errors import DockerException
+    from docker.errors import DockerException  # heavy: only prepare pays for it
     from requests.exceptions import RequestException
 
-    tls = docker.tls.TLSConfig(
-        client_cert=(info.client_cert, info.client_key), ca_cert=info.ca_cert, verify=True
-    )
     deadline = time.monotonic() + timeout
     last_error = ""
     while time.monotonic() < deadline:
         try:
-            client = docker.DockerClient(
-                base_url=info.engine_url, tls=tls, timeout=max(1, min(10, int(timeout)))
-            )
+            client = _client(info, timeout=max(1, min(10, int(timeout))))
             try:
                 client.ping()
                 return str(client.version().get("Version", "unknown"))

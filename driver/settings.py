@@ -160,6 +160,61 @@ class SweeperSettings(Section):
     grace: Seconds = 1800.0  # younger ones are left alone unless proven dead
 
 
+class PeriodSettings(Section):
+    """Like docker+machine's [[runners.machine.autoscaling]]: the last matching period wins."""
+
+    periods: list[str]  # cron, as docker+machine writes them ("* * 9-17 * * mon-fri *")
+    timezone: str = "UTC"
+    idle_count: Annotated[int, Field(ge=0)] | None = None
+    idle_count_min: Annotated[int, Field(ge=0)] | None = None
+    idle_scale_factor: Annotated[float, Field(ge=0)] | None = None
+    idle_time: Seconds | None = None
+
+    @field_validator("periods")
+    @classmethod
+    def _valid_cron(cls, periods: list[str]) -> list[str]:
+        from driver.pool import cron_fields
+
+        for period in periods:
+            cron_fields(period)
+        return periods
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, timezone: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {timezone!r} (e.g. 'UTC', 'Europe/Paris')"
+            ) from None
+        return timezone
+
+
+class PoolSettings(Section):
+    """A warm pool of ready, single-use machines kept by `gitlab-machine-driver pool`."""
+
+    idle_count: Annotated[int, Field(ge=0)] = 0  # 0: no pool; jobs create their own machine
+    idle_count_min: Annotated[int, Field(ge=0)] = 0
+    idle_scale_factor: Annotated[float, Field(ge=0)] = 0.0  # idle = in use x factor, bounded
+    idle_time: Seconds = 600.0  # idle machines beyond the target are removed after this
+    max_growth_rate: Annotated[int, Field(ge=0)] = 0  # pool creates in flight at once; 0: any
+    check_interval: Seconds = 2.0
+    health_interval: Seconds = 60.0
+    drain_on_stop: bool = False  # remove idle machines when the service stops
+    images: list[str] = []  # pulled into each machine's engine before it counts as ready
+    registry_username: str = ""
+    registry_password_file: Path | None = None
+    metrics_address: str = ""  # "127.0.0.1:9402" serves Prometheus metrics; "" does not
+    autoscaling: list[PeriodSettings] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self.idle_count > 0 or any(p.idle_count for p in self.autoscaling)
+
+
 class Settings(Section):
     builds_dir: str = "/builds"
     cache_dir: str = "/cache"
@@ -176,6 +231,7 @@ class Settings(Section):
     limits: LimitSettings = LimitSettings()
     gitlab: GitLabSettings = GitLabSettings()
     sweeper: SweeperSettings = SweeperSettings()
+    pool: PoolSettings = PoolSettings()
 
     @field_validator("builds_dir", "cache_dir")
     @classmethod

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from driver import process
 from driver.errors import CommandError, DriverError
-from driver.state import JobDir
+from driver.state import MachineDir
 
 HOST_ALIAS = "machine"
 CONTROL_PERSIST = "10m"  # the master outlives idle gaps between stages, not a lost job
@@ -24,7 +24,7 @@ MAX_CONTROL_PATH = 90
 
 
 def config_text(
-    job_dir: JobDir,
+    machine_dir: MachineDir,
     *,
     machine: str,
     host: str,
@@ -37,7 +37,7 @@ def config_text(
     return "\n".join(
         [
             f"# Written by gitlab-machine-driver for machine {machine}.",
-            f"# Debug with: ssh -F {job_dir.ssh_config} {HOST_ALIAS}",
+            f"# Debug with: ssh -F {machine_dir.ssh_config} {HOST_ALIAS}",
             f"Host {HOST_ALIAS}",
             f"  HostName {host}",
             f"  Port {port}",
@@ -47,12 +47,12 @@ def config_text(
             "  IdentityAgent none",
             "  BatchMode yes",
             f"  HostKeyAlias {machine}",
-            f"  UserKnownHostsFile {job_dir.known_hosts}",
+            f"  UserKnownHostsFile {machine_dir.known_hosts}",
             "  GlobalKnownHostsFile /dev/null",
             "  StrictHostKeyChecking yes",
             "  UpdateHostKeys no",
             "  CheckHostIP no",
-            f"  ControlPath {job_dir.control_path}",
+            f"  ControlPath {machine_dir.control_path}",
             "  ControlMaster auto",
             f"  ControlPersist {CONTROL_PERSIST}",
             f"  ConnectTimeout {int(connect_timeout)}",
@@ -67,20 +67,20 @@ def config_text(
     )
 
 
-def check_control_path(job_dir: JobDir) -> None:
-    if len(str(job_dir.control_path)) > MAX_CONTROL_PATH:
+def check_control_path(machine_dir: MachineDir) -> None:
+    if len(str(machine_dir.control_path)) > MAX_CONTROL_PATH:
         raise DriverError(
-            f"the SSH control socket path {job_dir.control_path} is too long for a unix socket",
+            f"the SSH control socket path {machine_dir.control_path} is too long for a unix socket",
             hint=f"set state_dir to a path shorter than {MAX_CONTROL_PATH - 20} characters",
         )
 
 
-def argv(job_dir: JobDir, *options: str) -> list[str]:
-    return ["ssh", "-F", str(job_dir.ssh_config), *options, HOST_ALIAS]
+def argv(machine_dir: MachineDir, *options: str) -> list[str]:
+    return ["ssh", "-F", str(machine_dir.ssh_config), *options, HOST_ALIAS]
 
 
 def run(
-    job_dir: JobDir,
+    machine_dir: MachineDir,
     remote_command: str,
     *,
     timeout: float,
@@ -91,7 +91,7 @@ def run(
     hint: str = "",
 ) -> process.Result:
     return process.run(
-        [*argv(job_dir), remote_command],
+        [*argv(machine_dir), remote_command],
         timeout=timeout,
         input=input,
         stdin_file=stdin_file,
@@ -102,7 +102,7 @@ def run(
 
 
 def wait_ready(
-    job_dir: JobDir,
+    machine_dir: MachineDir,
     *,
     target: str,
     timeout: float,
@@ -131,7 +131,7 @@ def wait_ready(
         try:
             process.run(
                 # First contact: learn the host key; it is enforced from here on.
-                [*argv(job_dir, "-o", "StrictHostKeyChecking=accept-new"), "true"],
+                [*argv(machine_dir, "-o", "StrictHostKeyChecking=accept-new"), "true"],
                 timeout=min(remaining, connect_timeout + 5),
                 what="ssh",
             )
@@ -145,11 +145,11 @@ def wait_ready(
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
-def stop_master(job_dir: JobDir) -> None:
+def stop_master(machine_dir: MachineDir) -> None:
     """Close the job's master connection (and with it every session on it)."""
-    if not job_dir.ssh_config.exists():
+    if not machine_dir.ssh_config.exists():
         return
-    process.run(argv(job_dir, "-O", "exit"), timeout=10, check=False)
+    process.run(argv(machine_dir, "-O", "exit"), timeout=10, check=False)
 
 
 def pinned_key(path: Path) -> str:

@@ -43,10 +43,11 @@ class MachineState:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class JobDir:
-    def __init__(self, state_dir: Path, job_id: int) -> None:
-        self.path = state_dir / "jobs" / str(job_id)
-        self.lock_path = state_dir / "locks" / f"job-{job_id}.lock"
+class MachineDir:
+    """Where a machine's SSH files live: its ssh_config, pinned key and master socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
     @property
     def state_file(self) -> Path:
@@ -63,6 +64,12 @@ class JobDir:
     @property
     def control_path(self) -> Path:
         return self.path / "cm"
+
+
+class JobDir(MachineDir):
+    def __init__(self, state_dir: Path, job_id: int) -> None:
+        super().__init__(state_dir / "jobs" / str(job_id))
+        self.lock_path = state_dir / "locks" / f"job-{job_id}.lock"
 
     def create(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from driver import limits
 from driver.errors import DriverError, JobError
 from driver.machine import DockerMachine
+from driver.pool import PoolStore
 from driver.settings import Settings
 from driver.state import JobDir, MachineState, process_start_time
 
@@ -26,7 +28,8 @@ JobStatus = Callable[[int, int], str]  # (project id, job id) -> status, or "mis
 
 
 def name_pattern(settings: Settings) -> str:
-    return f"{re.escape(settings.machine.name_prefix)}-[0-9]+"
+    """Job machines are <prefix>-<job id>; pool machines <prefix>-p<8 hex>."""
+    return f"{re.escape(settings.machine.name_prefix)}-([0-9]+|p[0-9a-f]{{8}})"
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Owned:
     project_id: int | None
     created: float | None
     local: MachineState | None  # this host's record of the job, if any
+    pooled: bool = False  # held by the warm pool (idle, or being created or handed over)
 
     def age(self, now: float) -> float | None:
         return None if self.created is None else now - self.created
@@ -49,17 +53,27 @@ class Verdict:
     reason: str
 
 
+def job_states(settings: Settings) -> dict[str, MachineState]:
+    """Machine name -> the state of the job on this host that owns it."""
+    states = {}
+    for path in (settings.state_dir / "jobs").glob("*"):
+        if path.name.isdigit():
+            try:
+                state = JobDir(settings.state_dir, int(path.name)).load()
+            except JobError:
+                continue
+            states[state.machine] = state
+    return states
+
+
 def inventory(dm: DockerMachine, settings: Settings) -> list[Owned]:
     owned = []
+    jobs = job_states(settings)
+    pool = PoolStore(settings.state_dir)
     for name, state in sorted(dm.list(name_pattern(settings)).items()):
         info = dm.inspect(name)
-        job_id = _int(info.label("job") if info else "") or _int(name.rsplit("-", 1)[-1])
-        local = None
-        if job_id is not None:
-            try:
-                local = JobDir(settings.state_dir, job_id).load()
-            except JobError:
-                local = None
+        local = jobs.get(name)
+        job_id = local.job_id if local else _int(info.label("job") if info else "")
         owned.append(
             Owned(
                 name=name,
@@ -68,6 +82,7 @@ def inventory(dm: DockerMachine, settings: Settings) -> list[Owned]:
                 project_id=_int(info.label("project")) if info else None,
                 created=_float(info.label("created")) if info else None,
                 local=local,
+                pooled=pool.held(name),
             )
         )
     return owned
@@ -90,6 +105,8 @@ def decide(machine: Owned, now: float, settings: Settings, job_status: JobStatus
         return Verdict(machine, True, "left half-created (its prepare is gone)")
     if machine.state == "Error":
         return Verdict(machine, True, "in Error state")
+    if machine.pooled and local is None:
+        return Verdict(machine, False, "held by the warm pool")
     if local and not runner_alive(local):
         return Verdict(machine, True, "the runner process that owned its job is gone")
     if job_status is not None and machine.job_id and machine.project_id is not None:
@@ -160,6 +177,54 @@ def stale_job_dirs(settings: Settings, machines: set[str]) -> list[JobDir]:
         if not runner_alive(state):
             stale.append(job_dir)
     return stale
+
+
+def sweep(
+    dm: DockerMachine,
+    settings: Settings,
+    job_status: JobStatus | None,
+    dry_run: bool,
+    progress: Callable[[str], None],
+) -> list[Verdict]:
+    """Decide for every owned machine, remove the dead ones (unless dry_run), say why."""
+    from driver import log, provision, ssh
+
+    owned = inventory(dm, settings)
+    now_ = now()
+    verdicts = [decide(m, now_, settings, job_status) for m in owned]
+    doing = "would remove" if dry_run else "removing"
+    orphaned = 0
+    for v in verdicts:
+        progress(f"{v.machine.name}: {doing if v.remove else 'keeping'} ({v.reason})")
+        log.get().info("sweep_verdict", machine=v.machine.name, remove=v.remove, reason=v.reason)
+        if not v.remove or dry_run:
+            continue
+        job_dir = JobDir(settings.state_dir, v.machine.local.job_id) if v.machine.local else None
+        with job_dir.locked(timeout=settings.cleanup.timeout) if job_dir else _nothing():
+            if job_dir:
+                ssh.stop_master(job_dir)
+            if not provision.destroy(dm, v.machine.name, settings, progress):
+                orphaned += 1
+            if job_dir:
+                job_dir.remove()
+            PoolStore(settings.state_dir).forget(v.machine.name)
+    for job_dir in stale_job_dirs(settings, {m.name for m in owned}):
+        progress(f"job state {job_dir.path}: {doing} (its machine and its runner are gone)")
+        if not dry_run:
+            with job_dir.locked(timeout=60):
+                ssh.stop_master(job_dir)
+                job_dir.remove()
+    removed = sum(v.remove for v in verdicts)
+    progress(
+        f"{len(verdicts)} machine(s) owned, {removed} {'to remove' if dry_run else 'removed'}"
+        + (f", {orphaned} may be orphaned in the cloud (see warnings)" if orphaned else "")
+    )
+    return verdicts
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def _int(text: str) -> int | None:

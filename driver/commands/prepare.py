@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
+import shutil
 import time
-from pathlib import Path
 
-from driver import engine, limits, log, provision, signals, ssh
+from driver import engine, limits, log, metrics, pool, provision, signals, ssh, tools
 from driver import job as job_file
 from driver import settings as settings_file
 from driver.errors import DriverError
@@ -16,10 +15,6 @@ from driver.log import say
 from driver.machine import DockerMachine
 from driver.settings import Settings
 from driver.state import JobDir, MachineState, process_start_time, write_private
-
-# What the runner's scripts and our stage wrapper need in the VM.
-REQUIRED_TOOLS = ("bash", "setsid", "mktemp", "head", "wc", "git")
-RUNNER_IN_VM = "gitlab-runner"
 
 
 def machine_name(settings: Settings, job_id: int) -> str:
@@ -41,6 +36,11 @@ def main(args: argparse.Namespace) -> int:
         if dm.exists(name):
             say(f"Removing machine {name} left over from an earlier attempt...")
             provision.destroy(dm, name, settings, say)
+        if settings.pool.enabled and _from_pool(settings, dm, job_dir, job):
+            metrics.observe(
+                settings.state_dir, "prepare_seconds", total.seconds, {"source": "pool"}
+            )
+            return 0
         state = MachineState(
             job_id=job.id,
             project_id=job.project_id,
@@ -71,6 +71,7 @@ def main(args: argparse.Namespace) -> int:
             job_dir.remove()
             raise
     log.get().info("prepared", seconds=total.seconds, timings=state.timings)
+    metrics.observe(settings.state_dir, "prepare_seconds", total.seconds, {"source": "create"})
     say(f"Machine {name} is ready ({total.seconds:g}s)")
     return 0
 
@@ -94,6 +95,8 @@ def _prepare(
     step = log.Timer()
     provision.create(dm, name, labels, settings, say)
     state.timings["create"] = step.seconds
+    metrics.count(settings.state_dir, "machine_creations_total", {"by": "job"})
+    metrics.observe(settings.state_dir, "machine_create_seconds", step.seconds)
     say(f"Created machine {name} in {step.seconds:g}s")
     info = dm.inspect(name)
     if info is None:
@@ -129,7 +132,7 @@ def _prepare(
     state.timings["ssh"] = step.seconds
     say(f"SSH is up in {step.seconds:g}s; host key pinned")
 
-    _check_tools(settings, job_dir)
+    tools.check(settings, job_dir)
 
     if settings.docker.check:
         step = log.Timer()
@@ -140,54 +143,49 @@ def _prepare(
     job_dir.save(state)
 
 
-def _check_tools(settings: Settings, job_dir: JobDir) -> None:
-    tools = " ".join((*REQUIRED_TOOLS, RUNNER_IN_VM))
-    result = ssh.run(
-        job_dir,
-        f'for t in {tools}; do command -v "$t" >/dev/null 2>&1 || echo "$t"; done',
-        timeout=30,
-        what="checking the VM's tools",
+def _from_pool(settings: Settings, dm: DockerMachine, job_dir: JobDir, job: job_file.Job) -> bool:
+    """Take a ready machine from the warm pool; False if there is none (create one then)."""
+    store = pool.PoolStore(settings.state_dir)
+    machine = store.claim()
+    metrics.count(settings.state_dir, "pool_claims_total", {"result": "hit" if machine else "miss"})
+    if machine is None:
+        say("No ready machine in the warm pool: creating one for this job")
+        return False
+    timer = log.Timer()
+    state = MachineState(
+        job_id=job.id,
+        project_id=job.project_id,
+        pipeline_id=job.pipeline_id,
+        machine=machine.name,
+        phase="created",
+        host=machine.host,
+        port=machine.port,
+        user=machine.user,
+        key_path=machine.key_path,
+        engine_url=machine.engine_url,
+        kill_grace=settings.run.kill_grace,
+        pid=os.getpid(),
+        runner_pid=os.getppid(),
+        runner_started=process_start_time(os.getppid()),
     )
-    missing = result.stdout.split()
-    lacking = [tool for tool in missing if tool != RUNNER_IN_VM]
-    if lacking:
-        raise DriverError(
-            f"the VM lacks {', '.join(lacking)}, which the job's scripts need",
-            hint="use a machine image that has them (bash, util-linux, coreutils, git)",
-        )
-    if RUNNER_IN_VM not in missing:
-        return
-    binary = settings.gitlab_runner_binary
-    if binary is None:
-        log.warn(
-            "the VM has no gitlab-runner binary: cache and artifact stages will be skipped; "
-            "set gitlab_runner_binary in the config file to upload one"
-        )
-        return
-    _upload_runner(job_dir, binary)
-
-
-def _upload_runner(job_dir: JobDir, binary: Path) -> None:
-    if not binary.is_file():
-        raise DriverError(
-            f"gitlab_runner_binary {binary} does not exist on the runner host",
-            hint="point it at the gitlab-runner binary (e.g. /usr/bin/gitlab-runner)",
-        )
-    step = log.Timer()
-    target = shlex.quote("/usr/local/bin/gitlab-runner")
-    # Written to a temp name and renamed, so a broken upload never looks installed.
-    script = (
-        "set -e; umask 022; "
-        'if [ "$(id -u)" = 0 ]; then s=""; else s="sudo -n"; fi; '
-        f't=$($s mktemp {target}.XXXXXX); $s tee "$t" >/dev/null; '
-        f'$s chmod 755 "$t"; $s mv "$t" {target}'
+    job_dir.save(state)  # from here on the job owns it: its cleanup destroys it
+    pinned = store.machine_dir(machine.name).known_hosts
+    shutil.copyfile(pinned, job_dir.known_hosts)
+    write_private(job_dir.ssh_config, pool.ssh_config_for(job_dir, machine, settings))
+    store.forget(machine.name)
+    result = ssh.run(job_dir, "true", timeout=settings.ssh.connect_timeout + 5, check=False)
+    if result.exit_code != 0:
+        say(f"Pool machine {machine.name} does not answer ({result.output}); removing it")
+        ssh.stop_master(job_dir)
+        provision.destroy(dm, machine.name, settings, say, quiet_if_missing=True)
+        job_dir.state_file.unlink(missing_ok=True)
+        return False
+    state.phase = "ready"
+    job_dir.save(state)
+    idle = time.time() - machine.ready_at
+    say(
+        f"Took machine {machine.name} from the warm pool (ready {idle:.0f}s ago, "
+        f"host key pinned at its creation; {timer.seconds:g}s)"
     )
-    ssh.run(
-        job_dir,
-        script,
-        timeout=300,
-        stdin_file=binary,
-        what="uploading gitlab-runner into the VM",
-        hint="the SSH user needs root or passwordless sudo to install into /usr/local/bin",
-    )
-    say(f"Uploaded gitlab-runner into the VM ({step.seconds:g}s)")
+    log.get().info("claimed_from_pool", machine=machine.name, seconds=timer.seconds)
+    return True

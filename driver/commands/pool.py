@@ -1,0 +1,136 @@
+"""pool: the warm-pool service (`pool run`), and what it holds (`pool status`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+from driver import log, metrics, sweeper
+from driver import settings as settings_file
+from driver.errors import ConfigError
+from driver.pool import PoolService, PoolStore, current_target
+from driver.settings import Settings
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = settings_file.load(args.config_path)
+    if args.action == "status":
+        return status(settings, as_json=args.json)
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    if not settings.pool.enabled:
+        raise ConfigError(
+            "the warm pool is off: [pool] idle_count is 0 and no autoscaling period sets one",
+            hint="set [pool] idle_count (machines kept ready) in the config file",
+        )
+    log.setup(settings.log_path, stage="pool")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service = PoolService(settings)
+    if settings.pool.metrics_address:
+        _serve_metrics(settings, service)
+    # Machines a dead runner left behind are reclaimed before the pool grows.
+    _sweep_once(settings)
+    log.say(f"pool: keeping {settings.pool.idle_count} machine(s) ready (Ctrl-C or SIGTERM stops)")
+    service.run(stop)
+    log.say("pool: stopped")
+    return 0
+
+
+def _sweep_once(settings: Settings) -> None:
+    from driver.machine import DockerMachine
+
+    dm = DockerMachine(settings)
+    job_status = sweeper.gitlab_job_status(settings) if settings.gitlab.configured else None
+    sweeper.sweep(dm, settings, job_status, dry_run=False, progress=log.say)
+
+
+def machine_counts(settings: Settings) -> dict[str, int]:
+    store = PoolStore(settings.state_dir)
+    counts = {"creating": 0, "idle": 0, "claimed": 0, "in_use": 0}
+    for name in store.names():
+        phase = store.phase(name)
+        counts["idle" if phase == "ready" else phase if phase in counts else "creating"] += 1
+    jobs = settings.state_dir / "jobs"
+    for state_file in jobs.glob("*/state.json") if jobs.exists() else []:
+        try:
+            phase = json.loads(state_file.read_text()).get("phase")
+        except (OSError, ValueError):
+            continue
+        counts["in_use" if phase == "ready" else "creating"] += 1
+    return counts
+
+
+def _serve_metrics(settings: Settings, service: PoolService) -> None:
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import Collector, CollectorRegistry
+
+    class FromStateDir(Collector):
+        def collect(self) -> Any:
+            counts = machine_counts(settings)
+            counts["removing"] = len(service.removing)
+            return metrics.families(settings.state_dir, counts)
+
+    registry = CollectorRegistry()
+    registry.register(FromStateDir())
+    host, _, port = settings.pool.metrics_address.rpartition(":")
+    start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    log.say(f"pool: Prometheus metrics on http://{host or '127.0.0.1'}:{port}/metrics")
+
+
+def status(settings: Settings, *, as_json: bool) -> int:
+    store = PoolStore(settings.state_dir)
+    now = time.time()
+    machines = []
+    for name in store.names():
+        info = store.load(name)
+        created = info.created if info else 0.0
+        machines.append(
+            {
+                "name": name,
+                "state": {"ready": "idle"}.get(store.phase(name), store.phase(name)),
+                "age_seconds": round(now - created) if created else None,
+                "idle_seconds": round(now - info.ready_at) if info and info.ready_at else None,
+            }
+        )
+    try:
+        service = json.loads((store.root / "status.json").read_text())
+    except (OSError, ValueError):
+        service = {}
+    target = current_target(settings.pool, datetime.now().astimezone())
+    report: dict[str, Any] = {
+        "service": {
+            "running": bool(service) and now - float(service.get("updated", 0)) < 30,
+            **service,
+        },
+        "target_idle": target.idle_count,
+        "counts": machine_counts(settings),
+        "machines": machines,
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0
+    running = report["service"]["running"]
+    print(f"service: {'running, pid ' + str(service.get('pid')) if running else 'not running'}")
+    counts = report["counts"]
+    print("machines: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"target idle now: {target.idle_count}")
+    for m in machines:
+        idle = f", idle {m['idle_seconds']}s" if m["idle_seconds"] is not None else ""
+        print(f"  {m['name']}  {m['state']}  age {m['age_seconds']}s{idle}")
+    for error in service.get("errors", []):
+        print(f"last error: {error}")
+    return 0
