@@ -82,6 +82,8 @@ EXPECTED = {
     "lost_vm": "system_failure",
 }
 EXECUTABLES = ("config", "prepare", "run", "cleanup")
+# A script's exit codes; the runner's own failure codes would be ambiguous.
+FAIL_CODES = [c for c in range(1, 255) if c not in (BUILD_FAILURE, SYSTEM_FAILURE)]
 # Printed by the lost_vm job's build_script; the log's echo of the command
 # shows `$((6*7))`, so only the running script's output matches.
 STARTED_MARK = "SOAK-BUILD-42"
@@ -242,13 +244,13 @@ def make_plans(jobs: int, mix: dict[str, float], rng: random.Random, timeout: fl
             script = ['echo "soak job on $(hostname)"', f"sleep {pause:.2f}", "echo done"]
             plans.append(Plan(kind, Job(script=script, after_script=after, timeout=timeout)))
         elif kind == "failed":
-            code = rng.choice([c for c in range(1, 255) if c not in (BUILD_FAILURE, SYSTEM_FAILURE)])
+            code = rng.choice(FAIL_CODES)
             script = ['echo "soak job on $(hostname)"', f"exit {code}"]
             job = Job(script=script, after_script=after, timeout=timeout)
             plans.append(Plan(kind, job, exit_code=code))
         elif kind == "cancelled":
-            job = Job(script=["echo cancel me", "sleep 60", "echo never"], after_script=after)
-            job.timeout = timeout
+            script = ["echo cancel me", "sleep 60", "echo never"]
+            job = Job(script=script, after_script=after, timeout=timeout)
             plans.append(Plan(kind, job, cancel_after=rng.uniform(1, 3)))
         else:
             script = ['echo "SOAK-BUILD-$((6*7))"', "sleep 60", "echo never"]
@@ -324,7 +326,9 @@ def judge(outcome: Outcome) -> str | None:
 # ------------------------------------------------------------- measurements
 
 
-def measured_runner(world: Env, wrapper: Path | None, out: Path, **overrides: Any) -> RunnerEmulator:
+def measured_runner(
+    world: Env, wrapper: Path | None, out: Path, **overrides: Any
+) -> RunnerEmulator:
     """The world's runner; with `wrapper`, every driver executable runs under it."""
     if wrapper is None:
         return world.runner(**overrides)
@@ -366,6 +370,26 @@ def usage_table(usage: list[dict[str, Any]], jobs: int, calls: Counter[str]) -> 
         f"{totals[0] / jobs:>9.3f} {totals[1] / jobs:>9.3f}"
     )
     return lines
+
+
+def notes(outcomes: list[Outcome]) -> dict[str, int]:
+    """Things worth a look even when every outcome is right."""
+    results = [o.result for o in outcomes if o.result]
+    records = [r for result in results for r in result.records]
+    lost = [o.result for o in outcomes if o.result and o.plan.kind == "lost_vm"]
+    return {
+        "jobs that needed more than one prepare": sum(r.prepare_attempts > 1 for r in results),
+        "executables the runner had to SIGKILL": sum("SIGKILL" in r.signals_sent for r in records),
+        "cleanup calls that failed": sum(
+            r.kind == "cleanup" and r.returncode != 0 for r in records
+        ),
+        "jobs whose log shows a driver internal error": sum(
+            "internal error" in r.job_log + r.runner_log for r in results
+        ),
+        "lost_vm jobs not saying 'lost the connection'": sum(
+            "lost the connection to machine" not in r.job_log for r in lost
+        ),
+    }
 
 
 # -------------------------------------------------------------------- leaks
@@ -504,14 +528,16 @@ def report(
     jobs = len(outcomes)
     print(f"jobs run: {jobs} (concurrency {args.concurrency}, seed {args.seed})")
     print()
-    print(f"{'kind':<10} {'jobs':>5} {'expected':<16} {'actual outcomes'}")
+    print(f"{'kind':<10} {'jobs':>5} {'job s med':>9}  {'expected':<18} {'actual outcomes'}")
     for kind in KINDS:
         mine = [o for o in outcomes if o.plan.kind == kind]
         if not mine:
             continue
         actual = Counter(o.result.outcome if o.result else "crash" for o in mine)
         shown = ", ".join(f"{name} {n}" for name, n in sorted(actual.items()))
-        print(f"{kind:<10} {len(mine):>5} {EXPECTED[kind] + ' ' + str(len(mine)):<16} {shown}")
+        median = statistics.median([o.result.seconds if o.result else 0.0 for o in mine])
+        expected = f"{EXPECTED[kind]} {len(mine)}"
+        print(f"{kind:<10} {len(mine):>5} {median:>9.1f}  {expected:<18} {shown}")
 
     wrong = [o for o in outcomes if o.wrong]
     print()
@@ -528,8 +554,13 @@ def report(
             print(f"    {item}")
 
     results = [o.result for o in outcomes if o.result]
+    print()
+    print("notes (not counted as failures):")
+    for name, count in notes(outcomes).items():
+        print(f"  {name + ':':<46} {count}")
+
     seconds = [r.seconds for r in results]
-    prepares = [r.seconds for r in results for r in r.execs("prepare") if r.ended == "exited"]
+    prepares = [e.seconds for r in results for e in r.execs("prepare") if e.ended == "exited"]
     print()
     print(f"wall time: {wall:.1f} s, {60 * jobs / wall:.1f} jobs/min")
     print(
@@ -544,7 +575,9 @@ def report(
 
     if args.no_measure:
         return
-    calls = Counter(r.kind for result in results for r in result.records if r.pid is not None)
+    calls: Counter[str] = Counter(
+        r.kind for result in results for r in result.records if r.pid is not None
+    )
     print()
     print("driver cost per job (own = the driver's Python process alone; +children adds the")
     print("docker-machine double and ssh clients it waited for; RSS = own VmHWM; tree = ru_maxrss)")

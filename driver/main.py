@@ -78,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--create", action="store_true", help="also create, use and destroy one machine"
     )
+    pool = sub.add_parser("pool", help="the warm-pool service, or what it holds")
+    pool.add_argument("action", choices=["run", "status"], help="run the service, or show it")
+    pool.add_argument("--json", action="store_true", help="status as JSON")
     migrate = sub.add_parser(
         "migrate", help="print driver configs for gitlab-runner's docker+machine runners"
     )

@@ -16,7 +16,7 @@ from tests.world import SYSTEM_FAILURE, Env, driver_argv
 
 def test_a_multi_stage_job_succeeds_in_its_own_machine(env: Env) -> None:
     job = Job(
-        script=['echo "build on $(hostname)"', "echo to-stderr >&2", "uname -s"],
+        script=['echo "build on $(hostname)"', "echo to-std'err' >&2", "uname -s"],
         after_script=['echo "after on $(hostname)"'],
         steps={"release": ["echo releasing"]},
     )

@@ -1,0 +1,153 @@
+"""The warm pool: the service keeps machines ready, prepare claims one, a machine
+serves one job and is destroyed, jobs run whether the service is up or not."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.runner import Job
+from tests.world import Env, destroy_world, driver_argv, new_world
+
+POOL = {"idle_count": 2, "check_interval": 0.5, "health_interval": 2, "idle_time": 600}
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    world = new_world(pool=POOL)
+    try:
+        yield world
+    finally:
+        destroy_world(world)
+
+
+def start_pool(env: Env) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*driver_argv(), "--config", str(env.config_path), "pool", "run"],
+        env=env.process_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop_pool(service: subprocess.Popen[str]) -> str:
+    service.send_signal(signal.SIGTERM)
+    out, _ = service.communicate(timeout=120)
+    return out
+
+
+def status(env: Env) -> dict[str, object]:
+    out = env.driver("pool", "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def idle(env: Env) -> int:
+    counts = status(env)["counts"]
+    assert isinstance(counts, dict)
+    return int(counts["idle"])
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_job_takes_a_ready_machine_and_the_pool_replaces_it(env: Env) -> None:
+    service = start_pool(env)
+    try:
+        wait_for(lambda: idle(env) == 2)
+        ready_before = {m["name"] for m in status(env)["machines"]}  # type: ignore[union-attr]
+        job = Job(script=['echo "on $(hostname)"'])
+        result = env.run_job(job)
+        assert result.outcome == "success", result.describe()
+        assert "from the warm pool" in result.job_log
+        used = next(name for name in ready_before if f"on {name}" in result.job_log)
+        assert result.execs("prepare")[0].seconds < 2.0
+        # Single use: the job's machine is destroyed, never returned to the pool.
+        assert used not in env.machines()
+        wait_for(lambda: idle(env) == 2)
+        assert used not in {m["name"] for m in status(env)["machines"]}  # type: ignore[union-attr]
+    finally:
+        out = stop_pool(service)
+    assert "pool: stopped" in out
+
+
+def test_two_jobs_at_once_never_share_a_machine(env: Env) -> None:
+    env.configure(pool={"idle_count": 1})
+    service = start_pool(env)
+    try:
+        wait_for(lambda: idle(env) == 1)
+        jobs = [Job(script=['echo "on $(hostname)"']) for _ in range(2)]
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(env.run_job, jobs))
+        hosts = set()
+        for result in results:
+            assert result.outcome == "success", result.describe()
+            hosts |= {line for line in result.job_log.splitlines() if line.startswith("on ")}
+        assert len(hosts) == 2
+        assert sum("from the warm pool" in r.job_log for r in results) == 1
+        assert sum("No ready machine in the warm pool" in r.job_log for r in results) == 1
+    finally:
+        stop_pool(service)
+
+
+def test_jobs_run_when_the_service_is_down(env: Env) -> None:
+    result = env.run_job(Job())
+    assert result.outcome == "success", result.describe()
+    assert "No ready machine in the warm pool: creating one" in result.job_log
+    env.assert_nothing_left()
+
+
+def test_a_restarted_service_adopts_ready_machines_and_drains_on_stop(env: Env) -> None:
+    service = start_pool(env)
+    wait_for(lambda: idle(env) == 2)
+    first = {m["name"] for m in status(env)["machines"]}  # type: ignore[union-attr]
+    stop_pool(service)
+    assert set(env.machines()) == first  # kept across a restart (drain is off)
+    env.configure(pool={"drain_on_stop": True})
+    service = start_pool(env)
+    time.sleep(3)
+    assert {m["name"] for m in status(env)["machines"]} == first  # type: ignore[union-attr]
+    stop_pool(service)
+    assert env.machines() == []
+    env.assert_nothing_left()
+
+
+def test_an_unhealthy_idle_machine_is_replaced(env: Env) -> None:
+    from tests.doubles import docker_machine as double
+
+    env.configure(pool={"idle_count": 1})
+    service = start_pool(env)
+    try:
+        wait_for(lambda: idle(env) == 1)
+        (sick,) = [m["name"] for m in status(env)["machines"]]  # type: ignore[union-attr]
+        double.kill_vm(str(env.storage), str(sick))
+        wait_for(lambda: sick not in env.machines() and idle(env) == 1, timeout=90)
+    finally:
+        env.configure(pool={"drain_on_stop": True})
+        stop_pool(service)
+    env.assert_nothing_left()
+
+
+def test_sweep_leaves_the_pool_alone_and_status_reports(env: Env) -> None:
+    service = start_pool(env)
+    try:
+        wait_for(lambda: idle(env) == 2)
+        swept = env.driver("sweep")
+        assert swept.stdout.count("keeping (held by the warm pool)") == 2, swept.stdout
+        text = env.driver("pool", "status").stdout
+        assert "service: running" in text and "idle 2" in text
+    finally:
+        env.configure(pool={"drain_on_stop": True})
+        stop_pool(service)
+    env.assert_nothing_left()
