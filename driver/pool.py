@@ -299,7 +299,6 @@ class PoolService:
             self._make_ready(machine)
             machine.ready_at = time.time()
             self.store.save(machine)
-            metrics.observe(self.settings.state_dir, "machine_create_seconds", timer.seconds)
             if self.stopping.is_set() and self.settings.pool.drain_on_stop:
                 raise DriverError("the service is stopping")
             self.store.mark_ready(name)
@@ -346,18 +345,11 @@ class PoolService:
             self.removing.add(name)
         try:
             self.log.info("pool_removing", machine=name, reason=why)
-            timer = log.Timer()
             ssh.stop_master(self.store.machine_dir(name))
-            clean = provision.destroy(
+            provision.destroy(
                 self.dm, name, self.settings, self._progress(name), quiet_if_missing=True
             )
             self.store.forget(name)
-            metrics.observe(self.settings.state_dir, "machine_remove_seconds", timer.seconds)
-            metrics.count(
-                self.settings.state_dir,
-                "machine_removals_total",
-                {"result": "clean" if clean else "maybe_orphaned"},
-            )
         except Exception as e:
             self._error(f"{name}: removing failed: {e}")
         finally:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from filelock import FileLock
 
-from driver import log
+from driver import log, metrics
 from driver.errors import CommandError, DriverError
 from driver.machine import DockerMachine, classify_failure
 from driver.settings import Settings
@@ -60,10 +60,12 @@ def create(
             with first_create_guard(dm, settings.create.timeout):
                 dm.create(name, labels, settings.create.timeout)
             log.get().info("machine_created", attempt=attempt, seconds=timer.seconds)
+            metrics.observe(settings.state_dir, "machine_create_seconds", timer.seconds)
             return attempt
         except CommandError as e:
             kind = classify_failure(e.output)
             log.get().warning("create_failed", attempt=attempt, kind=kind, error=str(e))
+            metrics.count(settings.state_dir, "machine_creation_failures_total", {"kind": kind})
             progress(
                 f"Attempt {attempt}/{attempts} to create {name} failed after "
                 f"{timer.seconds:g}s ({kind.replace('_', ' ')}):\n{e}"
@@ -128,6 +130,8 @@ def destroy(
             if result.exit_code == 0:
                 progress(f"Removed machine {name} in {timer.seconds:g}s")
                 log.get().info("machine_removed", machine=name, seconds=timer.seconds)
+                metrics.observe(settings.state_dir, "machine_remove_seconds", timer.seconds)
+                metrics.count(settings.state_dir, "machine_removals_total", {"result": "clean"})
                 return True
             last = result.output
             if not dm.exists(name):
@@ -143,4 +147,5 @@ def destroy(
         f"{(last or result.output).strip()[-500:]}"
     )
     log.get().error("machine_maybe_orphaned", machine=name, error=last[-500:])
+    metrics.count(settings.state_dir, "machine_removals_total", {"result": "maybe_orphaned"})
     return False

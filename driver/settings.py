@@ -244,6 +244,10 @@ class Settings(Section):
     def log_path(self) -> Path:
         return self.log_file or self.state_dir / "driver.log"
 
+    def machine_name(self, job_id: int) -> str:
+        """A job's own machine: <prefix>-<job id> (the job id is the runner's, not the job's)."""
+        return f"{self.machine.name_prefix}-{job_id}"
+
 
 def config_path(given: str | Path | None) -> Path:
     return Path(given or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)

@@ -36,6 +36,7 @@ class MachineState:
     key_path: str = ""
     engine_url: str = ""
     kill_grace: float = 10.0
+    log_path: str = ""  # the admin's log, for stages that do not read the config file
     pid: int = 0  # the prepare that is creating it; a dead one's create is no longer in flight
     # The runner process that owns the job: once it is gone, so is the job.
     runner_pid: int = 0

@@ -12,7 +12,6 @@ import time
 from driver import job as job_file
 from driver import log, provision, signals, ssh
 from driver import settings as settings_file
-from driver.commands.prepare import machine_name
 from driver.errors import JobError
 from driver.log import say
 from driver.machine import DockerMachine
@@ -22,7 +21,7 @@ from driver.state import JobDir
 def main(args: argparse.Namespace) -> int:
     settings = settings_file.load(args.config_path)
     job = job_file.from_response_file()
-    name = machine_name(settings, job.id)
+    name = settings.machine_name(job.id)
     log.setup(settings.log_path, job_id=job.id, machine=name, stage="cleanup")
     # Removing a machine must finish once begun; the runner does not cancel cleanup.
     signals.ignore_termination()

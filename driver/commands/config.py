@@ -9,7 +9,6 @@ import shutil
 from driver import NAME, __version__
 from driver import job as job_file
 from driver import settings as settings_file
-from driver.commands.prepare import machine_name
 from driver.contract import JOB_DIR_ENV
 from driver.errors import ConfigError
 from driver.state import JobDir
@@ -29,7 +28,7 @@ def main(args: argparse.Namespace) -> int:
         "builds_dir": settings.builds_dir,
         "cache_dir": settings.cache_dir,
         "builds_dir_is_shared": False,  # one VM per job: nothing else writes there
-        "hostname": machine_name(settings, job.id),
+        "hostname": settings.machine_name(job.id),
         "driver": {"name": NAME, "version": __version__},
         "job_env": {JOB_DIR_ENV: str(JobDir(settings.state_dir, job.id).path)},
     }

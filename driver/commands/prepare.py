@@ -17,14 +17,10 @@ from driver.settings import Settings
 from driver.state import JobDir, MachineState, process_start_time, write_private
 
 
-def machine_name(settings: Settings, job_id: int) -> str:
-    return f"{settings.machine.name_prefix}-{job_id}"
-
-
 def main(args: argparse.Namespace) -> int:
     settings = settings_file.load(args.config_path)
     job = job_file.from_response_file()
-    name = machine_name(settings, job.id)
+    name = settings.machine_name(job.id)
     log.setup(settings.log_path, job_id=job.id, machine=name, stage="prepare")
     signals.raise_on_termination()
     job_dir = JobDir(settings.state_dir, job.id)
@@ -47,6 +43,7 @@ def main(args: argparse.Namespace) -> int:
             pipeline_id=job.pipeline_id,
             machine=name,
             kill_grace=settings.run.kill_grace,
+            log_path=str(settings.log_path),
             pid=os.getpid(),
             runner_pid=os.getppid(),
             runner_started=process_start_time(os.getppid()),
@@ -96,7 +93,6 @@ def _prepare(
     provision.create(dm, name, labels, settings, say)
     state.timings["create"] = step.seconds
     metrics.count(settings.state_dir, "machine_creations_total", {"by": "job"})
-    metrics.observe(settings.state_dir, "machine_create_seconds", step.seconds)
     say(f"Created machine {name} in {step.seconds:g}s")
     info = dm.inspect(name)
     if info is None:
@@ -164,6 +160,7 @@ def _from_pool(settings: Settings, dm: DockerMachine, job_dir: JobDir, job: job_
         key_path=machine.key_path,
         engine_url=machine.engine_url,
         kill_grace=settings.run.kill_grace,
+        log_path=str(settings.log_path),
         pid=os.getpid(),
         runner_pid=os.getppid(),
         runner_started=process_start_time(os.getppid()),

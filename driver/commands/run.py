@@ -51,13 +51,29 @@ assert "'" not in WRAPPER
 # Asked only after ssh exits 255: did the script itself exit 255?
 PROBE = r"""f=${TMPDIR:-/tmp}/gmd-rc.$1; cat "$f" 2>/dev/null; rm -f "$f" """
 SSH_FAILED = 255
+LOST_MARKER = "lost"
 PROBE_TIMEOUT = 15.0
 
 
 def main(args: argparse.Namespace) -> int:
-    script_path, stage = args.script, args.stage
     job_dir = os.environ.get(JOB_DIR_ENV) or _job_dir_from_config(args.config_path)
     state = _load_state(job_dir)
+    try:
+        return _run(args.script, args.stage, job_dir, state)
+    except DriverError:
+        _log_failure(state, args.stage)
+        raise
+
+
+def _run(script_path: str, stage: str, job_dir: str, state: dict[str, object]) -> int:
+    lost = os.path.join(job_dir, LOST_MARKER)
+    if os.path.exists(lost):
+        # Do not make every later stage wait out a connect timeout on a dead VM.
+        with open(lost) as f:
+            raise DriverError(
+                f"machine {state.get('machine')} was lost earlier ({f.read().strip()}); "
+                f"not running stage {stage}"
+            )
     try:
         with open(script_path, "rb") as f:
             script = f.read()
@@ -94,8 +110,27 @@ def main(args: argparse.Namespace) -> int:
     if rc == SSH_FAILED:
         exited_255, probe_error = _probe(ssh, token)
         if not exited_255:
+            with open(lost, "w") as f:
+                f.write(f"during stage {stage}")
             raise _connection_lost(str(state.get("machine", "?")), stage, probe_error)
     raise BuildFailure(rc)
+
+
+def _log_failure(state: dict[str, object], stage: str) -> None:
+    """Into the admin's log as well (only on failure: the success path stays lean)."""
+    if not state.get("log_path"):
+        return
+    from pathlib import Path
+
+    from driver import log
+
+    # main's error handler writes the line once logging is set up.
+    log.setup(
+        Path(str(state["log_path"])),
+        job_id=state.get("job_id"),
+        machine=state.get("machine"),
+        stage=stage,
+    )
 
 
 def _connection_lost(machine: str, stage: str, probe_error: str) -> DriverError:

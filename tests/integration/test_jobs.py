@@ -78,6 +78,11 @@ def test_a_vm_lost_mid_stage_is_a_system_failure(env: Env) -> None:
     assert result.outcome == "system_failure", result.describe()
     assert "lost the connection to machine" in result.job_log
     assert "never" not in result.stage("build_script").stdout
+    # Later stages fail at once instead of each waiting out a connect timeout.
+    assert result.stage("cleanup_file_variables").seconds < 5
+    assert "was lost earlier (during stage build_script)" in result.job_log
+    log = (env.state_dir / "driver.log").read_text()
+    assert '"event": "failed"' in log and "lost the connection" in log
     env.assert_nothing_left()
 
 
