@@ -15,7 +15,13 @@ import pytest
 from tests.runner import Job
 from tests.world import Env, destroy_world, driver_argv, new_world
 
-POOL = {"idle_count": 2, "check_interval": 0.5, "health_interval": 2, "idle_time": 600}
+POOL = {
+    "idle_count": 2,
+    "check_interval": 0.5,
+    "health_interval": 2,
+    "idle_time": 600,
+    "drain_on_stop": True,
+}
 
 
 @pytest.fixture
@@ -80,6 +86,7 @@ def test_a_job_takes_a_ready_machine_and_the_pool_replaces_it(env: Env) -> None:
     finally:
         out = stop_pool(service)
     assert "pool: stopped" in out
+    env.assert_nothing_left()
 
 
 def test_two_jobs_at_once_never_share_a_machine(env: Env) -> None:
@@ -99,6 +106,7 @@ def test_two_jobs_at_once_never_share_a_machine(env: Env) -> None:
         assert sum("No ready machine in the warm pool" in r.job_log for r in results) == 1
     finally:
         stop_pool(service)
+    env.assert_nothing_left()
 
 
 def test_jobs_run_when_the_service_is_down(env: Env) -> None:
@@ -109,6 +117,7 @@ def test_jobs_run_when_the_service_is_down(env: Env) -> None:
 
 
 def test_a_restarted_service_adopts_ready_machines_and_drains_on_stop(env: Env) -> None:
+    env.configure(pool={"drain_on_stop": False})
     service = start_pool(env)
     wait_for(lambda: idle(env) == 2)
     first = {m["name"] for m in status(env)["machines"]}  # type: ignore[union-attr]
@@ -134,7 +143,6 @@ def test_an_unhealthy_idle_machine_is_replaced(env: Env) -> None:
         double.kill_vm(str(env.storage), str(sick))
         wait_for(lambda: sick not in env.machines() and idle(env) == 1, timeout=90)
     finally:
-        env.configure(pool={"drain_on_stop": True})
         stop_pool(service)
     env.assert_nothing_left()
 
@@ -148,6 +156,5 @@ def test_sweep_leaves_the_pool_alone_and_status_reports(env: Env) -> None:
         text = env.driver("pool", "status").stdout
         assert "service: running" in text and "idle 2" in text
     finally:
-        env.configure(pool={"drain_on_stop": True})
         stop_pool(service)
     env.assert_nothing_left()
