@@ -8,7 +8,7 @@ setup:
 	@./scripts/setup
 
 demo: setup
-	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) -m tests.runner --config config/demo.toml
+	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) -m tests.runner --config $(CURDIR)/config/demo.toml
 
 test: setup
 	$(PY) -m pytest -n 2 --dist loadgroup

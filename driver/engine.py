@@ -10,13 +10,25 @@ from driver.errors import DriverError
 from driver.machine import MachineInfo
 
 
+API_VERSION = "1.24"
+
+
 def _client(info: MachineInfo, timeout: int) -> Any:
     import docker
 
     tls = docker.tls.TLSConfig(
         client_cert=(info.client_cert, info.client_key), ca_cert=info.ca_cert, verify=True
     )
-    return docker.DockerClient(base_url=info.engine_url, tls=tls, timeout=timeout)
+    # An explicit API version: "auto" would query the engine before trust_env is off.
+    # 1.24 is the oldest the SDK and every supported engine speak; enough for ping and pull.
+    client = docker.DockerClient(
+        base_url=info.engine_url, tls=tls, timeout=timeout, version=API_VERSION
+    )
+    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the machine's own CA
+    # (psf/requests#3829), and would send the engine's traffic to HTTPS_PROXY: neither
+    # belongs between the runner host and its VM.
+    client.api.trust_env = False
+    return client
 
 
 def pull(info: MachineInfo, images: list[str], auth: dict[str, str] | None) -> None:
@@ -52,6 +64,7 @@ def wait_ready(
     from requests.exceptions import RequestException
 
     deadline = time.monotonic() + timeout
+    next_report = time.monotonic() + 10
     last_error = ""
     while time.monotonic() < deadline:
         try:
@@ -63,7 +76,9 @@ def wait_ready(
                 client.close()
         except (DockerException, RequestException, OSError) as e:
             last_error = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        progress(f"Docker engine at {info.engine_url} not ready yet: {last_error}")
+        if time.monotonic() >= next_report:
+            progress(f"Docker engine at {info.engine_url} not ready yet: {last_error}")
+            next_report += 10
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
     raise DriverError(
         f"the Docker engine of {info.name} at {info.engine_url} did not answer within "

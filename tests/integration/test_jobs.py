@@ -8,6 +8,9 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
 
 from tests.doubles import docker_machine as double
 from tests.runner import CancelPlan, Job, Variable
@@ -205,3 +208,14 @@ def test_a_bad_config_file_is_a_system_failure_naming_the_problem(env: Env) -> N
     assert result.execs("config")[0].returncode == SYSTEM_FAILURE
     assert "name_prefx: unknown setting (a typo?)" in result.job_log
     assert str(env.config_path) in result.job_log
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/dockerd").exists(), reason="needs docker.io")
+def test_the_vms_own_docker_engine_is_checked_over_tls_and_usable(env: Env) -> None:
+    env.configure(docker={"check": True})
+    job = Job(script=["docker info --format 'engine of {{.Name}}'"])
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    assert "answers at tcp://" in result.job_log
+    assert f"engine of gmdt-{job.id}" in result.job_log
+    env.assert_nothing_left()
