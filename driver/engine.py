@@ -9,7 +9,6 @@ from typing import Any
 from driver.errors import DriverError
 from driver.machine import MachineInfo
 
-
 API_VERSION = "1.24"
 
 

@@ -117,7 +117,13 @@ def migrate(runner: dict[str, Any]) -> Migration:
     if machine.get("MaxRemovalAttempts"):
         settings["cleanup"] = {"remove_attempts": min(100, int(machine["MaxRemovalAttempts"]))}
 
-    _pool_notes(machine, notes)
+    pool = _pool(machine)
+    if pool:
+        settings["pool"] = pool
+        notes.append(
+            "idle machines: run the pool service (`gitlab-machine-driver pool run`, or the "
+            "gitlab-machine-driver-pool systemd unit); jobs still run without it"
+        )
     builds = int(machine.get("MaxBuilds", 0) or 0)
     if builds != 1:
         notes.append(
@@ -143,17 +149,29 @@ def migrate(runner: dict[str, Any]) -> Migration:
     return Migration(name, text, _runner_block(config_path, top), notes)
 
 
-def _pool_notes(machine: dict[str, Any], notes: list[str]) -> None:
-    idle = {k: machine.get(k) for k in ("IdleCount", "IdleCountMin", "IdleScaleFactor", "IdleTime")}
-    idle = {k: v for k, v in idle.items() if v}
-    if idle or machine.get("autoscaling"):
-        periods = len(machine.get("autoscaling", []))
-        notes.append(
-            f"{', '.join(f'{k} = {v}' for k, v in idle.items()) or 'idle settings'}"
-            + (f" and {periods} autoscaling period(s)" if periods else "")
-            + ": this driver creates a fresh machine per job on demand; a warm pool of "
-            "ready machines is not available yet, so jobs wait for their machine's create"
-        )
+# docker+machine's idle settings and their [pool] names.
+POOL_KEYS = {
+    "IdleCount": "idle_count",
+    "IdleCountMin": "idle_count_min",
+    "IdleScaleFactor": "idle_scale_factor",
+    "IdleTime": "idle_time",
+}
+
+
+def _pool(machine: dict[str, Any]) -> dict[str, Any]:
+    pool = {ours: machine[theirs] for theirs, ours in POOL_KEYS.items() if machine.get(theirs)}
+    periods = []
+    for period in machine.get("autoscaling", []):
+        entry: dict[str, Any] = {"periods": period.get("Periods", [])}
+        if period.get("Timezone"):
+            entry["timezone"] = period["Timezone"]
+        entry |= {ours: period[theirs] for theirs, ours in POOL_KEYS.items() if theirs in period}
+        periods.append(entry)
+    if periods:
+        pool["autoscaling"] = periods
+    if pool and machine.get("MaxGrowthRate"):
+        pool["max_growth_rate"] = int(machine["MaxGrowthRate"])
+    return pool
 
 
 def _runner_block(config_path: str, top: dict[str, Any]) -> str:
@@ -173,8 +191,17 @@ def _toml(top: dict[str, Any], sections: dict[str, dict[str, Any]], source: str)
     lines = [f"# Migrated from docker+machine runner {source!r} by gitlab-machine-driver migrate."]
     lines += [f"{key} = {_value(value)}" for key, value in top.items()]
     for name, values in sections.items():
+        tables = {
+            k: v
+            for k, v in values.items()
+            if isinstance(v, list) and v and all(isinstance(item, dict) for item in v)
+        }
         lines += ["", f"[{name}]"]
-        lines += [f"{key} = {_value(value)}" for key, value in values.items()]
+        lines += [f"{key} = {_value(value)}" for key, value in values.items() if key not in tables]
+        for key, items in tables.items():
+            for item in items:
+                lines += ["", f"[[{name}.{key}]]"]
+                lines += [f"{k} = {_value(v)}" for k, v in item.items()]
     return "\n".join(lines) + "\n"
 
 

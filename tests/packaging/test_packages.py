@@ -35,6 +35,7 @@ def test_the_debian_package_installs_the_command_config_and_units(tmp_path: Path
         "./etc/gitlab-machine-driver/config.toml",
         "./lib/systemd/system/gitlab-machine-driver-sweep.timer",
         "./lib/systemd/system/gitlab-machine-driver-sweep.service",
+        "./lib/systemd/system/gitlab-machine-driver-pool.service",
     ):
         assert path in contents
     conffiles = subprocess.run(

@@ -31,6 +31,11 @@ def test_aws_autoscale_config_becomes_a_valid_driver_config() -> None:
     assert all(not o.startswith("engine-") for o in s.machine.options)
     assert s.limits.max_machines == 10
     assert s.limits.max_creating == 1
+    # The idle machines become the warm pool, periods and all.
+    assert (s.pool.idle_count, s.pool.idle_time, s.pool.max_growth_rate) == (5, 600, 1)
+    assert [p.idle_count for p in s.pool.autoscaling] == [50, 5]
+    assert s.pool.autoscaling[0].periods == ["* * 9-17 * * mon-fri *"]
+    assert s.pool.autoscaling[1].timezone == "UTC"
 
 
 def test_what_has_no_equivalent_is_said_with_the_reason(
@@ -38,7 +43,7 @@ def test_what_has_no_equivalent_is_said_with_the_reason(
 ) -> None:
     out = run(capsys, FIXTURES / "autoscale-aws.toml")
     assert "MaxBuilds = 100: every machine now serves exactly one job" in out
-    assert "IdleCount = 5, IdleTime = 600 and 2 autoscaling period(s)" in out
+    assert "run the pool service" in out
     assert "image 'ruby:2.7'" in out and "not in a container" in out
     assert 'config_exec = "gitlab-machine-driver"' in out
     assert (
