@@ -63,6 +63,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--megabytes", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5, help="throughput rounds")
     args = parser.parse_args()
 
     world = new_world()
@@ -80,16 +81,16 @@ def main() -> int:
         stage = [*DRIVER, "--config", str(world.config_path), "run", str(empty), "build_script"]
         fresh = [*ssh, "-o", "ControlMaster=no", "-o", "ControlPath=none", "machine", "bash"]
 
-        results = {
-            "python -c pass": timed(lambda: run_quiet([sys.executable, "-c", "pass"]), args.repeat),
-            "ssh via master: true": timed(
-                lambda: run_quiet([*ssh, "machine", "true"]), args.repeat
-            ),
-            "driver run: empty stage": timed(lambda: run_quiet(stage, env=env), args.repeat),
-            "fresh ssh: bash < script": timed(
-                lambda: run_quiet(fresh, stdin=empty.open("rb")), args.repeat
-            ),
+        cases: dict[str, Callable[[], object]] = {
+            "python -c pass": lambda: run_quiet([sys.executable, "-c", "pass"]),
+            "ssh via master: true": lambda: run_quiet([*ssh, "machine", "true"]),
+            "driver run: empty stage": lambda: run_quiet(stage, env=env),
+            "fresh ssh: bash < script": lambda: run_quiet(fresh, stdin=empty.open("rb")),
         }
+        results: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(args.repeat):  # round-robin, so all see the same machine load
+            for name, case in cases.items():
+                results[name] += timed(case, 1)
         med = {name: statistics.median(s) * 1000 for name, s in results.items()}
         print(f"{'what':<28} {'median ms':>10} {'p90 ms':>8}")
         for name, samples in results.items():
@@ -115,7 +116,7 @@ def main() -> int:
         big_stage = [*DRIVER, "--config", str(world.config_path), "run", str(big), "build_script"]
         cat = [*ssh, "machine", f"head -c {mb}M /dev/zero"]
         rates: dict[str, list[float]] = {"driver": [], "ssh": []}
-        for _ in range(3):  # interleaved, so both see the same machine load
+        for _ in range(args.rounds):  # interleaved, so both see the same machine load
             rates["driver"].append(throughput(big_stage, env, mb))
             rates["ssh"].append(throughput(cat, env, mb))
         d, s = statistics.median(rates["driver"]), statistics.median(rates["ssh"])

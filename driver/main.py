@@ -6,15 +6,19 @@ and `run` starts once per stage.
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import os
 import sys
-import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from driver import NAME, __version__, contract
 from driver.errors import BuildFailure, DriverError
+
+if TYPE_CHECKING:
+    import argparse
 
 
 @contextmanager
@@ -37,6 +41,8 @@ def error_handler() -> Iterator[None]:
             file=sys.stderr,
             flush=True,
         )
+        import traceback
+
         traceback.print_exc()
         _log_error(e)
         raise SystemExit(contract.system_failure_code()) from None
@@ -51,6 +57,8 @@ def _log_error(error: BaseException) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(
         prog=NAME,
         description="GitLab Runner custom executor: one fresh docker-machine VM per job.",
@@ -103,15 +111,37 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_stage_args(argv: list[str]) -> Any:
+    """`[--config PATH] run SCRIPT STAGE`, parsed without argparse.
+
+    The runner starts `run` once per stage; building the full parser would cost
+    every stage more than parsing these four words does. Anything else (help,
+    other commands, odd spellings) goes through argparse.
+    """
+    config, rest = None, argv
+    if rest[:1] == ["--config"] and len(rest) > 1:
+        config, rest = rest[1], rest[2:]
+    elif rest[:1] and rest[0].startswith("--config="):
+        config, rest = rest[0].split("=", 1)[1], rest[1:]
+    if len(rest) == 3 and rest[0] == "run" and not any(a.startswith("-") for a in rest[1:]):
+        return SimpleNamespace(command="run", config_path=config, script=rest[1], stage=rest[2])
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = run_stage_args(words) or parser().parse_args(words)
     with error_handler():
         # Each command is a module of driver.commands with main(args); only the chosen
         # one is imported, so `run` does not pay for what prepare needs.
         command = importlib.import_module(f"driver.commands.{args.command}")
         code: int = command.main(args)
-        return code
-    raise AssertionError("unreachable")
+    if args.command == "run":
+        # Once per stage: skip the interpreter's tear-down, nothing is left to clean.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

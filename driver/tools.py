@@ -12,7 +12,7 @@ from driver.settings import Settings
 from driver.state import MachineDir
 
 # What the runner's scripts and our stage wrapper need in the VM.
-REQUIRED_TOOLS = ("bash", "setsid", "mktemp", "head", "wc", "git")
+REQUIRED_TOOLS = ("bash", "head", "git")
 RUNNER_IN_VM = "gitlab-runner"
 
 
@@ -29,7 +29,7 @@ def check(settings: Settings, job_dir: MachineDir) -> None:
     if lacking:
         raise DriverError(
             f"the VM lacks {', '.join(lacking)}, which the job's scripts need",
-            hint="use a machine image that has them (bash, util-linux, coreutils, git)",
+            hint="use a machine image that has them (bash, coreutils, git)",
         )
     if RUNNER_IN_VM not in missing:
         return

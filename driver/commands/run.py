@@ -8,35 +8,47 @@ output reaches the job log as it comes, with nothing buffering it.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import signal
-import subprocess
+import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from driver.contract import JOB_DIR_ENV, clean_env
 from driver.errors import BuildFailure, Cancelled, DriverError, JobError
 
-# Runs in the VM. Reads "<size>\n<script>" from stdin into a private file and
-# runs it in its own session with stdin from /dev/null (a job command reading
-# stdin cannot eat the script). Our stdin stays open while the driver's `run`
-# lives; when it closes (cancel, or `run` was killed) the stage's processes
-# get SIGTERM, then SIGKILL after the grace. ssh's own failures exit 255, so a
-# script's real 255 is also written to a marker file the driver can ask for.
-# Every failure of the wrapper itself exits 255 without that marker.
-# No single quotes in here: it is sent single-quoted.
+if TYPE_CHECKING:
+    import argparse
+
+# Runs in the VM. Reads "<size>\n<script>gmd-end\n" from stdin into a private
+# file and runs it in its own process group (job control on just for the
+# start, so no job notices reach the log) with stdin from /dev/null (a job command
+# reading stdin cannot eat the script); the trailer proves the script arrived
+# whole. Our stdin stays open while the driver's `run` lives; when it closes
+# (cancel, or `run` was killed) the stage's processes get SIGTERM, then SIGKILL
+# after the grace. ssh's own failures exit 255, so a script's real 255 is also
+# written to a marker file the driver can ask for; every failure of the wrapper
+# itself exits 255 without that marker. Few programs run here: each costs time
+# on every stage. No single quotes in here: it is sent single-quoted.
 WRAPPER = r"""
 umask 077
 grace=$1 token=$2 dir=${TMPDIR:-/tmp}
-script=$(mktemp "$dir/gmd-stage.XXXXXXXX") || exit 255
-IFS= read -r size || { rm -f "$script"; exit 255; }
-head -c "$size" > "$script"
-if [ "$(wc -c < "$script")" -ne "$size" ]; then
+script=$dir/gmd-stage.$token
+IFS= read -r size || exit 255
+set -C
+: > "$script" || exit 255
+set +C
+head -c "$size" >> "$script"
+IFS= read -r end
+if [ "$end" != gmd-end ]; then
   rm -f "$script"; echo "the stage script arrived incomplete" >&2; exit 255
 fi
-setsid bash "$script" < /dev/null &
+set -m
+bash "$script" < /dev/null &
 pid=$!
+set +m
 (read -r _; kill -TERM -- -$pid; sleep "$grace"; kill -KILL -- -$pid) <&0 >/dev/null 2>&1 &
 watchdog=$!
 wait $pid
@@ -46,6 +58,7 @@ rm -f "$script"
 if [ $rc -eq 255 ]; then echo 255 > "$dir/gmd-rc.$token"; fi
 exit $rc
 """
+TRAILER = b"gmd-end\n"
 assert "'" not in WRAPPER
 
 # Asked only after ssh exits 255: did the script itself exit 255?
@@ -89,25 +102,27 @@ def _run(script_path: str, stage: str, job_dir: str, state: dict[str, object]) -
 
     signal.signal(signal.SIGTERM, _cancel)
     signal.signal(signal.SIGINT, _cancel)
-    proc = subprocess.Popen([*ssh, remote], stdin=subprocess.PIPE, env=clean_env())
-    assert proc.stdin is not None
+    # posix_spawn, not subprocess: this runs once per stage and every import counts.
+    stdin_read, stdin_write = os.pipe()
+    pid = os.posix_spawnp(
+        "ssh", [*ssh, remote], clean_env(), file_actions=[(os.POSIX_SPAWN_DUP2, stdin_read, 0)]
+    )
+    os.close(stdin_read)
     try:
-        try:
-            proc.stdin.write(b"%d\n" % len(script) + script)
-            proc.stdin.flush()
-        except BrokenPipeError:
-            pass  # ssh already gave up; its exit code says why
-        rc = proc.wait()
+        with contextlib.suppress(BrokenPipeError):  # ssh gave up; its exit code says why
+            _write_all(stdin_write, b"%d\n" % len(script) + script + TRAILER)
+        rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     except Cancelled:
-        _stop(proc, grace)
+        _stop(pid, stdin_write, grace)
         raise Cancelled(
             f"stage {stage} cancelled: its processes in the VM were sent SIGTERM "
             f"(SIGKILL after {grace:g}s)"
         ) from None
+    os.close(stdin_write)  # only now: an open stdin is what keeps the stage running
 
     if rc == 0:
         return 0
-    if rc == SSH_FAILED:
+    if rc == SSH_FAILED or rc < 0:  # ssh failed, or was killed by a signal
         exited_255, probe_error = _probe(ssh, token)
         if not exited_255:
             with open(lost, "w") as f:
@@ -154,23 +169,29 @@ def _cancel(signum: int, frame: FrameType | None) -> None:
     raise Cancelled(signal.Signals(signum).name)
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _stop(pid: int, stdin_write: int, grace: float) -> None:
     """Closing ssh's stdin tells the wrapper in the VM to stop the stage; then wait."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        if proc.stdin:
-            proc.stdin.close()
-    except OSError:
-        pass
-    try:
-        proc.wait(timeout=grace + 5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    os.close(stdin_write)
+    deadline = time.monotonic() + grace + 5
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def _probe(ssh: list[str], token: str) -> tuple[bool, str]:
     """Did the script itself exit 255? If the VM cannot say, also why (ssh's error)."""
+    import subprocess
+
     try:
         probe = subprocess.run(
             [*ssh, f"exec bash --norc --noprofile -c '{PROBE}' gmd-probe {token}"],

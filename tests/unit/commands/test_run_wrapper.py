@@ -5,7 +5,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from driver.commands.run import PROBE, WRAPPER
+from driver.commands.run import PROBE, TRAILER, WRAPPER
 
 
 def start(tmp_path: Path, script: bytes, grace: float = 1) -> subprocess.Popen[bytes]:
@@ -17,7 +17,7 @@ def start(tmp_path: Path, script: bytes, grace: float = 1) -> subprocess.Popen[b
         env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert proc.stdin
-    proc.stdin.write(b"%d\n" % len(script) + script)
+    proc.stdin.write(b"%d\n" % len(script) + script + TRAILER)
     proc.stdin.flush()
     return proc
 
