@@ -146,6 +146,12 @@ class Env:
         jobs = self.state_dir / "jobs"
         return sorted(p.name for p in jobs.iterdir()) if jobs.exists() else []
 
+    def assert_nothing_left_but_runner_temp(self) -> None:
+        """For jobs whose runner "died": its own temp dirs are the runner's business."""
+        shutil.rmtree(self.runner_temp, ignore_errors=True)
+        self.runner_temp.mkdir()
+        self.assert_nothing_left()
+
     def assert_nothing_left(self) -> None:
         """No machine, no job state, no runner temp dir, no VM process."""
         deadline = time.monotonic() + 10
