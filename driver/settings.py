@@ -215,6 +215,13 @@ class PoolSettings(Section):
         return self.idle_count > 0 or any(p.idle_count for p in self.autoscaling)
 
 
+class DebugSettings(Section):
+    # Keep the machine of a job whose script failed, for `gitlab-machine-driver ssh JOB`;
+    # the sweeper removes it once keep_max_age has passed. It still counts against limits.
+    keep_failed_machines: bool = False
+    keep_max_age: Seconds = 3600.0
+
+
 class Settings(Section):
     builds_dir: str = "/builds"
     cache_dir: str = "/cache"
@@ -232,6 +239,7 @@ class Settings(Section):
     gitlab: GitLabSettings = GitLabSettings()
     sweeper: SweeperSettings = SweeperSettings()
     pool: PoolSettings = PoolSettings()
+    debug: DebugSettings = DebugSettings()
 
     @field_validator("builds_dir", "cache_dir")
     @classmethod

@@ -21,6 +21,7 @@ from filelock import FileLock, Timeout
 from driver.errors import JobError
 
 STATE_FILE = "state.json"
+FAILED_MARKER = "failed"  # written by run when a user stage's script fails
 
 
 @dataclass
@@ -41,6 +42,7 @@ class MachineState:
     # The runner process that owns the job: once it is gone, so is the job.
     runner_pid: int = 0
     runner_started: int = 0
+    kept_until: float = 0.0  # phase "kept": a failed job's machine, kept for inspection
     timings: dict[str, float] = field(default_factory=dict)
 
 

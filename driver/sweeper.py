@@ -99,6 +99,10 @@ def decide(machine: Owned, now: float, settings: Settings, job_status: JobStatus
     age = machine.age(now)
     if local and local.phase == "creating" and limits.pid_alive(local.pid):
         return Verdict(machine, False, "being prepared")
+    if local and local.phase == "kept":
+        if now < local.kept_until:
+            return Verdict(machine, False, "kept for inspection after its job failed")
+        return Verdict(machine, True, "kept for inspection, and its time is up")
     if age is not None and age > settings.sweeper.max_age:
         return Verdict(machine, True, f"older than max_age ({age:.0f}s)")
     if local and local.phase == "creating":
@@ -174,7 +178,7 @@ def stale_job_dirs(settings: Settings, machines: set[str]) -> list[JobDir]:
             continue
         if state.phase == "creating" and limits.pid_alive(state.pid):
             continue
-        if not runner_alive(state):
+        if state.phase == "kept" or not runner_alive(state):
             stale.append(job_dir)
     return stale
 

@@ -65,6 +65,7 @@ assert "'" not in WRAPPER
 PROBE = r"""f=${TMPDIR:-/tmp}/gmd-rc.$1; cat "$f" 2>/dev/null; rm -f "$f" """
 SSH_FAILED = 255
 LOST_MARKER = "lost"
+FAILED_MARKER = "failed"  # as driver.state.FAILED_MARKER (not imported: run stays lean)
 PROBE_TIMEOUT = 15.0
 
 
@@ -128,6 +129,9 @@ def _run(script_path: str, stage: str, job_dir: str, state: dict[str, object]) -
             with open(lost, "w") as f:
                 f.write(f"during stage {stage}")
             raise _connection_lost(str(state.get("machine", "?")), stage, probe_error)
+    if stage == "build_script" or stage.startswith("step_"):
+        with open(os.path.join(job_dir, FAILED_MARKER), "w") as f:
+            f.write(stage)  # cleanup may keep the machine for inspection
     raise BuildFailure(rc)
 
 

@@ -1,0 +1,103 @@
+"""What an operator does from a shell: doctor, ls, ssh, a stage by hand, and
+keeping a failed job's machine for inspection."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+
+from tests.runner import Job
+from tests.world import Env
+
+
+def job_environment(env: Env, job_id: int) -> dict[str, str]:
+    """What `eval "$(gitlab-machine-driver job init ...)"` puts in an operator's shell."""
+    out = env.driver("job", "init", "--id", str(job_id))
+    assert out.returncode == 0, out.stderr
+    exported = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("export "):
+            key, _, value = line.removeprefix("export ").partition("=")
+            exported[key] = shlex.split(value)[0]
+    return exported
+
+
+def test_the_readme_walk_through_of_a_stage_by_hand(env: Env) -> None:
+    shell = job_environment(env, 4242)
+    assert set(shell) >= {"JOB_RESPONSE_FILE", "BUILD_EXIT_CODE_FILE", "SYSTEM_FAILURE_EXIT_CODE"}
+    config = env.driver("config", env=shell)
+    assert json.loads(config.stdout)["hostname"] == "gmdt-4242"
+    prepare = env.driver("prepare", env=shell)
+    assert prepare.returncode == 0, prepare.stdout + prepare.stderr
+    assert "Machine gmdt-4242 is ready" in prepare.stdout
+    # No job_env from the runner here: run finds the job from the config file.
+    stage = env.base / "stage.sh"
+    stage.write_text('echo "by hand on $(hostname)"\nexit 7\n')
+    run = env.driver("run", str(stage), "build_script", env=shell)
+    assert "by hand on gmdt-4242" in run.stdout
+    assert run.returncode == int(shell["BUILD_FAILURE_EXIT_CODE"])
+    with open(shell["BUILD_EXIT_CODE_FILE"]) as f:
+        assert f.read().strip() == "7"
+    ssh = env.driver("ssh", "gmdt-4242", "uname", "-s", env=shell)
+    assert (ssh.returncode, ssh.stdout.strip()) == (0, "Linux")
+    listed = json.loads(env.driver("ls", "--json").stdout)
+    assert [(m["name"], m["job"], m["phase"]) for m in listed] == [("gmdt-4242", 4242, "ready")]
+    table = env.driver("ls").stdout
+    assert table.splitlines()[0].split() == [
+        "NAME",
+        "STATE",
+        "PHASE",
+        "JOB",
+        "PROJECT",
+        "AGE",
+        "ADDRESS",
+    ]
+    assert env.driver("cleanup", env=shell).returncode == 0
+    env.assert_nothing_left()
+
+
+def test_doctor_checks_everything_and_does_a_round_trip(env: Env) -> None:
+    out = env.driver("doctor", "--create", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for check in ("config file", "docker-machine", "ssh client", "state dir", "GitLab API"):
+        assert f"ok    {check}:" in out.stdout
+    assert "machine round trip: prepare" in out.stdout
+    assert "in the VM: Linux" in out.stdout
+    assert "everything looks fine" in out.stdout
+    env.assert_nothing_left()
+
+
+def test_doctor_names_a_problem_and_its_fix(env: Env) -> None:
+    env.state_dir.mkdir(mode=0o755, exist_ok=True)
+    env.state_dir.chmod(0o755)
+    out = env.driver("doctor")
+    assert out.returncode == 1
+    assert "FAIL  state dir" in out.stdout
+    assert f"hint: chmod 700 {env.state_dir}" in out.stdout
+    env.configure(docker_machine={"program": "no-such-docker-machine"})
+    out = env.driver("doctor")
+    assert "FAIL  docker-machine: 'no-such-docker-machine' is not found" in out.stdout
+
+
+def test_a_failed_jobs_machine_is_kept_for_inspection_then_swept(env: Env) -> None:
+    env.configure(debug={"keep_failed_machines": True, "keep_max_age": 4})
+    job = Job(script=["echo broke > /tmp/evidence", "exit 3"])
+    result = env.run_job(job)
+    assert (result.outcome, result.exit_code) == ("failed", 3), result.describe()
+    machine = f"gmdt-{job.id}"
+    assert f"keeping machine {machine} of failed job {job.id} for inspection" in result.runner_log
+    assert env.machines() == [machine]
+    look = env.driver("ssh", str(job.id), "cat", "/tmp/evidence")
+    assert look.stdout.strip() == "broke", look.stderr
+    assert "kept for inspection after its job failed" in env.driver("sweep").stdout
+    time.sleep(4.5)
+    swept = env.driver("sweep")
+    assert "kept for inspection, and its time is up" in swept.stdout
+    env.assert_nothing_left()
+
+
+def test_a_succeeding_job_is_never_kept(env: Env) -> None:
+    env.configure(debug={"keep_failed_machines": True})
+    assert env.run_job(Job()).outcome == "success"
+    env.assert_nothing_left()
