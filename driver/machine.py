@@ -113,6 +113,19 @@ class DockerMachine:
             "options and credentials in the config file",
         )
 
+    def make_certs(self, scratch_name: str) -> None:
+        """Have docker-machine make its CA and client certificates: a `none` machine, removed."""
+        try:
+            process.run(
+                self._argv(
+                    "create", "--driver", "none", "--url", "tcp://127.0.0.1:2376", scratch_name
+                ),
+                timeout=self.call_timeout,
+                what=f"docker-machine create --driver none {scratch_name} (certificates only)",
+            )
+        finally:
+            self.remove(scratch_name, force=True, timeout=self.call_timeout)
+
     def inspect(self, name: str) -> MachineInfo | None:
         """The machine's details, or None if docker-machine has no such machine."""
         result = process.run(

@@ -30,6 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import structlog
+
 from driver import engine, log, metrics, provision, ssh, tools
 from driver.errors import DriverError
 from driver.limits import pid_alive
@@ -236,9 +238,17 @@ class PoolService:
             for name in self.store.ready():
                 if self.store.unready(name):
                     self._remove(name, "draining on stop")
-        deadline = time.monotonic() + self.settings.cleanup.timeout
+        # A create in flight is let finish (it cannot be cut short cleanly), within bounds.
+        deadline = time.monotonic() + self.settings.create.timeout + 60
         while (self.creating or self.removing) and time.monotonic() < deadline:
             time.sleep(0.2)
+        left = sorted(self.creating | self.removing)
+        if left:
+            log.warn(
+                f"pool: stopped with {', '.join(left)} still being created or removed; "
+                "`gitlab-machine-driver sweep` removes them (their creator is gone)"
+            )
+            self.log.error("pool_stopped_unfinished", machines=left)
 
     # --- the loop
 
@@ -283,6 +293,7 @@ class PoolService:
 
     def _create_one(self) -> None:
         name = pool_name(self.settings)
+        structlog.contextvars.bind_contextvars(machine=name)  # this thread's log lines
         with self.lock:
             self.creating.add(name)
         timer = log.Timer()
@@ -341,6 +352,7 @@ class PoolService:
         return result.exit_code == 0
 
     def _remove(self, name: str, why: str) -> None:
+        structlog.contextvars.bind_contextvars(machine=name)
         with self.lock:
             self.removing.add(name)
         try:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from filelock import FileLock
 
@@ -17,23 +17,23 @@ from driver.settings import Settings
 Progress = Callable[[str], None]
 
 
-@contextmanager
-def first_create_guard(dm: DockerMachine, timeout: float) -> Iterator[None]:
-    """Serialise creates until docker-machine's shared certs exist.
+def ensure_certs(dm: DockerMachine, settings: Settings, progress: Progress) -> None:
+    """Make docker-machine's shared CA and client certificates once, before any create.
 
-    The first create on a storage makes the CA and client certificates without
-    any locking; two at once corrupt them. Once they exist, creates run in
-    parallel freely.
+    docker-machine makes them at the start of the first create, without locking:
+    two first creates at once corrupt them. So the first caller, under a lock,
+    has them made by a create with the `none` driver (no VM, instant) and removes
+    that entry; every real create then runs in parallel.
     """
     if dm.certs_exist():
-        yield
         return
     dm.storage.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = FileLock(dm.storage / ".gitlab-machine-driver-certs.lock", mode=0o600)
-    with lock.acquire(timeout=timeout):
+    with lock.acquire(timeout=settings.create.timeout):
         if dm.certs_exist():
-            lock.release()  # someone else made them while we waited
-        yield
+            return  # someone else made them while we waited
+        progress(f"Making docker-machine's certificates in {dm.storage} (first create here)")
+        dm.make_certs(f"{settings.machine.name_prefix}-certs-{os.getpid()}")
 
 
 def create(
@@ -57,8 +57,8 @@ def create(
         )
         timer = log.Timer()
         try:
-            with first_create_guard(dm, settings.create.timeout):
-                dm.create(name, labels, settings.create.timeout)
+            ensure_certs(dm, settings, progress)
+            dm.create(name, labels, settings.create.timeout)
             log.get().info("machine_created", attempt=attempt, seconds=timer.seconds)
             metrics.observe(settings.state_dir, "machine_create_seconds", timer.seconds)
             return attempt

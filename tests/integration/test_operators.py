@@ -81,7 +81,7 @@ def test_doctor_names_a_problem_and_its_fix(env: Env) -> None:
 
 
 def test_a_failed_jobs_machine_is_kept_for_inspection_then_swept(env: Env) -> None:
-    env.configure(debug={"keep_failed_machines": True, "keep_max_age": 4})
+    env.configure(debug={"keep_failed_machines": True, "keep_max_age": 20})
     job = Job(script=["echo broke > /tmp/evidence", "exit 3"])
     result = env.run_job(job)
     assert (result.outcome, result.exit_code) == ("failed", 3), result.describe()
@@ -91,7 +91,8 @@ def test_a_failed_jobs_machine_is_kept_for_inspection_then_swept(env: Env) -> No
     look = env.driver("ssh", str(job.id), "cat", "/tmp/evidence")
     assert look.stdout.strip() == "broke", look.stderr
     assert "kept for inspection after its job failed" in env.driver("sweep").stdout
-    time.sleep(4.5)
+    state = json.loads((env.state_dir / "jobs" / str(job.id) / "state.json").read_text())
+    time.sleep(max(0.0, state["kept_until"] - time.time()) + 0.5)
     swept = env.driver("sweep")
     assert "kept for inspection, and its time is up" in swept.stdout
     env.assert_nothing_left()
