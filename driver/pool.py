@@ -330,7 +330,15 @@ class PoolService:
         machine.user, machine.key_path = settings.ssh.user or info.ssh_user, info.ssh_key
         machine.engine_url = info.engine_url
         mdir = self.store.machine_dir(machine.name)
-        write_private(mdir.ssh_config, ssh_config_for(mdir, machine, settings))
+        ssh.write_config(
+            mdir,
+            settings.ssh,
+            machine=machine.name,
+            host=machine.host,
+            port=machine.port,
+            user=machine.user,
+            key_path=machine.key_path,
+        )
         ssh.wait_ready(
             mdir,
             target=f"{machine.user}@{machine.host}:{machine.port}",
@@ -391,19 +399,6 @@ class PoolService:
             }
         self.store.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(self.store.root / "status.json", json.dumps(status))
-
-
-def ssh_config_for(mdir: MachineDir, machine: PoolMachine, settings: Settings) -> str:
-    return ssh.config_text(
-        mdir,
-        machine=machine.name,
-        host=machine.host,
-        port=machine.port,
-        user=machine.user,
-        key_path=machine.key_path,
-        connect_timeout=settings.ssh.connect_timeout,
-        keepalive_interval=settings.ssh.keepalive_interval,
-    )
 
 
 def _registry_auth(pool: PoolSettings) -> dict[str, str] | None:

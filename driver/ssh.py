@@ -15,7 +15,8 @@ from pathlib import Path
 
 from driver import process
 from driver.errors import CommandError, DriverError
-from driver.state import MachineDir
+from driver.settings import SSHSettings
+from driver.state import MachineDir, write_private
 
 HOST_ALIAS = "machine"
 CONTROL_PERSIST = "10m"  # the master outlives idle gaps between stages, not a lost job
@@ -64,6 +65,31 @@ def config_text(
             "  LogLevel ERROR",
             "",
         ]
+    )
+
+
+def write_config(
+    machine_dir: MachineDir,
+    settings: SSHSettings,
+    *,
+    machine: str,
+    host: str,
+    port: int,
+    user: str,
+    key_path: str,
+) -> None:
+    write_private(
+        machine_dir.ssh_config,
+        config_text(
+            machine_dir,
+            machine=machine,
+            host=host,
+            port=port,
+            user=user,
+            key_path=key_path,
+            connect_timeout=settings.connect_timeout,
+            keepalive_interval=settings.keepalive_interval,
+        ),
     )
 
 

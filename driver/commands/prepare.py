@@ -14,7 +14,7 @@ from driver.errors import DriverError
 from driver.log import say
 from driver.machine import DockerMachine
 from driver.settings import Settings
-from driver.state import JobDir, MachineState, process_start_time, write_private
+from driver.state import JobDir, MachineState, process_start_time
 
 
 def main(args: argparse.Namespace) -> int:
@@ -103,18 +103,14 @@ def _prepare(
     state.key_path = info.ssh_key
     state.engine_url = info.engine_url
     job_dir.save(state)
-    write_private(
-        job_dir.ssh_config,
-        ssh.config_text(
-            job_dir,
-            machine=name,
-            host=state.host,
-            port=state.port,
-            user=state.user,
-            key_path=state.key_path,
-            connect_timeout=settings.ssh.connect_timeout,
-            keepalive_interval=settings.ssh.keepalive_interval,
-        ),
+    ssh.write_config(
+        job_dir,
+        settings.ssh,
+        machine=name,
+        host=state.host,
+        port=state.port,
+        user=state.user,
+        key_path=state.key_path,
     )
 
     step = log.Timer()
@@ -168,7 +164,15 @@ def _from_pool(settings: Settings, dm: DockerMachine, job_dir: JobDir, job: job_
     job_dir.save(state)  # from here on the job owns it: its cleanup destroys it
     pinned = store.machine_dir(machine.name).known_hosts
     shutil.copyfile(pinned, job_dir.known_hosts)
-    write_private(job_dir.ssh_config, pool.ssh_config_for(job_dir, machine, settings))
+    ssh.write_config(
+        job_dir,
+        settings.ssh,
+        machine=machine.name,
+        host=machine.host,
+        port=machine.port,
+        user=machine.user,
+        key_path=machine.key_path,
+    )
     store.forget(machine.name)
     result = ssh.run(job_dir, "true", timeout=settings.ssh.connect_timeout + 5, check=False)
     if result.exit_code != 0:
