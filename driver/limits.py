@@ -1,9 +1,10 @@
 """Host-wide limits on machines, like docker+machine's `limit` and MaxGrowthRate.
 
-Each job's state dir is one machine the driver owns (creating, in use or
-being removed), so counting them under one lock gives a cap every prepare on
-the host respects. A token bucket on creates smooths bursts that would hit
-the cloud's API rate limits (as the runner's `scale_throttle` does).
+Each job's state dir, and each machine of the warm pool, is one machine the
+driver owns (creating, idle, in use or being removed), so counting them under
+one lock gives a cap every prepare and the pool service respect. A token
+bucket on creates smooths bursts that would hit the cloud's API rate limits
+(as the runner's `scale_throttle` does).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def usage(state_dir: Path, exclude: Path | None = None) -> Usage:
         machines += 1
         if state.get("phase") == "creating" and pid_alive(int(state.get("pid") or 0)):
             creating += 1
+    # The warm pool's machines (idle or being made) count too.
+    pool = state_dir / "pool" / "machines"
+    machines += sum(1 for _ in pool.iterdir()) if pool.exists() else 0
     return Usage(machines, creating)
 
 

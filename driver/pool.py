@@ -32,9 +32,8 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from driver import engine, log, metrics, provision, ssh, tools
+from driver import engine, limits, log, metrics, provision, ssh, tools
 from driver.errors import DriverError
-from driver.limits import pid_alive
 from driver.machine import DockerMachine
 from driver.settings import PoolSettings, Settings
 from driver.state import MachineDir, write_private
@@ -144,7 +143,7 @@ class PoolStore:
                 return time.time() - self._marker("claimed", name).stat().st_mtime < 120
             return False
         machine = self.load(name)
-        return phase == "creating" and machine is not None and pid_alive(machine.creator_pid)
+        return phase == "creating" and machine is not None and limits.pid_alive(machine.creator_pid)
 
     def save(self, machine: PoolMachine) -> None:
         mdir = self.machine_dir(machine.name).path
@@ -263,6 +262,9 @@ class PoolService:
         growth = self.settings.pool.max_growth_rate
         if growth:
             missing = min(missing, growth - creating)
+        cap = self.settings.limits.max_machines
+        if cap:  # the host-wide cap holds for the pool too; jobs' own machines come first
+            missing = min(missing, cap - limits.usage(self.settings.state_dir).machines)
         for _ in range(max(0, missing)):
             self._start(self._create_one)
         # Idle machines beyond the target go once they idled past idle_time.

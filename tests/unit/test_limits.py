@@ -94,3 +94,9 @@ def test_claims_never_exceed_the_cap_under_contention(tmp_path: Path) -> None:
         t.join()
     assert results.count("ok") == 3
     assert limits.usage(tmp_path).machines == 3
+
+
+def test_pool_machines_count_against_the_cap(tmp_path: Path) -> None:
+    add_job(tmp_path, 1, "ready", 0)
+    (tmp_path / "pool" / "machines" / "gmd-p00000001").mkdir(parents=True)
+    assert limits.usage(tmp_path).machines == 2
