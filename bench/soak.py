@@ -558,6 +558,11 @@ def report(
     print("notes (not counted as failures):")
     for name, count in notes(outcomes).items():
         print(f"  {name + ':':<46} {count}")
+    for result in results:  # an internal error is a bug: show where it happened
+        text = result.job_log + result.runner_log
+        if "internal error" in text:
+            at = text.index("internal error")
+            print(f"    job {result.job.id}: ...{text[max(0, at - 300) : at + 1200]}")
 
     seconds = [r.seconds for r in results]
     prepares = [e.seconds for r in results for e in r.execs("prepare") if e.ended == "exited"]

@@ -184,12 +184,15 @@ def _stop(pid: int, stdin_write: int, grace: float) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.close(stdin_write)
     deadline = time.monotonic() + grace + 5
-    while time.monotonic() < deadline:
-        if os.waitpid(pid, os.WNOHANG) != (0, 0):
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    try:
+        while time.monotonic() < deadline:
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # the signal came just after ssh was reaped: it is gone already
 
 
 def _probe(ssh: list[str], token: str) -> tuple[bool, str]:
