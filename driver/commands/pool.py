@@ -13,7 +13,7 @@ from typing import Any
 
 from driver import log, metrics, sweeper
 from driver import settings as settings_file
-from driver.errors import ConfigError
+from driver.errors import ConfigError, DriverError
 from driver.pool import PoolService, PoolStore, current_target
 from driver.settings import Settings
 
@@ -42,8 +42,12 @@ def serve(settings: Settings) -> int:
     service = PoolService(settings)
     if settings.pool.metrics_address:
         _serve_metrics(settings, service)
-    # Machines a dead runner left behind are reclaimed before the pool grows.
-    _sweep_once(settings)
+    # Machines a dead runner left behind are reclaimed before the pool grows; a sweep
+    # that cannot finish (GitLab unreachable, say) must not keep the pool down.
+    try:
+        _sweep_once(settings)
+    except DriverError as e:
+        log.warn(f"pool: the start-up sweep failed, going on without it: {e}")
     log.say(f"pool: keeping {settings.pool.idle_count} machine(s) ready (Ctrl-C or SIGTERM stops)")
     service.run(stop)
     log.say("pool: stopped")
