@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import time
 
 from tests.runner import Job
@@ -55,6 +56,7 @@ def test_the_readme_walk_through_of_a_stage_by_hand(env: Env) -> None:
     ]
     assert env.driver("cleanup", env=shell).returncode == 0
     env.assert_nothing_left()
+    shutil.rmtree(shell["TMPDIR"])  # `job init` said: remove it when done
 
 
 def test_doctor_checks_everything_and_does_a_round_trip(env: Env) -> None:
