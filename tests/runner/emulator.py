@@ -897,7 +897,13 @@ class JobRun:
         else:
             record.signal, record.ended = -rc, "signalled"
         record.pipes_held_open = child.pipes_open
-        record.group_left_running = _group_members(child.proc.pid)
+        members = _group_members(child.proc.pid)
+        # After a SIGKILL to the group the kernel may still be tearing members down.
+        deadline = time.monotonic() + 2.0
+        while members and "SIGKILL" in record.signals_sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+            members = _group_members(child.proc.pid)
+        record.group_left_running = members
 
     # ------------------------------------------------------------ verdicts
 
