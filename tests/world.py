@@ -140,6 +140,17 @@ class Env:
         return double.machine_names(str(self.storage))
 
     def faults(self, **faults: Any) -> None:
+        """Faults for the machines' creates. The certificates are made first (as the
+        driver's first create would), so the faults hit machine creates only."""
+        if not (self.storage / "certs" / "key.pem").exists():
+            make = ["create", "--driver", "none", "--url", "tcp://127.0.0.1:2376", "certs"]
+            for args in (make, ["rm", "-f", "certs"]):
+                subprocess.run(
+                    ["docker-machine", "--storage-path", str(self.storage), *args],
+                    env=self.process_env(),
+                    capture_output=True,
+                    check=True,
+                )
         double.set_faults(str(self.storage), faults)
 
     def job_dirs(self) -> list[str]:

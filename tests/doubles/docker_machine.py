@@ -1699,13 +1699,12 @@ def cmd_create(store: Store, args: list[str]) -> int:
         save_host(store, host)  # before the machine exists, as upstream does
         if driver != "none":
             update_vm(store, name, phase="creating")
-        # The faults stand for a cloud's; the none driver talks to no cloud.
-        if driver != "none" and take_fault(store, "create_hang"):
+        if take_fault(store, "create_hang"):
             while True:
                 time.sleep(3600)
         info("Creating machine...")
+        create_faults(store, name, host, signer)
         if driver != "none":
-            create_faults(store, name, host, signer)
             create_vm(store, name, host, signer)
     finally:
         signer.discard()
