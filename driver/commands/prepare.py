@@ -17,6 +17,21 @@ from driver.settings import Settings
 from driver.state import JobDir, MachineState, process_start_time
 
 
+def new_state(settings: Settings, job: job_file.Job, machine: str) -> MachineState:
+    """This job's record of its machine, owned by this prepare and its runner process."""
+    return MachineState(
+        job_id=job.id,
+        project_id=job.project_id,
+        pipeline_id=job.pipeline_id,
+        machine=machine,
+        kill_grace=settings.run.kill_grace,
+        log_path=str(settings.log_path),
+        pid=os.getpid(),
+        runner_pid=os.getppid(),
+        runner_started=process_start_time(os.getppid()),
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     settings = settings_file.load(args.config_path)
     job = job_file.from_response_file()
@@ -37,17 +52,7 @@ def main(args: argparse.Namespace) -> int:
                 settings.state_dir, "prepare_seconds", total.seconds, {"source": "pool"}
             )
             return 0
-        state = MachineState(
-            job_id=job.id,
-            project_id=job.project_id,
-            pipeline_id=job.pipeline_id,
-            machine=name,
-            kill_grace=settings.run.kill_grace,
-            log_path=str(settings.log_path),
-            pid=os.getpid(),
-            runner_pid=os.getppid(),
-            runner_started=process_start_time(os.getppid()),
-        )
+        state = new_state(settings, job, name)
         # Saved before the machine exists: a prepare killed mid-create leaves cleanup a name.
         limits.claim_slot(
             settings.state_dir,
@@ -144,23 +149,10 @@ def _from_pool(settings: Settings, dm: DockerMachine, job_dir: JobDir, job: job_
         say("No ready machine in the warm pool: creating one for this job")
         return False
     timer = log.Timer()
-    state = MachineState(
-        job_id=job.id,
-        project_id=job.project_id,
-        pipeline_id=job.pipeline_id,
-        machine=machine.name,
-        phase="created",
-        host=machine.host,
-        port=machine.port,
-        user=machine.user,
-        key_path=machine.key_path,
-        engine_url=machine.engine_url,
-        kill_grace=settings.run.kill_grace,
-        log_path=str(settings.log_path),
-        pid=os.getpid(),
-        runner_pid=os.getppid(),
-        runner_started=process_start_time(os.getppid()),
-    )
+    state = new_state(settings, job, machine.name)
+    state.phase = "created"
+    state.host, state.port, state.user = machine.host, machine.port, machine.user
+    state.key_path, state.engine_url = machine.key_path, machine.engine_url
     job_dir.save(state)  # from here on the job owns it: its cleanup destroys it
     pinned = store.machine_dir(machine.name).known_hosts
     shutil.copyfile(pinned, job_dir.known_hosts)
