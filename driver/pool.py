@@ -101,6 +101,18 @@ class PoolMachine:
     ready_at: float = 0.0
     creator_pid: int = 0
 
+    def write_ssh_config(self, where: MachineDir, settings: Settings) -> None:
+        """Its SSH config in `where`: the pool's own dir, or the claiming job's."""
+        ssh.write_config(
+            where,
+            settings.ssh,
+            machine=self.name,
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            key_path=self.key_path,
+        )
+
 
 class PoolStore:
     def __init__(self, state_dir: Path) -> None:
@@ -332,15 +344,7 @@ class PoolService:
         machine.user, machine.key_path = settings.ssh.user or info.ssh_user, info.ssh_key
         machine.engine_url = info.engine_url
         mdir = self.store.machine_dir(machine.name)
-        ssh.write_config(
-            mdir,
-            settings.ssh,
-            machine=machine.name,
-            host=machine.host,
-            port=machine.port,
-            user=machine.user,
-            key_path=machine.key_path,
-        )
+        machine.write_ssh_config(mdir, settings)
         ssh.wait_ready(
             mdir,
             target=f"{machine.user}@{machine.host}:{machine.port}",

@@ -176,10 +176,3 @@ def stop_master(machine_dir: MachineDir) -> None:
     if not machine_dir.ssh_config.exists():
         return
     process.run(argv(machine_dir, "-O", "exit"), timeout=10, check=False)
-
-
-def pinned_key(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        return ""

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from driver import limits
@@ -204,7 +204,7 @@ def sweep(
         if not v.remove or dry_run:
             continue
         job_dir = JobDir(settings.state_dir, v.machine.local.job_id) if v.machine.local else None
-        with job_dir.locked(timeout=settings.cleanup.timeout) if job_dir else _nothing():
+        with job_dir.locked(timeout=settings.cleanup.timeout) if job_dir else nullcontext():
             if job_dir:
                 ssh.stop_master(job_dir)
             if not provision.destroy(dm, v.machine.name, settings, progress):
@@ -224,11 +224,6 @@ def sweep(
         + (f", {orphaned} may be orphaned in the cloud (see warnings)" if orphaned else "")
     )
     return verdicts
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _int(text: str) -> int | None:

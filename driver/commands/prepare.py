@@ -156,15 +156,7 @@ def _from_pool(settings: Settings, dm: DockerMachine, job_dir: JobDir, job: job_
     job_dir.save(state)  # from here on the job owns it: its cleanup destroys it
     pinned = store.machine_dir(machine.name).known_hosts
     shutil.copyfile(pinned, job_dir.known_hosts)
-    ssh.write_config(
-        job_dir,
-        settings.ssh,
-        machine=machine.name,
-        host=machine.host,
-        port=machine.port,
-        user=machine.user,
-        key_path=machine.key_path,
-    )
+    machine.write_ssh_config(job_dir, settings)
     store.forget(machine.name)
     result = ssh.run(job_dir, "true", timeout=settings.ssh.connect_timeout + 5, check=False)
     if result.exit_code != 0:

@@ -70,6 +70,7 @@ PRIVATE_DIRS = (
     ("/builds", "755"),
     ("/cache", "755"),
     ("/root", "700"),
+    ("/usr/local/bin", "755"),  # where the driver installs gitlab-runner: never the host's
 )
 RM_CLOUD_ERROR = "unable to terminate instance: InternalError: An internal error has occurred."
 CREATE_CLOUD_ERROR = (

@@ -219,3 +219,19 @@ def test_the_vms_own_docker_engine_is_checked_over_tls_and_usable(env: Env) -> N
     assert "answers at tcp://" in result.job_log
     assert f"engine of gmdt-{job.id}" in result.job_log
     env.assert_nothing_left()
+
+
+def test_the_runner_hosts_gitlab_runner_is_uploaded_into_a_vm_that_lacks_it(env: Env) -> None:
+    binary = env.base / "gitlab-runner"
+    binary.write_text("#!/bin/sh\necho 'gitlab-runner fake 17.9.0'\n")
+    binary.chmod(0o755)
+    env.configure(gitlab_runner_binary=str(binary))
+    result = env.run_job(Job(script=["gitlab-runner --version"], artifacts=True))
+    assert result.outcome == "success", result.describe()
+    assert "Uploaded gitlab-runner into the VM" in result.job_log
+    assert "no gitlab-runner binary" not in result.job_log
+    # The artifact stage found it, instead of skipping with the runner's warning.
+    assert "gitlab-runner fake 17.9.0" in result.stage("build_script").stdout
+    assert "Missing gitlab-runner" not in result.job_log
+    assert not Path("/usr/local/bin/gitlab-runner").exists()  # the VM's, not the host's
+    env.assert_nothing_left()
