@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from driver.docker_machine import MachineInfo
 from driver.errors import DriverError
-from driver.machine import MachineInfo
 
 API_VERSION = "1.24"
 

@@ -6,13 +6,12 @@ and `run` starts once per stage.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from driver import NAME, __version__, contract
 from driver.errors import BuildFailure, DriverError
@@ -111,12 +110,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_stage_args(argv: list[str]) -> Any:
-    """`[--config PATH] run SCRIPT STAGE`, parsed without argparse.
+@dataclass(frozen=True)
+class RunStage:
+    """`[--config PATH] run SCRIPT STAGE`: the runner's call once per stage."""
 
-    The runner starts `run` once per stage; building the full parser would cost
-    every stage more than parsing these four words does. Anything else (help,
-    other commands, odd spellings) goes through argparse.
+    config_path: str | None
+    script: str
+    stage: str
+
+
+def run_stage_args(argv: list[str]) -> RunStage | None:
+    """The `run` stage's words, parsed without argparse.
+
+    The runner starts `run` once per stage; importing argparse and building the
+    full parser would cost every stage more than parsing these four words does.
+    Anything else (help, other commands, odd spellings) goes through argparse.
     """
     config, rest = None, argv
     if rest[:1] == ["--config"] and len(rest) > 1:
@@ -124,24 +132,78 @@ def run_stage_args(argv: list[str]) -> Any:
     elif rest[:1] and rest[0].startswith("--config="):
         config, rest = rest[0].split("=", 1)[1], rest[1:]
     if len(rest) == 3 and rest[0] == "run" and not any(a.startswith("-") for a in rest[1:]):
-        return SimpleNamespace(command="run", config_path=config, script=rest[1], stage=rest[2])
+        return RunStage(config_path=config, script=rest[1], stage=rest[2])
     return None
+
+
+Command = Callable[["argparse.Namespace"], int]
+
+
+def command(name: str) -> Command:
+    """The chosen command's ``main``; only its module is imported, so `run` does not
+    pay for what prepare needs."""
+    if name == "config":
+        from driver.stages.config import main as config
+
+        return config
+    if name == "prepare":
+        from driver.stages.prepare import main as prepare
+
+        return prepare
+    if name == "run":
+        from driver.stages.run import main as run
+
+        return run
+    if name == "cleanup":
+        from driver.stages.cleanup import main as cleanup
+
+        return cleanup
+    if name == "sweep":
+        from driver.commands.sweep import main as sweep
+
+        return sweep
+    if name == "ls":
+        from driver.commands.ls import main as ls
+
+        return ls
+    if name == "doctor":
+        from driver.commands.doctor import main as doctor
+
+        return doctor
+    if name == "pool":
+        from driver.commands.pool import main as pool
+
+        return pool
+    if name == "migrate":
+        from driver.commands.migrate import main as migrate
+
+        return migrate
+    if name == "job":
+        from driver.commands.job import main as job
+
+        return job
+    if name == "ssh":
+        from driver.commands.ssh import main as ssh
+
+        return ssh
+    raise AssertionError(f"no command {name!r}")  # argparse allows only the names above
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    args = run_stage_args(words) or parser().parse_args(words)
-    with error_handler():
-        # Each command is a module of driver.commands with main(args); only the chosen
-        # one is imported, so `run` does not pay for what prepare needs.
-        command = importlib.import_module(f"driver.commands.{args.command}")
-        code: int = command.main(args)
-    if args.command == "run":
+    stage = run_stage_args(words)
+    if stage is not None:
+        from driver.stages.run import run_stage
+
+        with error_handler():
+            code = run_stage(stage.script, stage.stage, stage.config_path)
         # Once per stage: skip the interpreter's tear-down, nothing is left to clean.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    return code
+    args = parser().parse_args(words)
+    with error_handler():
+        return command(args.command)(args)
 
 
 if __name__ == "__main__":

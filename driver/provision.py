@@ -10,8 +10,8 @@ from collections.abc import Callable
 from filelock import FileLock
 
 from driver import log, metrics
+from driver.docker_machine import DockerMachine, classify_failure
 from driver.errors import CommandError, DriverError
-from driver.machine import DockerMachine, classify_failure
 from driver.settings import Settings
 
 Progress = Callable[[str], None]

@@ -173,7 +173,7 @@ class PeriodSettings(Section):
     @field_validator("periods")
     @classmethod
     def _valid_cron(cls, periods: list[str]) -> list[str]:
-        from driver.pool import cron_fields
+        from driver.cron import cron_fields
 
         for period in periods:
             cron_fields(period)
@@ -261,7 +261,7 @@ def config_path(given: str | Path | None) -> Path:
     return Path(given or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
 
 
-def load(given: str | Path | None) -> Settings:
+def load_settings(given: str | Path | None) -> Settings:
     """Read and validate the admin's file; every problem names the file, field and fix."""
     path = config_path(given)
     try:
@@ -281,10 +281,10 @@ def load(given: str | Path | None) -> Settings:
             f"config file {path} is not valid TOML: {e}",
             hint="fix the syntax at the position shown",
         ) from None
-    return parse(data, source=str(path))
+    return parse_settings(data, source=str(path))
 
 
-def parse(data: dict[str, Any], source: str = "config") -> Settings:
+def parse_settings(data: dict[str, Any], source: str = "config") -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as e:

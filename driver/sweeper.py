@@ -16,9 +16,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from driver import limits
+from driver.docker_machine import DockerMachine
 from driver.errors import DriverError, JobError
-from driver.machine import DockerMachine
-from driver.pool import PoolStore
+from driver.pool.store import PoolStore
 from driver.settings import Settings
 from driver.state import JobDir, MachineState, process_start_time
 

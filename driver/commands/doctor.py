@@ -19,11 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from driver import log, process, ssh
-from driver import settings as settings_file
-from driver.commands.job import synthetic_response
-from driver.contract import clean_env
+from driver.contract import clean_env, runner_env, synthetic_response
 from driver.errors import CommandError, DriverError
-from driver.settings import Settings
+from driver.settings import Settings, config_path, load_settings
 from driver.state import JobDir, write_private
 
 Check = Callable[[Settings], str]  # returns what it found; raises DriverError with the fix
@@ -44,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
         return True
 
     loaded: list[Settings] = []
-    path = settings_file.config_path(args.config_path)
+    path = config_path(args.config_path)
     if not report("config file", lambda: _load(path, loaded)):
         return 1
     settings = loaded[0]
@@ -57,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _load(path: Path, loaded: list[Settings]) -> str:
-    loaded.append(settings_file.load(path))
+    loaded.append(load_settings(path))
     return f"{path} is valid"
 
 
@@ -182,14 +180,7 @@ def round_trip(settings: Settings, config: Path) -> str:
             "uname -sr; if command -v docker >/dev/null; then "
             "docker version --format 'engine {{.Server.Version}}'; fi\n"
         )
-        env = {
-            **clean_env(),
-            "TMPDIR": work,
-            "JOB_RESPONSE_FILE": str(response),
-            "BUILD_FAILURE_EXIT_CODE": "1",
-            "SYSTEM_FAILURE_EXIT_CODE": "2",
-            "BUILD_EXIT_CODE_FILE": str(Path(work) / "build_exit_code"),
-        }
+        env = {**clean_env(), **runner_env(Path(work), response)}
         driver = [sys.executable, "-m", "driver", "--config", str(config)]
         budget = settings.create.timeout * settings.create.attempts + settings.ssh.ready_timeout
         timings: list[str] = []

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from driver import settings as settings_file
 from driver import sweeper
-from driver.machine import DockerMachine
+from driver.docker_machine import DockerMachine
+from driver.settings import load_settings
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = settings_file.load(args.config_path)
+    settings = load_settings(args.config_path)
     owned = sweeper.inventory(DockerMachine(settings), settings)
     now = sweeper.now()
     rows = [

@@ -12,14 +12,15 @@ from types import FrameType
 from typing import Any
 
 from driver import log, metrics, sweeper
-from driver import settings as settings_file
 from driver.errors import ConfigError, DriverError
-from driver.pool import PoolService, PoolStore, current_target
-from driver.settings import Settings
+from driver.pool.schedule import current_target
+from driver.pool.service import PoolService
+from driver.pool.store import PoolStore
+from driver.settings import Settings, load_settings
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = settings_file.load(args.config_path)
+    settings = load_settings(args.config_path)
     if args.action == "status":
         return status(settings, as_json=args.json)
     return serve(settings)
@@ -55,7 +56,7 @@ def serve(settings: Settings) -> int:
 
 
 def _sweep_once(settings: Settings) -> None:
-    from driver.machine import DockerMachine
+    from driver.docker_machine import DockerMachine
 
     dm = DockerMachine(settings)
     job_status = sweeper.gitlab_job_status(settings) if settings.gitlab.configured else None

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from driver import settings as settings_file
 from driver import ssh
 from driver.errors import DriverError
+from driver.settings import Settings, load_settings
 from driver.state import JobDir
 
 
-def job_dir_for(settings: settings_file.Settings, target: str) -> JobDir:
+def job_dir_for(settings: Settings, target: str) -> JobDir:
     """A job id, or a machine name whose job this host prepared."""
     if target.isdigit():
         job_dir = JobDir(settings.state_dir, int(target))
@@ -33,7 +33,7 @@ def job_dir_for(settings: settings_file.Settings, target: str) -> JobDir:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = settings_file.load(args.config_path)
+    settings = load_settings(args.config_path)
     job_dir = job_dir_for(settings, args.target)
     argv = ssh.argv(job_dir, "-T" if args.remote_command else "-t")
     argv += args.remote_command

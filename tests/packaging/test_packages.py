@@ -58,7 +58,7 @@ def test_the_debian_package_installs_the_command_config_and_units(tmp_path: Path
         [
             str(root / "opt/gitlab-machine-driver/bin/python"),
             "-c",
-            "import sys; from driver import settings; settings.load(sys.argv[1])",
+            "import sys; from driver import settings; settings.load_settings(sys.argv[1])",
             str(config),
         ],
         capture_output=True,

@@ -15,7 +15,7 @@ def test_the_stage_fast_path_agrees_with_argparse(argv: list[str]) -> None:
     fast = run_stage_args(argv)
     full = parser().parse_args(argv)
     assert fast is not None
-    assert (fast.command, fast.config_path, fast.script, fast.stage) == (
+    assert ("run", fast.config_path, fast.script, fast.stage) == (
         full.command,
         full.config_path,
         full.script,

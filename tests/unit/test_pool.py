@@ -5,14 +5,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from driver import pool, settings
+from driver import cron, settings
 from driver.errors import ConfigError
+from driver.pool import schedule
+from driver.pool import store as store_
 
 
 def test_claims_are_atomic_under_contention(tmp_path: Path) -> None:
-    store = pool.PoolStore(tmp_path)
+    store = store_.PoolStore(tmp_path)
     for i in range(3):
-        store.save(pool.PoolMachine(name=f"gmd-p0000000{i}", ready_at=float(i)))
+        store.save(store_.PoolMachine(name=f"gmd-p0000000{i}", ready_at=float(i)))
         store.mark_ready(f"gmd-p0000000{i}")
     won: list[str] = []
     barrier = threading.Barrier(16)
@@ -33,8 +35,8 @@ def test_claims_are_atomic_under_contention(tmp_path: Path) -> None:
 
 
 def test_a_withdrawn_machine_cannot_be_claimed(tmp_path: Path) -> None:
-    store = pool.PoolStore(tmp_path)
-    store.save(pool.PoolMachine(name="gmd-pabcdef01"))
+    store = store_.PoolStore(tmp_path)
+    store.save(store_.PoolMachine(name="gmd-pabcdef01"))
     store.mark_ready("gmd-pabcdef01")
     assert store.unready("gmd-pabcdef01")
     assert store.claim() is None
@@ -50,20 +52,20 @@ def test_a_withdrawn_machine_cannot_be_claimed(tmp_path: Path) -> None:
     ],
 )
 def test_docker_machine_periods_are_read(period: str, five: str) -> None:
-    assert pool.cron_fields(period) == five
+    assert cron.cron_fields(period) == five
 
 
 def test_bad_periods_and_zones_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="is not a cron expression"):
-        settings.parse({"pool": {"autoscaling": [{"periods": ["every day"]}]}})
+        settings.parse_settings({"pool": {"autoscaling": [{"periods": ["every day"]}]}})
     with pytest.raises(ConfigError, match="unknown time zone 'Mars/Base'"):
-        settings.parse(
+        settings.parse_settings(
             {"pool": {"autoscaling": [{"periods": ["* * * * *"], "timezone": "Mars/Base"}]}}
         )
 
 
 def test_the_last_matching_period_wins_in_its_time_zone() -> None:
-    s = settings.parse(
+    s = settings.parse_settings(
         {
             "pool": {
                 "idle_count": 2,
@@ -83,14 +85,14 @@ def test_the_last_matching_period_wins_in_its_time_zone() -> None:
     friday_10_paris = datetime(2026, 11, 27, 9, 0, tzinfo=utc)  # 10:00 in Paris
     friday_night = datetime(2026, 11, 27, 22, 0, tzinfo=utc)
     saturday = datetime(2026, 11, 28, 12, 0, tzinfo=utc)
-    assert pool.current_target(s.pool, friday_10_paris).idle_count == 10
-    assert pool.current_target(s.pool, friday_night).idle_count == 2
-    weekend = pool.current_target(s.pool, saturday)
+    assert schedule.current_target(s.pool, friday_10_paris).idle_count == 10
+    assert schedule.current_target(s.pool, friday_night).idle_count == 2
+    weekend = schedule.current_target(s.pool, saturday)
     assert (weekend.idle_count, weekend.idle_time) == (0, 60)
 
 
 def test_idle_scale_factor_follows_machines_in_use() -> None:
-    target = pool.Target(idle_count=10, idle_count_min=2, idle_scale_factor=0.5, idle_time=60)
+    target = schedule.Target(idle_count=10, idle_count_min=2, idle_scale_factor=0.5, idle_time=60)
     assert [target.idle_wanted(n) for n in (0, 3, 10, 40)] == [2, 2, 5, 10]
-    plain = pool.Target(idle_count=4, idle_count_min=0, idle_scale_factor=0, idle_time=60)
+    plain = schedule.Target(idle_count=4, idle_count_min=0, idle_scale_factor=0, idle_time=60)
     assert plain.idle_wanted(100) == 4

@@ -9,7 +9,7 @@ EXAMPLE = Path(__file__).parents[2] / "config" / "config.example.toml"
 
 
 def test_the_example_config_is_valid_and_means_what_it_says() -> None:
-    s = settings.load(EXAMPLE)
+    s = settings.load_settings(EXAMPLE)
     assert s.machine.driver == "amazonec2"
     assert "amazonec2-region=eu-west-1" in s.machine.options
     assert s.create.attempts == 3
@@ -19,7 +19,7 @@ def test_the_example_config_is_valid_and_means_what_it_says() -> None:
 def test_an_empty_file_gives_working_defaults(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text("")
-    s = settings.load(path)
+    s = settings.load_settings(path)
     assert s.machine.name_prefix == "gmd"
     assert s.docker.check is True
     assert s.log_path == s.state_dir / "driver.log"
@@ -27,7 +27,7 @@ def test_an_empty_file_gives_working_defaults(tmp_path: Path) -> None:
 
 def test_a_missing_file_names_the_path_and_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
-        settings.load(tmp_path / "nope.toml")
+        settings.load_settings(tmp_path / "nope.toml")
     assert "nope.toml does not exist" in str(e.value)
     assert "--config" in str(e.value)
 
@@ -36,7 +36,7 @@ def test_bad_toml_names_the_file_and_position(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[machine]\ndriver = "x\n')
     with pytest.raises(ConfigError) as e:
-        settings.load(path)
+        settings.load_settings(path)
     assert str(path) in str(e.value)
     assert "line 2" in str(e.value)
 
@@ -61,7 +61,7 @@ def test_each_mistake_names_the_field_and_what_is_allowed(
     path = tmp_path / "c.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as e:
-        settings.load(path)
+        settings.load_settings(path)
     assert expected in str(e.value)
     assert str(path) in str(e.value)
 

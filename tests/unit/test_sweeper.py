@@ -10,7 +10,9 @@ NOW = 1_000_000.0
 
 
 def config(tmp_path: Path) -> settings.Settings:
-    return settings.parse({"state_dir": str(tmp_path), "sweeper": {"max_age": 3600, "grace": 600}})
+    return settings.parse_settings(
+        {"state_dir": str(tmp_path), "sweeper": {"max_age": 3600, "grace": 600}}
+    )
 
 
 def local(

@@ -17,7 +17,7 @@ def run(capsys: pytest.CaptureFixture[str], path: Path, output: str | None = Non
 
 def driver_config(path: Path, index: int = 0) -> settings.Settings:
     runners = migrate._docker_machine_runners(path)
-    return settings.parse(tomllib.loads(migrate.migrate(runners[index]).driver_config))
+    return settings.parse_settings(tomllib.loads(migrate.migrate(runners[index]).driver_config))
 
 
 def test_aws_autoscale_config_becomes_a_valid_driver_config() -> None:
@@ -73,7 +73,7 @@ def test_the_runner_file_is_never_written_and_output_goes_where_asked(
     written = tmp_path / "out" / "gce-single-use.toml"
     assert f"driver config written to {written}" in out
     assert "OffPeakPeriods: removed from gitlab-runner itself" in out
-    settings.load(written)
+    settings.load_settings(written)
     assert written.stat().st_mode & 0o077 == 0
 
 

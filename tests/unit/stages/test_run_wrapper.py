@@ -5,7 +5,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from driver.commands.run import PROBE, TRAILER, WRAPPER
+from driver.stages.run import PROBE, TRAILER, WRAPPER
 
 
 def start(tmp_path: Path, script: bytes, grace: float = 1) -> subprocess.Popen[bytes]:

@@ -9,19 +9,18 @@ from __future__ import annotations
 import argparse
 import time
 
-from driver import job as job_file
 from driver import log, provision, signals, ssh
-from driver import settings as settings_file
+from driver.contract import read_job
+from driver.docker_machine import DockerMachine
 from driver.errors import JobError
 from driver.log import say
-from driver.machine import DockerMachine
-from driver.settings import Settings
+from driver.settings import Settings, load_settings
 from driver.state import FAILED_MARKER, JobDir, MachineState
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = settings_file.load(args.config_path)
-    job = job_file.from_response_file()
+    settings = load_settings(args.config_path)
+    job = read_job()
     name = settings.machine_name(job.id)
     log.setup(settings.log_path, job_id=job.id, machine=name, stage="cleanup")
     # Removing a machine must finish once begun; the runner does not cancel cleanup.

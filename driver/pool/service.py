@@ -1,204 +1,25 @@
-"""A warm pool of ready, single-use machines.
-
-The pool service (`gitlab-machine-driver pool`) keeps `idle_count` machines
-created, SSH-ready with pinned host keys, Docker-ready and with images
-pulled. Prepare claims one by an atomic rename of its marker file
-(ready/NAME -> claimed/NAME): two jobs can never get the same machine, and
-claiming needs no service, so jobs run whether it is up or not. A claimed
-machine belongs to its job and is destroyed by the job's cleanup: it never
-goes back to the pool.
-
-    <state_dir>/pool/machines/NAME/   info.json, ssh_config, known_hosts
-    <state_dir>/pool/ready/NAME       marker: idle and ready to claim
-    <state_dir>/pool/claimed/NAME     marker: taken by a prepare, being handed over
-"""
+"""The pool service: keeps the pool at its target, one thread per create or removal."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import math
 import os
 import secrets
-import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import datetime
-from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import structlog
 
 from driver import engine, limits, log, metrics, provision, ssh, tools
+from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
-from driver.machine import DockerMachine
+from driver.pool.schedule import current_target
+from driver.pool.store import PoolMachine, PoolStore
 from driver.settings import PoolSettings, Settings
-from driver.state import MachineDir, write_private
-
-
-def cron_fields(period: str) -> str:
-    """docker+machine's cron (seconds first, year last, both optional) as 5 fields."""
-    from croniter import croniter
-
-    fields = period.split()
-    if len(fields) == 7:
-        fields = fields[1:6]
-    elif len(fields) == 6:
-        fields = fields[:5]
-    five = " ".join(fields)
-    if len(fields) != 5 or not croniter.is_valid(five):
-        raise ValueError(f"{period!r} is not a cron expression like '* * 9-17 * * mon-fri *'")
-    return five
-
-
-@dataclass(frozen=True)
-class Target:
-    idle_count: int
-    idle_count_min: int
-    idle_scale_factor: float
-    idle_time: float
-
-    def idle_wanted(self, in_use: int) -> int:
-        if self.idle_scale_factor <= 0:
-            return self.idle_count
-        scaled = math.ceil(in_use * self.idle_scale_factor)
-        return max(self.idle_count_min, min(self.idle_count, scaled))
-
-
-def current_target(pool: PoolSettings, now: datetime) -> Target:
-    """The base settings, overridden by the last autoscaling period that matches now."""
-    from croniter import croniter
-
-    target = Target(pool.idle_count, pool.idle_count_min, pool.idle_scale_factor, pool.idle_time)
-    for period in pool.autoscaling:
-        local = now.astimezone(ZoneInfo(period.timezone)).replace(tzinfo=None)
-        if any(croniter.match(cron_fields(p), local) for p in period.periods):
-            target = Target(
-                period.idle_count if period.idle_count is not None else target.idle_count,
-                period.idle_count_min
-                if period.idle_count_min is not None
-                else target.idle_count_min,
-                period.idle_scale_factor
-                if period.idle_scale_factor is not None
-                else target.idle_scale_factor,
-                period.idle_time if period.idle_time is not None else target.idle_time,
-            )
-    return target
-
-
-@dataclass
-class PoolMachine:
-    name: str
-    host: str = ""
-    port: int = 22
-    user: str = ""
-    key_path: str = ""
-    engine_url: str = ""
-    created: float = 0.0
-    ready_at: float = 0.0
-    creator_pid: int = 0
-
-    def write_ssh_config(self, where: MachineDir, settings: Settings) -> None:
-        """Its SSH config in `where`: the pool's own dir, or the claiming job's."""
-        ssh.write_config(
-            where,
-            settings.ssh,
-            machine=self.name,
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            key_path=self.key_path,
-        )
-
-
-class PoolStore:
-    def __init__(self, state_dir: Path) -> None:
-        self.root = state_dir / "pool"
-
-    def machine_dir(self, name: str) -> MachineDir:
-        return MachineDir(self.root / "machines" / name)
-
-    def _marker(self, phase: str, name: str) -> Path:
-        return self.root / phase / name
-
-    def names(self) -> list[str]:
-        machines = self.root / "machines"
-        return sorted(p.name for p in machines.iterdir()) if machines.exists() else []
-
-    def ready(self) -> list[str]:
-        """Ready machines, the longest idle first."""
-        ready = self.root / "ready"
-        if not ready.exists():
-            return []
-        markers = []
-        for path in ready.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                markers.append((path.stat().st_mtime, path.name))
-        return [name for _, name in sorted(markers)]
-
-    def phase(self, name: str) -> str:
-        for phase in ("ready", "claimed"):
-            if self._marker(phase, name).exists():
-                return phase
-        return "creating" if self.machine_dir(name).path.exists() else "gone"
-
-    def held(self, name: str) -> bool:
-        """Still the pool's: idle, being created by a live service, or just being claimed."""
-        phase = self.phase(name)
-        if phase == "ready":
-            return True
-        if phase == "claimed":
-            with contextlib.suppress(FileNotFoundError):
-                return time.time() - self._marker("claimed", name).stat().st_mtime < 120
-            return False
-        machine = self.load(name)
-        return phase == "creating" and machine is not None and limits.pid_alive(machine.creator_pid)
-
-    def save(self, machine: PoolMachine) -> None:
-        mdir = self.machine_dir(machine.name).path
-        mdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(mdir / "info.json", json.dumps(asdict(machine)))
-
-    def load(self, name: str) -> PoolMachine | None:
-        try:
-            data = json.loads((self.machine_dir(name).path / "info.json").read_text())
-            return PoolMachine(**data)
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def mark_ready(self, name: str) -> None:
-        (self.root / "ready").mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(self._marker("ready", name), "")
-
-    def claim(self) -> PoolMachine | None:
-        """Take a ready machine, or None. Atomic: a rename succeeds for one caller only."""
-        (self.root / "claimed").mkdir(parents=True, exist_ok=True, mode=0o700)
-        for name in self.ready():
-            try:
-                os.rename(self._marker("ready", name), self._marker("claimed", name))
-            except FileNotFoundError:
-                continue  # another job (or the service removing it) was faster
-            machine = self.load(name)
-            if machine is not None:
-                return machine
-            self.forget(name)
-        return None
-
-    def unready(self, name: str) -> bool:
-        """Withdraw a ready machine from claims (before removing it); False if just claimed."""
-        try:
-            os.unlink(self._marker("ready", name))
-        except FileNotFoundError:
-            return False
-        return True
-
-    def forget(self, name: str) -> None:
-        for phase in ("ready", "claimed"):
-            self._marker(phase, name).unlink(missing_ok=True)
-        shutil.rmtree(self.machine_dir(name).path, ignore_errors=True)
+from driver.state import write_private
 
 
 def pool_name(settings: Settings) -> str:

@@ -7,17 +7,17 @@ import os
 import shutil
 import time
 
-from driver import engine, limits, log, metrics, pool, provision, signals, ssh, tools
-from driver import job as job_file
-from driver import settings as settings_file
+from driver import engine, limits, log, metrics, provision, signals, ssh, tools
+from driver.contract import Job, read_job
+from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.log import say
-from driver.machine import DockerMachine
-from driver.settings import Settings
+from driver.pool.store import PoolStore
+from driver.settings import Settings, load_settings
 from driver.state import JobDir, MachineState, process_start_time
 
 
-def new_state(settings: Settings, job: job_file.Job, machine: str) -> MachineState:
+def new_state(settings: Settings, job: Job, machine: str) -> MachineState:
     """This job's record of its machine, owned by this prepare and its runner process."""
     return MachineState(
         job_id=job.id,
@@ -33,8 +33,8 @@ def new_state(settings: Settings, job: job_file.Job, machine: str) -> MachineSta
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = settings_file.load(args.config_path)
-    job = job_file.from_response_file()
+    settings = load_settings(args.config_path)
+    job = read_job()
     name = settings.machine_name(job.id)
     log.setup(settings.log_path, job_id=job.id, machine=name, stage="prepare")
     signals.raise_on_termination()
@@ -140,9 +140,9 @@ def _prepare(
     job_dir.save(state)
 
 
-def _from_pool(settings: Settings, dm: DockerMachine, job_dir: JobDir, job: job_file.Job) -> bool:
+def _from_pool(settings: Settings, dm: DockerMachine, job_dir: JobDir, job: Job) -> bool:
     """Take a ready machine from the warm pool; False if there is none (create one then)."""
-    store = pool.PoolStore(settings.state_dir)
+    store = PoolStore(settings.state_dir)
     machine = store.claim()
     metrics.count(settings.state_dir, "pool_claims_total", {"result": "hit" if machine else "miss"})
     if machine is None:

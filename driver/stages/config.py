@@ -7,15 +7,14 @@ import json
 import shutil
 
 from driver import NAME, __version__
-from driver import job as job_file
-from driver import settings as settings_file
-from driver.contract import JOB_DIR_ENV
+from driver.contract import JOB_DIR_ENV, config_output, read_job
 from driver.errors import ConfigError
+from driver.settings import load_settings
 from driver.state import JobDir
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = settings_file.load(args.config_path)
+    settings = load_settings(args.config_path)
     program = settings.docker_machine.program
     if shutil.which(program) is None:
         raise ConfigError(
@@ -23,14 +22,14 @@ def main(args: argparse.Namespace) -> int:
             hint="install docker-machine (GitLab's fork) or set [docker_machine] program "
             "to its full path",
         )
-    job = job_file.from_response_file()
-    output = {
-        "builds_dir": settings.builds_dir,
-        "cache_dir": settings.cache_dir,
-        "builds_dir_is_shared": False,  # one VM per job: nothing else writes there
-        "hostname": settings.machine_name(job.id),
-        "driver": {"name": NAME, "version": __version__},
-        "job_env": {JOB_DIR_ENV: str(JobDir(settings.state_dir, job.id).path)},
-    }
+    job = read_job()
+    output = config_output(
+        builds_dir=settings.builds_dir,
+        cache_dir=settings.cache_dir,
+        hostname=settings.machine_name(job.id),
+        driver_name=NAME,
+        driver_version=__version__,
+        job_env={JOB_DIR_ENV: str(JobDir(settings.state_dir, job.id).path)},
+    )
     print(json.dumps(output))
     return 0

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from driver import job
+from driver import contract
 from driver.errors import JobError
 
 
@@ -31,7 +31,7 @@ def test_identity_comes_from_the_response_file_not_job_variables(
         },
     )
     monkeypatch.setenv("JOB_RESPONSE_FILE", path)
-    assert job.from_response_file() == job.Job(id=1234, project_id=77, pipeline_id=55, name="build")
+    assert contract.read_job() == contract.Job(id=1234, project_id=77, pipeline_id=55, name="build")
 
 
 def test_a_missing_environment_variable_says_how_to_run_by_hand(
@@ -39,7 +39,7 @@ def test_a_missing_environment_variable_says_how_to_run_by_hand(
 ) -> None:
     monkeypatch.delenv("JOB_RESPONSE_FILE", raising=False)
     with pytest.raises(JobError, match="JOB_RESPONSE_FILE is not set"):
-        job.from_response_file()
+        contract.read_job()
 
 
 @pytest.mark.parametrize(
@@ -48,9 +48,9 @@ def test_a_missing_environment_variable_says_how_to_run_by_hand(
 )
 def test_a_file_that_is_not_a_job_is_refused(tmp_path: Path, payload: object) -> None:
     with pytest.raises(JobError, match="is not a job payload"):
-        job.from_response_file(write(tmp_path, payload))
+        contract.read_job(write(tmp_path, payload))
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(JobError, match="cannot read"):
-        job.from_response_file(str(tmp_path / "missing.json"))
+        contract.read_job(str(tmp_path / "missing.json"))

@@ -16,7 +16,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from driver.contract import JOB_DIR_ENV, clean_env
+from driver.contract import JOB_DIR_ENV, clean_env, read_job
 from driver.errors import BuildFailure, Cancelled, DriverError, JobError
 
 if TYPE_CHECKING:
@@ -70,12 +70,16 @@ PROBE_TIMEOUT = 15.0
 
 
 def main(args: argparse.Namespace) -> int:
-    job_dir = os.environ.get(JOB_DIR_ENV) or _job_dir_from_config(args.config_path)
+    return run_stage(args.script, args.stage, args.config_path)
+
+
+def run_stage(script: str, stage: str, config_path: str | None) -> int:
+    job_dir = os.environ.get(JOB_DIR_ENV) or _job_dir_from_config(config_path)
     state = _load_state(job_dir)
     try:
-        return _run(args.script, args.stage, job_dir, state)
+        return _run(script, stage, job_dir, state)
     except DriverError:
-        _log_failure(state, args.stage)
+        _log_failure(state, stage)
         raise
 
 
@@ -232,10 +236,9 @@ def _load_state(job_dir: str) -> dict[str, object]:
 
 def _job_dir_from_config(config_path: str | None) -> str:
     """Slow path, for stages run by hand without the config stage's job_env."""
-    from driver import job as job_file
-    from driver import settings as settings_file
+    from driver.settings import load_settings
     from driver.state import JobDir
 
-    settings = settings_file.load(config_path)
-    job = job_file.from_response_file()
+    settings = load_settings(config_path)
+    job = read_job()
     return str(JobDir(settings.state_dir, job.id).path)

@@ -4,12 +4,12 @@ from pathlib import Path
 import pytest
 
 from driver import settings
-from driver.machine import DockerMachine, _machine_info, classify_failure
+from driver.docker_machine import DockerMachine, _machine_info, classify_failure
 
 
 def make(tmp_path: Path, **machine: object) -> DockerMachine:
     return DockerMachine(
-        settings.parse(
+        settings.parse_settings(
             {
                 "docker_machine": {"program": "dm", "storage_path": str(tmp_path)},
                 "machine": machine,
