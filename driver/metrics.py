@@ -1,5 +1,9 @@
 """Counters and histograms shared by every driver process on the host.
 
+Each metric is declared once below (name, type, help, label names); call sites
+pass the declaration, so a misspelt name is an import error and wrong labels a
+ValueError, never a silently new series.
+
 Each stage is its own short-lived process, so the numbers live in one JSON
 file under the state dir, updated under a lock; the pool service serves them
 to Prometheus (with live gauges of machines by state) at every scrape.
@@ -8,109 +12,244 @@ to Prometheus (with live gauges of machines by state) at every scrape.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
 from driver.state import write_private
 
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric as Family
+
 PREFIX = "gitlab_machine_driver"
 BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
-HELP = {
-    "machine_creations_total": "Machines created, by who made them (job or pool)",
-    "machine_creation_failures_total": "Failed docker-machine create attempts, by kind",
-    "machine_removals_total": "Machines removed, by result (clean or maybe_orphaned)",
-    "pool_claims_total": "Prepares that asked the pool for a machine, by result (hit or miss)",
-    "machine_create_seconds": "Duration of successful docker-machine creates",
-    "machine_remove_seconds": "Duration of machine removals",
-    "prepare_seconds": "Duration of prepare, by source of the machine (pool or create)",
-}
+FILE = "metrics.json"
+LOCK_TIMEOUT = 5.0
 
 
-def _key(name: str, labels: dict[str, str] | None) -> str:
-    return json.dumps([name, sorted((labels or {}).items())])
+@dataclass(frozen=True)
+class Metric:
+    """One metric: ``name`` as Prometheus shows it after the ``gitlab_machine_driver_`` prefix."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+
+    @property
+    def full_name(self) -> str:
+        return f"{PREFIX}_{self.name}"
+
+    def key(self, labels: Mapping[str, str] | None) -> str:
+        """The series' key in the metrics file; the labels must be exactly the declared ones."""
+        given = dict(labels or {})
+        if sorted(given) != sorted(self.labels):
+            raise ValueError(
+                f"metric {self.name} takes the labels {list(self.labels)}, not {sorted(given)}"
+            )
+        # The same key format since the first release: old metrics files keep counting.
+        return json.dumps([self.name, sorted(given.items())])
 
 
-def _update(state_dir: Path, change: Any) -> None:
-    path = state_dir / "metrics.json"
-    try:
-        with FileLock(state_dir / "locks" / "metrics.lock", mode=0o600).acquire(timeout=5):
-            data = load(state_dir)
-            change(data)
-            write_private(path, json.dumps(data))
-    except (Timeout, OSError):
-        pass  # metrics must never fail a job
+@dataclass(frozen=True)
+class Counter(Metric):
+    def __post_init__(self) -> None:
+        if not self.name.endswith("_total"):
+            raise ValueError(f"counter {self.name} must end in _total (Prometheus convention)")
 
 
-def count(state_dir: Path, name: str, labels: dict[str, str] | None = None) -> None:
-    def change(data: dict[str, Any]) -> None:
-        counters = data.setdefault("counters", {})
-        counters[_key(name, labels)] = counters.get(_key(name, labels), 0) + 1
+@dataclass(frozen=True)
+class Histogram(Metric):
+    """Seconds, in ``BUCKETS``."""
+
+
+@dataclass(frozen=True)
+class Gauge(Metric):
+    """Computed live at each scrape, never stored."""
+
+
+MACHINE_CREATIONS = Counter(
+    "machine_creations_total", "Machines created, by who made them (job or pool)", ("by",)
+)
+MACHINE_CREATION_FAILURES = Counter(
+    "machine_creation_failures_total",
+    "Failed docker-machine create attempts, by kind (permanent, rate_limited, transient)",
+    ("kind",),
+)
+MACHINE_REMOVALS = Counter(
+    "machine_removals_total",
+    "Machines removed, by result (clean or maybe_orphaned)",
+    ("result",),
+)
+POOL_CLAIMS = Counter(
+    "pool_claims_total",
+    "Prepares that asked the pool for a machine, by result (hit or miss)",
+    ("result",),
+)
+MACHINE_CREATE_SECONDS = Histogram(
+    "machine_create_seconds", "Duration of successful docker-machine creates"
+)
+MACHINE_REMOVE_SECONDS = Histogram("machine_remove_seconds", "Duration of machine removals")
+PREPARE_SECONDS = Histogram(
+    "prepare_seconds",
+    "Duration of prepare, by source of the machine (pool or create)",
+    ("source",),
+)
+MACHINES = Gauge(
+    "machines",
+    "Machines this driver owns on the host, by state",
+    ("state",),
+)
+
+COUNTERS: tuple[Counter, ...] = (
+    MACHINE_CREATIONS,
+    MACHINE_CREATION_FAILURES,
+    MACHINE_REMOVALS,
+    POOL_CLAIMS,
+)
+HISTOGRAMS: tuple[Histogram, ...] = (
+    MACHINE_CREATE_SECONDS,
+    MACHINE_REMOVE_SECONDS,
+    PREPARE_SECONDS,
+)
+
+Data = dict[str, dict[str, Any]]
+
+
+def count(state_dir: Path, metric: Counter, labels: Mapping[str, str] | None = None) -> None:
+    """Add one to ``metric``'s series with ``labels``."""
+    key = metric.key(labels)
+
+    def change(data: Data) -> None:
+        counters = data["counters"]
+        counters[key] = counters.get(key, 0) + 1
 
     _update(state_dir, change)
 
 
 def observe(
-    state_dir: Path, name: str, seconds: float, labels: dict[str, str] | None = None
+    state_dir: Path,
+    metric: Histogram,
+    seconds: float,
+    labels: Mapping[str, str] | None = None,
 ) -> None:
-    def change(data: dict[str, Any]) -> None:
-        hist = data.setdefault("histograms", {}).setdefault(
-            _key(name, labels), {"buckets": [0] * len(BUCKETS), "sum": 0.0, "count": 0}
+    """Record one duration in ``metric``'s series with ``labels``."""
+    key = metric.key(labels)
+
+    def change(data: Data) -> None:
+        hist = data["histograms"].setdefault(
+            key, {"buckets": [0] * len(BUCKETS), "sum": 0.0, "count": 0}
         )
         for i, bound in enumerate(BUCKETS):
             if seconds <= bound:
-                hist["buckets"][i] += 1
+                hist["buckets"][i] += 1  # cumulative, as Prometheus counts buckets
         hist["sum"] += seconds
         hist["count"] += 1
 
     _update(state_dir, change)
 
 
-def load(state_dir: Path) -> dict[str, Any]:
+def _update(state_dir: Path, change: Callable[[Data], None]) -> None:
     try:
-        data: dict[str, Any] = json.loads((state_dir / "metrics.json").read_text())
-        return data
+        (state_dir / "locks").mkdir(exist_ok=True, mode=0o700)  # the state dir: its owner makes it
+        lock = FileLock(state_dir / "locks" / "metrics.lock", mode=0o600)
+        with lock.acquire(timeout=LOCK_TIMEOUT):
+            data = load(state_dir)
+            change(data)
+            write_private(state_dir / FILE, json.dumps(data))
+    except (Timeout, OSError):
+        pass  # metrics must never fail a job
+
+
+def load(state_dir: Path) -> Data:
+    """The metrics file's series; whatever in it is unreadable or malformed is left out."""
+    try:
+        raw = json.loads((state_dir / FILE).read_text())
     except (OSError, ValueError):
-        return {}
+        raw = {}
+    if not isinstance(raw, dict):
+        raw = {}
+    counters = raw.get("counters")
+    histograms = raw.get("histograms")
+    return {
+        "counters": {
+            k: v
+            for k, v in (counters.items() if isinstance(counters, dict) else ())
+            if _is_number(v)
+        },
+        "histograms": {
+            k: v
+            for k, v in (histograms.items() if isinstance(histograms, dict) else ())
+            if _is_histogram(v)
+        },
+    }
 
 
-def families(state_dir: Path, machines: dict[str, int]) -> Iterator[Any]:
-    """Prometheus metric families: the file's counters and histograms, and live gauges."""
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_histogram(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("buckets"), list)
+        and len(value["buckets"]) == len(BUCKETS)
+        and all(_is_number(b) for b in value["buckets"])
+        and _is_number(value.get("sum"))
+        and _is_number(value.get("count"))
+    )
+
+
+def _series(section: Mapping[str, Any]) -> dict[str, list[tuple[dict[str, str], Any]]]:
+    """Metric name -> [(labels, value)] from one section of the file."""
+    grouped: dict[str, list[tuple[dict[str, str], Any]]] = {}
+    for key, value in section.items():
+        try:
+            name, pairs = json.loads(key)
+            labels = {str(k): str(v) for k, v in pairs}
+        except (ValueError, TypeError):
+            continue
+        grouped.setdefault(str(name), []).append((labels, value))
+    return grouped
+
+
+def families(state_dir: Path, machines: Mapping[str, int]) -> Iterator[Family]:
+    """Prometheus metric families: every declared metric, from the file and live gauges.
+
+    Series in the file that no declaration matches (a metric since removed, or
+    labels since changed) are left out.
+    """
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
         HistogramMetricFamily,
     )
 
-    gauge = GaugeMetricFamily(
-        f"{PREFIX}_machines", "Machines this driver owns on the host, by state", labels=["state"]
-    )
+    gauge = GaugeMetricFamily(MACHINES.full_name, MACHINES.help, labels=MACHINES.labels)
     for state, value in sorted(machines.items()):
         gauge.add_metric([state], value)
     yield gauge
     data = load(state_dir)
-    grouped: dict[str, list[tuple[dict[str, str], Any]]] = {}
-    for section in ("counters", "histograms"):
-        for key, value in data.get(section, {}).items():
-            name, labels = json.loads(key)
-            grouped.setdefault(name, []).append((dict(labels), value))
-    for name, samples in sorted(grouped.items()):
-        label_names = sorted({k for labels, _ in samples for k in labels})
-        full = f"{PREFIX}_{name}"
-        if name.endswith("_total"):
-            family: Any = CounterMetricFamily(
-                full.removesuffix("_total"), HELP.get(name, name), labels=label_names
-            )
-            for labels, value in samples:
-                family.add_metric([labels.get(k, "") for k in label_names], value)
-        else:
-            family = HistogramMetricFamily(full, HELP.get(name, name), labels=label_names)
-            for labels, hist in samples:
-                buckets = [(str(b), c) for b, c in zip(BUCKETS, hist["buckets"], strict=True)]
-                buckets.append(("+Inf", hist["count"]))
-                family.add_metric(
-                    [labels.get(k, "") for k in label_names], buckets, sum_value=hist["sum"]
-                )
+    counters = _series(data["counters"])
+    for counter in COUNTERS:
+        family = CounterMetricFamily(counter.full_name, counter.help, labels=counter.labels)
+        for labels, value in counters.get(counter.name, []):
+            if sorted(labels) == sorted(counter.labels):
+                family.add_metric([labels[k] for k in counter.labels], value)
         yield family
+    histograms = _series(data["histograms"])
+    for histogram in HISTOGRAMS:
+        hfamily = HistogramMetricFamily(
+            histogram.full_name, histogram.help, labels=histogram.labels
+        )
+        for labels, hist in histograms.get(histogram.name, []):
+            if sorted(labels) != sorted(histogram.labels):
+                continue
+            buckets = [(str(b), c) for b, c in zip(BUCKETS, hist["buckets"], strict=True)]
+            buckets.append(("+Inf", hist["count"]))
+            hfamily.add_metric(
+                [labels[k] for k in histogram.labels], buckets, sum_value=hist["sum"]
+            )
+        yield hfamily

@@ -60,12 +60,12 @@ def create(
             ensure_certs(dm, settings, progress)
             dm.create(name, labels, settings.create.timeout)
             log.get().info("machine_created", attempt=attempt, seconds=timer.seconds)
-            metrics.observe(settings.state_dir, "machine_create_seconds", timer.seconds)
+            metrics.observe(settings.state_dir, metrics.MACHINE_CREATE_SECONDS, timer.seconds)
             return attempt
         except CommandError as e:
             kind = classify_failure(e.output)
             log.get().warning("create_failed", attempt=attempt, kind=kind, error=str(e))
-            metrics.count(settings.state_dir, "machine_creation_failures_total", {"kind": kind})
+            metrics.count(settings.state_dir, metrics.MACHINE_CREATION_FAILURES, {"kind": kind})
             progress(
                 f"Attempt {attempt}/{attempts} to create {name} failed after "
                 f"{timer.seconds:g}s ({kind.replace('_', ' ')}):\n{e}"
@@ -130,8 +130,8 @@ def destroy(
             if result.exit_code == 0:
                 progress(f"Removed machine {name} in {timer.seconds:g}s")
                 log.get().info("machine_removed", machine=name, seconds=timer.seconds)
-                metrics.observe(settings.state_dir, "machine_remove_seconds", timer.seconds)
-                metrics.count(settings.state_dir, "machine_removals_total", {"result": "clean"})
+                metrics.observe(settings.state_dir, metrics.MACHINE_REMOVE_SECONDS, timer.seconds)
+                metrics.count(settings.state_dir, metrics.MACHINE_REMOVALS, {"result": "clean"})
                 return True
             last = result.output
             if not dm.exists(name):
@@ -147,5 +147,5 @@ def destroy(
         f"{(last or result.output).strip()[-500:]}"
     )
     log.get().error("machine_maybe_orphaned", machine=name, error=last[-500:])
-    metrics.count(settings.state_dir, "machine_removals_total", {"result": "maybe_orphaned"})
+    metrics.count(settings.state_dir, metrics.MACHINE_REMOVALS, {"result": "maybe_orphaned"})
     return False

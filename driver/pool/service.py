@@ -141,7 +141,7 @@ class PoolService:
                 "created": str(int(machine.created)),
             }
             provision.create(self.dm, name, labels, self.settings, self._progress(name))
-            metrics.count(self.settings.state_dir, "machine_creations_total", {"by": "pool"})
+            metrics.count(self.settings.state_dir, metrics.MACHINE_CREATIONS, {"by": "pool"})
             self._make_ready(machine)
             machine.ready_at = time.time()
             self.store.save(machine)

@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
             provision.destroy(dm, name, settings, say)
         if settings.pool.enabled and _from_pool(settings, dm, job_dir, job):
             metrics.observe(
-                settings.state_dir, "prepare_seconds", total.seconds, {"source": "pool"}
+                settings.state_dir, metrics.PREPARE_SECONDS, total.seconds, {"source": "pool"}
             )
             return 0
         state = new_state(settings, job, name)
@@ -73,7 +73,9 @@ def main(args: argparse.Namespace) -> int:
             job_dir.remove()
             raise
     log.get().info("prepared", seconds=total.seconds, timings=state.timings)
-    metrics.observe(settings.state_dir, "prepare_seconds", total.seconds, {"source": "create"})
+    metrics.observe(
+        settings.state_dir, metrics.PREPARE_SECONDS, total.seconds, {"source": "create"}
+    )
     say(f"Machine {name} is ready ({total.seconds:g}s)")
     return 0
 
@@ -97,7 +99,7 @@ def _prepare(
     step = log.Timer()
     provision.create(dm, name, labels, settings, say)
     state.timings["create"] = step.seconds
-    metrics.count(settings.state_dir, "machine_creations_total", {"by": "job"})
+    metrics.count(settings.state_dir, metrics.MACHINE_CREATIONS, {"by": "job"})
     say(f"Created machine {name} in {step.seconds:g}s")
     info = dm.inspect(name)
     if info is None:
@@ -144,7 +146,7 @@ def _from_pool(settings: Settings, dm: DockerMachine, job_dir: JobDir, job: Job)
     """Take a ready machine from the warm pool; False if there is none (create one then)."""
     store = PoolStore(settings.state_dir)
     machine = store.claim()
-    metrics.count(settings.state_dir, "pool_claims_total", {"result": "hit" if machine else "miss"})
+    metrics.count(settings.state_dir, metrics.POOL_CLAIMS, {"result": "hit" if machine else "miss"})
     if machine is None:
         say("No ready machine in the warm pool: creating one for this job")
         return False
