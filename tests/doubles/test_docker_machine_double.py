@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,10 @@ from pathlib import Path
 import pytest
 
 from tests.doubles import docker_machine as dm
+from tests.doubles.docker_machine.certs import verify_offline
+from tests.doubles.docker_machine.common import DOCKERD, VERSION, does_not_exist
+from tests.doubles.docker_machine.netns import claimed_indexes, cmdline
+from tests.doubles.docker_machine.store import Store, read_vm, settings
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -31,7 +36,7 @@ needs_transcript = pytest.mark.skipif(not TRANSCRIPT.exists(), reason="no refere
 root_only = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("nsenter") is None, reason="VMs in namespaces need root"
 )
-needs_dockerd = pytest.mark.skipif(not os.path.exists(dm.DOCKERD), reason="dockerd is missing")
+needs_dockerd = pytest.mark.skipif(not os.path.exists(DOCKERD), reason="dockerd is missing")
 
 
 class Machine:
@@ -239,7 +244,7 @@ def test_transcript_steps_without_a_reachable_engine(machine: Machine) -> None:
 def test_errors_go_to_stderr_and_info_to_stdout(machine: Machine) -> None:
     result = machine("inspect", "nope")
     assert result.stdout == ""
-    assert result.stderr == dm.does_not_exist("nope") + "\n"
+    assert result.stderr == does_not_exist("nope") + "\n"
     result = machine("rm", "-f", "nope")
     assert result.stdout.startswith("About to remove nope\nWARNING:")
     assert result.stderr.endswith('Can\'t remove "nope"\n')
@@ -268,7 +273,7 @@ def test_none_driver_needs_a_url(machine: Machine) -> None:
 def test_launcher_runs_on_its_own(machine: Machine) -> None:
     assert LAUNCHER.stat().st_mode & 0o777 == 0o755
     result = subprocess.run([str(LAUNCHER), "version"], capture_output=True, text=True, check=False)
-    assert (result.returncode, result.stdout) == (0, dm.VERSION + "\n")
+    assert (result.returncode, result.stdout) == (0, VERSION + "\n")
 
 
 def test_global_flags_and_calls_log(machine: Machine) -> None:
@@ -305,7 +310,7 @@ def test_inspect_fields_and_templates(machine: Machine) -> None:
     full = machine.ok("inspect", "m1")
     assert full == config.read_text() + "\n"
     assert full.startswith('{\n    "ConfigVersion": 3,\n    "Driver": {\n        "IPAddress"')
-    host = dm.json.loads(full)
+    host = json.loads(full)
     assert list(host) == ["ConfigVersion", "Driver", "DriverName", "HostOptions", "Name"]
     engine = host["HostOptions"]["EngineOptions"]
     assert engine["Env"] == ["A=1"] and engine["StorageDriver"] == "overlay2"
@@ -323,7 +328,7 @@ def test_inspect_fields_and_templates(machine: Machine) -> None:
 
 
 def json_of(text: str) -> dict[str, object]:
-    value = dm.json.loads(text)
+    value = json.loads(text)
     assert isinstance(value, dict)
     return value
 
@@ -353,7 +358,7 @@ def test_create_twice_and_invalid_names(fast: Machine) -> None:
         )
     for command in ("status", "ip", "url", "inspect", "config", "ssh", "stop", "start", "kill"):
         result = fast(command, "../certs")
-        assert (result.returncode, result.stderr) == (1, dm.does_not_exist("../certs") + "\n")
+        assert (result.returncode, result.stderr) == (1, does_not_exist("../certs") + "\n")
 
 
 # --- rm ------------------------------------------------------------------------------------------
@@ -533,14 +538,14 @@ def test_containers_run_in_the_vm_and_go_with_it(machine: Machine) -> None:
     result = ssh(machine, name, script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("from a container\n")
-    index = dm.claimed_indexes(dm.Store(machine.storage), name)[0]
+    index = claimed_indexes(Store(machine.storage), name)[0]
     assert os.path.isdir(f"/sys/fs/cgroup/pids/dmd-vm-{index}") or not os.path.isdir(
         "/sys/fs/cgroup/pids"
     )
-    sleeper = [p for p in dm.vm_pids(machine.storage, name) if b"sleep\x001000" in dm.cmdline(p)]
+    sleeper = [p for p in dm.vm_pids(machine.storage, name) if b"sleep\x001000" in cmdline(p)]
     assert len(sleeper) == 1
     machine.ok("rm", "-y", name)
-    assert not os.path.exists(f"/proc/{sleeper[0]}/cmdline") or dm.cmdline(sleeper[0]) == b""
+    assert not os.path.exists(f"/proc/{sleeper[0]}/cmdline") or cmdline(sleeper[0]) == b""
     assert not [
         d
         for d in os.listdir("/sys/fs/cgroup")
@@ -654,7 +659,7 @@ def test_create_fail_counts_down(fast: Machine) -> None:
         )
     fast.ok("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "c")
     assert fast.ok("ls", "-q") == "a\nb\nc\n"
-    assert dm.settings(dm.Store(fast.storage))["create_fail"]["times"] == 0
+    assert settings(Store(fast.storage))["create_fail"]["times"] == 0
     dm.set_faults(fast.storage, {"create_fail": {"times": -1}})
     assert fast("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "d").returncode == 1
     dm.set_faults(fast.storage, {"create_fail": None})
@@ -723,7 +728,7 @@ def test_create_killed_while_booting_is_cleaned_by_rm_f(fast: Machine) -> None:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
-    while "init_pid" not in dm.read_vm(dm.Store(fast.storage), "vm"):
+    while "init_pid" not in read_vm(Store(fast.storage), "vm"):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     proc.kill()
@@ -783,8 +788,7 @@ def test_rm_fail(fast: Machine) -> None:
 
 
 def verified(machine: Machine, name: str) -> bool:
-    store = dm.Store(machine.storage)
-    return dm.verify_offline(store, name) is None
+    return verify_offline(Store(machine.storage), name) is None
 
 
 @root_only
@@ -836,11 +840,11 @@ def test_teardown_all_leaves_nothing(machine: Machine) -> None:
     machine.ok("create", "-d", "local", "a")
     machine.ok("create", "-d", "local", "b")
     assert ssh(machine, "a", "nohup sleep 600 >/dev/null 2>&1 &").returncode == 0
-    indexes = dm.claimed_indexes(dm.Store(machine.storage))
+    indexes = claimed_indexes(Store(machine.storage))
     assert len(indexes) == 2
     dm.teardown_all(machine.storage)
     dm.teardown_all(machine.storage)  # idempotent
-    assert dm.claimed_indexes(dm.Store(machine.storage)) == []
+    assert claimed_indexes(Store(machine.storage)) == []
     assert dm.storage_pids(machine.storage) == []
     assert dm.leftover_namespaces(machine.storage) == []
     assert dm.machine_names(machine.storage) == []

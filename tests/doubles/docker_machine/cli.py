@@ -1,0 +1,83 @@
+"""docker-machine's command line: global flags, the command table, exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from .commands import (
+    cmd_config,
+    cmd_env,
+    cmd_inspect,
+    cmd_ip,
+    cmd_rm,
+    cmd_ssh,
+    cmd_status,
+    cmd_url,
+    power_action,
+)
+from .common import VERSION, MachineError, go_quote, info, info_to_stderr
+from .create import cmd_create
+from .flags import GLOBAL_FLAGS, parse_flags
+from .helpers import teardown_all
+from .listing import cmd_ls
+from .store import Store, log_call
+from .vminit import vm_init_main
+
+UNIMPLEMENTED = {"active", "mount", "provision", "regenerate-certs", "scp", "upgrade", "help"}
+
+
+def main(argv: list[str]) -> int:
+    info_to_stderr(False)
+    try:
+        return run(argv)
+    except MachineError as exc:
+        print(exc.message, file=sys.stderr, flush=True)
+        return exc.code
+    except BrokenPipeError:
+        return 1
+
+
+def run(argv: list[str]) -> int:
+    if argv[:1] == ["_vm-init"]:
+        return vm_init_main(argv[1])
+    values, rest = parse_flags(argv, GLOBAL_FLAGS, interspersed=False)
+    if values.get("version") or rest[:1] == ["version"]:
+        info(VERSION)
+        return 0
+    root = (
+        values.get("storage-path") or os.environ.get("MACHINE_STORAGE_PATH") or "~/.docker/machine"
+    )
+    store = Store(root)
+    if rest[:1] == ["_teardown"]:  # not docker-machine's: clean up after a demo or a crash
+        teardown_all(store.root)
+        return 0
+    log_call(store, argv)
+    if not rest or values.get("help"):
+        info("Usage: docker-machine [OPTIONS] COMMAND [arg...]")
+        return 0
+    command, args = rest[0], rest[1:]
+    handlers: dict[str, Callable[[Store, list[str]], int]] = {
+        "create": cmd_create,
+        "rm": cmd_rm,
+        "inspect": cmd_inspect,
+        "ip": cmd_ip,
+        "url": cmd_url,
+        "status": cmd_status,
+        "config": cmd_config,
+        "env": lambda s, a: cmd_env(s, a, argv),
+        "ls": cmd_ls,
+        "ssh": cmd_ssh,
+        "start": lambda s, a: power_action(s, a, "start"),
+        "stop": lambda s, a: power_action(s, a, "stop"),
+        "kill": lambda s, a: power_action(s, a, "kill"),
+        "restart": lambda s, a: power_action(s, a, "restart"),
+    }
+    if command in handlers:
+        return handlers[command](store, args)
+    if command in UNIMPLEMENTED:
+        raise MachineError(f"docker-machine double: {go_quote(command)} is not implemented")
+    raise MachineError(
+        f"docker-machine: '{command}' is not a docker-machine command. See 'docker-machine --help'."
+    )

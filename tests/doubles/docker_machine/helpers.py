@@ -1,0 +1,162 @@
+"""Helpers for tests: what happens to a machine behind docker-machine's back (a VM dies,
+its sshd dies, its host key changes), and what is left of a storage."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import time
+
+from .certs import ssh_keygen
+from .common import NAME_RE
+from .faults import set_faults
+from .netns import (
+    NETNS_DIR,
+    claimed_indexes,
+    cmdline,
+    descendants,
+    destroy_vm,
+    init_pid,
+    ip_cmd,
+    kill_until_gone,
+    machine_pids,
+    netns_name,
+    process_table,
+    read_claims,
+    release_netns,
+    vm_markers,
+)
+from .store import Store, machine_names, read_vm
+
+__all__ = [
+    "kill_sshd",
+    "kill_vm",
+    "leftover_namespaces",
+    "machine_names",
+    "rotate_host_key",
+    "set_faults",
+    "storage_pids",
+    "teardown_all",
+    "vm_pids",
+]
+
+
+def vm_pids(storage: str, name: str) -> list[int]:
+    """Every live process of the machine's VM."""
+    return machine_pids(Store(storage), name)
+
+
+def kill_vm(storage: str, name: str) -> None:
+    """The VM dies: all its processes are killed and its network link removed; the entry stays."""
+    store = Store(storage)
+    kill_until_gone(lambda: machine_pids(store, name))
+    for index in claimed_indexes(store, name):
+        ip_cmd("link", "del", f"dmdh{index}", check=False)
+
+
+def _sshd_pid(store: Store, name: str) -> int | None:
+    mdir = store.machine_dir(name)
+    try:
+        with open(os.path.join(mdir, "sshd.pid"), encoding="ascii") as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if vm_markers(mdir)["sshd"].search(cmdline(pid)) else None
+
+
+def kill_sshd(storage: str, name: str) -> None:
+    """Only the VM's SSH server dies: its listener and every session it serves."""
+    store = Store(storage)
+
+    def find() -> list[int]:
+        pid = _sshd_pid(store, name)
+        if pid is None:
+            return []
+        table = process_table()
+        return sorted(
+            p for p in {pid} | descendants({pid}, table) if table.get(p, (0, "Z"))[1] != "Z"
+        )
+
+    kill_until_gone(find)
+
+
+def rotate_host_key(storage: str, name: str) -> None:
+    """Give the VM a new SSH host key; its sshd restarts on the same address."""
+    store = Store(storage)
+    mdir = store.machine_dir(name)
+    key = os.path.join(mdir, "ssh_host_ed25519_key")
+    ssh_keygen(key + ".new", f"host {name}")
+    os.replace(key + ".new.pub", key + ".pub")
+    os.replace(key + ".new", key)
+    old, pid = _sshd_pid(store, name), init_pid(store, name)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGHUP)
+    vm = read_vm(store, name)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        new = _sshd_pid(store, name)
+        if new is not None and new != old:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((vm["ip"], vm["port"]), 1) as s,
+            ):
+                s.settimeout(2)
+                if s.recv(64).startswith(b"SSH-"):
+                    return
+        time.sleep(0.02)
+    raise RuntimeError(f"sshd of {name} did not come back after the host key changed")
+
+
+def _names_in_processes(store: Store) -> set[str]:
+    machines = re.escape(store.machines.encode())
+    pattern = re.compile(machines + rb"/([^/\0 ]+)(?:/sshd_config[\0 ]|/docker/|\0)")
+    names = set()
+    for pid in process_table():
+        for match in pattern.finditer(cmdline(pid)):
+            names.add(match.group(1).decode(errors="replace"))
+    return names
+
+
+def _claimed_names(store: Store) -> set[str]:
+    return {c.get("name", "") for c in read_claims().values() if c.get("storage") == store.root}
+
+
+def teardown_all(storage: str) -> None:
+    """Remove every machine of the storage: processes, namespaces, links, entries. Idempotent."""
+    store = Store(storage)
+    names = set(machine_names(store)) | _names_in_processes(store) | _claimed_names(store)
+    for name in sorted(n for n in names if n):
+        destroy_vm(store, name)
+        if NAME_RE.match(name):
+            shutil.rmtree(store.machine_dir(name), ignore_errors=True)
+    for index in claimed_indexes(store):  # claims whose machine name is unusable
+        release_netns(index)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(store.root):
+            if entry.startswith(".dmd-"):
+                shutil.rmtree(os.path.join(store.root, entry), ignore_errors=True)
+
+
+def leftover_namespaces(storage: str) -> list[str]:
+    """This storage's namespaces (or host-side links) that still exist."""
+    store = Store(storage)
+    left = []
+    for index in claimed_indexes(store):
+        if os.path.exists(os.path.join(NETNS_DIR, netns_name(index))):
+            left.append(netns_name(index))
+        if os.path.exists(f"/sys/class/net/dmdh{index}"):
+            left.append(f"dmdh{index}")
+    return left
+
+
+def storage_pids(storage: str) -> list[int]:
+    """Live processes of any machine of this storage, found by command line and namespace."""
+    store = Store(storage)
+    table = process_table()
+    names = _names_in_processes(store) | set(machine_names(store)) | _claimed_names(store)
+    return sorted({p for n in names if n for p in machine_pids(store, n, table)})
