@@ -47,6 +47,42 @@ def error_handler() -> Iterator[None]:
         raise SystemExit(contract.system_failure_code()) from None
 
 
+RUNNER_STAGES = ("config", "prepare", "run", "cleanup")
+
+
+@dataclass
+class StdoutEnding:
+    exit_code: int = 0  # an operator's `... | head` is a normal end; a stage's is not
+
+
+@contextmanager
+def closed_stdout_ends_quietly() -> Iterator[StdoutEnding]:
+    """`gitlab-machine-driver ls | head -3`: the reader left, which is no error of ours."""
+    ending = StdoutEnding()
+    try:
+        yield ending
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # some other pipe (a program we ran, a socket): a real error
+        # Nothing more can reach the reader; the interpreter's final flush must not try.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(ending.exit_code) from None
+
+
+def _stdout_closed() -> bool:
+    """Whether our stdout is a pipe or socket whose reader has gone."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        events = poll.poll(0)
+    except (OSError, ValueError):
+        return False
+    return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events)
+
+
 def _log_error(error: BaseException) -> None:
     """Into the admin's log too, if a command set one up."""
     import structlog
@@ -58,54 +94,196 @@ def _log_error(error: BaseException) -> None:
 def parser() -> argparse.ArgumentParser:
     import argparse
 
+    # --config works before or after the command: `doctor --config X` as well as
+    # `--config X doctor`. Given after, it must not be reset by the top level's default.
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument(
+        "--config",
+        dest="config_path",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="the driver's config file (default: $GITLAB_MACHINE_DRIVER_CONFIG or "
+        "/etc/gitlab-machine-driver/config.toml)",
+    )
+
+    def command(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        summary: str,
+        description: str,
+    ) -> argparse.ArgumentParser:
+        return parent.add_parser(
+            name,
+            help=summary,
+            description=f"{summary[:1].upper()}{summary[1:]}. {description}",
+            parents=[config],
+        )
+
     p = argparse.ArgumentParser(
         prog=NAME,
-        description="GitLab Runner custom executor: one fresh docker-machine VM per job.",
+        description="GitLab Runner custom executor: one fresh docker-machine VM per job. "
+        "config, prepare, run and cleanup are the runner's entrypoints; the other commands "
+        "are for the admin and operators. `%(prog)s COMMAND --help` says more.",
     )
     p.add_argument("--version", action="version", version=f"{NAME} {__version__}")
     p.add_argument(
         "--config",
         dest="config_path",
         metavar="PATH",
+        default=None,
         help="the driver's config file (default: $GITLAB_MACHINE_DRIVER_CONFIG or "
         "/etc/gitlab-machine-driver/config.toml)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("config", help="print the executor config JSON (config_exec)")
-    sub.add_parser("prepare", help="create and ready this job's machine (prepare_exec)")
-    run = sub.add_parser("run", help="run one stage's script in the machine (run_exec)")
+    command(
+        sub,
+        "config",
+        "print the executor config JSON (config_exec)",
+        "The runner's first call for a job: builds_dir, cache_dir, the machine name as "
+        "hostname, and job_env pointing later stages at the job's state.",
+    )
+    command(
+        sub,
+        "prepare",
+        "create and ready this job's machine (prepare_exec)",
+        "Takes a machine from the warm pool or creates <name_prefix>-<job id> with "
+        "docker-machine, pins its SSH host key, checks its tools and Docker engine; on any "
+        "failure removes the machine.",
+    )
+    run = command(
+        sub,
+        "run",
+        "run one stage's script in the machine (run_exec)",
+        "Streams SCRIPT over SSH into the job's VM and runs it; the script's own exit code "
+        "is the build's, a lost VM is a system failure.",
+    )
     run.add_argument("script", help="the script file the runner wrote")
     run.add_argument("stage", help="the stage name, e.g. build_script")
-    sub.add_parser("cleanup", help="destroy this job's machine (cleanup_exec)")
-    sweep = sub.add_parser("sweep", help="remove machines whose jobs are over (timer, cron)")
+    command(
+        sub,
+        "cleanup",
+        "destroy this job's machine (cleanup_exec)",
+        "Closes the SSH master, removes the machine and the job's state; safe to run any "
+        "number of times.",
+    )
+    sweep = command(
+        sub,
+        "sweep",
+        "remove machines whose jobs are over (timer, cron)",
+        "Lists the machines this config owns and removes those whose job is proven over, "
+        "saying why for each; run it from gitlab-machine-driver-sweep@<config>.timer.",
+    )
     sweep.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-    ls = sub.add_parser("ls", help="list the machines this driver owns, with their jobs")
+    ls = command(
+        sub,
+        "ls",
+        "list the machines this driver owns, with their jobs",
+        "One line per machine: docker-machine's state, the driver's phase, job, project, "
+        "age and address.",
+    )
     ls.add_argument("--json", action="store_true", help="machine-readable output")
-    doctor = sub.add_parser("doctor", help="check the set-up and say how to fix problems")
+    doctor = command(
+        sub,
+        "doctor",
+        "check the set-up and say how to fix problems",
+        "Checks the config, docker-machine (and whether it is GitLab's fork), its "
+        "certificates, the SSH client, the state dir, the gitlab-runner binary and GitLab "
+        "access; exits 1 if anything fails.",
+    )
     doctor.add_argument(
         "--create", action="store_true", help="also create, use and destroy one machine"
     )
-    pool = sub.add_parser("pool", help="the warm-pool service, or what it holds")
-    pool.add_argument("action", choices=["run", "status"], help="run the service, or show it")
-    pool.add_argument("--json", action="store_true", help="status as JSON")
-    migrate = sub.add_parser(
-        "migrate", help="print driver configs for gitlab-runner's docker+machine runners"
+    doctor.add_argument(
+        "--project",
+        type=int,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="also check that the [gitlab] token can read this project's jobs (repeatable)",
+    )
+    pool = command(
+        sub,
+        "pool",
+        "the warm-pool service, or what it holds",
+        "`pool run` keeps [pool] idle_count machines ready for jobs; `pool status` shows them.",
+    )
+    pool_sub = pool.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command(
+        pool_sub,
+        "run",
+        "run the warm-pool service in the foreground",
+        "Keeps ready, single-use machines for jobs to take (SIGTERM stops it); one per "
+        "state dir, usually as gitlab-machine-driver-pool@<config>.service.",
+    )
+    pool_status = command(
+        pool_sub,
+        "status",
+        "show the warm pool: service, machines by state, target, last errors",
+        "Reads the pool's records in the state dir; works whether or not the service runs.",
+    )
+    pool_status.add_argument("--json", action="store_true", help="status as JSON")
+    migrate = command(
+        sub,
+        "migrate",
+        "turn gitlab-runner's docker+machine runners into driver configs",
+        "Reads RUNNER_CONFIG_TOML (never writes it) and, for each docker+machine runner, "
+        "shows its driver config and a patch for gitlab-runner's config.toml; secrets are "
+        "shown as placeholders and written only to 0600 files with --output.",
     )
     migrate.add_argument("runner_config", metavar="RUNNER_CONFIG_TOML")
-    migrate.add_argument("--output", metavar="DIR", help="write each driver config into DIR")
-    job = sub.add_parser("job", help="print a job environment to run stages by hand")
+    migrate.add_argument(
+        "--output",
+        metavar="DIR",
+        help="write each runner's driver config, its secrets file and the patch into DIR",
+    )
+    migrate.add_argument(
+        "--force", action="store_true", help="with --output: overwrite files already there"
+    )
+    job = command(
+        sub,
+        "job",
+        "a job environment for running stages by hand",
+        '`eval "$(%(prog)s init)"` sets up what the runner would give a stage; '
+        '`eval "$(%(prog)s end)"` removes it after cleanup.',
+    )
     job_sub = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
-    init = job_sub.add_parser("init", help="write a job response file; print its environment")
+    init = command(
+        job_sub,
+        "init",
+        "write a job response file; print its environment for eval",
+        "Prints shell `export` lines (JOB_RESPONSE_FILE and the exit-code variables) for "
+        "`eval`; the files live in a private temp dir that `job end` removes.",
+    )
     init.add_argument("--id", type=int, default=4242, help="the job id (default 4242)")
     init.add_argument("--project", type=int, default=1, help="the project id (default 1)")
     init.add_argument("--response", metavar="FILE", help="a saved response.json to use instead")
-    ssh = sub.add_parser("ssh", help="a shell (or COMMAND) in a job's VM, host key checked")
+    command(
+        job_sub,
+        "end",
+        "remove what `job init` made; print the unset lines for eval",
+        "Run after `cleanup`: removes the job's temp dir and prints `unset` lines; refuses "
+        "while the job still has a machine.",
+    )
+    ssh = command(
+        sub,
+        "ssh",
+        "a shell (or COMMAND) in a job's VM, host key checked",
+        "Connects through the job's pinned host key and SSH config; the session is "
+        "recorded in the admin log.",
+    )
     ssh.add_argument("target", metavar="JOB_ID|MACHINE")
     ssh.add_argument(
         "remote_command",
         metavar="COMMAND",
         nargs=argparse.REMAINDER,
         help="run this instead of a shell",
+    )
+    command(
+        sub,
+        "config-example",
+        "print an example config file with every setting",
+        "The example shipped with the package, commented; redirect it into "
+        "/etc/gitlab-machine-driver/<name>.toml and edit.",
     )
     return p
 
@@ -186,6 +364,10 @@ def command(name: str) -> Command:
         from driver.commands.ssh import main as ssh
 
         return ssh
+    if name == "config-example":
+        from driver.commands.config_example import main as config_example
+
+        return config_example
     raise AssertionError(f"no command {name!r}")  # argparse allows only the names above
 
 
@@ -195,15 +377,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stage is not None:
         from driver.stages.run import run_stage
 
-        with error_handler():
+        with error_handler(), closed_stdout_ends_quietly() as ending:
+            ending.exit_code = contract.system_failure_code()
             code = run_stage(stage.script, stage.stage, stage.config_path)
         # Once per stage: skip the interpreter's tear-down, nothing is left to clean.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    args = parser().parse_args(words)
-    with error_handler():
-        return command(args.command)(args)
+    with error_handler(), closed_stdout_ends_quietly() as ending:
+        args = parser().parse_args(words)  # --help writes to stdout too
+        if args.command in RUNNER_STAGES:
+            ending.exit_code = contract.system_failure_code()
+        code = command(args.command)(args)
+        sys.stdout.flush()  # a reader gone shows here, inside the handlers
+        return code
 
 
 if __name__ == "__main__":

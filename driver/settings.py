@@ -24,6 +24,41 @@ Count = Annotated[int, Field(ge=1, le=100)]
 
 # docker-machine's own rule, plus room for "-<job id>" under the 64-character hostname limit.
 NAME_PREFIX = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (blank lines and # comments skipped); secrets, so 0600 only."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read [machine] env_file {path}: {e.strerror}",
+            hint="create it with KEY=VALUE lines, mode 0600, readable by the runner's user",
+        ) from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"[machine] env_file {path} is accessible to other users (mode {mode & 0o777:o}); "
+            "it holds cloud credentials",
+            hint=f"chmod 600 {path}",
+        )
+    env = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not ENV_NAME.match(name.strip()):
+            raise ConfigError(
+                f"[machine] env_file {path}, line {number}: not a KEY=VALUE line",
+                hint="one variable per line, e.g. AWS_ACCESS_KEY_ID=AKIA...; no quotes needed",
+            )
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]  # as systemd's EnvironmentFile= reads quoted values
+        env[name.strip()] = value
+    return env
 
 
 def _default_state_dir() -> Path:
@@ -62,6 +97,23 @@ class MachineSettings(Section):
     engine_opt: list[str] = []
     engine_storage_driver: str = ""
     engine_install_url: str = ""
+    # docker-machine's environment, not its argv (which `ps` shows): cloud credentials.
+    env: dict[str, str] = {}
+    env_file: Path | None = None  # KEY=VALUE lines, mode 0600; wins over env
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if not ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return env
+
+    def docker_machine_env(self) -> dict[str, str]:
+        """env, then env_file's KEY=VALUE lines: what docker-machine gets in its environment."""
+        if self.env_file is None:
+            return dict(self.env)
+        return {**self.env, **read_env_file(self.env_file)}
 
     @field_validator("options")
     @classmethod
@@ -222,6 +274,12 @@ class DebugSettings(Section):
     keep_max_age: Seconds = 3600.0
 
 
+class MetricsSettings(Section):
+    # A node_exporter textfile-collector file, rewritten after each prepare, cleanup and
+    # sweep: figures for hosts that run no pool service. None: no file.
+    textfile: Path | None = None
+
+
 class Settings(Section):
     builds_dir: str = "/builds"
     cache_dir: str = "/cache"
@@ -240,6 +298,8 @@ class Settings(Section):
     sweeper: SweeperSettings = SweeperSettings()
     pool: PoolSettings = PoolSettings()
     debug: DebugSettings = DebugSettings()
+    image: ImageSettings = ImageSettings()  # where jobs run: the VM's shell or their image
+    metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("builds_dir", "cache_dir")
     @classmethod
@@ -257,6 +317,11 @@ class Settings(Section):
         return f"{self.machine.name_prefix}-{job_id}"
 
 
+def example_config_path() -> Path:
+    """The example config shipped in the package; `gitlab-machine-driver config-example`."""
+    return Path(__file__).parent / "data" / "config.example.toml"
+
+
 def config_path(given: str | Path | None) -> Path:
     return Path(given or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
 
@@ -269,8 +334,8 @@ def load_settings(given: str | Path | None) -> Settings:
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path} does not exist",
-            hint=f"create it (see config/config.example.toml) or pass --config PATH"
-            f" or set {CONFIG_PATH_ENV}",
+            hint=f"create it (`gitlab-machine-driver config-example > {path}` gives one "
+            f"to edit) or pass --config PATH or set {CONFIG_PATH_ENV}",
         ) from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
@@ -291,7 +356,8 @@ def parse_settings(data: dict[str, Any], source: str = "config") -> Settings:
         problems = "\n".join(f"  {_describe(err)}" for err in e.errors())
         raise ConfigError(
             f"config file {source} has {e.error_count()} problem(s):\n{problems}",
-            hint="see config/config.example.toml for every setting and its allowed values",
+            hint="every setting and its allowed values: `gitlab-machine-driver config-example`"
+            f" (also in {example_config_path()})",
         ) from None
 
 

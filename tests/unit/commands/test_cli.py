@@ -1,0 +1,152 @@
+"""The command line an admin meets: options anywhere, help per command, and a closed
+stdout (`... | head`) as a normal end."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from driver.main import closed_stdout_ends_quietly, parser
+
+ROOT = Path(__file__).resolve().parents[3]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# Every leaf command with the words it needs.
+COMMANDS = [
+    ["config"],
+    ["prepare"],
+    ["run", "script", "build_script"],
+    ["cleanup"],
+    ["sweep"],
+    ["ls"],
+    ["doctor"],
+    ["pool", "run"],
+    ["pool", "status"],
+    ["migrate", "config.toml"],
+    ["job", "init"],
+    ["job", "end"],
+    ["ssh", "42"],
+    ["config-example"],
+]
+
+
+def subparsers(p: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield name, child
+                for sub_name, grandchild in subparsers(child):
+                    yield f"{name} {sub_name}", grandchild
+
+
+@pytest.mark.parametrize("words", COMMANDS, ids=" ".join)
+def test_config_works_before_and_after_the_command(words: list[str]) -> None:
+    before = parser().parse_args(["--config", "/etc/a.toml", *words])
+    # Right after the command's name: `ssh --config X 42` (after the job id, it would be
+    # part of the command run in the VM).
+    name = 2 if words[0] in ("pool", "job") else 1
+    after = parser().parse_args([*words[:name], "--config", "/etc/b.toml", *words[name:]])
+    neither = parser().parse_args(words)
+    assert (before.config_path, after.config_path, neither.config_path) == (
+        "/etc/a.toml",
+        "/etc/b.toml",
+        None,
+    )
+
+
+def test_every_command_says_what_it_does_in_its_own_help() -> None:
+    descriptions = {name: child.format_help() for name, child in subparsers(parser())}
+    assert {" ".join(w[:2]) if w[0] in ("pool", "job") else w[0] for w in COMMANDS} <= set(
+        descriptions
+    )
+    for name, text in descriptions.items():
+        description = text.split("\n\n")[1]
+        assert len(description.split()) >= 8, f"{name} --help says too little: {description!r}"
+    # Each says something of its own: no two commands share a description.
+    firsts = [text.split("\n\n")[1] for text in descriptions.values()]
+    assert len(set(firsts)) == len(firsts)
+    assert "Run the warm-pool service" in descriptions["pool run"]
+    assert "--json" not in descriptions["pool run"] and "--json" in descriptions["pool status"]
+
+
+def test_pool_run_help_is_its_own() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "driver", "pool", "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.startswith("usage: gitlab-machine-driver pool run")
+    assert "Run the warm-pool service in the foreground" in out
+
+
+def run_with_closed_stdout(
+    args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The command's stdout is a pipe whose reader has already gone, as after `| head`."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "driver", *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=60,
+            env={**os.environ, **(env or {})},
+        )
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["pool", "run", "--help"],
+        ["--version"],
+        ["config-example"],
+        ["migrate", str(FIXTURES / "autoscale-aws.toml")],
+        ["pool", "status", "--config", "CONFIG"],
+        ["ls", "--config", "CONFIG"],
+        ["sweep", "--dry-run", "--config", "CONFIG"],
+    ],
+    ids=" ".join,
+)
+def test_a_closed_stdout_ends_every_command_quietly(args: list[str], tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/st"\n[docker_machine]\nprogram = "true"\n'
+        f'storage_path = "{tmp_path}/dm"\n'
+    )
+    args = [str(config) if a == "CONFIG" else a for a in args]
+    result = run_with_closed_stdout(args)
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert result.stderr == ""
+    assert result.returncode == 0
+
+
+def test_a_runner_stage_with_a_closed_stdout_is_a_system_failure(tmp_path: Path) -> None:
+    """The config stage's JSON cannot reach the runner: that is no success."""
+    response = tmp_path / "response.json"
+    response.write_text('{"id": 7, "token": "t", "job_info": {"project_id": 1}}')
+    config = tmp_path / "c.toml"
+    config.write_text(f'state_dir = "{tmp_path}/st"\n[docker_machine]\nprogram = "true"\n')
+    result = run_with_closed_stdout(
+        ["--config", str(config), "config"],
+        env={"JOB_RESPONSE_FILE": str(response), "SYSTEM_FAILURE_EXIT_CODE": "34"},
+    )
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert result.returncode == 34
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden() -> None:
+    with pytest.raises(BrokenPipeError), closed_stdout_ends_quietly():
+        raise BrokenPipeError("a program we ran closed its stdin")
