@@ -298,7 +298,6 @@ class Settings(Section):
     sweeper: SweeperSettings = SweeperSettings()
     pool: PoolSettings = PoolSettings()
     debug: DebugSettings = DebugSettings()
-    image: ImageSettings = ImageSettings()  # where jobs run: the VM's shell or their image
     metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("builds_dir", "cache_dir")
