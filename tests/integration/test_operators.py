@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
+import tempfile
 import time
+from pathlib import Path
 
 from tests.runner import Job
 from tests.world import Env
@@ -24,9 +25,19 @@ def job_environment(env: Env, job_id: int) -> dict[str, str]:
     return exported
 
 
+def end_job_environment(env: Env, shell: dict[str, str]) -> list[str]:
+    """`eval "$(gitlab-machine-driver job end)"`: the names it unsets."""
+    out = env.driver("job", "end", env=shell)
+    assert out.returncode == 0, out.stderr
+    unset = [line for line in out.stdout.splitlines() if line.startswith("unset ")]
+    return unset[0].split()[1:]
+
+
 def test_the_readme_walk_through_of_a_stage_by_hand(env: Env) -> None:
     shell = job_environment(env, 4242)
     assert set(shell) >= {"JOB_RESPONSE_FILE", "BUILD_EXIT_CODE_FILE", "SYSTEM_FAILURE_EXIT_CODE"}
+    assert "TMPDIR" not in shell  # the operator's shell keeps its own temp dir
+    work = Path(shell["JOB_RESPONSE_FILE"]).parent
     config = env.driver("config", env=shell)
     assert json.loads(config.stdout)["hostname"] == "gmdt-4242"
     prepare = env.driver("prepare", env=shell)
@@ -56,7 +67,9 @@ def test_the_readme_walk_through_of_a_stage_by_hand(env: Env) -> None:
     ]
     assert env.driver("cleanup", env=shell).returncode == 0
     env.assert_nothing_left()
-    shutil.rmtree(shell["TMPDIR"])  # `job init` said: remove it when done
+    assert set(end_job_environment(env, shell)) == set(shell)
+    assert not work.exists()
+    assert list(Path(tempfile.gettempdir()).glob("gmd-job-4242-*")) == []
 
 
 def test_doctor_checks_everything_and_does_a_round_trip(env: Env) -> None:
