@@ -1,0 +1,175 @@
+"""The docker-machine double's own tests.
+
+create: drivers, their flags, and the injected cloud faults (and rm's).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.doubles import docker_machine as dm
+from tests.doubles.docker_machine.store import Store, read_vm, settings
+from tests.doubles.harness import (
+    LAUNCHER,
+    Machine,
+    json_of,
+    root_only,
+    ssh,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_driver_flags_are_stored_in_the_driver_section(fast: Machine) -> None:
+    fast.ok(
+        "create", "-d", "amazonec2", "--amazonec2-instance-type", "t3.micro",
+        "--amazonec2-tags=a,b", "--amazonec2-private-address-only", "vm",
+    )  # fmt: skip
+    driver = json_of(fast.inspect("vm", "{{json .Driver}}"))
+    assert driver["InstanceType"] == "t3.micro"
+    assert driver["Tags"] == "a,b"
+    assert driver["PrivateAddressOnly"] is True
+    assert fast.inspect("vm", "{{.DriverName}}") == "amazonec2"
+
+
+def test_create_fail_counts_down(fast: Machine) -> None:
+    dm.set_faults(fast.storage, {"create_fail": {"times": 2, "message": "boom"}})
+    for name in ("a", "b"):
+        result = fast("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", name)
+        assert result.returncode == 1
+        assert result.stderr == (
+            "Error creating machine: Error in driver during machine creation: boom\n"
+        )
+    fast.ok("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "c")
+    assert fast.ok("ls", "-q") == "a\nb\nc\n"
+    assert settings(Store(fast.storage))["create_fail"]["times"] == 0
+    dm.set_faults(fast.storage, {"create_fail": {"times": -1}})
+    assert fast("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "d").returncode == 1
+    dm.set_faults(fast.storage, {"create_fail": None})
+    fast.ok("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "e")
+
+
+@root_only
+def test_create_fail_leaves_error_none_or_vm(fast: Machine) -> None:
+    dm.set_faults(fast.storage, {"create_fail": {"times": 1}})
+    result = fast("create", "-d", "local", "err")
+    assert "InsufficientInstanceCapacity" in result.stderr
+    assert fast.ok("status", "err") == "Error\n"
+    assert dm.vm_pids(fast.storage, "err") == []
+    dm.set_faults(fast.storage, {"create_fail": {"times": 1, "leave": "none"}})
+    assert fast("create", "-d", "local", "gone").returncode == 1
+    assert dm.machine_names(fast.storage) == ["err"]
+    dm.set_faults(fast.storage, {"create_fail": {"times": 1, "leave": "vm"}})
+    assert fast("create", "-d", "local", "half").returncode == 1
+    assert dm.vm_pids(fast.storage, "half") != []
+    assert dm.leftover_namespaces(fast.storage) != []
+    result = fast("rm", "-f", "err", "half")
+    assert result.returncode == 0 and result.stdout.count("Successfully removed") == 2
+    assert dm.vm_pids(fast.storage, "half") == []
+    assert dm.leftover_namespaces(fast.storage) == []
+
+
+def test_create_rate_limit(fast: Machine) -> None:
+    dm.set_faults(fast.storage, {"create_rate_limit": {"times": -1}})
+    for _ in range(2):
+        result = fast("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "x")
+        assert result.returncode == 1
+        assert re.fullmatch(
+            r"Error creating machine: Error in driver during machine creation: "
+            r"RequestLimitExceeded: Request limit exceeded\.\n"
+            r"\tstatus code: 503, request id: [0-9a-f-]{36}\n",
+            result.stderr,
+        )
+        fast.ok("rm", "-f", "x")
+
+
+@root_only
+def test_create_hang_then_killed_leaves_an_entry_rm_f_clears(fast: Machine) -> None:
+    dm.set_faults(fast.storage, {"create_hang": {"times": 1}})
+    proc = subprocess.Popen(
+        [sys.executable, str(LAUNCHER), "-s", fast.storage, "create", "-d", "local", "vm"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    config = Path(fast.storage, "machines", "vm", "config.json")
+    deadline = time.monotonic() + 30
+    while not config.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None  # still hanging
+    assert fast.ok("status", "vm") == "Error\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == -signal.SIGTERM
+    assert fast.ok("rm", "-f", "vm").endswith("Successfully removed vm\n")
+
+
+@root_only
+def test_create_killed_while_booting_is_cleaned_by_rm_f(fast: Machine) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(LAUNCHER), "-s", fast.storage, "create", "-d", "local", "vm"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while "init_pid" not in read_vm(Store(fast.storage), "vm"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    time.sleep(0.5)
+    assert dm.vm_pids(fast.storage, "vm") != []  # a half-made VM keeps running
+    fast.ok("rm", "-f", "vm")
+    assert dm.vm_pids(fast.storage, "vm") == []
+    assert dm.leftover_namespaces(fast.storage) == []
+
+
+@root_only
+def test_create_delay(fast: Machine) -> None:
+    dm.set_faults(fast.storage, {"create_delay": 1.5})
+    started = time.monotonic()
+    fast.ok("create", "-d", "local", "slow")
+    assert time.monotonic() - started >= 1.5
+
+
+@root_only
+def test_ssh_never_ready(fast: Machine) -> None:
+    dm.set_faults(fast.storage, {"ssh_never_ready": {"times": 1}})
+    fast.ok("create", "-d", "local", "tarpit")
+    ip, port, _ = fast.ssh_target("tarpit")
+    with socket.create_connection((ip, int(port)), timeout=5) as s:
+        s.settimeout(1)
+        with pytest.raises(TimeoutError):
+            s.recv(64)  # connected, but no SSH banner ever comes
+    started = time.monotonic()
+    assert ssh(fast, "tarpit", "true", timeout=2).returncode == 255
+    assert time.monotonic() - started >= 2  # the client waited for its ConnectTimeout
+    fast.ok("create", "-d", "local", "fine")  # only the next create was affected
+    assert ssh(fast, "fine", "true").returncode == 0
+
+
+@root_only
+def test_rm_fail(fast: Machine) -> None:
+    fast.ok("create", "-d", "local", "vm")
+    dm.set_faults(fast.storage, {"rm_fail": {"times": 2}})
+    result = fast("rm", "-y", "vm")
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        'Error removing host "vm": unable to terminate instance: InternalError'
+    )
+    assert fast.ok("status", "vm") == "Running\n"
+    assert dm.vm_pids(fast.storage, "vm") != []
+    result = fast("rm", "-f", "vm")
+    assert result.returncode == 0 and "Successfully removed vm" in result.stdout
+    assert result.stderr.startswith('Error removing host "vm": ')
+    assert dm.machine_names(fast.storage) == []
+    assert dm.vm_pids(fast.storage, "vm") == []
+    assert dm.leftover_namespaces(fast.storage) == []
+    assert Path(fast.storage, "orphans.log").read_text() == "vm\n"
