@@ -6,7 +6,9 @@ cancel they go with us. On timeout the child gets SIGTERM, then SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,9 @@ from typing import Any
 from driver.contract import clean_env
 from driver.errors import CommandError, CommandTimedOut
 
-KILL_GRACE = 5.0
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+POLL = 0.1  # while stopping a child, how often to look whether it has exited
+DRAIN = 0.2  # once it has, how long to read what it left in the pipes
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,11 @@ def run(
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
+        exit_code = proc.poll()  # set if it exited but a process it left holds its output open
         out, err = _stop(proc)
+        if exit_code is not None:
+            held = f"it exited ({exit_code}), but a process it left running kept its output open"
+            hint = f"{held}; {hint}" if hint else held
         raise CommandTimedOut(
             argv, timeout, _text(out) + _text(err), message=what, hint=hint
         ) from None
@@ -86,17 +94,36 @@ def run(
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    proc.terminate()
-    try:
-        return proc.communicate(timeout=KILL_GRACE)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        # Output pipes may be held open by the child's own children: do not wait on them.
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe:
+    """SIGTERM, SIGKILL after KILL_GRACE; returns the output so far.
+
+    Waits for the child, not for the end of its output: a process it left
+    running (a daemon, an ssh master) may hold the pipes open for ever.
+    """
+    if proc.poll() is None:
+        proc.terminate()
+        deadline = time.monotonic() + KILL_GRACE
+        while proc.poll() is None and time.monotonic() < deadline:
+            _read(proc, min(POLL, deadline - time.monotonic()))  # full pipes would block its exit
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out, err = _read(proc, DRAIN)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe:
+            with contextlib.suppress(BrokenPipeError):
                 pipe.close()
-        proc.wait()
-        return b"", b""
+    return out, err
+
+
+def _read(proc: subprocess.Popen[bytes], seconds: float) -> tuple[bytes, bytes]:
+    """All the output read so far, reading for at most ``seconds`` more."""
+    out: bytes | None
+    err: bytes | None
+    try:
+        out, err = proc.communicate(timeout=max(seconds, 0.001))
+    except subprocess.TimeoutExpired as e:
+        out, err = e.output, e.stderr
+    return out or b"", err or b""
 
 
 def _text(data: bytes | None) -> str:
