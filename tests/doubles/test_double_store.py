@@ -5,11 +5,15 @@ Machine entries: how config.json is written and read, rm, and entries whose driv
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
-from tests.doubles.harness import (
-    Machine,
-)
+from tests.doubles import docker_machine as dm
+from tests.doubles.docker_machine.common import does_not_exist
+from tests.doubles.harness import Machine
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -39,3 +43,58 @@ def test_rm_y_and_f(fast: Machine) -> None:
     assert fast.ok("ls", "-q") == ""
     result = fast("rm", "-f", "missing")
     assert result.returncode == 0
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_config_json_is_written_in_place_then_deleted_and_renamed(fast: Machine) -> None:
+    """Filestore.Save: a reader racing a create finds config.json empty, then absent."""
+    dm.set_faults(fast.storage, {"save_gap": 2.0})
+    config = Path(fast.storage, "machines", "m", "config.json")
+    create = fast.popen("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "m")
+    try:
+        wait_for(config.exists)  # the first save: created in place, not yet written
+        inode = config.stat().st_ino
+        empty = fast("inspect", "m")
+        assert (empty.returncode, empty.stdout) == (1, "")
+        assert empty.stderr == "Error getting migrated host: unexpected end of JSON input\n"
+        wait_for(lambda: not config.exists())  # a later save: deleted, not yet renamed
+        absent = fast("inspect", "m")
+        assert (absent.returncode, absent.stdout) == (1, "")
+        assert absent.stderr == f"open {config}: no such file or directory\n"
+        row = fast.ok("ls", "--format", "{{.Name}}|{{.DriverName}}|{{.State}}|{{.Error}}")
+        assert row == f"m|not found|Error|open {config}: no such file or directory\n"
+        assert [p.name[:15] for p in config.parent.glob("config.json.tmp*")] == ["config.json.tmp"]
+        assert create.wait(timeout=60) == 0, create.communicate()
+    finally:
+        create.kill()
+        create.communicate()
+    assert config.stat().st_ino != inode
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert fast.inspect("m", "{{.Driver.URL}}") == "tcp://10.0.0.9:2376"
+    assert list(config.parent.glob("config.json.tmp*")) == []
+
+
+def test_rm_deletes_config_json_before_the_entry(fast: Machine) -> None:
+    fast.ok("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "m")
+    dm.set_faults(fast.storage, {"save_gap": 2.0})
+    config = Path(fast.storage, "machines", "m", "config.json")
+    rm = fast.popen("rm", "-y", "m")
+    try:
+        wait_for(lambda: not config.exists())
+        assert config.parent.is_dir()
+        result = fast("inspect", "m")
+        assert (result.returncode, result.stderr) == (
+            1,
+            f"open {config}: no such file or directory\n",
+        )
+        assert rm.wait(timeout=60) == 0
+    finally:
+        rm.kill()
+        rm.communicate()
+    assert fast("inspect", "m").stderr == does_not_exist("m") + "\n"

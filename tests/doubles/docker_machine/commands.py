@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from .flags import flag_table, parse_flags
 from .gotext import NO_VALUE, GoTemplate, TemplateError, go_json
 from .machines import machine_state, machine_url, power_off, power_on
 from .netns import destroy_vm, kill_until_gone, machine_pids
-from .store import Store, load_host, machine_exists
+from .store import Store, load_host, machine_exists, remove_entry
 
 
 def target_name(store: Store, positional: list[str]) -> str:
@@ -195,7 +194,7 @@ def cmd_rm(store: Store, args: list[str]) -> int:
             if machine_exists(store, name):
                 if not removed_remote:
                     destroy_vm(store, name)  # the cloud may keep it; nothing stays on this host
-                shutil.rmtree(store.machine_dir(name), ignore_errors=True)
+                remove_entry(store, name)
                 info(f"Successfully removed {name}")
             else:
                 collect(f'Can\'t remove "{name}"')

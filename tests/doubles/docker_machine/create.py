@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +14,7 @@ from .common import CONFIG_VERSION, NAME_RE, MachineError, go_quote, info
 from .faults import CREATE_CLOUD_ERROR, request_id, take_fault
 from .flags import CREATE_FLAGS, Flag, parse_flags
 from .machines import create_vm, mark_error
-from .store import Store, machine_exists, save_host, update_vm
+from .store import Store, machine_exists, remove_entry, save_host, update_vm
 
 
 def driver_flag_kind(driver: str) -> Callable[[str], Flag | None]:
@@ -155,9 +154,12 @@ def cmd_create(store: Store, args: list[str]) -> int:
         info("Creating machine...")
         create_faults(store, name, host, signer)
         if driver != "none":
-            create_vm(store, name, host, signer)
+            create_vm(store, name, host, signer)  # saves once the VM has its address
+        else:
+            save_host(store, host)  # performCreate's save after Driver.Create
     finally:
         signer.discard()
+    save_host(store, host)  # and cmdCreateInner's, once libmachine's Create succeeded
     info(
         "To see how to connect your Docker Client to the Docker Engine running on this virtual "
         f"machine, run: docker-machine env {name}"
@@ -180,7 +182,7 @@ def create_faults(store: Store, name: str, host: dict[str, Any], signer: Signer)
     message = prefix + str(fault.get("message") or CREATE_CLOUD_ERROR)
     leave = fault.get("leave", "error")
     if leave == "none":
-        shutil.rmtree(store.machine_dir(name), ignore_errors=True)
+        remove_entry(store, name)
     elif leave == "vm" and host["DriverName"] != "none":
         with contextlib.suppress(MachineError):
             create_vm(store, name, host, signer, quiet=True)

@@ -163,7 +163,7 @@ def cmd_ls(store: Store, args: list[str]) -> int:
         raise MachineError(str(exc)) from None
     items = list_items(store, hosts, float(values.get("timeout", 10)))
     for name, message in broken.items():
-        error = message.replace("\n", " ")
+        error = message.replace("\n", "")  # newHostListItemInError
         items.append(plain_item(name, DriverName="not found", State="Error", Error=error))
     items.sort(key=lambda item: natural_key(item.fields["Name"].lower()))
     out, failure = [template.execute(LS_HEADERS)] if table else [], None

@@ -12,6 +12,8 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -103,22 +105,73 @@ def machine_names(storage: str | Store) -> list[str]:
 
 
 def load_host(store: Store, name: str) -> dict[str, Any]:
+    """Filestore.Load: a reader racing a save or a removal may find config.json gone or empty."""
     if not machine_exists(store, name):
         raise MachineError(does_not_exist(name))
     path = os.path.join(store.machine_dir(name), "config.json")
     try:
         with open(path, encoding="utf-8") as f:
-            host: dict[str, Any] = json.load(f)
+            text = f.read()
     except FileNotFoundError:
         raise MachineError(f"open {path}: no such file or directory") from None
+    try:
+        host = json.loads(text)
     except ValueError as exc:
-        raise MachineError(f"invalid character in {path}: {exc}") from None
+        raise MachineError(f"Error getting migrated host: {json_error(text, exc)}") from None
+    if not isinstance(host, dict):
+        raise MachineError("Error getting migrated host: json: cannot unmarshal into a host")
     return host
 
 
+def json_error(text: str, exc: ValueError) -> str:
+    """encoding/json's words for what Python's json refused."""
+    pos = getattr(exc, "pos", 0)
+    if pos >= len(text.rstrip()):
+        return "unexpected end of JSON input"
+    return f"invalid character {text[pos]!r} looking for beginning of value"
+
+
 def save_host(store: Store, host: dict[str, Any]) -> None:
-    path = os.path.join(store.machine_dir(host["Name"]), "config.json")
-    write_atomic(path, go_json(host, indent=4).encode())
+    """Filestore.Save, non-atomic as upstream's.
+
+    The first save writes config.json in place (a reader may find it empty); later
+    saves write a temp file, delete config.json, then rename the temp file into place
+    (a reader may find it absent). double.json's "save_gap" widens both windows.
+    """
+    mdir = store.machine_dir(host["Name"])
+    os.makedirs(mdir, mode=0o700, exist_ok=True)
+    path = os.path.join(mdir, "config.json")
+    data = go_json(host, indent=4).encode()
+    gap = float(settings(store).get("save_gap", 0.0) or 0.0)
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            time.sleep(gap)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return
+    fd, tmp = tempfile.mkstemp(prefix="config.json.tmp", dir=mdir)  # ioutil.TempFile's name
+    try:
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.unlink(path)
+        time.sleep(gap)
+        os.rename(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def remove_entry(store: Store, name: str) -> None:
+    """Filestore.Remove (os.RemoveAll): config.json goes before its directory does."""
+    mdir = store.machine_dir(name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(mdir, "config.json"))
+        time.sleep(float(settings(store).get("save_gap", 0.0) or 0.0))
+    shutil.rmtree(mdir, ignore_errors=True)
 
 
 def read_vm(store: Store, name: str) -> dict[str, Any]:
