@@ -16,7 +16,7 @@ test: setup
 lint: setup
 	$(PY) -m ruff check driver tests bench
 	$(PY) -m ruff format --check driver tests bench
-	$(PY) -m mypy driver
+	$(PY) -m mypy driver tests bench
 
 bench: setup
 	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/stages.py

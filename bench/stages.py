@@ -16,6 +16,7 @@ stage output throughput, driver vs `ssh cat` (target >= 95%).
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import subprocess
 import sys
@@ -49,9 +50,10 @@ def throughput(argv: list[str], env: dict[str, str], megabytes: int) -> float:
     """MB/s of a command's stdout read through a pipe, as the runner reads a stage."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, stdin=subprocess.DEVNULL)
-    assert proc.stdout
+    stdout = proc.stdout
+    assert isinstance(stdout, io.BufferedReader)  # read1: what is there, as a pipe reader does
     total = 0
-    while chunk := proc.stdout.read1(1 << 16):
+    while chunk := stdout.read1(1 << 16):
         total += len(chunk)
     proc.wait()
     elapsed = time.perf_counter() - start

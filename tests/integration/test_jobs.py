@@ -70,7 +70,7 @@ def test_a_vm_lost_mid_stage_is_a_system_failure(env: Env) -> None:
         while time.monotonic() < deadline:
             if any(r.stage == "build_script" for r in run._records):
                 time.sleep(1.5)
-                double.kill_vm(env.storage, f"gmdt-{job.id}")
+                double.kill_vm(str(env.storage), f"gmdt-{job.id}")
                 return
             time.sleep(0.1)
 

@@ -61,6 +61,13 @@ def idle(env: Env) -> int:
     return int(counts["idle"])
 
 
+def machine_names(env: Env) -> list[str]:
+    """The machines `pool status` lists."""
+    machines = status(env)["machines"]
+    assert isinstance(machines, list)
+    return [str(m["name"]) for m in machines]
+
+
 def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -72,7 +79,7 @@ def test_a_job_takes_a_ready_machine_and_the_pool_replaces_it(env: Env) -> None:
     service = start_pool(env)
     try:
         wait_for(lambda: idle(env) == 2)
-        ready_before = {m["name"] for m in status(env)["machines"]}  # type: ignore[union-attr]
+        ready_before = set(machine_names(env))
         job = Job(script=['echo "on $(hostname)"'])
         result = env.run_job(job)
         assert result.outcome == "success", result.describe()
@@ -82,7 +89,7 @@ def test_a_job_takes_a_ready_machine_and_the_pool_replaces_it(env: Env) -> None:
         # Single use: the job's machine is destroyed, never returned to the pool.
         assert used not in env.machines()
         wait_for(lambda: idle(env) == 2)
-        assert used not in {m["name"] for m in status(env)["machines"]}  # type: ignore[union-attr]
+        assert used not in machine_names(env)
     finally:
         out = stop_pool(service)
     assert "pool: stopped" in out
@@ -120,13 +127,13 @@ def test_a_restarted_service_adopts_ready_machines_and_drains_on_stop(env: Env) 
     env.configure(pool={"drain_on_stop": False})
     service = start_pool(env)
     wait_for(lambda: idle(env) == 2)
-    first = {m["name"] for m in status(env)["machines"]}  # type: ignore[union-attr]
+    first = set(machine_names(env))
     stop_pool(service)
     assert set(env.machines()) == first  # kept across a restart (drain is off)
     env.configure(pool={"drain_on_stop": True})
     service = start_pool(env)
     time.sleep(3)
-    assert {m["name"] for m in status(env)["machines"]} == first  # type: ignore[union-attr]
+    assert set(machine_names(env)) == first
     stop_pool(service)
     assert env.machines() == []
     env.assert_nothing_left()
@@ -139,7 +146,7 @@ def test_an_unhealthy_idle_machine_is_replaced(env: Env) -> None:
     service = start_pool(env)
     try:
         wait_for(lambda: idle(env) == 1)
-        (sick,) = [m["name"] for m in status(env)["machines"]]  # type: ignore[union-attr]
+        (sick,) = machine_names(env)
         double.kill_vm(str(env.storage), str(sick))
         wait_for(lambda: sick not in env.machines() and idle(env) == 1, timeout=90)
     finally:
