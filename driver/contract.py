@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from driver.errors import JobError
+
+if TYPE_CHECKING:
+    from driver.payload import Job
 
 # What the runner sets for every executable it starts.
 TMPDIR_ENV = "TMPDIR"  # the job's private temp dir on the runner host
@@ -99,14 +102,6 @@ def config_output(
 # runner from what GitLab sent, so it is the only source of who the job is.
 
 
-@dataclass(frozen=True)
-class Job:
-    id: int
-    project_id: int
-    pipeline_id: int | None
-    name: str
-
-
 def synthetic_response(job_id: int, project_id: int) -> dict[str, object]:
     """A minimal job payload, for stages run by hand and for `doctor --create`."""
     return {
@@ -124,7 +119,7 @@ def read_job(path: str | None = None) -> Job:
     """The job this stage serves, from the runner's response file."""
     from pydantic import ValidationError
 
-    from driver.payload import JobResponse
+    from driver.payload import Job, JobResponse
 
     path = path or os.environ.get(RESPONSE_FILE_ENV)
     if not path:

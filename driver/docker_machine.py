@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,14 @@ from driver import process
 from driver.errors import CommandError, DriverError
 from driver.settings import Settings
 
-ENGINE_PORT = 2376  # docker-machine sets every engine up on this TLS port
 LABEL_PREFIX = "gitlab-machine-driver"
 _MISSING = re.compile(r'Docker machine "[^"]*" does not exist')
+# docker-machine rewrites an entry's config.json non-atomically (delete, then rename):
+# a reader racing a save sees it missing or empty for a moment. Retried, never believed.
+_TRANSIENT_READ = re.compile(
+    r"config\.json: no such file or directory|unexpected end of JSON input", re.IGNORECASE
+)
+TRANSIENT_RETRIES = 5
 CERT_FILES = ("ca.pem", "ca-key.pem", "cert.pem", "key.pem")
 
 
@@ -33,8 +39,13 @@ _RATE_LIMITED = re.compile(
 )
 
 
-def classify_failure(output: str) -> str:
+PRE_CREATE_CHECK_FAILED = 3  # docker-machine's exit code for "Error with pre-create check"
+
+
+def classify_failure(output: str, exit_code: int | None = None) -> str:
     """'permanent' (retrying cannot help), 'rate_limited', or 'transient'."""
+    if exit_code == PRE_CREATE_CHECK_FAILED:
+        return "permanent"  # quota, credentials, a missing tool: found before any VM is made
     if _RATE_LIMITED.search(output):
         return "rate_limited"
     if _PERMANENT.search(output):
@@ -56,13 +67,10 @@ class MachineInfo:
     client_cert: str
     client_key: str
     labels: dict[str, str]
+    cloud_id: str  # what names the VM at its provider (instance id, droplet id...), if known
 
     def label(self, key: str) -> str:
         return self.labels.get(f"{LABEL_PREFIX}.{key}", "")
-
-    @property
-    def engine_url(self) -> str:
-        return f"tcp://{self.host}:{ENGINE_PORT}"
 
 
 class DockerMachine:
@@ -88,7 +96,9 @@ class DockerMachine:
     def create_argv(self, name: str, labels: dict[str, str]) -> list[str]:
         machine = self.settings.machine
         argv = ["create", "--driver", machine.driver]
-        argv += [f"--{option}" for option in machine.options]
+        tags = cloud_tags(machine.driver, machine.options, labels)
+        merged = {tag.split("=", 1)[0].lstrip("-") for tag in tags}  # the admin's tags are in ours
+        argv += [f"--{o}" for o in machine.options if o.partition("=")[0] not in merged]
         for flag, values in (
             ("engine-registry-mirror", machine.engine_registry_mirror),
             ("engine-insecure-registry", machine.engine_insecure_registry),
@@ -98,11 +108,23 @@ class DockerMachine:
         ):
             argv += [f"--{flag}={value}" for value in values]
         argv += [f"--engine-label={LABEL_PREFIX}.{k}={v}" for k, v in labels.items()]
+        argv += tags
         if machine.engine_storage_driver:
             argv.append(f"--engine-storage-driver={machine.engine_storage_driver}")
         if machine.engine_install_url:
             argv.append(f"--engine-install-url={machine.engine_install_url}")
         return self._argv(*argv, name)
+
+    def entry_dir(self, name: str) -> Path:
+        return self.storage / "machines" / name
+
+    def entries(self, name_pattern: str) -> list[str]:
+        """Every machine in the storage whose name matches: read from the store itself,
+        so entries `ls` leaves out (a missing driver plugin, a broken config.json) count."""
+        machines = self.storage / "machines"
+        if not machines.is_dir():
+            return []
+        return sorted(p.name for p in machines.iterdir() if re.fullmatch(name_pattern, p.name))
 
     def create(self, name: str, labels: dict[str, str], timeout: float) -> None:
         process.run(
@@ -128,12 +150,17 @@ class DockerMachine:
 
     def inspect(self, name: str) -> MachineInfo | None:
         """The machine's details, or None if docker-machine has no such machine."""
-        result = process.run(
-            self._argv("inspect", name),
-            timeout=self.call_timeout,
-            check=False,
-            what=f"docker-machine inspect {name}",
-        )
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            result = process.run(
+                self._argv("inspect", name),
+                timeout=self.call_timeout,
+                check=False,
+                what=f"docker-machine inspect {name}",
+            )
+            if result.exit_code == 0 or not _TRANSIENT_READ.search(result.output):
+                break
+            if attempt < TRANSIENT_RETRIES:
+                time.sleep(0.1 * (attempt + 1))  # docker-machine is rewriting the entry
         if result.exit_code != 0:
             if _MISSING.search(result.output):
                 return None
@@ -142,17 +169,45 @@ class DockerMachine:
                 result.exit_code,
                 result.output,
                 message=f"docker-machine inspect {name}",
+                hint="the machine's entry in the docker-machine storage may be broken; "
+                f"`docker-machine rm -f -y {name}` removes it",
             )
         try:
             return _machine_info(name, json.loads(result.stdout), self.storage)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise DriverError(
                 f"docker-machine inspect {name} printed something that is not a machine: {e}",
                 hint="check that docker_machine.program is docker-machine v0.16 or GitLab's fork",
             ) from None
 
+    def url(self, name: str) -> str:
+        """The Docker engine's URL, as docker-machine reports it (its port is the driver's)."""
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            result = process.run(
+                self._argv("url", name),
+                timeout=self.call_timeout,
+                check=False,
+                what=f"docker-machine url {name}",
+            )
+            if result.exit_code == 0 or not _TRANSIENT_READ.search(result.output):
+                break
+            if attempt < TRANSIENT_RETRIES:
+                time.sleep(0.1 * (attempt + 1))
+        url = result.stdout.strip()
+        if result.exit_code != 0 or not url.startswith("tcp://"):
+            raise CommandError(
+                result.command,
+                result.exit_code,
+                result.output,
+                message=f"docker-machine url {name}",
+                hint="docker-machine could not tell the machine's Docker engine address",
+            )
+        return url
+
     def exists(self, name: str) -> bool:
-        return self.inspect(name) is not None
+        """Whether the storage has an entry for ``name`` (as docker-machine itself decides:
+        its directory exists), whatever state its files are in."""
+        return self.entry_dir(name).is_dir()
 
     def remove(self, name: str, *, force: bool, timeout: float) -> process.Result:
         # -y always: without it docker-machine prompts, reads empty stdin and removes nothing.
@@ -165,7 +220,11 @@ class DockerMachine:
         )
 
     def list(self, name_pattern: str) -> dict[str, str]:
-        """Machine name -> state ("Running", "Error", ...) for names matching the regexp."""
+        """Machine name -> state ("Running", "Error", ...) for names matching the regexp.
+
+        For reports only: `ls` omits entries whose driver plugin is missing and shows
+        "Error" for machines being created or being rewritten (see ``entries``).
+        """
         result = process.run(
             self._argv(
                 "ls", "--filter", f"name={name_pattern}", "--format", "{{.Name}}\t{{.State}}"
@@ -191,6 +250,14 @@ def _machine_info(name: str, data: dict[str, Any], storage: Path) -> MachineInfo
         key, _, value = str(label).partition("=")
         labels[key] = value
     host = str(driver.get("IPAddress") or "")
+    cloud_id = next(
+        (
+            str(driver[k])
+            for k in ("InstanceId", "DropletID", "InstanceID", "ServerID")
+            if driver.get(k)
+        ),
+        "",
+    )
     return MachineInfo(
         name=name,
         driver=str(data.get("DriverName", "")),
@@ -202,4 +269,36 @@ def _machine_info(name: str, data: dict[str, Any], storage: Path) -> MachineInfo
         client_cert=str(auth.get("ClientCertPath") or storage / "certs" / "cert.pem"),
         client_key=str(auth.get("ClientKeyPath") or storage / "certs" / "key.pem"),
         labels=labels,
+        cloud_id=cloud_id,
     )
+
+
+def cloud_tags(driver: str, options: list[str], labels: dict[str, str]) -> list[str]:
+    """Tags the cloud keeps on the VM itself, so an orphan can be found from the cloud side.
+
+    Only for drivers with such a flag (amazonec2, digitalocean, google's network tags);
+    an admin's own tags option is kept, and ours are added to it.
+    """
+    owner, job = (
+        labels.get("owner", ""),
+        labels.get("job") or ("pool" if labels.get("pool") else ""),
+    )
+    if driver == "amazonec2":
+        flag, pairs = (
+            "amazonec2-tags",
+            [f"{LABEL_PREFIX}-owner,{owner}", f"{LABEL_PREFIX}-job,{job}"],
+        )
+        joiner = ","
+    elif driver == "digitalocean":
+        flag, pairs = "digitalocean-tags", [f"{LABEL_PREFIX}:{owner}", f"{LABEL_PREFIX}-job:{job}"]
+        joiner = ","
+    elif driver == "google":
+        flag, pairs = "google-tags", [f"gmd-owner-{owner}", f"gmd-job-{job}"]
+        joiner = ","
+    else:
+        return []
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == flag and value:
+            pairs.insert(0, value)
+    return [f"--{flag}={joiner.join(pairs)}"]

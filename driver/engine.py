@@ -6,22 +6,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from driver.docker_machine import MachineInfo
 from driver.errors import DriverError
+from driver.state import Address
 
 API_VERSION = "1.24"
 
 
-def _client(info: MachineInfo, timeout: int) -> Any:
+def _client(address: Address, timeout: int) -> Any:
     import docker
 
     tls = docker.tls.TLSConfig(
-        client_cert=(info.client_cert, info.client_key), ca_cert=info.ca_cert, verify=True
+        client_cert=(address.client_cert, address.client_key), ca_cert=address.ca_cert, verify=True
     )
     # An explicit API version: "auto" would query the engine before trust_env is off.
     # 1.24 is the oldest the SDK and every supported engine speak; enough for ping and pull.
     client = docker.DockerClient(
-        base_url=info.engine_url, tls=tls, timeout=timeout, version=API_VERSION
+        base_url=address.engine_url, tls=tls, timeout=timeout, version=API_VERSION
     )
     # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the machine's own CA
     # (psf/requests#3829), and would send the engine's traffic to HTTPS_PROXY: neither
@@ -30,11 +30,11 @@ def _client(info: MachineInfo, timeout: int) -> Any:
     return client
 
 
-def pull(info: MachineInfo, images: list[str], auth: dict[str, str] | None) -> None:
+def pull(name: str, address: Address, images: list[str], auth: dict[str, str] | None) -> None:
     """Pull ``images`` into the machine's engine, so the job's first `docker run` does not."""
     from docker.errors import DockerException
 
-    client = _client(info, timeout=600)
+    client = _client(address, timeout=600)
     try:
         for image in images:
             repository, _, tag = (
@@ -44,7 +44,7 @@ def pull(info: MachineInfo, images: list[str], auth: dict[str, str] | None) -> N
                 client.images.pull(repository, tag=tag or "latest", auth_config=auth)
             except DockerException as e:
                 raise DriverError(
-                    f"pulling {image} into {info.name} failed: {e}",
+                    f"pulling {image} into {name} failed: {e}",
                     hint="check [pool] images and the registry credentials",
                 ) from None
     finally:
@@ -52,7 +52,8 @@ def pull(info: MachineInfo, images: list[str], auth: dict[str, str] | None) -> N
 
 
 def wait_ready(
-    info: MachineInfo,
+    name: str,
+    address: Address,
     *,
     timeout: float,
     progress: Callable[[str], None],
@@ -67,7 +68,7 @@ def wait_ready(
     last_error = ""
     while time.monotonic() < deadline:
         try:
-            client = _client(info, timeout=max(1, min(10, int(timeout))))
+            client = _client(address, timeout=max(1, min(10, int(timeout))))
             try:
                 client.ping()
                 return str(client.version().get("Version", "unknown"))
@@ -76,11 +77,11 @@ def wait_ready(
         except (DockerException, RequestException, OSError) as e:
             last_error = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         if time.monotonic() >= next_report:
-            progress(f"Docker engine at {info.engine_url} not ready yet: {last_error}")
+            progress(f"Docker engine at {address.engine_url} not ready yet: {last_error}")
             next_report += 10
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
     raise DriverError(
-        f"the Docker engine of {info.name} at {info.engine_url} did not answer within "
+        f"the Docker engine of {name} at {address.engine_url} did not answer within "
         f"{timeout:g}s: {last_error}",
         hint="check the machine's provisioning (docker-machine create output, "
         "engine options); jobs need the engine, so this machine is not used",

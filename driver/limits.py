@@ -1,8 +1,9 @@
 """Host-wide limits on machines, like docker+machine's `limit` and MaxGrowthRate.
 
-Each job's state dir, and each machine of the warm pool, is one machine the
-driver owns (creating, idle, in use or being removed), so counting them under
-one lock gives a cap every prepare and the pool service respect. A token
+Every job record, warm-pool machine and tombstone is one machine the driver
+owns (creating, idle, in use, being removed, or maybe still running in the
+cloud), so counting them under one lock gives a cap every prepare and the
+pool service respect. A token
 bucket on creates smooths bursts that would hit the cloud's API rate limits
 (as the runner's `scale_throttle` does).
 """
@@ -10,53 +11,13 @@ bucket on creates smooths bursts that would hit the cloud's API rate limits
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-
-from filelock import FileLock
 
 from driver.errors import DriverError
 from driver.settings import LimitSettings
-from driver.state import STATE_FILE, write_private
-
-
-@dataclass(frozen=True)
-class Usage:
-    machines: int  # every machine the driver owns on this host
-    creating: int  # creates in flight (their prepare still alive)
-
-
-def usage(state_dir: Path, exclude: Path | None = None) -> Usage:
-    machines = creating = 0
-    for state_file in (state_dir / "jobs").glob(f"*/{STATE_FILE}"):
-        if exclude is not None and state_file.parent == exclude:
-            continue
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            state = {}
-        machines += 1
-        if state.get("phase") == "creating" and pid_alive(int(state.get("pid") or 0)):
-            creating += 1
-    # The warm pool's machines (idle or being made) count too.
-    pool = state_dir / "pool" / "machines"
-    machines += sum(1 for _ in pool.iterdir()) if pool.exists() else 0
-    return Usage(machines, creating)
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from driver.state import StateDir, write_private
 
 
 class TokenBucket:
@@ -81,31 +42,40 @@ class TokenBucket:
 
 
 def claim_slot(
-    state_dir: Path,
-    job_dir: Path,
+    state: StateDir,
     limits: LimitSettings,
     claim: Callable[[], None],
     progress: Callable[[str], None],
-) -> None:
-    """Wait until this job may create a machine, then `claim()` it under the lock."""
-    (state_dir / "locks").mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock = FileLock(state_dir / "locks" / "capacity.lock", mode=0o600)
-    bucket = TokenBucket(state_dir / "create-rate.json", limits.create_rate, limits.create_burst)
+    *,
+    exclude_job: int | None = None,
+    wait: bool = True,
+) -> bool:
+    """Wait until one more machine may be created, then `claim()` it under the capacity lock.
+
+    With ``wait=False`` (the pool: jobs come first) give up at once; False then.
+
+    Jobs and the warm pool go through here alike, so two creators can never
+    both take the last slot; ``claim`` must write the record that makes the
+    new machine count (the job's record, the pool's entry) before the lock goes.
+    """
+    bucket = TokenBucket(state.create_rate_file, limits.create_rate, limits.create_burst)
     deadline = time.monotonic() + limits.wait_timeout
     reported = ""
     while True:
-        with lock.acquire(timeout=limits.wait_timeout):
-            now = usage(state_dir, exclude=job_dir)
+        with state.lock("capacity").held(limits.wait_timeout, "the capacity lock"):
+            machines, creating = state.machines_owned(exclude_job=exclude_job)
             reason = ""
-            if limits.max_machines and now.machines >= limits.max_machines:
-                reason = f"{now.machines} of {limits.max_machines} machines in use on this host"
-            elif limits.max_creating and now.creating >= limits.max_creating:
-                reason = f"{now.creating} of {limits.max_creating} creates already in flight"
-            elif limits.create_rate and (wait := bucket.take(time.time())) > 0:
-                reason = f"create rate limit ({limits.create_rate:g}/min): next in {wait:.0f}s"
+            if limits.max_machines and machines >= limits.max_machines:
+                reason = f"{machines} of {limits.max_machines} machines in use on this host"
+            elif limits.max_creating and creating >= limits.max_creating:
+                reason = f"{creating} of {limits.max_creating} creates already in flight"
+            elif limits.create_rate and (due := bucket.take(time.time())) > 0:
+                reason = f"create rate limit ({limits.create_rate:g}/min): next in {due:.0f}s"
             if not reason:
                 claim()
-                return
+                return True
+        if not wait:
+            return False
         if reason.split(":")[0] != reported:
             progress(f"Waiting for capacity: {reason}")
             reported = reason.split(":")[0]
@@ -116,3 +86,10 @@ def claim_slot(
                 "run `gitlab-machine-driver sweep` if machines were leaked",
             )
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())) or 0.1)
+
+
+def free_slots(state: StateDir, limits: LimitSettings) -> int | None:
+    """How many more machines the cap allows now (None: no cap); a hint, not a claim."""
+    if not limits.max_machines:
+        return None
+    return max(0, limits.max_machines - state.machines_owned()[0])

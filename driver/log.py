@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -21,12 +21,39 @@ _PREFIX = f"[{NAME}]"
 
 
 def say(message: str) -> None:
-    """One progress line for the job log."""
-    print(f"{_PREFIX} {message}", flush=True)
+    """One progress line for the job log; never fails (the runner may be gone)."""
+    _write(sys.stdout, f"{_PREFIX} {message}")
 
 
 def warn(message: str) -> None:
-    print(f"{_PREFIX} WARNING: {message}", file=sys.stderr, flush=True)
+    _write(sys.stderr, f"{_PREFIX} WARNING: {message}")
+
+
+def to_admin_log(message: str) -> None:
+    """Progress for the admin's log only: for failure paths, which must not wait on the
+    job log (a full or closed pipe) before removing what they made."""
+    if structlog.is_configured():
+        get().info("progress", message=message)
+
+
+def _write(stream: TextIO, line: str) -> None:
+    """Write a line to the runner's pipe. If it is closed (the runner died or was
+    restarted), point the stream at /dev/null: nothing on any path may fail because
+    the job log is gone, not even the interpreter's last flush."""
+    try:
+        print(line, file=stream, flush=True)
+    except (OSError, ValueError):
+        silence(stream)
+
+
+def silence(stream: TextIO) -> None:
+    try:
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def setup(path: Path, **context: Any) -> structlog.typing.FilteringBoundLogger:

@@ -6,7 +6,11 @@ Only the fields the driver reads; everything else is ignored. Imported lazily
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from driver.image.payload import Credential, ImageSpec
 
 
 class Payload(BaseModel):
@@ -21,9 +25,26 @@ class JobInfo(Payload):
 class Variable(Payload):
     key: str
     value: str = ""
+    public: bool = False  # predefined and .gitlab-ci.yml variables; not project settings
+    masked: bool = False
+    file: bool = False
 
 
 class JobResponse(Payload):
     id: int = Field(gt=0)
     job_info: JobInfo
     variables: list[Variable] = []
+    # Image mode (driver/image): what the job runs in, beside what, pulled with what.
+    image: ImageSpec | None = None
+    services: list[ImageSpec] | None = None
+    credentials: list[Credential] | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """Who the job is: only from the response file, never from CUSTOM_ENV_* variables."""
+
+    id: int
+    project_id: int
+    pipeline_id: int | None
+    name: str

@@ -1,4 +1,10 @@
-"""Making and destroying machines: retried, bounded, and never leaving one behind."""
+"""Making and destroying machines: retried, bounded, and never leaving one behind.
+
+The same steps serve a job's prepare and the warm pool: `create`, then
+`locate` (the address docker-machine reports), then `make_ready` (SSH with a
+fresh pin, the tools the scripts need, the Docker engine, images); `destroy`
+at the end, which keeps a tombstone of any machine it could only force-remove.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,11 @@ import random
 import time
 from collections.abc import Callable
 
-from filelock import FileLock
-
-from driver import log, metrics
+from driver import engine, log, metrics, ssh, tools
 from driver.docker_machine import DockerMachine, classify_failure
 from driver.errors import CommandError, DriverError
 from driver.settings import Settings
+from driver.state import Address, Lock, MachineDir, StateDir
 
 Progress = Callable[[str], None]
 
@@ -28,8 +33,8 @@ def ensure_certs(dm: DockerMachine, settings: Settings, progress: Progress) -> N
     if dm.certs_exist():
         return
     dm.storage.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock = FileLock(dm.storage / ".gitlab-machine-driver-certs.lock", mode=0o600)
-    with lock.acquire(timeout=settings.create.timeout):
+    lock = Lock(dm.storage / ".gitlab-machine-driver-certs.lock")
+    with lock.held(settings.create.timeout, "the lock on docker-machine's certificates"):
         if dm.certs_exist():
             return  # someone else made them while we waited
         progress(f"Making docker-machine's certificates in {dm.storage} (first create here)")
@@ -63,7 +68,7 @@ def create(
             metrics.observe(settings.state_dir, metrics.MACHINE_CREATE_SECONDS, timer.seconds)
             return attempt
         except CommandError as e:
-            kind = classify_failure(e.output)
+            kind = classify_failure(e.output, e.exit_code)
             log.get().warning("create_failed", attempt=attempt, kind=kind, error=str(e))
             metrics.count(settings.state_dir, metrics.MACHINE_CREATION_FAILURES, {"kind": kind})
             progress(
@@ -139,13 +144,78 @@ def destroy(
         progress(f"Removing {name} failed (attempt {attempt}/{attempts}): {last.splitlines()[-1:]}")
         if attempt < attempts:
             time.sleep(min(2.0 * attempt, max(0.0, deadline - time.monotonic())))
-    # Last resort: drop the entry so it stops counting, and say loudly what may remain.
+    # Last resort: drop the entry so it stops blocking, and keep a tombstone (a copy of
+    # the entry) so the sweeper can retry the real removal and the orphan keeps counting.
+    StateDir(settings.state_dir).bury(name, dm.entry_dir(name), last or "removal timed out")
     result = dm.remove(name, force=True, timeout=max(10.0, deadline - time.monotonic()))
     log.warn(
         f"machine {name} could not be removed cleanly; its entry was force-removed "
-        f"and the VM MAY BE ORPHANED in the cloud: delete it by hand. Last error: "
+        f"and the VM MAY BE ORPHANED in the cloud; the sweeper retries its removal "
+        f"(`gitlab-machine-driver ls` shows it as a tombstone). Last error: "
         f"{(last or result.output).strip()[-500:]}"
     )
     log.get().error("machine_maybe_orphaned", machine=name, error=last[-500:])
     metrics.count(settings.state_dir, metrics.MACHINE_REMOVALS, {"result": "maybe_orphaned"})
     return False
+
+
+def locate(dm: DockerMachine, name: str, settings: Settings) -> Address:
+    """Where ``name`` is, as docker-machine's entry says (the SSH user may be overridden)."""
+    info = dm.inspect(name)
+    if info is None:
+        raise DriverError(f"docker-machine created {name} but does not know it afterwards")
+    return Address(
+        host=info.host,
+        port=info.ssh_port,
+        user=settings.ssh.user or info.ssh_user,
+        key_path=info.ssh_key,
+        ca_cert=info.ca_cert,
+        client_cert=info.client_cert,
+        client_key=info.client_key,
+    )
+
+
+def make_ready(
+    dm: DockerMachine,
+    name: str,
+    address: Address,
+    where: MachineDir,
+    settings: Settings,
+    progress: Progress,
+    *,
+    images: list[str] | None = None,
+    registry_auth: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """Make a created machine ready for jobs; the seconds each step took.
+
+    SSH is pinned afresh (a machine recreated under the same name has new keys),
+    the scripts' tools are checked, and the engine is asked for at the address
+    docker-machine reports (its port is the driver's, never assumed).
+    """
+    timings = {}
+    where.known_hosts.unlink(missing_ok=True)
+    ssh.write_config(where, settings.ssh, machine=name, address=address)
+    step = log.Timer()
+    ssh.wait_ready(
+        where,
+        target=address.ssh_target,
+        timeout=settings.ssh.ready_timeout,
+        connect_timeout=settings.ssh.connect_timeout,
+        progress=progress,
+    )
+    timings["ssh"] = step.seconds
+    progress(f"SSH is up in {step.seconds:g}s; host key pinned")
+    tools.check(settings, where)
+    if settings.docker.check or images:
+        step = log.Timer()
+        address.engine_url = dm.url(name)
+        version = engine.wait_ready(
+            name, address, timeout=settings.docker.ready_timeout, progress=progress
+        )
+        timings["docker"] = step.seconds
+        progress(f"Docker engine {version} answers at {address.engine_url} ({step.seconds:g}s)")
+    if images:
+        step = log.Timer()
+        engine.pull(name, address, images, registry_auth)
+        timings["images"] = step.seconds
+    return timings

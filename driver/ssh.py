@@ -9,6 +9,7 @@ every stage; if it dies, the next stage reconnects against the pinned key.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,10 +17,12 @@ from pathlib import Path
 from driver import process
 from driver.errors import CommandError, DriverError
 from driver.settings import SSHSettings
-from driver.state import MachineDir, write_private
+from driver.state import HOST_ALIAS, Address, MachineDir, write_private
 
-HOST_ALIAS = "machine"
 CONTROL_PERSIST = "10m"  # the master outlives idle gaps between stages, not a lost job
+HOST_KEY_CHANGED = re.compile(
+    r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed"
+)
 # Unix socket paths are limited to 108 bytes; ssh adds ~17 for its temporary name.
 MAX_CONTROL_PATH = 90
 
@@ -73,20 +76,17 @@ def write_config(
     settings: SSHSettings,
     *,
     machine: str,
-    host: str,
-    port: int,
-    user: str,
-    key_path: str,
+    address: Address,
 ) -> None:
     write_private(
         machine_dir.ssh_config,
         config_text(
             machine_dir,
             machine=machine,
-            host=host,
-            port=port,
-            user=user,
-            key_path=key_path,
+            host=address.host,
+            port=address.port,
+            user=address.user,
+            key_path=address.key_path,
             connect_timeout=settings.connect_timeout,
             keepalive_interval=settings.keepalive_interval,
         ),
@@ -102,7 +102,7 @@ def check_control_path(machine_dir: MachineDir) -> None:
 
 
 def argv(machine_dir: MachineDir, *options: str) -> list[str]:
-    return ["ssh", "-F", str(machine_dir.ssh_config), *options, HOST_ALIAS]
+    return machine_dir.ssh_argv(*options)
 
 
 def run(
@@ -163,6 +163,15 @@ def wait_ready(
             )
             return
         except CommandError as e:
+            if HOST_KEY_CHANGED.search(e.output):
+                # Pinned at an earlier attempt, different now: someone else answers there.
+                raise DriverError(
+                    f"the machine at {target} presented a different SSH host key than at "
+                    "first contact a moment ago: refusing to connect; this may be an attack "
+                    "(someone else answering at its address)",
+                    hint="the machine is not used; check the cloud for a VM at that address "
+                    "that is not this machine",
+                ) from None
             last_error = (e.output.splitlines() or [e.message])[-1]
         if time.monotonic() >= next_report:
             waited = timeout - (deadline - time.monotonic())

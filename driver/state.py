@@ -1,60 +1,360 @@
-"""Per-job state on the runner host: <state_dir>/jobs/<job id>/, mode 0700.
+"""The state dir: the one owner of everything the driver keeps on the runner host.
 
-It holds what later stages need: the machine's name and address, the pinned
-host key, the SSH config and the master connection's socket. Prepare writes
-the machine's name here BEFORE creating it, so a prepare killed half-way
-still leaves cleanup and the sweeper enough to remove the machine.
+Prepare, run, cleanup, the pool service, the sweeper, `ls`, the limits and
+the metrics talk to each other only through this module::
+
+    <state_dir>/                              0700
+      jobs/<job id>/                          one job on this host
+        state.json                            its JobRecord (machine, address, phase, owner)
+        ssh_config, known_hosts, cm           SSH to its machine: config, pinned key, master
+        stage.lock                            held (shared) by a running `run`; mtime: last stage
+        failed, lost                          markers written by `run`
+      pool/machines/<name>/                   a warm-pool machine: info.json (PoolRecord), SSH
+      pool/ready/<name>                       idle and claimable
+      pool/claimed/<name>@<job id>            taken by that job's prepare, being handed over
+      pool/withdrawn/<name>                   taken out of the ready set, being removed
+      pool/status.json                        the pool service's last status
+      tombstones/<name>/                      a force-removed machine's docker-machine entry
+      locks/                                  flock files: job-<id>, pool-<name>, capacity, ...
+      metrics.json, create-rate.json
+
+Every write is atomic (write, then rename) and private (0600). Locks are
+``flock``s: they die with their holder, so a killed stage never leaves one
+held. A lock file is removed only by its holder, and whoever acquires one
+checks that it still has the file the path names, so removing a lock never
+lets two processes hold it at once.
+
+Imported by the per-stage `run`: standard library only, nothing slow.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import errno
+import fcntl
 import json
 import os
-import shutil
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from filelock import FileLock, Timeout
+from driver.errors import DriverError, JobError
 
-from driver.errors import JobError
+RECORD_FILE = "state.json"
+POOL_RECORD_FILE = "info.json"
+HOST_ALIAS = "machine"  # the Host in every machine's ssh_config
 
-STATE_FILE = "state.json"
-FAILED_MARKER = "failed"  # written by run when a user stage's script fails
+
+class LockTimeout(DriverError):
+    """A lock was not acquired in time: another process holds it."""
 
 
-@dataclass
-class MachineState:
-    job_id: int
-    project_id: int
-    pipeline_id: int | None
-    machine: str
-    phase: str = "creating"  # creating -> created -> ready
-    host: str = ""
-    port: int = 22
-    user: str = ""
-    key_path: str = ""
-    engine_url: str = ""
-    kill_grace: float = 10.0
-    log_path: str = ""  # the admin's log, for stages that do not read the config file
-    pid: int = 0  # the prepare that is creating it; a dead one's create is no longer in flight
-    # The runner process that owns the job: once it is gone, so is the job.
-    runner_pid: int = 0
-    runner_started: int = 0
-    kept_until: float = 0.0  # phase "kept": a failed job's machine, kept for inspection
-    timings: dict[str, float] = field(default_factory=dict)
+class JobPhase(enum.StrEnum):
+    """Where a job's machine is in its life; only `advance` moves it forward."""
+
+    CREATING = "creating"  # prepare is creating it (the record exists before the machine)
+    CREATED = "created"  # it exists; SSH, tools and engine not yet checked
+    READY = "ready"  # stages may run in it
+    KEPT = "kept"  # its job failed; kept for inspection until kept_until
+
+
+JOB_TRANSITIONS: dict[JobPhase, frozenset[JobPhase]] = {
+    JobPhase.CREATING: frozenset({JobPhase.CREATED}),
+    JobPhase.CREATED: frozenset({JobPhase.READY}),
+    JobPhase.READY: frozenset({JobPhase.KEPT}),
+    JobPhase.KEPT: frozenset(),
+}
+
+
+class PoolPhase(enum.StrEnum):
+    CREATING = "creating"  # the pool service is making it ready (it holds its entry lock)
+    READY = "ready"  # idle and claimable
+    CLAIMED = "claimed"  # a job's prepare took it and is taking it over
+    WITHDRAWN = "withdrawn"  # out of the ready set: never claimable again, being removed
+    GONE = "gone"
+
+
+# --- locks ------------------------------------------------------------------------------------
+
+
+class Lock:
+    """An ``flock`` on a file; exclusive, or shared with ``shared=True``."""
+
+    def __init__(self, path: Path, *, shared: bool = False, make_dir: bool = True) -> None:
+        self.path = path
+        self.shared = shared
+        self.make_dir = make_dir  # create the folder it lives in (not a job's: it may be gone)
+        self.fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        """Take it if free, at once."""
+        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:
+                if not self.make_dir:
+                    raise
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                continue
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except BaseException:
+                os.close(fd)
+                raise
+            # The holder before us may have removed the file: then ours is a lock nobody
+            # else can see, and we must take the one the path names now.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return True
+            os.close(fd)
+
+    def acquire(self, timeout: float, what: str = "") -> None:
+        """Wait up to ``timeout`` seconds; raise LockTimeout (with a hint) after that."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while not self.try_acquire():
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"{what or 'the lock'} ({self.path}) is held by another process "
+                    f"for over {timeout:g}s",
+                    hint="another stage, the sweeper or the pool service is using it; if this "
+                    f"persists, `fuser -v {self.path}` shows who holds it",
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def release(self, *, remove: bool = False) -> None:
+        """Let it go; ``remove`` deletes the file first (only the holder may)."""
+        if self.fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None
+
+    @contextlib.contextmanager
+    def held(self, timeout: float, what: str = "") -> Iterator[Lock]:
+        self.acquire(timeout, what)
+        try:
+            yield self
+        finally:
+            self.release()
+
+
+# --- who owns a job: the runner process, by its process chain ----------------------------------
+
+
+def process_start_time(pid: int) -> int:
+    """The kernel's start time of ``pid`` (0 if none): tells a live process from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def ancestors(pid: int | None = None) -> list[list[int]]:
+    """[pid, start time] of every ancestor of ``pid`` (default: us), init excluded.
+
+    The runner is one of them, wherever it is in the chain: a short-lived wrapper
+    (`sudo`, `bash -c`, a script) may die while the runner lives on, so the job
+    counts as gone only when every one of them is gone.
+    """
+    chain: list[list[int]] = []
+    current = _parent_of(pid or os.getpid())
+    while current > 1 and len(chain) < 64:
+        chain.append([current, process_start_time(current)])
+        current = _parent_of(current)
+    return chain
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``data`` that ``cls`` takes: records written by older versions load too."""
+    fields = cls.__init__.__annotations__  # type: ignore[misc]
+    return {k: v for k, v in data.items() if k in fields and k != "return"}
+
+
+class Address:
+    """How to reach a machine: SSH and its Docker engine, as docker-machine reported them."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "",
+        port: int = 22,
+        user: str = "",
+        key_path: str = "",
+        engine_url: str = "",
+        ca_cert: str = "",
+        client_cert: str = "",
+        client_key: str = "",
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self.key_path = key_path
+        self.engine_url = engine_url  # "" until the engine was asked for
+        self.ca_cert = ca_cert
+        self.client_cert = client_cert
+        self.client_key = client_key
+
+    @property
+    def ssh_target(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    @classmethod
+    def from_dict(cls, data: object) -> Address:
+        return cls(**_known(cls, data)) if isinstance(data, dict) else cls()
+
+
+class JobRecord:
+    """This host's record of one job and its machine (``jobs/<id>/state.json``).
+
+    Written before the machine exists, so a prepare killed half-way still leaves
+    cleanup and the sweeper the machine's name. A plain class, not a dataclass:
+    `run` reads it once per stage, and importing dataclasses costs more than it.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: int,
+        project_id: int,
+        machine: str,
+        pipeline_id: int | None = None,
+        phase: str = JobPhase.CREATING,
+        address: Address | None = None,
+        kill_grace: float = 10.0,
+        log_path: str = "",
+        prepare_pid: int = 0,
+        owners: list[list[int]] | None = None,
+        boot_id: str = "",
+        taken_at: float = 0.0,
+        kept_until: float = 0.0,
+        timings: dict[str, float] | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.project_id = project_id
+        self.machine = machine
+        self.pipeline_id = pipeline_id
+        self.phase = JobPhase(phase)
+        self.address = address or Address()
+        self.kill_grace = kill_grace
+        self.log_path = log_path  # the admin's log, for stages that do not read the config
+        self.prepare_pid = prepare_pid
+        self.owners = owners or []  # the prepare's ancestors, the runner among them
+        self.boot_id = boot_id
+        self.taken_at = taken_at  # when this job took the machine (created or claimed it)
+        self.kept_until = kept_until
+        self.timings = timings or {}
+
+    def advance(self, phase: JobPhase) -> None:
+        if phase not in JOB_TRANSITIONS[self.phase]:
+            raise JobError(f"job {self.job_id}: its machine cannot go from {self.phase} to {phase}")
+        self.phase = phase
+
+    def runner_gone(self) -> bool:
+        """Proof that no runner will call a stage of this job again.
+
+        True after a reboot, or when every process that started its prepare is gone.
+        Unknown owners (none recorded) are never proof.
+        """
+        if self.boot_id and boot_id() and self.boot_id != boot_id():
+            return True
+        if not self.owners:
+            return False
+        return all(process_start_time(pid) != started for pid, started in self.owners)
+
+    def to_json(self) -> str:
+        return json.dumps({**vars(self), "address": vars(self.address)}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> JobRecord:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return cls(**{**_known(cls, data), "address": Address.from_dict(data.get("address"))})
+
+
+class PoolRecord:
+    """A warm-pool machine (``pool/machines/<name>/info.json``), saved before it exists."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        address: Address | None = None,
+        created: float = 0.0,
+        ready_at: float = 0.0,
+        creator_pid: int = 0,
+    ) -> None:
+        self.name = name
+        self.address = address or Address()
+        self.created = created
+        self.ready_at = ready_at
+        self.creator_pid = creator_pid
+
+    def to_json(self) -> str:
+        return json.dumps({**vars(self), "address": vars(self.address)}) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> PoolRecord:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return cls(**{**_known(cls, data), "address": Address.from_dict(data.get("address"))})
+
+
+# --- one machine's files ------------------------------------------------------------------------
 
 
 class MachineDir:
-    """Where a machine's SSH files live: its ssh_config, pinned key and master socket."""
+    """A machine's SSH files: its ssh_config, pinned host key and master socket."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-
-    @property
-    def state_file(self) -> Path:
-        return self.path / STATE_FILE
 
     @property
     def ssh_config(self) -> Path:
@@ -68,11 +368,9 @@ class MachineDir:
     def control_path(self) -> Path:
         return self.path / "cm"
 
-
-class JobDir(MachineDir):
-    def __init__(self, state_dir: Path, job_id: int) -> None:
-        super().__init__(state_dir / "jobs" / str(job_id))
-        self.lock_path = state_dir / "locks" / f"job-{job_id}.lock"
+    def ssh_argv(self, *options: str) -> list[str]:
+        """`ssh` to this machine, with its pinned key and master connection."""
+        return ["ssh", "-F", str(self.ssh_config), *options, HOST_ALIAS]
 
     def create(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -82,30 +380,71 @@ class JobDir(MachineDir):
     def exists(self) -> bool:
         return self.path.is_dir()
 
-    @contextmanager
+
+class JobDir(MachineDir):
+    """One job's dir; its lock is held by prepare and cleanup, and by a sweeper removing it."""
+
+    def __init__(self, state_dir: Path, job_id: int) -> None:
+        super().__init__(state_dir / "jobs" / str(job_id))
+        self.job_id = job_id
+        self.lock_path = state_dir / "locks" / f"job-{job_id}.lock"
+
+    @classmethod
+    def at(cls, path: str) -> JobDir:
+        """The job dir the config stage named (``<state_dir>/jobs/<id>``)."""
+        where = Path(path)
+        if not where.name.isdigit():
+            raise JobError(f"{path} is not a job's state dir (<state_dir>/jobs/<job id>)")
+        return cls(where.parent.parent, int(where.name))
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / RECORD_FILE
+
+    @property
+    def stage_lock_path(self) -> Path:
+        return self.path / "stage.lock"
+
+    @property
+    def failed_marker(self) -> Path:
+        """Written by `run` when a user stage's script fails: cleanup may keep the machine."""
+        return self.path / "failed"
+
+    @property
+    def lost_marker(self) -> Path:
+        """Written by `run` when the machine stopped answering: later stages fail at once."""
+        return self.path / "lost"
+
+    def lock(self) -> Lock:
+        return Lock(self.lock_path)
+
+    @contextlib.contextmanager
     def locked(self, timeout: float) -> Iterator[None]:
         """Exclusive use of this job's state (prepare and cleanup may overlap on cancel)."""
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = FileLock(self.lock_path, mode=0o600)
+        lock = self.lock()
+        lock.acquire(timeout, f"the lock of job {self.job_id}")
         try:
-            with lock.acquire(timeout=timeout):
-                yield
-        except Timeout:
-            raise JobError(
-                f"another stage of this job holds {self.lock_path} for over {timeout:g}s"
-            ) from None
+            yield
         finally:
-            # The lock file is per job: remove it once the job's state is gone.
-            if not self.path.exists():
-                self.lock_path.unlink(missing_ok=True)
+            # Once the job's state is gone, so is its lock file (removed while held).
+            lock.release(remove=not self.path.exists())
 
-    def save(self, state: MachineState) -> None:
-        write_private(self.state_file, json.dumps(asdict(state), indent=2) + "\n")
+    def stage_lock(self) -> Lock:
+        """Held shared by each running stage: the sweeper never removes a machine under one."""
+        return Lock(self.stage_lock_path, shared=True, make_dir=False)
 
-    def load(self) -> MachineState:
+    def last_stage_age(self, now: float) -> float | None:
         try:
-            data = json.loads(self.state_file.read_text())
-            return MachineState(**data)
+            return now - self.stage_lock_path.stat().st_mtime
+        except OSError:
+            return None
+
+    def save(self, record: JobRecord) -> None:
+        write_private(self.state_file, record.to_json())
+
+    def load(self) -> JobRecord:
+        try:
+            return JobRecord.from_json(self.state_file.read_text())
         except FileNotFoundError:
             raise JobError(
                 f"no state for this job in {self.path}: prepare did not run or did not finish",
@@ -116,23 +455,284 @@ class JobDir(MachineDir):
             raise JobError(f"the job's state file {self.state_file} is corrupt: {e}") from None
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        _rmtree(self.path, ignore_errors=True)
 
 
-def process_start_time(pid: int) -> int:
-    """The kernel's start time of ``pid`` (0 if none): tells a live process from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return 0
+# --- the whole dir ----------------------------------------------------------------------------
+
+
+class StateDir:
+    """The layout of the state dir, and every read and write of its records."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pool_root = root / "pool"
+        self.locks = root / "locks"
+
+    # files of other owners, kept here so the layout is in one place
+    @property
+    def metrics_file(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def create_rate_file(self) -> Path:
+        return self.root / "create-rate.json"
+
+    @property
+    def pool_status_file(self) -> Path:
+        return self.pool_root / "status.json"
+
+    def lock(self, name: str) -> Lock:
+        """A host-wide lock: "capacity", "metrics", "pool-service", "certs"..."""
+        return Lock(self.locks / f"{name}.lock")
+
+    # --- jobs
+
+    def job(self, job_id: int) -> JobDir:
+        return JobDir(self.root, job_id)
+
+    def job_ids(self) -> list[int]:
+        jobs = self.root / "jobs"
+        if not jobs.is_dir():
+            return []
+        return sorted(int(p.name) for p in jobs.iterdir() if p.name.isdigit())
+
+    def job_records(self) -> dict[int, JobRecord | None]:
+        """Every job on this host with a record, and that record (None if unreadable).
+
+        A job dir without a record is a prepare that has not claimed a machine yet.
+        """
+        records: dict[int, JobRecord | None] = {}
+        for job_id in self.job_ids():
+            job = self.job(job_id)
+            try:
+                records[job_id] = job.load()
+            except JobError:
+                if job.state_file.exists():
+                    records[job_id] = None
+        return records
+
+    def jobs_using(self, machine: str) -> list[int]:
+        return [i for i, r in self.job_records().items() if r is not None and r.machine == machine]
+
+    # --- the warm pool
+
+    def pool_dir(self, name: str) -> MachineDir:
+        return MachineDir(self.pool_root / "machines" / name)
+
+    def pool_lock(self, name: str) -> Lock:
+        """Held by the pool service while it creates the machine, and by whoever removes it."""
+        return Lock(self.locks / f"pool-{name}.lock")
+
+    def _marker(self, kind: str, name: str) -> Path:
+        return self.pool_root / kind / name
+
+    def pool_names(self) -> list[str]:
+        names: set[str] = set()
+        for kind in ("machines", "ready", "withdrawn"):
+            folder = self.pool_root / kind
+            if folder.is_dir():
+                names.update(p.name for p in folder.iterdir())
+        names.update(name for name, _ in self.claims())
+        return sorted(names)
+
+    def save_pool(self, record: PoolRecord) -> None:
+        self.pool_dir(record.name).create()
+        write_private(self.pool_dir(record.name).path / POOL_RECORD_FILE, record.to_json())
+
+    def load_pool(self, name: str) -> PoolRecord | None:
+        try:
+            text = (self.pool_dir(name).path / POOL_RECORD_FILE).read_text()
+            return PoolRecord.from_json(text)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def claims(self) -> list[tuple[str, int]]:
+        """(machine, job id) of every claim marker."""
+        folder = self.pool_root / "claimed"
+        found = []
+        if folder.is_dir():
+            for path in folder.iterdir():
+                name, _, job = path.name.rpartition("@")
+                if name and job.isdigit():
+                    found.append((name, int(job)))
+        return found
+
+    def claimer(self, name: str) -> int | None:
+        return next((job for machine, job in self.claims() if machine == name), None)
+
+    def pool_phase(self, name: str) -> PoolPhase:
+        if self._marker("ready", name).exists():
+            return PoolPhase.READY
+        if self.claimer(name) is not None:
+            return PoolPhase.CLAIMED
+        if self._marker("withdrawn", name).exists():
+            return PoolPhase.WITHDRAWN
+        return PoolPhase.CREATING if self.pool_dir(name).exists() else PoolPhase.GONE
+
+    def ready(self) -> list[str]:
+        """Ready machines, the longest idle first."""
+        folder = self.pool_root / "ready"
+        if not folder.is_dir():
+            return []
+        markers = []
+        for path in folder.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                markers.append((path.stat().st_mtime, path.name))
+        return [name for _, name in sorted(markers)]
+
+    def mark_ready(self, name: str) -> None:
+        (self.pool_root / "ready").mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(self._marker("ready", name), "")
+
+    def claim(self, job_id: int) -> PoolRecord | None:
+        """Take a ready machine for ``job_id``, or None.
+
+        The rename from ready/NAME to claimed/NAME@JOB succeeds for one caller only,
+        and never after a withdrawal: no machine is both handed out and removed.
+        """
+        (self.pool_root / "claimed").mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name in self.ready():
+            claimed = self._marker("claimed", f"{name}@{job_id}")
+            try:
+                os.rename(self._marker("ready", name), claimed)
+            except FileNotFoundError:
+                continue  # another job, or a withdrawal, was faster
+            record = self.load_pool(name)
+            if record is not None:
+                return record
+            claimed.unlink(missing_ok=True)  # unusable: leave it to the sweeper as unowned
+        return None
+
+    def release_claims(self, job_id: int) -> list[str]:
+        """Drop this job's claim markers; the machines' names (the job owns them now)."""
+        names = []
+        for name, job in self.claims():
+            if job == job_id:
+                self._marker("claimed", f"{name}@{job}").unlink(missing_ok=True)
+                names.append(name)
+        return names
+
+    def withdraw(self, name: str) -> bool:
+        """Take a ready machine out of the ready set for good; False if it was just claimed."""
+        (self.pool_root / "withdrawn").mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            os.rename(self._marker("ready", name), self._marker("withdrawn", name))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def mark_withdrawn(self, name: str) -> None:
+        """For a machine that was never ready (a failed or abandoned create)."""
+        (self.pool_root / "withdrawn").mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(self._marker("withdrawn", name), "")
+
+    def forget_pool(self, name: str) -> None:
+        """Drop the pool's records of ``name`` (its machine is gone, or a job owns it now)."""
+        for kind in ("ready", "withdrawn"):
+            self._marker(kind, name).unlink(missing_ok=True)
+        _rmtree(self.pool_dir(name).path, ignore_errors=True)
+
+    # --- tombstones: machines whose entry was force-removed while the VM may still run
+
+    def tombstone_dir(self, name: str) -> Path:
+        return self.root / "tombstones" / name
+
+    def tombstones(self) -> list[str]:
+        folder = self.root / "tombstones"
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+    def bury(self, name: str, entry: Path, why: str) -> None:
+        """Keep a copy of ``entry`` (docker-machine's dir for the machine) to retry its removal."""
+        target = self.tombstone_dir(name)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if entry.is_dir() and not target.exists():
+            _copytree(entry, target / "entry", symlinks=True)
+        target.mkdir(exist_ok=True, mode=0o700)
+        meta = {"name": name, "since": time.time(), "why": why[-500:]}
+        with contextlib.suppress(OSError, ValueError):
+            meta = {**json.loads((target / "tombstone.json").read_text()), "why": why[-500:]}
+        write_private(target / "tombstone.json", json.dumps(meta) + "\n")
+
+    def exhume(self, name: str) -> None:
+        _rmtree(self.tombstone_dir(name), ignore_errors=True)
+
+    # --- what the limits count
+
+    def machines_owned(self, exclude_job: int | None = None) -> tuple[int, int]:
+        """(machines this driver owns on the host, creates in flight), for the limits.
+
+        Every job record, every pool machine, and every tombstone (a VM that may
+        still run) counts; a create is in flight while its creator lives.
+        """
+        machines = creating = 0
+        for job_id, record in self.job_records().items():
+            if job_id == exclude_job:
+                continue
+            machines += 1
+            if record and record.phase == JobPhase.CREATING and pid_alive(record.prepare_pid):
+                creating += 1
+        for name in self.pool_names():
+            phase = self.pool_phase(name)
+            if phase == PoolPhase.CLAIMED:
+                continue  # being handed over: its job counts it
+            machines += 1
+            pool = self.load_pool(name)
+            if phase == PoolPhase.CREATING and pool and pid_alive(pool.creator_pid):
+                creating += 1
+        return machines + len(self.tombstones()), creating
+
+
+def _rmtree(path: Path, ignore_errors: bool = True) -> None:
+    import shutil  # not at the top: `run` never removes anything, and shutil is slow to import
+
+    shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
+def _copytree(source: Path, target: Path, symlinks: bool = True) -> None:
+    import shutil
+
+    shutil.copytree(source, target, symlinks=symlinks)
+
+
+def machine_counts(state: StateDir) -> dict[str, int]:
+    """Machines by state, for `pool status` and the machines gauge: one vocabulary."""
+    counts = {"creating": 0, "idle": 0, "claimed": 0, "in_use": 0, "kept": 0, "removing": 0}
+    for record in state.job_records().values():
+        if record is None or record.phase in (JobPhase.CREATING, JobPhase.CREATED):
+            counts["creating"] += 1
+        elif record.phase == JobPhase.READY:
+            counts["in_use"] += 1
+        else:
+            counts["kept"] += 1
+    by_pool_phase = {
+        PoolPhase.CREATING: "creating",
+        PoolPhase.READY: "idle",
+        PoolPhase.CLAIMED: "claimed",
+        PoolPhase.WITHDRAWN: "removing",
+    }
+    for name in state.pool_names():
+        phase = state.pool_phase(name)
+        if phase in by_pool_phase:
+            counts[by_pool_phase[phase]] += 1
+    counts["orphaned"] = len(state.tombstones())
+    return counts
 
 
 def write_private(path: Path, text: str) -> None:
     """Write a 0600 file atomically: readers see the old or the new content, never half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.errno == errno.ENOSPC:
+            raise DriverError(
+                f"cannot write {path}: the disk is full",
+                hint=f"free space on the file system of {path.parent}",
+            ) from None
+        raise

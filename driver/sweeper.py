@@ -1,30 +1,52 @@
-"""Finding the machines this driver owns and deciding which are dead.
+"""The sweeper: reclaims the machines nobody will use again, and only those.
 
-A machine is dead when its job is over (GitLab says finished, cancelled or
-does not know it), when the runner process that owned it is gone (the host
-restarted, the runner was killed), when it was left half-created, or when it
-is older than the configured maximum. A grace period protects machines still
-being prepared.
+A machine is removed only with proof, re-checked under its owners' locks at
+the moment of removal (prepare, cleanup and the pool service hold those
+locks while they work on a machine, and a running stage holds its job's
+stage lock). Proof is one of:
+
+- the runner that owned its job is gone: every process above the job's
+  prepare has exited, or the host rebooted;
+- GitLab reports its job finished (success, failed, canceled, skipped,
+  manual) and no stage of it ran for `grace`;
+- it was kept for inspection and its time is up;
+- it was being created and its creator (a prepare, the pool service) is gone;
+- it was claimed from the warm pool by a prepare that died before taking it
+  over, or withdrawn from the pool;
+- no record on this host names it (the driver records every machine before
+  creating it, so nobody can use one without a record);
+- a job took it longer ago than `max_age` and GitLab does not say the job runs.
+
+Everything else is unknown, and unknown keeps the machine (and says so):
+GitLab answering 401, 403, 404 (a job the token cannot see, not only a gone
+one) or not answering; docker-machine listing it as Error (it does so for
+parts of every create); a broken entry. Broken entries are removed with
+`rm -f` once proven dead, each on its own, so one never stops a sweep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
-from driver import limits
+from driver import log, metrics, provision, ssh
 from driver.docker_machine import DockerMachine
-from driver.errors import DriverError, JobError
-from driver.pool.store import PoolStore
+from driver.errors import DriverError
 from driver.settings import Settings
-from driver.state import JobDir, MachineState, process_start_time
+from driver.state import JobDir, JobPhase, Lock, PoolPhase, StateDir
 
-FINISHED = {"success", "failed", "canceled", "skipped", "manual"}
-ALIVE = {"created", "pending", "running", "waiting_for_resource", "preparing", "scheduled"}
-JobStatus = Callable[[int, int], str]  # (project id, job id) -> status, or "missing"
+FINISHED = frozenset({"success", "failed", "canceled", "skipped", "manual"})
+ALIVE = frozenset(
+    {"created", "pending", "running", "waiting_for_resource", "preparing", "scheduled"}
+)
+UNKNOWN = "unknown"  # the prefix of every answer that proves nothing
+JobStatus = Callable[[int, int], str]  # (project id, job id) -> a status, or "unknown (why)"
+# So many unknown answers in one sweep mean a configuration problem, not gone jobs.
+UNKNOWN_ALARM = 3
 
 
 def name_pattern(settings: Settings) -> str:
@@ -32,102 +54,445 @@ def name_pattern(settings: Settings) -> str:
     return f"{re.escape(settings.machine.name_prefix)}-([0-9]+|p[0-9a-f]{{8}})"
 
 
-@dataclass
-class Owned:
+def job_of(settings: Settings, name: str) -> int | None:
+    """The job a job machine's name is for (None for pool machines)."""
+    suffix = name.removeprefix(f"{settings.machine.name_prefix}-")
+    return int(suffix) if suffix != name and suffix.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What is known about one machine at one moment."""
+
     name: str
-    state: str  # docker-machine's: Running, Stopped, Error, ...
-    job_id: int | None
-    project_id: int | None
-    created: float | None
-    local: MachineState | None  # this host's record of the job, if any
-    pooled: bool = False  # held by the warm pool (idle, or being created or handed over)
+    listed: str  # docker-machine ls's state, or "" (not listed: missing plugin, broken)
+    has_entry: bool  # docker-machine's storage has it
+    owner: str  # "job", "claim", "pool" or "none": which record names it
+    job_id: int | None = None
+    project_id: int | None = None
+    phase: str = ""  # the job's or the pool's phase of the machine
+    record_ok: bool = True  # the job's record could be read
+    busy: bool = False  # an owner's lock is held (a stage, the pool service, a sweep)
+    stage_running: bool = False
+    runner_gone: bool = False
+    gitlab: str | None = None  # the job's status at GitLab, "unknown (...)", or None
+    taken_age: float | None = None  # seconds since a job took it (created or claimed it)
+    last_stage_age: float | None = None
+    kept_for: float = 0.0  # seconds it is still kept for inspection
+    host: str = ""
 
-    def age(self, now: float) -> float | None:
-        return None if self.created is None else now - self.created
 
-
-@dataclass
+@dataclass(frozen=True)
 class Verdict:
-    machine: Owned
+    facts: Facts
     remove: bool
     reason: str
 
 
-def job_states(settings: Settings) -> dict[str, MachineState]:
-    """Machine name -> the state of the job on this host that owns it."""
-    states = {}
-    for path in (settings.state_dir / "jobs").glob("*"):
-        if path.name.isdigit():
-            try:
-                state = JobDir(settings.state_dir, int(path.name)).load()
-            except JobError:
-                continue
-            states[state.machine] = state
-    return states
+def decide(f: Facts, settings: Settings) -> Verdict:
+    """Remove only with proof that nobody will use the machine again; else keep."""
+    sweeper = settings.sweeper
 
+    def keep(reason: str) -> Verdict:
+        return Verdict(f, False, reason)
 
-def inventory(dm: DockerMachine, settings: Settings) -> list[Owned]:
-    owned = []
-    jobs = job_states(settings)
-    pool = PoolStore(settings.state_dir)
-    for name, state in sorted(dm.list(name_pattern(settings)).items()):
-        info = dm.inspect(name)
-        local = jobs.get(name)
-        job_id = local.job_id if local else _int(info.label("job") if info else "")
-        owned.append(
-            Owned(
-                name=name,
-                state=state,
-                job_id=job_id,
-                project_id=_int(info.label("project")) if info else None,
-                created=_float(info.label("created")) if info else None,
-                local=local,
-                pooled=pool.held(name),
-            )
+    def remove(reason: str) -> Verdict:
+        return Verdict(f, True, reason)
+
+    if f.busy:
+        return keep("its job's stage, the pool service or another sweep is working on it")
+    if f.stage_running:
+        return keep("a stage of its job is running")
+    if f.owner == "pool":
+        if f.phase == PoolPhase.READY:
+            return keep("idle in the warm pool")
+        if f.phase == PoolPhase.WITHDRAWN:
+            return remove("withdrawn from the warm pool")
+        return remove("its pool create was abandoned (the pool service is gone)")
+    if f.owner == "claim":
+        return remove(
+            f"claimed from the pool by job {f.job_id}, whose prepare died before taking it"
         )
-    return owned
+    if f.owner == "none":
+        return remove("no record on this host names it")
+    # A job's machine.
+    status = f.gitlab or ""
+    if status in ALIVE:
+        return keep(f"its job is {status}")
+    if not f.record_ok:
+        if f.taken_age is not None and f.taken_age > sweeper.max_age:
+            return remove(
+                f"its job's record is unreadable and it is over max_age ({f.taken_age:.0f}s)"
+            )
+        return keep("its job's record is unreadable; kept until max_age")
+    if f.phase == JobPhase.KEPT:
+        if f.kept_for > 0:
+            return keep("kept for inspection after its job failed")
+        return remove("kept for inspection, and its time is up")
+    if f.phase in (JobPhase.CREATING, JobPhase.CREATED):
+        return remove("left half-made: its prepare is gone, and no stage ever used it")
+    if f.runner_gone:
+        return remove("the runner process that owned its job is gone")
+    if status in FINISHED:
+        if f.last_stage_age is not None and f.last_stage_age < sweeper.grace:
+            return keep(f"its job is {status}, but a stage ran {f.last_stage_age:.0f}s ago")
+        return remove(f"its job is {status}")
+    if f.taken_age is not None and f.taken_age > sweeper.max_age:
+        return remove(
+            f"its job took it over max_age ago ({f.taken_age:.0f}s), and GitLab "
+            + ("does not know its state" if status else "was not asked")
+        )
+    return keep(f"its job may still be running ({status or 'GitLab not asked'})")
 
 
-def runner_alive(state: MachineState) -> bool:
-    if not state.runner_pid:
-        return False
-    return process_start_time(state.runner_pid) == state.runner_started
+# --- gathering the facts ---------------------------------------------------------------------
 
 
-def decide(machine: Owned, now: float, settings: Settings, job_status: JobStatus | None) -> Verdict:
-    local = machine.local
-    age = machine.age(now)
-    if local and local.phase == "creating" and limits.pid_alive(local.pid):
-        return Verdict(machine, False, "being prepared")
-    if local and local.phase == "kept":
-        if now < local.kept_until:
-            return Verdict(machine, False, "kept for inspection after its job failed")
-        return Verdict(machine, True, "kept for inspection, and its time is up")
-    if age is not None and age > settings.sweeper.max_age:
-        return Verdict(machine, True, f"older than max_age ({age:.0f}s)")
-    if local and local.phase == "creating":
-        return Verdict(machine, True, "left half-created (its prepare is gone)")
-    if machine.state == "Error":
-        return Verdict(machine, True, "in Error state")
-    if machine.pooled and local is None:
-        return Verdict(machine, False, "held by the warm pool")
-    if local and not runner_alive(local):
-        return Verdict(machine, True, "the runner process that owned its job is gone")
-    if job_status is not None and machine.job_id and machine.project_id is not None:
-        status = job_status(machine.project_id, machine.job_id)
-        if status == "missing":
-            return Verdict(machine, True, "its job is unknown to GitLab")
-        if status in FINISHED:
-            return Verdict(machine, True, f"its job is {status}")
-        if status in ALIVE:
-            return Verdict(machine, False, f"its job is {status}")
-    if local is None and (age is None or age > settings.sweeper.grace):
-        return Verdict(machine, True, "no job on this host owns it")
-    return Verdict(machine, False, "its job may still be running")
+@dataclass
+class Sweep:
+    """One pass: the answers asked of GitLab are remembered for the pass."""
+
+    dm: DockerMachine
+    settings: Settings
+    job_status: JobStatus | None
+    state: StateDir = field(init=False)
+    answers: dict[tuple[int, int], str] = field(default_factory=dict)
+    listed: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state = StateDir(self.settings.state_dir)
+
+    def ask(self, project_id: int, job_id: int) -> str | None:
+        if self.job_status is None:
+            return None
+        key = (project_id, job_id)
+        if key not in self.answers:
+            try:
+                self.answers[key] = self.job_status(project_id, job_id)
+            except DriverError as e:
+                self.answers[key] = f"{UNKNOWN} ({e.message})"
+        return self.answers[key]
+
+    def names(self) -> list[str]:
+        """Every machine to decide on: docker-machine's entries (read from its storage, so
+        the ones `ls` omits count too) and whatever a record here names."""
+        names = set(self.dm.entries(name_pattern(self.settings)))
+        names.update(r.machine for r in self.state.job_records().values() if r is not None)
+        names.update(self.state.pool_names())
+        return sorted(names)
+
+    def facts(self, name: str, *, locked: bool = False, now: float | None = None) -> Facts:
+        now = time.time() if now is None else now
+        state = self.state
+        listed, has_entry = self.listed.get(name, ""), self.dm.exists(name)
+        users = state.jobs_using(name)
+        records = state.job_records()
+        named_job = job_of(self.settings, name)
+        if not users and named_job is not None and named_job in records:
+            record = records[named_job]
+            if record is None:  # unreadable: it may name this machine
+                return Facts(
+                    name=name,
+                    listed=listed,
+                    has_entry=has_entry,
+                    owner="job",
+                    job_id=named_job,
+                    record_ok=False,
+                    taken_age=self._entry_age(name, now),
+                    busy=not locked and self._held(state.job(named_job).lock()),
+                )
+        if users:
+            job_id = users[0]
+            record = records[job_id]
+            assert record is not None
+            job_dir = state.job(job_id)
+            return Facts(
+                name=name,
+                listed=listed,
+                has_entry=has_entry,
+                owner="job",
+                job_id=job_id,
+                project_id=record.project_id,
+                phase=record.phase,
+                busy=not locked and self._held(job_dir.lock()),
+                stage_running=self._stage_running(job_dir),
+                runner_gone=record.runner_gone(),
+                gitlab=self.ask(record.project_id, job_id)
+                if record.phase == JobPhase.READY
+                else None,
+                taken_age=now - record.taken_at if record.taken_at else self._entry_age(name, now),
+                last_stage_age=job_dir.last_stage_age(now),
+                kept_for=max(0.0, record.kept_until - now),
+                host=record.address.host,
+            )
+        claimer = state.claimer(name)
+        if claimer is not None:
+            return Facts(
+                name=name,
+                listed=listed,
+                has_entry=has_entry,
+                owner="claim",
+                job_id=claimer,
+                phase=PoolPhase.CLAIMED,
+                busy=not locked and self._held(state.job(claimer).lock()),
+            )
+        phase = state.pool_phase(name)
+        if phase != PoolPhase.GONE:
+            pool = state.load_pool(name)
+            return Facts(
+                name=name,
+                listed=listed,
+                has_entry=has_entry,
+                owner="pool",
+                phase=phase,
+                busy=not locked and self._held(state.pool_lock(name)),
+                taken_age=now - pool.created if pool and pool.created else None,
+                host=pool.address.host if pool else "",
+            )
+        busy = False
+        if not locked and named_job is not None:
+            busy = self._held(state.job(named_job).lock())
+        return Facts(
+            name=name, listed=listed, has_entry=has_entry, owner="none", job_id=named_job, busy=busy
+        )
+
+    def owner_locks(self, name: str) -> list[Lock]:
+        """The locks that guard every record that names ``name`` now, or might next."""
+        state = self.state
+        jobs = set(state.jobs_using(name))
+        for job in (job_of(self.settings, name), state.claimer(name)):
+            if job is not None:
+                jobs.add(job)
+        locks = [state.job(job).lock() for job in sorted(jobs)]
+        if job_of(self.settings, name) is None:
+            locks.append(state.pool_lock(name))
+        return locks
+
+    @contextlib.contextmanager
+    def holding(self, name: str) -> Iterator[bool]:
+        """Hold every owner lock of ``name`` and every stage lock of its jobs, at once or
+        not at all (False: someone is working on it)."""
+        held: list[Lock] = []
+        try:
+            for lock in self.owner_locks(name):
+                if not lock.try_acquire():
+                    yield False
+                    return
+                held.append(lock)
+            if [lock.path for lock in self.owner_locks(name)] != [lock.path for lock in held]:
+                yield False  # a new owner appeared while we took the locks
+                return
+            yield True
+        finally:
+            for lock in held:
+                lock.release(
+                    remove=lock.path.name.startswith("job-") and not self._job_exists(lock)
+                )
+
+    def _job_exists(self, lock: Lock) -> bool:
+        job = lock.path.name.removeprefix("job-").removesuffix(".lock")
+        return job.isdigit() and self.state.job(int(job)).exists()
+
+    def _held(self, lock: Lock) -> bool:
+        """Whether someone holds ``lock`` right now (a look, not a claim)."""
+        if not lock.path.exists():
+            return False
+        if lock.try_acquire():
+            lock.release()
+            return False
+        return True
+
+    def _stage_running(self, job_dir: JobDir) -> bool:
+        # Exclusive: refused while a stage holds it shared.
+        probe = Lock(job_dir.stage_lock_path, make_dir=False)
+        if not job_dir.stage_lock_path.exists():
+            return False
+        try:
+            if probe.try_acquire():
+                probe.release()
+                return False
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _entry_age(self, name: str, now: float) -> float | None:
+        try:
+            return now - self.dm.entry_dir(name).stat().st_mtime
+        except OSError:
+            return None
+
+    # --- acting
+
+    def remove(self, facts: Facts, progress: Callable[[str], None]) -> bool:
+        """Remove the machine and every record of it; False if it may be orphaned."""
+        name, state = facts.name, self.state
+        clean = True
+        if facts.has_entry or self.dm.exists(name):
+            clean = provision.destroy(self.dm, name, self.settings, progress, quiet_if_missing=True)
+        for job_id in state.jobs_using(name):
+            job_dir = state.job(job_id)
+            ssh.stop_master(job_dir)
+            job_dir.remove()
+        if facts.owner == "claim" and facts.job_id is not None:
+            state.release_claims(facts.job_id)
+        ssh.stop_master(state.pool_dir(name))
+        state.forget_pool(name)
+        return clean
+
+
+@dataclass
+class Report:
+    verdicts: list[Verdict] = field(default_factory=list)
+    removed: int = 0
+    orphaned: int = 0
+    unknown_answers: list[str] = field(default_factory=list)
+    tombstones: int = 0
+
+    @property
+    def configuration_problem(self) -> str:
+        """Many answers from GitLab that prove nothing: a token or URL that cannot see
+        the jobs, not that many jobs are gone."""
+        refused = any("refused the token" in answer for answer in self.unknown_answers)
+        if not refused and len(self.unknown_answers) < UNKNOWN_ALARM:
+            return ""
+        sample = "; ".join(sorted(set(self.unknown_answers))[:3])
+        return (
+            f"GitLab could not tell the state of {len(self.unknown_answers)} machines' jobs "
+            f"({sample}); their machines are kept"
+        )
+
+
+def sweep(
+    dm: DockerMachine,
+    settings: Settings,
+    job_status: JobStatus | None,
+    dry_run: bool,
+    progress: Callable[[str], None],
+) -> Report:
+    """Decide for every machine, remove the ones proven dead (unless dry_run), say why."""
+    pass_ = Sweep(dm, settings, job_status)
+    report = Report()
+    only = pass_.state.lock("sweep")
+    only.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not only.try_acquire():
+        progress("another sweep is running on this state dir; nothing to do")
+        return report
+    try:
+        with contextlib.suppress(DriverError):  # for reports only; entries are read directly
+            pass_.listed = dm.list(name_pattern(settings))
+        for name in pass_.names():
+            _sweep_one(pass_, name, dry_run, progress, report)
+        _sweep_job_dirs(pass_, dry_run, progress)
+        if not dry_run:
+            _retry_tombstones(pass_, progress, report)
+        report.tombstones = len(pass_.state.tombstones())
+    finally:
+        only.release()
+    report.unknown_answers = [a for a in pass_.answers.values() if a.startswith(UNKNOWN)]
+    doing = "to remove" if dry_run else "removed"
+    progress(
+        f"{len(report.verdicts)} machine(s) owned, {report.removed} {doing}"
+        + (
+            f", {report.orphaned} may be orphaned in the cloud (see warnings)"
+            if report.orphaned
+            else ""
+        )
+        + (
+            f", {report.tombstones} tombstone(s) of force-removed machines"
+            if report.tombstones
+            else ""
+        )
+    )
+    return report
+
+
+def _sweep_one(
+    pass_: Sweep, name: str, dry_run: bool, progress: Callable[[str], None], report: Report
+) -> None:
+    try:
+        verdict = decide(pass_.facts(name), pass_.settings)
+        if verdict.remove and not dry_run:
+            with pass_.holding(name) as held:
+                if not held:
+                    verdict = Verdict(verdict.facts, False, "someone started working on it")
+                else:
+                    # Under the owners' locks: re-read everything, decide again, act.
+                    verdict = decide(pass_.facts(name, locked=True), pass_.settings)
+                    if verdict.remove and not pass_.remove(verdict.facts, progress):
+                        report.orphaned += 1
+    except (DriverError, OSError) as e:
+        # One broken machine or record never stops the sweep: report it, go on.
+        verdict = Verdict(
+            Facts(name=name, listed="", has_entry=True, owner="?"), False, f"error: {e}"
+        )
+    report.verdicts.append(verdict)
+    report.removed += verdict.remove
+    doing = "would remove" if dry_run else "removing"
+    progress(f"{name}: {doing if verdict.remove else 'keeping'} ({verdict.reason})")
+    log.get().info(
+        "sweep_verdict",
+        machine=name,
+        job_id=verdict.facts.job_id,
+        remove=verdict.remove,
+        reason=verdict.reason,
+    )
+
+
+def _sweep_job_dirs(pass_: Sweep, dry_run: bool, progress: Callable[[str], None]) -> None:
+    """Job dirs whose machine is gone, nobody holds, and no stage runs in: they only
+    block capacity, even while their runner lives."""
+    state = pass_.state
+    for job_id in state.job_ids():
+        job_dir = state.job(job_id)
+        lock = job_dir.lock()
+        if not lock.try_acquire():
+            continue
+        try:
+            try:
+                record = job_dir.load()
+            except DriverError:
+                record = None
+            machine = record.machine if record else pass_.settings.machine_name(job_id)
+            if pass_.dm.exists(machine) or pass_._stage_running(job_dir):
+                continue
+            if record is None and job_dir.state_file.exists():
+                continue  # unreadable: its machine is decided above, by age
+            progress(
+                f"job state {job_dir.path}: {'would remove' if dry_run else 'removing'} "
+                "(its machine is gone)"
+            )
+            log.get().info("sweep_job_dir", job_id=job_id, machine=machine)
+            if not dry_run:
+                ssh.stop_master(job_dir)
+                job_dir.remove()
+        finally:
+            lock.release(remove=not job_dir.exists())
+
+
+def _retry_tombstones(pass_: Sweep, progress: Callable[[str], None], report: Report) -> None:
+    """Machines force-removed earlier may still run in the cloud: put their entry back
+    and ask docker-machine to remove them properly again."""
+    state, dm = pass_.state, pass_.dm
+    for name in state.tombstones():
+        entry = state.tombstone_dir(name) / "entry"
+        if dm.exists(name) or not entry.is_dir():
+            continue
+        shutil.copytree(entry, dm.entry_dir(name), symlinks=True)
+        result = dm.remove(name, force=False, timeout=pass_.settings.cleanup.remove_timeout)
+        if result.exit_code == 0 and not dm.exists(name):
+            state.exhume(name)
+            metrics.count(pass_.settings.state_dir, metrics.MACHINE_REMOVALS, {"result": "clean"})
+            progress(f"{name}: removed at last (it had been force-removed)")
+            log.get().info("tombstone_removed", machine=name)
+            continue
+        dm.remove(name, force=True, timeout=pass_.settings.cleanup.remove_timeout)
+        state.bury(name, entry, result.output)
+        progress(f"{name}: still cannot be removed; its tombstone stays: {result.output[-200:]}")
 
 
 def gitlab_job_status(settings: Settings) -> JobStatus:
-    """Ask GitLab for a job's status; 401/403 stop the sweep (never guess)."""
+    """Ask GitLab for a job's status. Only a status is an answer: 401, 403, 404 (also what
+    a token that cannot see the project gets) and errors are "unknown"."""
     import gitlab
     from gitlab import exceptions
 
@@ -142,99 +507,16 @@ def gitlab_job_status(settings: Settings) -> JobStatus:
         try:
             job = client.projects.get(project_id, lazy=True).jobs.get(job_id)
         except exceptions.GitlabAuthenticationError as e:
-            raise DriverError(
-                f"GitLab at {settings.gitlab.url} refused the token ({e.response_code})",
-                hint="give [gitlab] a token with the read_api scope on the runner's projects",
-            ) from None
+            return f"{UNKNOWN} (GitLab refused the token: {e.response_code})"
         except exceptions.GitlabGetError as e:
-            if e.response_code == 404:
-                return "missing"
-            if e.response_code == 403:
-                raise DriverError(
-                    f"GitLab refused access to project {project_id}'s jobs (403)",
-                    hint="the [gitlab] token needs read_api on every project this runner serves",
-                ) from None
-            raise DriverError(f"GitLab answered {e.response_code} for job {job_id}") from None
+            return f"{UNKNOWN} (GitLab answered {e.response_code} for project {project_id})"
         except exceptions.GitlabError as e:
-            raise DriverError(f"cannot ask GitLab about job {job_id}: {e}") from None
+            return f"{UNKNOWN} (cannot ask GitLab: {str(e)[:120]})"
+        except Exception as e:  # connection refused, timeouts: requests' errors
+            return f"{UNKNOWN} (GitLab did not answer: {type(e).__name__})"
         return str(job.status)
 
     return status
-
-
-def stale_job_dirs(settings: Settings, machines: set[str]) -> list[JobDir]:
-    """Job state whose machine is gone and whose runner is gone: it only blocks capacity."""
-    stale = []
-    for path in sorted((settings.state_dir / "jobs").glob("*")):
-        if not path.name.isdigit():
-            continue
-        job_dir = JobDir(settings.state_dir, int(path.name))
-        try:
-            state = job_dir.load()
-        except JobError:
-            stale.append(job_dir)  # corrupt or half-written, and no stage can use it
-            continue
-        if state.machine in machines:
-            continue
-        if state.phase == "creating" and limits.pid_alive(state.pid):
-            continue
-        if state.phase == "kept" or not runner_alive(state):
-            stale.append(job_dir)
-    return stale
-
-
-def sweep(
-    dm: DockerMachine,
-    settings: Settings,
-    job_status: JobStatus | None,
-    dry_run: bool,
-    progress: Callable[[str], None],
-) -> list[Verdict]:
-    """Decide for every owned machine, remove the dead ones (unless dry_run), say why."""
-    from driver import log, provision, ssh
-
-    owned = inventory(dm, settings)
-    now_ = now()
-    verdicts = [decide(m, now_, settings, job_status) for m in owned]
-    doing = "would remove" if dry_run else "removing"
-    orphaned = 0
-    for v in verdicts:
-        progress(f"{v.machine.name}: {doing if v.remove else 'keeping'} ({v.reason})")
-        log.get().info("sweep_verdict", machine=v.machine.name, remove=v.remove, reason=v.reason)
-        if not v.remove or dry_run:
-            continue
-        job_dir = JobDir(settings.state_dir, v.machine.local.job_id) if v.machine.local else None
-        with job_dir.locked(timeout=settings.cleanup.timeout) if job_dir else nullcontext():
-            if job_dir:
-                ssh.stop_master(job_dir)
-            if not provision.destroy(dm, v.machine.name, settings, progress):
-                orphaned += 1
-            if job_dir:
-                job_dir.remove()
-            PoolStore(settings.state_dir).forget(v.machine.name)
-    for job_dir in stale_job_dirs(settings, {m.name for m in owned}):
-        progress(f"job state {job_dir.path}: {doing} (its machine and its runner are gone)")
-        if not dry_run:
-            with job_dir.locked(timeout=60):
-                ssh.stop_master(job_dir)
-                job_dir.remove()
-    removed = sum(v.remove for v in verdicts)
-    progress(
-        f"{len(verdicts)} machine(s) owned, {removed} {'to remove' if dry_run else 'removed'}"
-        + (f", {orphaned} may be orphaned in the cloud (see warnings)" if orphaned else "")
-    )
-    return verdicts
-
-
-def _int(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
-
-
-def _float(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
 
 
 def now() -> float:

@@ -3,29 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import time
 
 from driver import sweeper
 from driver.docker_machine import DockerMachine
+from driver.errors import DriverError
 from driver.settings import load_settings
 
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config_path)
-    owned = sweeper.inventory(DockerMachine(settings), settings)
-    now = sweeper.now()
-    rows = [
-        {
-            "name": m.name,
-            "state": m.state,
-            "phase": m.local.phase if m.local else "",
-            "job": m.job_id,
-            "project": m.project_id,
-            "age_seconds": None if m.age(now) is None else round(m.age(now) or 0),
-            "host": m.local.host if m.local else "",
-        }
-        for m in owned
-    ]
+    dm = DockerMachine(settings)
+    look = sweeper.Sweep(dm, settings, job_status=None)
+    with contextlib.suppress(DriverError):  # the states are for show; entries come from the store
+        look.listed = dm.list(sweeper.name_pattern(settings))
+    now = time.time()
+    rows: list[dict[str, object]] = []
+    for name in look.names():
+        try:
+            facts = look.facts(name, now=now)
+        except (DriverError, OSError) as e:  # one broken entry never hides the others
+            rows.append({"name": name, "state": "broken", "phase": str(e)[:60]})
+            continue
+        rows.append(
+            {
+                "name": name,
+                "state": facts.listed or ("not listed" if facts.has_entry else "no entry"),
+                "phase": f"{facts.owner}:{facts.phase}" if facts.phase else facts.owner,
+                "job": facts.job_id,
+                "project": facts.project_id,
+                "age_seconds": None if facts.taken_age is None else round(facts.taken_age),
+                "host": facts.host,
+            }
+        )
+    for name in look.state.tombstones():
+        rows.append({"name": name, "state": "force-removed", "phase": "tombstone"})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -34,11 +48,11 @@ def main(args: argparse.Namespace) -> int:
         (
             str(r["name"]),
             str(r["state"]),
-            str(r["phase"] or "-"),
-            str(r["job"] or "-"),
-            str(r["project"] if r["project"] is not None else "-"),
-            _age(r["age_seconds"]),
-            str(r["host"] or "-"),
+            str(r.get("phase") or "-"),
+            str(r.get("job") or "-"),
+            str(r["project"] if r.get("project") is not None else "-"),
+            _age(r.get("age_seconds")),
+            str(r.get("host") or "-"),
         )
         for r in rows
     ]

@@ -11,12 +11,13 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from driver import log, metrics, sweeper
+from driver import log, metrics
+from driver.commands.sweep import run_sweep
 from driver.errors import ConfigError, DriverError
 from driver.pool.schedule import current_target
 from driver.pool.service import PoolService
-from driver.pool.store import PoolStore
 from driver.settings import Settings, load_settings
+from driver.state import PoolPhase, StateDir, machine_counts
 
 
 def main(args: argparse.Namespace) -> int:
@@ -56,27 +57,9 @@ def serve(settings: Settings) -> int:
 
 
 def _sweep_once(settings: Settings) -> None:
-    from driver.docker_machine import DockerMachine
-
-    dm = DockerMachine(settings)
-    job_status = sweeper.gitlab_job_status(settings) if settings.gitlab.configured else None
-    sweeper.sweep(dm, settings, job_status, dry_run=False, progress=log.say)
-
-
-def machine_counts(settings: Settings) -> dict[str, int]:
-    store = PoolStore(settings.state_dir)
-    counts = {"creating": 0, "idle": 0, "claimed": 0, "in_use": 0}
-    for name in store.names():
-        phase = store.phase(name)
-        counts["idle" if phase == "ready" else phase if phase in counts else "creating"] += 1
-    jobs = settings.state_dir / "jobs"
-    for state_file in jobs.glob("*/state.json") if jobs.exists() else []:
-        try:
-            phase = json.loads(state_file.read_text()).get("phase")
-        except (OSError, ValueError):
-            continue
-        counts["in_use" if phase == "ready" else "creating"] += 1
-    return counts
+    problem = run_sweep(settings, dry_run=False, progress=log.say).configuration_problem
+    if problem:
+        log.warn(f"pool: {problem}")
 
 
 def _serve_metrics(settings: Settings, service: PoolService) -> None:
@@ -85,8 +68,7 @@ def _serve_metrics(settings: Settings, service: PoolService) -> None:
 
     class FromStateDir(Collector):
         def collect(self) -> Any:
-            counts = machine_counts(settings)
-            counts["removing"] = len(service.removing)
+            counts = machine_counts(StateDir(settings.state_dir))
             return metrics.families(settings.state_dir, counts)
 
     registry = CollectorRegistry()
@@ -97,22 +79,23 @@ def _serve_metrics(settings: Settings, service: PoolService) -> None:
 
 
 def status(settings: Settings, *, as_json: bool) -> int:
-    store = PoolStore(settings.state_dir)
+    state = StateDir(settings.state_dir)
     now = time.time()
     machines = []
-    for name in store.names():
-        info = store.load(name)
+    for name in state.pool_names():
+        info = state.load_pool(name)
+        phase = state.pool_phase(name)
         created = info.created if info else 0.0
         machines.append(
             {
                 "name": name,
-                "state": {"ready": "idle"}.get(store.phase(name), store.phase(name)),
+                "state": "idle" if phase == PoolPhase.READY else str(phase),
                 "age_seconds": round(now - created) if created else None,
                 "idle_seconds": round(now - info.ready_at) if info and info.ready_at else None,
             }
         )
     try:
-        service = json.loads((store.root / "status.json").read_text())
+        service = json.loads(state.pool_status_file.read_text())
     except (OSError, ValueError):
         service = {}
     target = current_target(settings.pool, datetime.now().astimezone())
@@ -122,7 +105,7 @@ def status(settings: Settings, *, as_json: bool) -> int:
             **service,
         },
         "target_idle": target.idle_count,
-        "counts": machine_counts(settings),
+        "counts": machine_counts(state),
         "machines": machines,
     }
     if as_json:

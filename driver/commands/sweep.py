@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from driver import log, sweeper
 from driver.docker_machine import DockerMachine
+from driver.errors import DriverError
 from driver.log import say
-from driver.settings import load_settings
+from driver.settings import Settings, load_settings
 
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config_path)
     log.setup(settings.log_path, stage="sweep")
-    job_status = sweeper.gitlab_job_status(settings) if settings.gitlab.configured else None
-    sweeper.sweep(DockerMachine(settings), settings, job_status, args.dry_run, say)
+    report = run_sweep(settings, dry_run=args.dry_run, progress=say)
+    problem = report.configuration_problem
+    if problem:
+        raise DriverError(
+            problem,
+            hint="check [gitlab] url and that the token (read_api) can read the jobs of every "
+            "project this runner serves; `gitlab-machine-driver doctor` checks it",
+        )
     return 0
+
+
+def run_sweep(
+    settings: Settings, *, dry_run: bool, progress: Callable[[str], None]
+) -> sweeper.Report:
+    """One sweep, as the timer, an operator and the pool service at start run it."""
+    job_status = sweeper.gitlab_job_status(settings) if settings.gitlab.configured else None
+    report = sweeper.sweep(DockerMachine(settings), settings, job_status, dry_run, progress)
+    if report.configuration_problem:
+        log.get().error("sweep_unknown_answers", problem=report.configuration_problem)
+    return report

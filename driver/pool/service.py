@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import structlog
 
-from driver import engine, limits, log, metrics, provision, ssh, tools
+from driver import limits, log, metrics, provision, ssh
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.pool.schedule import current_target
-from driver.pool.store import PoolMachine, PoolStore
 from driver.settings import PoolSettings, Settings
-from driver.state import write_private
+from driver.state import Lock, PoolPhase, PoolRecord, StateDir, write_private
 
 
 def pool_name(settings: Settings) -> str:
@@ -31,7 +31,7 @@ class PoolService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = PoolStore(settings.state_dir)
+        self.state = StateDir(settings.state_dir)
         self.dm = DockerMachine(settings)
         self.log = log.get()
         self.creating: set[str] = set()
@@ -45,30 +45,54 @@ class PoolService:
 
     def adopt(self) -> None:
         """On start: keep what can be vouched for, remove the rest."""
-        for name in self.store.names():
-            phase = self.store.phase(name)
-            machine = self.store.load(name)
-            if phase == "ready" and machine and self._healthy(machine):
+        for name in self.state.pool_names():
+            phase = self.state.pool_phase(name)
+            record = self.state.load_pool(name)
+            if phase == PoolPhase.READY and record and self._healthy(record):
                 self.log.info("pool_adopted", machine=name)
                 continue
-            if phase == "claimed":
-                continue  # a prepare is taking it over; the sweeper handles a dead one
-            if phase == "ready" and not self.store.unready(name):
-                continue
+            if phase == PoolPhase.CLAIMED:
+                continue  # a job's prepare is taking it over; the sweeper handles a dead one
+            if phase == PoolPhase.READY and not self.state.withdraw(name):
+                continue  # just claimed
             self._remove(name, f"cannot vouch for it after a restart (was {phase})")
 
     def run(self, stop: threading.Event) -> None:
-        self.adopt()
-        while not stop.is_set():
-            self.tick(time.time())
-            stop.wait(self.settings.pool.check_interval)
-        self.shutdown()
+        with self.only_instance():
+            self.adopt()
+            while not stop.is_set():
+                self.tick(time.time())
+                stop.wait(self.settings.pool.check_interval)
+            self.shutdown()
+
+    @contextlib.contextmanager
+    def only_instance(self) -> Iterator[None]:
+        """One service per state dir: a second one would remove the first one's creates."""
+        lock = self.state.lock("pool-service")
+        lock.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not lock.try_acquire():
+            try:
+                other = lock.path.read_text().strip() or "unknown"
+            except OSError:
+                other = "unknown"
+            raise DriverError(
+                f"another pool service (pid {other}) already serves the state dir "
+                f"{self.settings.state_dir}",
+                hint="run one `pool run` per config; stop the other one first",
+            )
+        try:
+            assert lock.fd is not None
+            os.ftruncate(lock.fd, 0)
+            os.pwrite(lock.fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            lock.release()
 
     def shutdown(self) -> None:
         self.stopping.set()
         if self.settings.pool.drain_on_stop:
-            for name in self.store.ready():
-                if self.store.unready(name):
+            for name in self.state.ready():
+                if self.state.withdraw(name):
                     self._remove(name, "draining on stop")
         # A create in flight is let finish (it cannot be cut short cleanly), within bounds.
         deadline = time.monotonic() + self.settings.create.timeout + 60
@@ -88,16 +112,16 @@ class PoolService:
         target = current_target(self.settings.pool, datetime.fromtimestamp(now).astimezone())
         in_use = self.in_use()
         wanted = target.idle_wanted(in_use)
-        ready = self.store.ready()
+        ready = self.state.ready()
         with self.lock:
             creating = len(self.creating)
         missing = wanted - len(ready) - creating
         growth = self.settings.pool.max_growth_rate
         if growth:
             missing = min(missing, growth - creating)
-        cap = self.settings.limits.max_machines
-        if cap:  # the host-wide cap holds for the pool too; jobs' own machines come first
-            missing = min(missing, cap - limits.usage(self.settings.state_dir).machines)
+        free = limits.free_slots(self.state, self.settings.limits)
+        if free is not None:  # the host-wide cap holds for the pool too (checked again per create)
+            missing = min(missing, free)
         for _ in range(max(0, missing)):
             self._start(self._create_one)
         # Idle machines beyond the target go once they idled past idle_time.
@@ -105,21 +129,20 @@ class PoolService:
         for name in ready:
             if excess <= 0:
                 break
-            machine = self.store.load(name)
-            if machine and now - machine.ready_at > target.idle_time and self.store.unready(name):
+            machine = self.state.load_pool(name)
+            if machine and now - machine.ready_at > target.idle_time and self.state.withdraw(name):
                 self._start(functools.partial(self._remove, name, "idle past idle_time"))
                 excess -= 1
         if now - self.last_health >= self.settings.pool.health_interval:
             self.last_health = now
-            for name in self.store.ready():
-                machine = self.store.load(name)
-                if machine and not self._healthy(machine) and self.store.unready(name):
+            for name in self.state.ready():
+                machine = self.state.load_pool(name)
+                if machine and not self._healthy(machine) and self.state.withdraw(name):
                     self._start(functools.partial(self._remove, name, "failed its health check"))
         self.write_status(wanted, in_use)
 
     def in_use(self) -> int:
-        jobs = self.settings.state_dir / "jobs"
-        return sum(1 for _ in jobs.glob("*/state.json")) if jobs.exists() else 0
+        return len(self.state.job_records())
 
     def _start(self, work: Callable[[], None]) -> None:
         threading.Thread(target=work, daemon=True).start()
@@ -132,74 +155,85 @@ class PoolService:
         with self.lock:
             self.creating.add(name)
         timer = log.Timer()
-        machine = PoolMachine(name=name, created=time.time(), creator_pid=os.getpid())
+        record = PoolRecord(name=name, created=time.time(), creator_pid=os.getpid())
+        # Held for the whole create: the sweeper sees a create in progress by this lock.
+        entry = self.state.pool_lock(name)
+        entry.acquire(timeout=10, what=f"the lock of pool machine {name}")
         try:
-            self.store.save(machine)  # before the create: a crash leaves a name to remove
+            # Counted under the capacity lock with the jobs' creates; saved before the
+            # create, so a crash leaves a name to remove. Jobs come first: no waiting.
+            if not limits.claim_slot(
+                self.state,
+                self.settings.limits,
+                claim=lambda: self.state.save_pool(record),
+                progress=self._progress(name),
+                wait=False,
+            ):
+                self.log.info("pool_no_capacity", machine=name)
+                return
             labels = {
                 "owner": self.settings.machine.name_prefix,
                 "pool": "1",
-                "created": str(int(machine.created)),
+                "created": str(int(record.created)),
             }
-            provision.create(self.dm, name, labels, self.settings, self._progress(name))
+            progress = self._progress(name)
+            provision.create(self.dm, name, labels, self.settings, progress)
             metrics.count(self.settings.state_dir, metrics.MACHINE_CREATIONS, {"by": "pool"})
-            self._make_ready(machine)
-            machine.ready_at = time.time()
-            self.store.save(machine)
+            record.address = provision.locate(self.dm, name, self.settings)
+            self.state.save_pool(record)
+            where = self.state.pool_dir(name)
+            provision.make_ready(
+                self.dm,
+                name,
+                record.address,
+                where,
+                self.settings,
+                progress,
+                images=self.settings.pool.images,
+                registry_auth=_registry_auth(self.settings.pool),
+            )
+            ssh.stop_master(where)  # the job opens its own; an idle master would only linger
+            record.ready_at = time.time()
+            self.state.save_pool(record)
             if self.stopping.is_set() and self.settings.pool.drain_on_stop:
                 raise DriverError("the service is stopping")
-            self.store.mark_ready(name)
+            self.state.mark_ready(name)
             self.log.info("pool_machine_ready", machine=name, seconds=timer.seconds)
         except Exception as e:  # every failure: remove what was made, remember why
             self._error(f"{name}: {e}")
-            self._remove(name, "its preparation failed")
+            self.state.mark_withdrawn(name)
+            self._remove(name, "its preparation failed", entry)
         finally:
+            entry.release()
             with self.lock:
                 self.creating.discard(name)
 
-    def _make_ready(self, machine: PoolMachine) -> None:
-        settings = self.settings
-        info = self.dm.inspect(machine.name)
-        if info is None:
-            raise DriverError(f"docker-machine created {machine.name} but does not know it")
-        machine.host, machine.port = info.host, info.ssh_port
-        machine.user, machine.key_path = settings.ssh.user or info.ssh_user, info.ssh_key
-        machine.engine_url = info.engine_url
-        mdir = self.store.machine_dir(machine.name)
-        machine.write_ssh_config(mdir, settings)
-        ssh.wait_ready(
-            mdir,
-            target=f"{machine.user}@{machine.host}:{machine.port}",
-            timeout=settings.ssh.ready_timeout,
-            connect_timeout=settings.ssh.connect_timeout,
-            progress=self._progress(machine.name),
-        )
-        tools.check(settings, mdir)
-        ssh.stop_master(mdir)  # the job opens its own; an idle master would only linger
-        if settings.docker.check or settings.pool.images:
-            engine.wait_ready(info, timeout=settings.docker.ready_timeout, progress=lambda _: None)
-        if settings.pool.images:
-            engine.pull(info, settings.pool.images, _registry_auth(settings.pool))
-
-    def _healthy(self, machine: PoolMachine) -> bool:
-        mdir = self.store.machine_dir(machine.name)
-        result = ssh.run(mdir, "true", timeout=self.settings.ssh.connect_timeout + 5, check=False)
-        ssh.stop_master(mdir)
+    def _healthy(self, record: PoolRecord) -> bool:
+        where = self.state.pool_dir(record.name)
+        result = ssh.run(where, "true", timeout=self.settings.ssh.connect_timeout + 5, check=False)
+        ssh.stop_master(where)
         return result.exit_code == 0
 
-    def _remove(self, name: str, why: str) -> None:
+    def _remove(self, name: str, why: str, held: Lock | None = None) -> None:
+        """Remove a machine already out of the ready set (withdrawn, or never ready)."""
         structlog.contextvars.bind_contextvars(machine=name)
         with self.lock:
             self.removing.add(name)
+        entry = held or self.state.pool_lock(name)
         try:
+            if held is None:
+                entry.acquire(timeout=60, what=f"the lock of pool machine {name}")
             self.log.info("pool_removing", machine=name, reason=why)
-            ssh.stop_master(self.store.machine_dir(name))
+            ssh.stop_master(self.state.pool_dir(name))
             provision.destroy(
                 self.dm, name, self.settings, self._progress(name), quiet_if_missing=True
             )
-            self.store.forget(name)
+            self.state.forget_pool(name)
         except Exception as e:
             self._error(f"{name}: removing failed: {e}")
         finally:
+            if held is None:
+                entry.release()
             with self.lock:
                 self.removing.discard(name)
 
@@ -224,8 +258,8 @@ class PoolService:
                 "removing": sorted(self.removing),
                 "errors": list(self.errors),
             }
-        self.store.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(self.store.root / "status.json", json.dumps(status))
+        self.state.pool_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(self.state.pool_status_file, json.dumps(status))
 
 
 def _registry_auth(pool: PoolSettings) -> dict[str, str] | None:

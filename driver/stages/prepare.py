@@ -1,178 +1,166 @@
-"""prepare: create this job's machine and make it ready for the job's scripts."""
+"""prepare: create this job's machine, or take one from the warm pool, and make it ready.
+
+Everything happens under the job's lock, which is how the sweeper knows a
+create is in progress. On any failure the machine is removed first and the
+job log told afterwards: the runner may be gone and its pipe closed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import time
 
-from driver import engine, limits, log, metrics, provision, signals, ssh, tools
-from driver.contract import Job, read_job
+from driver import limits, log, metrics, provision, signals, ssh
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
+from driver.image import setup as image_setup
 from driver.log import say
-from driver.pool.store import PoolStore
-from driver.settings import Settings, load_settings
-from driver.state import JobDir, MachineState, process_start_time
+from driver.payload import Job
+from driver.settings import Settings
+from driver.stages.common import Stage, begin
+from driver.state import JobDir, JobPhase, JobRecord, ancestors, boot_id
 
 
-def new_state(settings: Settings, job: Job, machine: str) -> MachineState:
-    """This job's record of its machine, owned by this prepare and its runner process."""
-    return MachineState(
+def new_record(settings: Settings, job: Job, machine: str) -> JobRecord:
+    """This job's record of its machine, owned by this prepare and the runner above it."""
+    return JobRecord(
         job_id=job.id,
         project_id=job.project_id,
         pipeline_id=job.pipeline_id,
         machine=machine,
         kill_grace=settings.run.kill_grace,
         log_path=str(settings.log_path),
-        pid=os.getpid(),
-        runner_pid=os.getppid(),
-        runner_started=process_start_time(os.getppid()),
+        prepare_pid=os.getpid(),
+        owners=ancestors(),
+        boot_id=boot_id(),
+        taken_at=time.time(),
     )
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config_path)
-    job = read_job()
-    name = settings.machine_name(job.id)
-    log.setup(settings.log_path, job_id=job.id, machine=name, stage="prepare")
-    signals.raise_on_termination()
-    job_dir = JobDir(settings.state_dir, job.id)
-    dm = DockerMachine(settings)
+    stage = begin(args.config_path, "prepare", cancellable=True)
+    settings, job_dir, name = stage.settings, stage.job_dir, stage.machine
+    dm = stage.docker_machine()
     total = log.Timer()
+    image_plan = image_setup.plan(settings.image, say)  # a refused image costs no machine
     with job_dir.locked(timeout=60):
         job_dir.create()
         ssh.check_control_path(job_dir)
-        if dm.exists(name):
-            say(f"Removing machine {name} left over from an earlier attempt...")
-            provision.destroy(dm, name, settings, say)
-        if settings.pool.enabled and _from_pool(settings, dm, job_dir, job):
-            metrics.observe(
-                settings.state_dir, metrics.PREPARE_SECONDS, total.seconds, {"source": "pool"}
-            )
-            return 0
-        state = new_state(settings, job, name)
-        # Saved before the machine exists: a prepare killed mid-create leaves cleanup a name.
-        limits.claim_slot(
-            settings.state_dir,
-            job_dir.path,
-            settings.limits,
-            claim=lambda: job_dir.save(state),
-            progress=say,
-        )
+        _remove_machines(stage, dm, say)
         try:
-            _prepare(settings, dm, job_dir, state, job.project_id, job.pipeline_id)
+            source = "pool" if settings.pool.enabled and _from_pool(stage, dm) else "create"
+            if source == "create":
+                record = new_record(settings, stage.job, name)
+                # Saved before the machine exists: a prepare killed mid-create leaves
+                # cleanup and the sweeper a name.
+                limits.claim_slot(
+                    stage.state,
+                    settings.limits,
+                    claim=lambda: job_dir.save(record),
+                    progress=say,
+                    exclude_job=stage.job.id,
+                )
+                _create(settings, dm, job_dir, record)
+            if image_plan is not None:  # image mode: the job's containers, on its machine
+                ready = job_dir.load()
+                image_setup.start(
+                    settings,
+                    job_dir,
+                    image_plan,
+                    ready.machine,
+                    ready.address,
+                    lambda: dm.url(ready.machine),
+                    say,
+                    log.warn,
+                )
         except BaseException as e:
-            # Never leave a machine behind for a job that will not use it.
+            # Never leave a machine behind for a job that will not use it; remove it
+            # before saying anything (the job log may be a closed pipe by now).
             signals.ignore_termination()
-            reason = e.message if isinstance(e, DriverError) else type(e).__name__
-            say(f"Preparing {name} failed ({reason.splitlines()[0]}); removing the machine...")
             ssh.stop_master(job_dir)
-            provision.destroy(dm, name, settings, say, quiet_if_missing=True)
+            _remove_machines(stage, dm, log.to_admin_log)
             job_dir.remove()
+            reason = e.message if isinstance(e, DriverError) else type(e).__name__
+            say(f"Preparing failed ({reason.splitlines()[0]}); its machine was removed")
             raise
-    log.get().info("prepared", seconds=total.seconds, timings=state.timings)
-    metrics.observe(
-        settings.state_dir, metrics.PREPARE_SECONDS, total.seconds, {"source": "create"}
-    )
-    say(f"Machine {name} is ready ({total.seconds:g}s)")
+    metrics.observe(settings.state_dir, metrics.PREPARE_SECONDS, total.seconds, {"source": source})
+    log.get().info("prepared", seconds=total.seconds, source=source)
+    if source == "create":
+        say(f"Machine {name} is ready ({total.seconds:g}s)")
     return 0
 
 
-def _prepare(
-    settings: Settings,
-    dm: DockerMachine,
-    job_dir: JobDir,
-    state: MachineState,
-    project_id: int,
-    pipeline_id: int | None,
-) -> None:
-    name = state.machine
+def _remove_machines(stage: Stage, dm: DockerMachine, progress: provision.Progress) -> None:
+    """Every machine this job may hold: its own name, the one its record names (an earlier
+    attempt's, or a pool machine), and pool machines it claimed but never took over."""
+    names = {stage.machine}
+    if stage.job_dir.state_file.exists():
+        with contextlib.suppress(DriverError):
+            names.add(stage.job_dir.load().machine)
+    names.update(stage.state.release_claims(stage.job.id))
+    for name in sorted(names):
+        if dm.exists(name):
+            progress(f"Removing machine {name} left over from an earlier attempt...")
+            provision.destroy(dm, name, stage.settings, progress)
+        stage.state.forget_pool(name)
+    stage.job_dir.state_file.unlink(missing_ok=True)
+
+
+def _create(settings: Settings, dm: DockerMachine, job_dir: JobDir, record: JobRecord) -> None:
+    name = record.machine
     labels = {
         "owner": settings.machine.name_prefix,
-        "job": str(state.job_id),
-        "project": str(project_id),
-        "pipeline": str(pipeline_id or ""),
+        "job": str(record.job_id),
+        "project": str(record.project_id),
+        "pipeline": str(record.pipeline_id or ""),
         "created": str(int(time.time())),
     }
     step = log.Timer()
     provision.create(dm, name, labels, settings, say)
-    state.timings["create"] = step.seconds
+    record.timings["create"] = step.seconds
     metrics.count(settings.state_dir, metrics.MACHINE_CREATIONS, {"by": "job"})
     say(f"Created machine {name} in {step.seconds:g}s")
-    info = dm.inspect(name)
-    if info is None:
-        raise DriverError(f"docker-machine created {name} but does not know it afterwards")
-    state.phase = "created"
-    state.host, state.port = info.host, info.ssh_port
-    state.user = settings.ssh.user or info.ssh_user
-    state.key_path = info.ssh_key
-    state.engine_url = info.engine_url
-    job_dir.save(state)
-    ssh.write_config(
-        job_dir,
-        settings.ssh,
-        machine=name,
-        host=state.host,
-        port=state.port,
-        user=state.user,
-        key_path=state.key_path,
-    )
-
-    step = log.Timer()
-    ssh.wait_ready(
-        job_dir,
-        target=f"{state.user}@{state.host}:{state.port}",
-        timeout=settings.ssh.ready_timeout,
-        connect_timeout=settings.ssh.connect_timeout,
-        progress=say,
-    )
-    state.timings["ssh"] = step.seconds
-    say(f"SSH is up in {step.seconds:g}s; host key pinned")
-
-    tools.check(settings, job_dir)
-
-    if settings.docker.check:
-        step = log.Timer()
-        version = engine.wait_ready(info, timeout=settings.docker.ready_timeout, progress=say)
-        state.timings["docker"] = step.seconds
-        say(f"Docker engine {version} answers at {info.engine_url} ({step.seconds:g}s)")
-    state.phase = "ready"
-    job_dir.save(state)
+    record.address = provision.locate(dm, name, settings)
+    record.advance(JobPhase.CREATED)
+    job_dir.save(record)
+    record.timings.update(provision.make_ready(dm, name, record.address, job_dir, settings, say))
+    record.advance(JobPhase.READY)
+    job_dir.save(record)
 
 
-def _from_pool(settings: Settings, dm: DockerMachine, job_dir: JobDir, job: Job) -> bool:
+def _from_pool(stage: Stage, dm: DockerMachine) -> bool:
     """Take a ready machine from the warm pool; False if there is none (create one then)."""
-    store = PoolStore(settings.state_dir)
-    machine = store.claim()
-    metrics.count(settings.state_dir, metrics.POOL_CLAIMS, {"result": "hit" if machine else "miss"})
-    if machine is None:
+    settings, state, job_dir = stage.settings, stage.state, stage.job_dir
+    pooled = state.claim(stage.job.id)
+    metrics.count(settings.state_dir, metrics.POOL_CLAIMS, {"result": "hit" if pooled else "miss"})
+    if pooled is None:
         say("No ready machine in the warm pool: creating one for this job")
         return False
     timer = log.Timer()
-    state = new_state(settings, job, machine.name)
-    state.phase = "created"
-    state.host, state.port, state.user = machine.host, machine.port, machine.user
-    state.key_path, state.engine_url = machine.key_path, machine.engine_url
-    job_dir.save(state)  # from here on the job owns it: its cleanup destroys it
-    pinned = store.machine_dir(machine.name).known_hosts
-    shutil.copyfile(pinned, job_dir.known_hosts)
-    machine.write_ssh_config(job_dir, settings)
-    store.forget(machine.name)
+    record = new_record(settings, stage.job, pooled.name)
+    record.phase = JobPhase.CREATED
+    record.address = pooled.address
+    job_dir.save(record)  # from here on the job owns it: its cleanup destroys it
+    shutil.copyfile(state.pool_dir(pooled.name).known_hosts, job_dir.known_hosts)
+    ssh.write_config(job_dir, settings.ssh, machine=pooled.name, address=pooled.address)
+    state.release_claims(stage.job.id)
+    state.forget_pool(pooled.name)
     result = ssh.run(job_dir, "true", timeout=settings.ssh.connect_timeout + 5, check=False)
     if result.exit_code != 0:
-        say(f"Pool machine {machine.name} does not answer ({result.output}); removing it")
         ssh.stop_master(job_dir)
-        provision.destroy(dm, machine.name, settings, say, quiet_if_missing=True)
+        provision.destroy(dm, pooled.name, settings, log.to_admin_log, quiet_if_missing=True)
         job_dir.state_file.unlink(missing_ok=True)
+        say(f"Pool machine {pooled.name} did not answer ({result.output}); it was removed")
         return False
-    state.phase = "ready"
-    job_dir.save(state)
-    idle = time.time() - machine.ready_at
+    record.advance(JobPhase.READY)
+    job_dir.save(record)
+    idle = time.time() - pooled.ready_at
     say(
-        f"Took machine {machine.name} from the warm pool (ready {idle:.0f}s ago, "
+        f"Took machine {pooled.name} from the warm pool (ready {idle:.0f}s ago, "
         f"host key pinned at its creation; {timer.seconds:g}s)"
     )
-    log.get().info("claimed_from_pool", machine=machine.name, seconds=timer.seconds)
+    log.get().info("claimed_from_pool", machine=pooled.name, seconds=timer.seconds)
     return True

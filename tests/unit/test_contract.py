@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from driver import contract
+from driver import contract, payload
 from driver.errors import JobError
 
 
@@ -31,7 +31,7 @@ def test_identity_comes_from_the_response_file_not_job_variables(
         },
     )
     monkeypatch.setenv("JOB_RESPONSE_FILE", path)
-    assert contract.read_job() == contract.Job(id=1234, project_id=77, pipeline_id=55, name="build")
+    assert contract.read_job() == payload.Job(id=1234, project_id=77, pipeline_id=55, name="build")
 
 
 def test_a_missing_environment_variable_says_how_to_run_by_hand(

@@ -39,6 +39,7 @@ def test_options_are_passed_as_docker_plus_machine_passes_machine_options(tmp_pa
         "--engine-registry-mirror=http://mirror:5000",
         "--engine-label=team=ci",
         "--engine-label=gitlab-machine-driver.job=1",
+        "--amazonec2-tags=gitlab-machine-driver-owner,,gitlab-machine-driver-job,1",
         "--engine-storage-driver=overlay2",
         "gmd-1",
     ]
@@ -59,7 +60,7 @@ def test_inspect_defaults_follow_docker_machine(tmp_path: Path) -> None:
     assert info.ssh_port == 22
     assert info.ssh_key == str(tmp_path / "machines" / "runner-abc-1" / "id_rsa")
     assert info.ca_cert == str(tmp_path / "certs" / "ca.pem")
-    assert info.engine_url == "tcp://10.0.0.5:2376"
+    assert info.cloud_id == ""
     assert info.labels == {"gitlab-machine-driver.job": "7", "x": ""}
 
 
@@ -97,3 +98,13 @@ def test_certs_exist_only_when_all_four_do(tmp_path: Path) -> None:
 )
 def test_create_failures_are_classified(output: str, kind: str) -> None:
     assert classify_failure(output) == kind
+
+
+def test_cloud_instances_carry_owner_and_job_tags_beside_the_admins(tmp_path: Path) -> None:
+    dm = make(tmp_path, driver="amazonec2", options=["amazonec2-tags=team,ci"])
+    argv = dm.create_argv("gmd-9", {"owner": "gmd", "job": "9"})
+    tags = [a for a in argv if a.startswith("--amazonec2-tags")]
+    assert tags == [
+        "--amazonec2-tags=team,ci,gitlab-machine-driver-owner,gmd,gitlab-machine-driver-job,9"
+    ]
+    assert make(tmp_path, driver="generic").create_argv("gmd-9", {"job": "9"})[-1] == "gmd-9"

@@ -1,4 +1,3 @@
-import json
 import os
 import threading
 import time
@@ -9,21 +8,31 @@ import pytest
 from driver import limits
 from driver.errors import DriverError
 from driver.settings import LimitSettings
+from driver.state import JobRecord, PoolRecord, StateDir
 
 
 def add_job(state_dir: Path, job_id: int, phase: str, pid: int) -> Path:
-    path = state_dir / "jobs" / str(job_id)
-    path.mkdir(parents=True)
-    (path / "state.json").write_text(json.dumps({"phase": phase, "pid": pid}))
-    return path
+    job = StateDir(state_dir).job(job_id)
+    job.create()
+    job.save(
+        JobRecord(
+            job_id=job_id, project_id=1, machine=f"gmd-{job_id}", phase=phase, prepare_pid=pid
+        )
+    )
+    return job.path
 
 
 def test_usage_counts_every_machine_and_only_live_creates(tmp_path: Path) -> None:
     add_job(tmp_path, 1, "ready", 0)
     add_job(tmp_path, 2, "creating", os.getpid())
     add_job(tmp_path, 3, "creating", 2**22 + 12345)  # a prepare that died mid-create
-    own = add_job(tmp_path, 4, "creating", os.getpid())
-    assert limits.usage(tmp_path, exclude=own) == limits.Usage(machines=3, creating=1)
+    add_job(tmp_path, 4, "creating", os.getpid())
+    assert StateDir(tmp_path).machines_owned(exclude_job=4) == (3, 1)
+
+
+def test_a_prepare_waiting_for_a_slot_is_not_a_machine(tmp_path: Path) -> None:
+    StateDir(tmp_path).job(9).create()  # its dir exists, its record does not yet
+    assert StateDir(tmp_path).machines_owned() == (0, 0)
 
 
 def test_the_bucket_allows_a_burst_then_the_rate(tmp_path: Path) -> None:
@@ -39,8 +48,7 @@ def test_a_full_host_waits_then_fails_as_a_system_failure(tmp_path: Path) -> Non
     said: list[str] = []
     with pytest.raises(DriverError, match=r"no capacity .* 1 of 1 machines in use"):
         limits.claim_slot(
-            tmp_path,
-            tmp_path / "jobs" / "2",
+            StateDir(tmp_path),
             LimitSettings(max_machines=1, wait_timeout=0.5),
             claim=lambda: None,
             progress=said.append,
@@ -55,8 +63,7 @@ def test_a_slot_freed_while_waiting_is_taken(tmp_path: Path) -> None:
     timer.start()
     start = time.monotonic()
     limits.claim_slot(
-        tmp_path,
-        tmp_path / "jobs" / "2",
+        StateDir(tmp_path),
         LimitSettings(max_machines=1, wait_timeout=10),
         claim=lambda: claimed.append(True),
         progress=lambda _: None,
@@ -69,16 +76,15 @@ def test_claims_never_exceed_the_cap_under_contention(tmp_path: Path) -> None:
     results: list[str] = []
 
     def job(i: int) -> None:
-        job_dir = tmp_path / "jobs" / str(i)
-        job_dir.mkdir(parents=True)
+        job = StateDir(tmp_path).job(i)
+        job.create()
 
         def claim() -> None:
-            (job_dir / "state.json").write_text('{"phase": "ready"}')
+            job.save(JobRecord(job_id=i, project_id=1, machine=f"gmd-{i}", phase="ready"))
 
         try:
             limits.claim_slot(
-                tmp_path,
-                job_dir,
+                StateDir(tmp_path),
                 LimitSettings(max_machines=3, wait_timeout=1),
                 claim,
                 lambda _: None,
@@ -93,10 +99,51 @@ def test_claims_never_exceed_the_cap_under_contention(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert results.count("ok") == 3
-    assert limits.usage(tmp_path).machines == 3
+    assert StateDir(tmp_path).machines_owned()[0] == 3
 
 
-def test_pool_machines_count_against_the_cap(tmp_path: Path) -> None:
+def test_pool_machines_and_tombstones_count_against_the_cap(tmp_path: Path) -> None:
     add_job(tmp_path, 1, "ready", 0)
-    (tmp_path / "pool" / "machines" / "gmd-p00000001").mkdir(parents=True)
-    assert limits.usage(tmp_path).machines == 2
+    state = StateDir(tmp_path)
+    state.save_pool(PoolRecord(name="gmd-p00000001"))
+    state.bury("gmd-7", tmp_path / "no-entry", "rm failed")  # may still run in the cloud
+    assert state.machines_owned()[0] == 3
+
+
+def test_the_pool_and_jobs_never_both_take_the_last_slot(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    add_job(tmp_path, 1, "ready", 0)
+    barrier = threading.Barrier(2)
+    won: list[str] = []
+
+    def pool() -> None:
+        barrier.wait()
+        if limits.claim_slot(
+            state,
+            LimitSettings(max_machines=2, wait_timeout=0.3),
+            claim=lambda: state.save_pool(PoolRecord(name="gmd-p00000002")),
+            progress=lambda _: None,
+            wait=False,
+        ):
+            won.append("pool")
+
+    def job() -> None:
+        barrier.wait()
+        try:
+            limits.claim_slot(
+                state,
+                LimitSettings(max_machines=2, wait_timeout=0.3),
+                claim=lambda: add_job(tmp_path, 2, "creating", os.getpid()) and None,
+                progress=lambda _: None,
+            )
+            won.append("job")
+        except DriverError:
+            pass
+
+    threads = [threading.Thread(target=pool), threading.Thread(target=job)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1
+    assert state.machines_owned()[0] == 2

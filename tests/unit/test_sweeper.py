@@ -1,88 +1,401 @@
+"""The sweeper's decision, and its re-check under the owners' locks.
+
+`decide` is pure: a table of the cases and a property test over generated
+facts. The races run the real sweep against a real state dir and a fake
+docker-machine whose calls are hooks: the interleavings are forced by those
+hooks, never by sleeps.
+"""
+
+from __future__ import annotations
+
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from driver import settings, sweeper
-from driver.state import MachineState, process_start_time
+from driver import sweeper
+from driver.process import Result
+from driver.settings import Settings, parse_settings
+from driver.state import (
+    Address,
+    JobPhase,
+    JobRecord,
+    PoolPhase,
+    PoolRecord,
+    StateDir,
+    ancestors,
+    boot_id,
+)
 
-NOW = 1_000_000.0
+MAX_AGE, GRACE = 3600.0, 600.0
 
 
-def config(tmp_path: Path) -> settings.Settings:
-    return settings.parse_settings(
-        {"state_dir": str(tmp_path), "sweeper": {"max_age": 3600, "grace": 600}}
+def config(tmp_path: Path) -> Settings:
+    return parse_settings(
+        {
+            "state_dir": str(tmp_path / "st"),
+            "machine": {"name_prefix": "gmd"},
+            "docker_machine": {"storage_path": str(tmp_path / "dm")},
+            "sweeper": {"max_age": MAX_AGE, "grace": GRACE},
+            "cleanup": {"timeout": 5, "remove_attempts": 1, "remove_timeout": 5},
+        }
     )
 
 
-def local(
-    phase: str = "ready", *, prepare_alive: bool = False, runner_alive: bool = True
-) -> MachineState:
-    me = os.getpid()
-    return MachineState(
-        job_id=7,
-        project_id=3,
-        pipeline_id=None,
-        machine="gmd-7",
-        phase=phase,
-        pid=me if prepare_alive else 0,
-        runner_pid=me if runner_alive else 2**22 + 17,
-        runner_started=process_start_time(me) if runner_alive else 1,
-    )
-
-
-def owned(
-    age: float | None = 60, state: str = "Running", loc: MachineState | None = None
-) -> sweeper.Owned:
-    return sweeper.Owned(
-        name="gmd-7",
-        state=state,
-        job_id=7,
-        project_id=3,
-        created=None if age is None else NOW - age,
-        local=loc,
-    )
-
-
-def status_of(value: str) -> sweeper.JobStatus:
-    return lambda project, job: value
+def facts(**overrides: object) -> sweeper.Facts:
+    base: dict[str, object] = {
+        "name": "gmd-7",
+        "listed": "Running",
+        "has_entry": True,
+        "owner": "job",
+        "job_id": 7,
+        "project_id": 3,
+        "phase": JobPhase.READY,
+    }
+    return sweeper.Facts(**{**base, **overrides})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
-    ("machine", "status", "remove", "reason"),
+    ("given", "remove", "reason"),
     [
-        (
-            owned(loc=local("creating", prepare_alive=True), age=99999),
-            None,
-            False,
-            "being prepared",
-        ),
-        (owned(age=4000, loc=local()), status_of("running"), True, "older than max_age"),
-        (owned(loc=local("creating")), None, True, "left half-created"),
-        (owned(state="Error", loc=local()), None, True, "in Error state"),
-        (owned(loc=local(runner_alive=False)), None, True, "runner process that owned"),
-        (owned(loc=local()), status_of("canceled"), True, "its job is canceled"),
-        (owned(loc=local()), status_of("success"), True, "its job is success"),
-        (owned(loc=local()), status_of("missing"), True, "unknown to GitLab"),
-        (owned(loc=local()), status_of("running"), False, "its job is running"),
-        (owned(loc=local()), None, False, "may still be running"),
-        (owned(age=60, loc=None), None, False, "may still be running"),
-        (owned(age=700, loc=None), None, True, "no job on this host owns it"),
+        (facts(busy=True, runner_gone=True), False, "working on it"),
+        (facts(stage_running=True, gitlab="success"), False, "a stage of its job is running"),
+        (facts(phase=JobPhase.CREATING), True, "left half-made"),
+        (facts(phase=JobPhase.CREATING, busy=True), False, "working on it"),
+        (facts(listed="Error"), False, "may still be running"),  # Error during a create
+        (facts(runner_gone=True), True, "runner process that owned its job is gone"),
+        (facts(gitlab="canceled"), True, "its job is canceled"),
+        (facts(gitlab="success", last_stage_age=5.0), False, "a stage ran 5s ago"),
+        (facts(gitlab="running", taken_age=MAX_AGE * 2), False, "its job is running"),
+        (facts(gitlab="unknown (GitLab answered 404 for project 3)"), False, "may still be"),
+        (facts(gitlab="unknown (404)", taken_age=MAX_AGE + 1), True, "over max_age"),
+        (facts(taken_age=MAX_AGE - 1), False, "may still be running"),
+        (facts(phase=JobPhase.KEPT, kept_for=100.0), False, "kept for inspection"),
+        (facts(phase=JobPhase.KEPT, kept_for=0.0), True, "its time is up"),
+        (facts(record_ok=False, taken_age=10.0), False, "unreadable"),
+        (facts(owner="pool", phase=PoolPhase.READY, taken_age=MAX_AGE * 9), False, "idle"),
+        (facts(owner="pool", phase=PoolPhase.CREATING), True, "abandoned"),
+        (facts(owner="pool", phase=PoolPhase.CREATING, busy=True), False, "working on it"),
+        (facts(owner="pool", phase=PoolPhase.WITHDRAWN), True, "withdrawn"),
+        (facts(owner="claim", phase=PoolPhase.CLAIMED), True, "died before taking it"),
+        (facts(owner="claim", phase=PoolPhase.CLAIMED, busy=True), False, "working on it"),
+        (facts(owner="none"), True, "no record on this host names it"),
     ],
 )
-def test_verdicts(
-    tmp_path: Path,
-    machine: sweeper.Owned,
-    status: sweeper.JobStatus | None,
-    remove: bool,
-    reason: str,
+def test_verdicts(tmp_path: Path, given: sweeper.Facts, remove: bool, reason: str) -> None:
+    verdict = sweeper.decide(given, config(tmp_path))
+    assert verdict.remove == remove, verdict.reason
+    assert reason in verdict.reason
+
+
+def may_still_be_used(f: sweeper.Facts) -> bool:
+    """The rule, written independently of `decide`: could a job still use this machine?"""
+    if f.busy or f.stage_running:
+        return True
+    if f.owner == "pool":
+        return f.phase == PoolPhase.READY  # claimable
+    if f.owner != "job" or not f.record_ok:
+        return f.owner == "job"  # an unreadable record: maybe
+    if f.phase != JobPhase.READY:
+        return False  # creating/created with its prepare gone never reaches a stage; kept
+    if f.runner_gone:
+        return False
+    return f.gitlab not in sweeper.FINISHED or (
+        f.last_stage_age is not None and f.last_stage_age < GRACE
+    )
+
+
+@hsettings(max_examples=3000, deadline=None)
+@given(
+    owner=st.sampled_from(["job", "pool", "claim", "none"]),
+    phase=st.sampled_from([*JobPhase, *PoolPhase]),
+    record_ok=st.booleans(),
+    busy=st.booleans(),
+    stage_running=st.booleans(),
+    runner_gone=st.booleans(),
+    gitlab=st.sampled_from(
+        [None, *sweeper.FINISHED, *sweeper.ALIVE, "unknown (404)", "unknown (401)", "weird"]
+    ),
+    taken_age=st.one_of(st.none(), st.floats(0, MAX_AGE * 3)),
+    last_stage_age=st.one_of(st.none(), st.floats(0, GRACE * 3)),
+    kept_for=st.floats(0, 100),
+    listed=st.sampled_from(["Running", "Error", "Stopped", ""]),
+)
+def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
+    owner: str,
+    phase: str,
+    record_ok: bool,
+    busy: bool,
+    stage_running: bool,
+    runner_gone: bool,
+    gitlab: str | None,
+    taken_age: float | None,
+    last_stage_age: float | None,
+    kept_for: float,
+    listed: str,
 ) -> None:
-    verdict = sweeper.decide(machine, NOW, config(tmp_path), status)
-    assert (verdict.remove, reason in verdict.reason) == (remove, True), verdict.reason
+    f = facts(
+        owner=owner,
+        phase=phase,
+        record_ok=record_ok,
+        busy=busy,
+        stage_running=stage_running,
+        runner_gone=runner_gone,
+        gitlab=gitlab,
+        taken_age=taken_age,
+        last_stage_age=last_stage_age,
+        kept_for=kept_for,
+        listed=listed,
+    )
+    verdict = sweeper.decide(f, SETTINGS)
+    if verdict.remove and may_still_be_used(f):
+        # The only removal of a machine a job may use: past max_age, nobody on it,
+        # and GitLab not saying the job runs.
+        assert not (busy or stage_running)
+        assert taken_age is not None and taken_age > MAX_AGE
+        assert gitlab not in sweeper.ALIVE
+    if busy or stage_running or (owner == "pool" and phase == PoolPhase.READY):
+        assert not verdict.remove
 
 
-def test_runner_alive_tells_a_reused_pid_apart() -> None:
-    state = local()
-    assert sweeper.runner_alive(state)
-    state.runner_started += 1
-    assert not sweeper.runner_alive(state)
+SETTINGS = parse_settings({"sweeper": {"max_age": MAX_AGE, "grace": GRACE}})
+
+
+# --- the sweep against real state, with docker-machine's calls as hooks -----------------------
+
+
+class FakeMachines:
+    """docker-machine's store as the sweeper sees it; `on_list` runs inside `ls`."""
+
+    def __init__(self, storage: Path) -> None:
+        self.storage = storage
+        self.removed: list[str] = []
+        self.on_list: Callable[[], None] = lambda: None
+
+    def add(self, name: str) -> None:
+        (self.storage / "machines" / name).mkdir(parents=True, exist_ok=True)
+
+    def entry_dir(self, name: str) -> Path:
+        return self.storage / "machines" / name
+
+    def entries(self, pattern: str) -> list[str]:
+        import re
+
+        folder = self.storage / "machines"
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        return sorted(n for n in names if re.fullmatch(pattern, n))
+
+    def exists(self, name: str) -> bool:
+        return self.entry_dir(name).is_dir()
+
+    def list(self, pattern: str) -> dict[str, str]:
+        self.on_list()  # the slow `ls`: other processes act meanwhile
+        return {name: "Error" for name in self.entries(pattern)}
+
+    def remove(self, name: str, *, force: bool, timeout: float) -> Result:
+        import shutil
+
+        shutil.rmtree(self.entry_dir(name), ignore_errors=True)
+        self.removed.append(name)
+        return Result(["docker-machine", "rm", name], 0, "", "")
+
+
+def world(tmp_path: Path) -> tuple[Settings, StateDir, FakeMachines]:
+    settings = config(tmp_path)
+    return settings, StateDir(settings.state_dir), FakeMachines(tmp_path / "dm")
+
+
+def run_sweep(settings: Settings, dm: FakeMachines) -> list[str]:
+    said: list[str] = []
+    sweeper.sweep(dm, settings, None, dry_run=False, progress=said.append)  # type: ignore[arg-type]
+    return said
+
+
+def live_job(state: StateDir, job_id: int, machine: str, phase: str = JobPhase.READY) -> None:
+    job = state.job(job_id)
+    job.create()
+    job.save(
+        JobRecord(
+            job_id=job_id,
+            project_id=1,
+            machine=machine,
+            phase=phase,
+            owners=ancestors(),  # this test process's chain: a live runner
+            boot_id=boot_id(),
+            taken_at=1e12,
+        )
+    )
+
+
+def ready_pool_machine(state: StateDir, dm: FakeMachines, name: str) -> None:
+    dm.add(name)
+    state.save_pool(PoolRecord(name=name, address=Address(host="10.0.0.9")))
+    (state.pool_dir(name).known_hosts).write_text("")
+    state.mark_ready(name)
+
+
+def test_a_claim_during_the_slow_ls_is_never_destroyed(tmp_path: Path) -> None:
+    """Sweep vs claim: the machine is ready in the pool when the sweep starts; a job
+    claims it while `ls` runs; the sweeper must see the job, not "no owner"."""
+    settings, state, dm = world(tmp_path)
+    ready_pool_machine(state, dm, "gmd-p0000abcd")
+
+    def job_claims_it() -> None:
+        taken = state.claim(42)
+        assert taken is not None
+        live_job(state, 42, taken.name)
+        state.release_claims(42)
+        state.forget_pool(taken.name)
+
+    dm.on_list = job_claims_it
+    said = run_sweep(settings, dm)
+    assert dm.removed == [], said
+    assert state.job(42).load().machine == "gmd-p0000abcd"
+
+
+def test_a_claim_racing_the_removal_of_a_withdrawn_machine_gets_nothing(tmp_path: Path) -> None:
+    settings, state, dm = world(tmp_path)
+    ready_pool_machine(state, dm, "gmd-p0000abcd")
+    assert state.withdraw("gmd-p0000abcd")  # the pool service takes it out to remove it
+    assert state.claim(42) is None
+    run_sweep(settings, dm)
+    assert dm.removed == ["gmd-p0000abcd"]
+
+
+def test_a_prepare_creating_its_machine_is_left_alone(tmp_path: Path) -> None:
+    """Sweep vs job create: docker-machine lists it as Error; the job's lock says
+    a create is in progress."""
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-5")
+    live_job(state, 5, "gmd-5", phase=JobPhase.CREATING)
+    with state.job(5).locked(timeout=1):  # the live prepare
+        said = run_sweep(settings, dm)
+    assert dm.removed == [], said
+    # Once its prepare is gone (lock free, never ready), it is reclaimed.
+    run_sweep(settings, dm)
+    assert dm.removed == ["gmd-5"]
+
+
+def test_a_pool_create_in_progress_is_left_alone(tmp_path: Path) -> None:
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-p00000001")
+    state.save_pool(PoolRecord(name="gmd-p00000001", creator_pid=os.getpid()))
+    lock = state.pool_lock("gmd-p00000001")
+    assert lock.try_acquire()  # the pool service, creating it
+    run_sweep(settings, dm)
+    assert dm.removed == []
+    lock.release()
+    run_sweep(settings, dm)
+    assert dm.removed == ["gmd-p00000001"]
+
+
+def test_a_sweep_racing_cleanup_removes_nothing_twice(tmp_path: Path) -> None:
+    """Sweep vs cleanup: cleanup holds the job's lock; the sweep keeps its hands off."""
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-6")
+    live_job(state, 6, "gmd-6")
+    record = state.job(6).load()
+    record.owners = [[2**22 + 7, 1]]  # its runner is gone: proof enough
+    state.job(6).save(record)
+    with state.job(6).locked(timeout=1):
+        run_sweep(settings, dm)
+        assert dm.removed == []
+    run_sweep(settings, dm)
+    assert dm.removed == ["gmd-6"]
+    assert not state.job(6).exists()
+
+
+def test_a_running_stage_protects_its_machine(tmp_path: Path) -> None:
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-8")
+    live_job(state, 8, "gmd-8")
+    record = state.job(8).load()
+    record.owners = [[2**22 + 7, 1]]
+    state.job(8).save(record)
+    stage = state.job(8).stage_lock()
+    assert stage.try_acquire()  # `run` is in a stage
+    run_sweep(settings, dm)
+    assert dm.removed == []
+    stage.release()
+
+
+def test_two_sweeps_at_once_do_not_both_act(tmp_path: Path) -> None:
+    settings, _, dm = world(tmp_path)
+    dm.add("gmd-9")  # no record: proof
+    inner: list[list[str]] = []
+    dm.on_list = lambda: inner.append(run_sweep(settings, FakeMachines(dm.storage)))
+    run_sweep(settings, dm)
+    assert "another sweep is running" in inner[0][0]
+    assert dm.removed == ["gmd-9"]
+
+
+def test_a_short_lived_parent_does_not_make_a_live_job_look_dead(tmp_path: Path) -> None:
+    """Its prepare ran under `sh -c` (or sudo, a wrapper): that parent is gone, the
+    runner above it is not."""
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-11")
+    live_job(state, 11, "gmd-11")
+    record = state.job(11).load()
+    record.owners = [[2**22 + 5, 12345], *record.owners]  # the dead wrapper, then us
+    state.job(11).save(record)
+    run_sweep(settings, dm)
+    assert dm.removed == []
+
+
+def test_a_claim_left_by_a_dead_prepare_is_reclaimed(tmp_path: Path) -> None:
+    settings, state, dm = world(tmp_path)
+    ready_pool_machine(state, dm, "gmd-p0000beef")
+    assert state.claim(77) is not None  # its prepare then died before taking it over
+    run_sweep(settings, dm)
+    assert dm.removed == ["gmd-p0000beef"]
+    assert state.claims() == []
+
+
+def test_a_job_dir_whose_machine_is_gone_is_reclaimed_while_its_runner_lives(
+    tmp_path: Path,
+) -> None:
+    settings, state, dm = world(tmp_path)
+    live_job(state, 12, "gmd-12")  # its machine was deleted behind its back
+    run_sweep(settings, dm)
+    assert not state.job(12).exists()
+    assert state.machines_owned() == (0, 0)
+
+
+def test_one_broken_record_does_not_stop_the_sweep(tmp_path: Path) -> None:
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-13")
+    dm.add("gmd-14")
+    state.job(13).create()
+    state.job(13).state_file.write_text("{trunc")
+    said = run_sweep(settings, dm)
+    assert dm.removed == ["gmd-14"], said
+    assert any("gmd-13: keeping" in line and "unreadable" in line for line in said)
+
+
+def test_lock_waiters_never_share_a_removed_lock(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    first = state.job(1).lock()
+    first.acquire(1)
+    got: list[str] = []
+    waiting = threading.Event()
+
+    def waiter() -> None:
+        lock = state.job(1).lock()
+        waiting.set()
+        lock.acquire(5)
+        got.append("waiter")
+        other = state.job(1).lock()
+        got.append("other too" if other.try_acquire() else "other refused")
+        lock.release()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    waiting.wait()
+    first.release(remove=True)  # the holder removes the file while the waiter waits
+    thread.join()
+    assert got == ["waiter", "other refused"]

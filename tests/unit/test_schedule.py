@@ -1,6 +1,4 @@
-import threading
 from datetime import datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -8,39 +6,6 @@ import pytest
 from driver import cron, settings
 from driver.errors import ConfigError
 from driver.pool import schedule
-from driver.pool import store as store_
-
-
-def test_claims_are_atomic_under_contention(tmp_path: Path) -> None:
-    store = store_.PoolStore(tmp_path)
-    for i in range(3):
-        store.save(store_.PoolMachine(name=f"gmd-p0000000{i}", ready_at=float(i)))
-        store.mark_ready(f"gmd-p0000000{i}")
-    won: list[str] = []
-    barrier = threading.Barrier(16)
-
-    def grab() -> None:
-        barrier.wait()
-        machine = store.claim()
-        if machine:
-            won.append(machine.name)
-
-    threads = [threading.Thread(target=grab) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(won) == [f"gmd-p0000000{i}" for i in range(3)]
-    assert store.ready() == []
-
-
-def test_a_withdrawn_machine_cannot_be_claimed(tmp_path: Path) -> None:
-    store = store_.PoolStore(tmp_path)
-    store.save(store_.PoolMachine(name="gmd-pabcdef01"))
-    store.mark_ready("gmd-pabcdef01")
-    assert store.unready("gmd-pabcdef01")
-    assert store.claim() is None
-    assert not store.unready("gmd-pabcdef01")  # already gone: a claimer won the race
 
 
 @pytest.mark.parametrize(
