@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,24 +27,52 @@ def error_handler() -> Iterator[None]:
         yield
     except BuildFailure as e:
         contract.write_build_exit_code(e.exit_code)
-        print(f"[{NAME}] {e}", file=sys.stderr, flush=True)
+        _tell(f"[{NAME}] {e}")
         raise SystemExit(contract.build_failure_code()) from None
     except DriverError as e:
-        print(f"[{NAME}] ERROR: {e}", file=sys.stderr, flush=True)
+        _log_error(e)  # first: the job log may be a closed pipe
+        _tell(f"[{NAME}] ERROR: {e}")
+        raise SystemExit(contract.system_failure_code()) from None
+    except OSError as e:
+        if isinstance(e, BrokenPipeError) and e.filename is None:
+            raise  # our own stdout closed: closed_stdout_ends_quietly decides
+        # The host's own trouble (disk full, permissions): what it is, and the fix.
         _log_error(e)
+        _tell(f"[{NAME}] ERROR: {_host_problem(e)}")
         raise SystemExit(contract.system_failure_code()) from None
     except Exception as e:
-        print(
-            f"[{NAME}] ERROR: internal error: {type(e).__name__}: {e}\n"
-            f"  hint: this is a bug in {NAME}; the traceback follows",
-            file=sys.stderr,
-            flush=True,
-        )
+        _log_error(e)
         import traceback
 
-        traceback.print_exc()
-        _log_error(e)
+        _tell(
+            f"[{NAME}] ERROR: internal error: {type(e).__name__}: {e}\n"
+            f"  hint: this is a bug in {NAME}; the traceback follows\n"
+            + "".join(traceback.format_exception(e))
+        )
         raise SystemExit(contract.system_failure_code()) from None
+
+
+def _host_problem(error: OSError) -> str:
+    import errno
+
+    where = f" ({error.filename})" if error.filename else ""
+    hints = {
+        errno.ENOSPC: "the disk is full: free space on it",
+        errno.EDQUOT: "the disk quota is exhausted: free space or raise the quota",
+        errno.EACCES: "permission denied: run as the user that owns the state dir and "
+        "docker-machine's storage, or fix their owner",
+        errno.EPERM: "operation not permitted: run as the user that owns the state dir",
+        errno.EROFS: "the file system is read-only",
+        errno.EMFILE: "too many open files: raise the process's file limit",
+    }
+    hint = hints.get(error.errno or 0, "a problem of the runner host, not of the job")
+    return f"{error.strerror or error}{where}\n  hint: {hint}"
+
+
+def _tell(text: str) -> None:
+    """To stderr (the job log), never failing: the runner may be gone."""
+    with suppress(OSError, ValueError):
+        print(text, file=sys.stderr, flush=True)
 
 
 RUNNER_STAGES = ("config", "prepare", "run", "cleanup")
