@@ -143,15 +143,32 @@ def test_errors_go_to_stderr_and_info_to_stdout(machine: Machine) -> None:
     assert result.stderr.endswith('Can\'t remove "nope"\n')
 
 
-def test_unknown_flag_is_a_usage_error(machine: Machine) -> None:
+def test_unknown_flag_is_refused_as_urfave_cli_does(machine: Machine) -> None:
+    """stdout: "Incorrect Usage." and the command's help; stderr: the parse error; exit 1."""
     result = machine("create", "-d", "local", "--bogus", "x", "vm")
+    assert (result.returncode, result.stderr) == (1, "flag provided but not defined: -bogus\n")
+    assert result.stdout.startswith(
+        "Incorrect Usage.\n\nUsage: docker-machine create [OPTIONS] [arg...]\n\n"
+        "Create a machine\n\nDescription:\n"
+    )
+    options = result.stdout.split("Options:\n", 1)[1].splitlines()
+    assert options[0].strip() == "" and len(options) == 21  # the shared flags and local's
+    assert re.match(r'   --driver, -d "virtualbox" +Driver to create machine with\.', options[1])
+    assert any(line.startswith('   --local-engine-port "2376" ') for line in options)
+    # A misspelt flag of the chosen driver is refused the same way, with that driver's help.
+    result = machine("create", "-d", "generic", "--generic-ip-adress", "10.0.0.1", "vm")
     assert (result.returncode, result.stderr) == (
         1,
-        "Incorrect Usage: flag provided but not defined: -bogus\n",
+        "flag provided but not defined: -generic-ip-adress\n",
     )
+    assert "   --generic-ip-address " in result.stdout and "local-engine" not in result.stdout
     result = machine("create", "-d", "local", "--amazonec2-zone=a", "vm")
-    assert "flag provided but not defined: -amazonec2-zone" in result.stderr
+    assert result.stderr == "flag provided but not defined: -amazonec2-zone\n"
     assert not os.path.exists(os.path.join(machine.storage, "machines", "vm"))
+    result = machine("ls", "--quite")
+    assert (result.returncode, result.stderr) == (1, "flag provided but not defined: -quite\n")
+    assert result.stdout.startswith("Incorrect Usage.\n\nUsage: docker-machine ls [OPTIONS]")
+    assert "   --quiet, -q " in result.stdout
 
 
 def test_none_driver_needs_a_url(machine: Machine) -> None:

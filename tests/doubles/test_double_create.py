@@ -5,6 +5,7 @@ create: drivers, their flags, and the injected cloud faults (and rm's).
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -20,7 +21,6 @@ from tests.doubles.docker_machine.store import Store, read_vm, settings
 from tests.doubles.harness import (
     LAUNCHER,
     Machine,
-    json_of,
     root_only,
     ssh,
 )
@@ -28,16 +28,19 @@ from tests.doubles.harness import (
 pytestmark = pytest.mark.timeout(180)
 
 
-def test_driver_flags_are_stored_in_the_driver_section(fast: Machine) -> None:
-    fast.ok(
-        "create", "-d", "amazonec2", "--amazonec2-instance-type", "t3.micro",
-        "--amazonec2-tags=a,b", "--amazonec2-private-address-only", "vm",
-    )  # fmt: skip
-    driver = json_of(fast.inspect("vm", "{{json .Driver}}"))
-    assert driver["InstanceType"] == "t3.micro"
-    assert driver["Tags"] == "a,b"
-    assert driver["PrivateAddressOnly"] is True
-    assert fast.inspect("vm", "{{.DriverName}}") == "amazonec2"
+def test_an_unknown_driver_is_refused_at_once(machine: Machine) -> None:
+    result = machine("create", "-d", "amazonec2", "--amazonec2-region", "eu-west-1", "vm")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        'Driver "amazonec2" not found. Do you have the plugin binary '
+        '"docker-machine-driver-amazonec2" accessible in your PATH?\n'
+    )
+    assert not os.path.exists(os.path.join(machine.storage, "certs"))  # nothing was made
+    assert dm.machine_names(machine.storage) == []
+    result = machine("create", "vm")  # no --driver: virtualbox, a plugin the double lacks
+    assert result.stderr.startswith('Driver "virtualbox" not found.')
+    env = dict(os.environ, MACHINE_DRIVER="none")
+    assert machine("create", "--url", "tcp://10.0.0.9:2376", "vm", env=env).returncode == 0
 
 
 def test_create_fail_counts_down(fast: Machine) -> None:

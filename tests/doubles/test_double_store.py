@@ -13,7 +13,7 @@ import pytest
 
 from tests.doubles import docker_machine as dm
 from tests.doubles.docker_machine.common import does_not_exist
-from tests.doubles.harness import Machine
+from tests.doubles.harness import Machine, root_only
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -98,3 +98,49 @@ def test_rm_deletes_config_json_before_the_entry(fast: Machine) -> None:
         rm.kill()
         rm.communicate()
     assert fast("inspect", "m").stderr == does_not_exist("m") + "\n"
+
+
+NOT_LOADABLE = 'Driver "gone" not found. Do you have the plugin binary accessible in your PATH?'
+
+
+def test_an_entry_whose_driver_plugin_is_missing(fast: Machine) -> None:
+    for name in ("gone-1", "kept-1"):
+        fast.ok("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", name)
+    dm.make_driver_missing(fast.storage, "gone-1", "gone")
+    # A name filter asks the (missing) driver for the name: the entry silently drops out.
+    assert fast.ok("ls", "-q", "--filter", "name=-1$") == "kept-1\n"
+    result = fast("ls", "--filter", "name=^gone", "--format", "{{.Name}}")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert fast.ok("ls", "-q") == "gone-1\nkept-1\n"
+    assert fast.ok("ls", "-q", "--filter", "driver=gone") == "gone-1\n"
+    row = fast.ok("ls", "--format", "{{.Name}}|{{.DriverName}}|{{.State}}|{{.URL}}|{{.Error}}")
+    assert row.splitlines()[0] == f"gone-1|not-found|Error||{NOT_LOADABLE}"
+    assert fast.inspect("gone-1", "{{json .Driver}} {{.DriverName}}") == '{"Name":"gone"} gone'
+    assert fast("url", "gone-1").stderr == NOT_LOADABLE + "\n"
+    assert fast("status", "gone-1").stderr == (
+        f"error getting state for host gone-1: {NOT_LOADABLE}\n"
+    )
+    result = fast("rm", "-y", "gone-1")
+    assert (result.returncode, result.stderr) == (
+        1,
+        f'Error removing host "gone-1": {NOT_LOADABLE}\n',
+    )
+    assert dm.machine_names(fast.storage) == ["gone-1", "kept-1"]
+    result = fast("rm", "-f", "-y", "gone-1")
+    assert result.returncode == 0 and result.stdout.endswith("Successfully removed gone-1\n")
+    assert result.stderr == f'Error removing host "gone-1": {NOT_LOADABLE}\n'
+    assert dm.machine_names(fast.storage) == ["kept-1"]
+    with pytest.raises(ValueError):
+        dm.make_driver_missing(fast.storage, "kept-1", "local")
+
+
+@root_only
+def test_rm_f_of_a_vm_whose_driver_is_missing_leaves_nothing_on_this_host(fast: Machine) -> None:
+    fast.ok("create", "-d", "local", "vm")
+    dm.make_driver_missing(fast.storage, "vm")
+    assert dm.vm_pids(fast.storage, "vm") != []  # the VM runs on without its driver
+    assert fast("rm", "-y", "vm").returncode == 1
+    assert fast.ok("rm", "-f", "-y", "vm").endswith("Successfully removed vm\n")
+    assert dm.vm_pids(fast.storage, "vm") == []
+    assert dm.leftover_namespaces(fast.storage) == []
+    assert Path(fast.storage, "orphans.log").read_text() == "vm\n"  # the cloud may keep it

@@ -19,12 +19,19 @@ from .commands import (
 )
 from .common import VERSION, MachineError, go_quote, info, info_to_stderr
 from .create import cmd_create
-from .flags import GLOBAL_FLAGS, parse_flags
+from .flags import GLOBAL_FLAGS, UsageError, parse_flags
 from .helpers import teardown_all
 from .listing import cmd_ls
 from .store import Store, log_call
 from .vminit import vm_init_main
 
+APP_HELP = (
+    "Usage: docker-machine [OPTIONS] COMMAND [arg...]\n\n"
+    "Create and manage machines running Docker.\n\n"
+    f"Version: {VERSION.split('version ', 1)[1]}\n\n"
+    "Run 'docker-machine COMMAND --help' for more information on a command.\n"
+)
+# Commands of docker-machine the double does not play: the driver never runs them.
 UNIMPLEMENTED = {"active", "mount", "provision", "regenerate-certs", "scp", "upgrade", "help"}
 
 
@@ -32,6 +39,11 @@ def main(argv: list[str]) -> int:
     info_to_stderr(False)
     try:
         return run(argv)
+    except UsageError as exc:  # urfave/cli: the help on stdout, the error by log.Error
+        sys.stdout.write(f"Incorrect Usage.\n\n{exc.help}")
+        sys.stdout.flush()
+        print(exc.message, file=sys.stderr, flush=True)
+        return 1
     except MachineError as exc:
         print(exc.message, file=sys.stderr, flush=True)
         return exc.code
@@ -42,7 +54,11 @@ def main(argv: list[str]) -> int:
 def run(argv: list[str]) -> int:
     if argv[:1] == ["_vm-init"]:
         return vm_init_main(argv[1])
-    values, rest = parse_flags(argv, GLOBAL_FLAGS, interspersed=False)
+    try:
+        values, rest = parse_flags(argv, GLOBAL_FLAGS, interspersed=False)
+    except UsageError as exc:
+        exc.help = APP_HELP
+        raise
     if values.get("version") or rest[:1] == ["version"]:
         info(VERSION)
         return 0
@@ -55,7 +71,7 @@ def run(argv: list[str]) -> int:
         return 0
     log_call(store, argv)
     if not rest or values.get("help"):
-        info("Usage: docker-machine [OPTIONS] COMMAND [arg...]")
+        sys.stdout.write(APP_HELP)
         return 0
     command, args = rest[0], rest[1:]
     handlers: dict[str, Callable[[Store, list[str]], int]] = {

@@ -11,10 +11,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from . import drivers
 from .common import MachineError, go_quote, info, info_to_stderr
 from .engine import engine_check
 from .faults import RM_CLOUD_ERROR, request_id, take_fault
-from .flags import flag_table, parse_flags
+from .flags import HelpFlag, parse_command
 from .gotext import NO_VALUE, GoTemplate, TemplateError, go_json
 from .machines import machine_state, machine_url, power_off, power_on
 from .netns import destroy_vm, kill_until_gone, machine_pids
@@ -32,27 +33,35 @@ def target_name(store: Store, positional: list[str]) -> str:
 
 
 def cmd_status(store: Store, args: list[str]) -> int:
-    _, positional = parse_flags(args, {})
+    _, positional = parse_command(args, "status", "Get the status of a machine")
     name = target_name(store, positional)
-    info(machine_state(store, name, load_host(store, name)))
+    host = load_host(store, name)
+    if drivers.missing(host):
+        problem = drivers.not_loadable(host["DriverName"])
+        raise MachineError(f"error getting state for host {name}: {problem}")
+    info(machine_state(store, name, host))
     return 0
 
 
 def cmd_url(store: Store, args: list[str]) -> int:
-    _, positional = parse_flags(args, {})
+    _, positional = parse_command(args, "url", "Get the URL of a machine")
     name = target_name(store, positional)
-    info(machine_url(store, name, load_host(store, name)))
+    host = load_host(store, name)
+    drivers.require(host)
+    info(machine_url(store, name, host))
     return 0
 
 
 def cmd_ip(store: Store, args: list[str]) -> int:
-    _, positional = parse_flags(args, {})
+    _, positional = parse_command(args, "ip", "Get the IP address of a machine")
     names = positional or [target_name(store, [])]
     hosts = [(n, load_host(store, n)) for n in names]
     errors = []
     for _name, host in hosts:
         ip = host["Driver"].get("IPAddress", "")
-        if ip:
+        if drivers.missing(host):
+            errors.append(f"Error getting IP address: {drivers.not_loadable(host['DriverName'])}")
+        elif ip:
             info(ip)
         else:
             errors.append("Error getting IP address: IP address is not set")
@@ -61,10 +70,16 @@ def cmd_ip(store: Store, args: list[str]) -> int:
     return 0
 
 
+INSPECT_FLAGS = [HelpFlag("format, f", "string", "Format the output using the given go template.")]
+
+
 def cmd_inspect(store: Store, args: list[str]) -> int:
-    values, positional = parse_flags(args, flag_table({"format, f": "string"}))
+    usage = "Inspect information about a machine"
+    values, positional = parse_command(args, "inspect", usage, INSPECT_FLAGS)
     name = target_name(store, positional)
     host = load_host(store, name)
+    if drivers.missing(host):  # the host as loaded: its Driver is an errdriver
+        host = {**host, "Driver": {"Name": host["DriverName"]}}
     if not values.get("format"):
         info(go_json(host, indent=4))
         return 0
@@ -87,6 +102,7 @@ def cmd_inspect(store: Store, args: list[str]) -> int:
 
 def connection(store: Store, name: str, host: dict[str, Any]) -> str:
     """check.DefaultConnChecker.Check: the URL, once its certificates verify."""
+    drivers.require(host)
     url = machine_url(store, name, host)
     engine_check(host, re.sub(r"^[a-z]+://", "", url).split("/")[0])
     return url
@@ -94,7 +110,9 @@ def connection(store: Store, name: str, host: dict[str, Any]) -> str:
 
 def cmd_config(store: Store, args: list[str]) -> int:
     info_to_stderr()
-    _, positional = parse_flags(args, flag_table({"swarm": "bool"}))
+    swarm = HelpFlag("swarm", "bool", "Display the Swarm config instead of the Docker daemon")
+    usage = "Print the connection config for machine"
+    _, positional = parse_command(args, "config", usage, [swarm])
     name = target_name(store, positional)
     host = load_host(store, name)
     try:
@@ -117,10 +135,23 @@ ENV_SHELLS = {  # shell: (prefix, delimiter, suffix, usage-hint format, comment)
 }  # fmt: skip
 
 
+ENV_FLAGS = [
+    HelpFlag("no-proxy", "bool", "Add machine IP to NO_PROXY environment variable"),
+    HelpFlag(
+        "shell",
+        "string",
+        "Force environment to be configured for a specified shell: "
+        "[fish, cmd, powershell, tcsh, emacs], default is auto-detect",
+    ),
+    HelpFlag("swarm", "bool", "Display the Swarm config instead of the Docker daemon"),
+    HelpFlag("unset, u", "bool", "Unset variables instead of setting them"),
+]
+
+
 def cmd_env(store: Store, args: list[str], argv: list[str]) -> int:
     info_to_stderr()
-    spec = {"swarm": "bool", "shell": "string", "unset, u": "bool", "no-proxy": "bool"}
-    values, positional = parse_flags(args, flag_table(spec))
+    usage = "Display the commands to set up the environment for the Docker client"
+    values, positional = parse_command(args, "env", usage, ENV_FLAGS)
     if values.get("unset"):
         raise MachineError("Error: --unset is not supported by the docker-machine double")
     if len(positional) > 1:
@@ -167,8 +198,23 @@ def confirm(question: str) -> bool:
     return len(words) == 1 and words[0].lower().startswith("y")
 
 
+RM_FLAGS = [
+    HelpFlag(
+        "force, f",
+        "bool",
+        "Remove local configuration even if machine cannot be removed, "
+        "also implies an automatic yes (`-y`)",
+    ),
+    HelpFlag(
+        "y",
+        "bool",
+        "Assumes automatic yes to proceed with remove, without prompting further user confirmation",
+    ),
+]
+
+
 def cmd_rm(store: Store, args: list[str]) -> int:
-    values, names = parse_flags(args, flag_table({"force, f": "bool", "y": "bool"}))
+    values, names = parse_command(args, "rm", "Remove a machine", RM_FLAGS)
     if not names:
         raise MachineError("Error: Expected to get one or more machine names as arguments")
     force, yes = bool(values.get("force")), bool(values.get("y"))
@@ -204,14 +250,16 @@ def cmd_rm(store: Store, args: list[str]) -> int:
 
 
 def remove_remote(store: Store, name: str, force: bool) -> None:
-    """Driver.Remove: the cloud call, which the rm_fail fault makes fail."""
-    load_host(store, name)
-    fault = take_fault(store, "rm_fail")
-    if fault:
-        message = str(fault.get("message") or RM_CLOUD_ERROR)
+    """Driver.Remove: the cloud call, which the rm_fail fault makes fail (and which an
+    entry whose driver plugin is missing cannot make at all)."""
+    host = load_host(store, name)
+    fault = None if drivers.missing(host) else take_fault(store, "rm_fail")
+    if fault or drivers.missing(host):
         if force:  # the entry goes; the cloud may still run (and bill) the VM
             with open(store.path("orphans.log"), "a", encoding="utf-8") as f:
                 f.write(f"{name}\n")
+        drivers.require(host)
+        message = str((fault and fault.get("message")) or RM_CLOUD_ERROR)
         raise MachineError(f"{message}\n\tstatus code: 500, request id: {request_id()}")
     destroy_vm(store, name)
 
@@ -250,6 +298,7 @@ def cmd_ssh(store: Store, args: list[str]) -> int:
         raise MachineError("Error: Expected one machine name as an argument")
     name, command = args[0], args[1:]
     host = load_host(store, name)
+    drivers.require(host)
     if machine_state(store, name, host) != "Running":
         raise MachineError(f"Error: Cannot run SSH command: Host {go_quote(name)} is not running")
     returncode = subprocess.run([*ssh_args(store, name, host), *command], check=False).returncode
@@ -264,13 +313,14 @@ def cmd_ssh(store: Store, args: list[str]) -> int:
 
 def power_action(store: Store, args: list[str], action: str) -> int:
     """start, stop, kill and restart, for one or more machines (runAction)."""
-    _, positional = parse_flags(args, {})
+    _, positional = parse_command(args, action, f"{action.capitalize()} a machine")
     names = positional or [target_name(store, [])]
     hosts = [(n, load_host(store, n)) for n in names]
     actions = {"start": vm_start, "stop": vm_stop, "kill": vm_kill, "restart": vm_restart}
     errors = []
     for name, host in hosts:
         try:
+            drivers.require(host)
             actions[action](store, name, host)
         except MachineError as exc:
             errors.append(exc.message)

@@ -4,37 +4,46 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
+import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
+from . import drivers
 from .certs import Signer, bootstrap_certs
 from .common import CONFIG_VERSION, NAME_RE, MachineError, go_quote, info
 from .faults import CREATE_CLOUD_ERROR, request_id, take_fault
-from .flags import CREATE_FLAGS, Flag, parse_flags
+from .flags import CREATE_FLAGS, HelpFlag, command_help, parse_command
 from .machines import create_vm, mark_error
 from .store import Store, machine_exists, remove_entry, save_host, update_vm
 
-
-def driver_flag_kind(driver: str) -> Callable[[str], Flag | None]:
-    def lookup(name: str) -> Flag | None:
-        if driver == "none":
-            return Flag("string", "url") if name == "url" else None
-        if name.startswith(driver + "-") and len(name) > len(driver) + 1:
-            return Flag("auto", name)
-        return None
-
-    return lookup
+CREATE_USAGE = "Create a machine"
+CREATE_DESCRIPTION = (
+    "Run 'docker-machine create --driver name --help' to include the create flags for that "
+    "driver in the help text."
+)
 
 
-def camel(option: str) -> str:
-    return "".join(word[:1].upper() + word[1:] for word in option.split("-") if word)
+def driver_name(args: list[str]) -> str:
+    """flagHackLookup: the driver is known before the flags are parsed (it defines some)."""
+    for i, arg in enumerate(args):
+        key, _, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and key in ("d", "driver"):
+            return value or (args[i + 1] if i + 1 < len(args) else "")
+    return os.environ.get("MACHINE_DRIVER") or "virtualbox"
 
 
-def new_host(store: Store, name: str, driver: str, opts: dict[str, Any]) -> dict[str, Any]:
+def create_flags(driver: drivers.Driver) -> list[HelpFlag]:
+    """The shared create flags and the driver's, sorted by name as the help shows them."""
+    own = [HelpFlag(f.name, f.kind, f.usage, f.default, f.env) for f in driver.flags]
+    return sorted([*CREATE_FLAGS, *own], key=lambda f: f.names)
+
+
+def new_host(
+    store: Store, name: str, driver: drivers.Driver, opts: dict[str, Any]
+) -> dict[str, Any]:
     """config.json as docker-machine writes it before the machine exists."""
     mdir = store.machine_dir(name)
+    none = driver is drivers.NONE
     base = {
         "IPAddress": "",
         "MachineName": name,
@@ -42,17 +51,15 @@ def new_host(store: Store, name: str, driver: str, opts: dict[str, Any]) -> dict
         "SSHPort": 0,
         "SSHKeyPath": "",
         "StorePath": store.root,
-        "SwarmMaster": driver != "none" and bool(opts.get("swarm-master")),
-        "SwarmHost": "" if driver == "none" else opts.get("swarm-host", "tcp://0.0.0.0:3376"),
-        "SwarmDiscovery": "" if driver == "none" else opts.get("swarm-discovery", ""),
+        "SwarmMaster": not none and bool(opts.get("swarm-master")),
+        "SwarmHost": "" if none else opts.get("swarm-host", "tcp://0.0.0.0:3376"),
+        "SwarmDiscovery": "" if none else opts.get("swarm-discovery", ""),
     }
-    for option, values in opts.items():
-        if option.startswith(driver + "-"):
-            base[camel(option[len(driver) + 1 :])] = values[0] if len(values) == 1 else values
+    drivers.set_config_from_flags(driver, base, drivers.option_values(driver, opts))
     return {
         "ConfigVersion": CONFIG_VERSION,
         "Driver": base,
-        "DriverName": driver,
+        "DriverName": driver.name,
         "HostOptions": {
             "Driver": "",
             "Memory": 0,
@@ -108,20 +115,20 @@ def new_host(store: Store, name: str, driver: str, opts: dict[str, Any]) -> dict
 
 
 def cmd_create(store: Store, args: list[str]) -> int:
-    driver = os.environ.get("MACHINE_DRIVER") or "virtualbox"
-    for i, arg in enumerate(args):  # like flagHackLookup: the driver decides which flags exist
-        key, _, value = arg.lstrip("-").partition("=")
-        if arg.startswith("-") and key in ("d", "driver"):
-            driver = value or (args[i + 1] if i + 1 < len(args) else driver)
-            break
-    values, positional = parse_flags(args, CREATE_FLAGS, driver_flag_kind(driver))
+    driver = drivers.lookup(driver_name(args))  # an unknown driver's plugin cannot start
+    values, positional = parse_command(
+        args, "create", CREATE_USAGE, create_flags(driver), CREATE_DESCRIPTION
+    )
     opts = {k: v for k, v in values.items() if k != "driver"}
-    if not positional:
-        raise MachineError("Error: No machine name specified")
     if len(positional) > 1:
         raise MachineError(
             f"Invalid command line. Found extra arguments [{' '.join(positional[1:])}]"
         )
+    if not positional:
+        sys.stdout.write(
+            command_help("create", CREATE_USAGE, create_flags(driver), CREATE_DESCRIPTION)
+        )
+        raise MachineError("Error: No machine name specified")
     name = positional[0]
     if not NAME_RE.match(name):
         raise MachineError(
@@ -131,29 +138,20 @@ def cmd_create(store: Store, args: list[str]) -> int:
     if machine_exists(store, name):
         raise MachineError(f"Docker machine {go_quote(name)} already exists")
     host = new_host(store, name, driver, opts)
-    if driver == "none":
-        url = str(opts.get("url") or "")
-        if not url:
-            raise MachineError(
-                "Error setting machine configuration from flags provided: "
-                "--url option is required when no driver is selected"
-            )
-        host["Driver"]["IPAddress"] = re.sub(r"^[a-z]+://", "", url).split("/")[0]
-        host["Driver"]["URL"] = url
     os.makedirs(store.root, exist_ok=True)
     signer = bootstrap_certs(store)
     try:
         info("Running pre-create checks...")
-        os.makedirs(store.machine_dir(name), mode=0o700, exist_ok=True)
+        drivers.pre_create_check(host)
         save_host(store, host)  # before the machine exists, as upstream does
-        if driver != "none":
+        if driver.simulated:
             update_vm(store, name, phase="creating")
         if take_fault(store, "create_hang"):
             while True:
                 time.sleep(3600)
         info("Creating machine...")
         create_faults(store, name, host, signer)
-        if driver != "none":
+        if driver.simulated:
             create_vm(store, name, host, signer)  # saves once the VM has its address
         else:
             save_host(store, host)  # performCreate's save after Driver.Create
@@ -183,7 +181,7 @@ def create_faults(store: Store, name: str, host: dict[str, Any], signer: Signer)
     leave = fault.get("leave", "error")
     if leave == "none":
         remove_entry(store, name)
-    elif leave == "vm" and host["DriverName"] != "none":
+    elif leave == "vm" and drivers.DRIVERS[host["DriverName"]].simulated:
         with contextlib.suppress(MachineError):
             create_vm(store, name, host, signer, quiet=True)
         mark_error(store, name, host)

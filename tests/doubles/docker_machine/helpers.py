@@ -4,6 +4,7 @@ its sshd dies, its host key changes), and what is left of a storage."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -13,7 +14,9 @@ import time
 
 from .certs import ssh_keygen
 from .common import NAME_RE
+from .drivers import DRIVERS
 from .faults import set_faults
+from .gotext import go_json
 from .netns import (
     NETNS_DIR,
     claimed_indexes,
@@ -30,13 +33,14 @@ from .netns import (
     release_netns,
     vm_markers,
 )
-from .store import Store, machine_names, read_vm
+from .store import Store, machine_names, read_vm, write_atomic
 
 __all__ = [
     "kill_sshd",
     "kill_vm",
     "leftover_namespaces",
     "machine_names",
+    "make_driver_missing",
     "rotate_host_key",
     "set_faults",
     "storage_pids",
@@ -160,3 +164,15 @@ def storage_pids(storage: str) -> list[int]:
     table = process_table()
     names = _names_in_processes(store) | set(machine_names(store)) | _claimed_names(store)
     return sorted({p for n in names if n for p in machine_pids(store, n, table)})
+
+
+def make_driver_missing(storage: str, name: str, driver: str = "gone") -> None:
+    """The entry's driver plugin is no longer installed: its DriverName becomes one the
+    double does not know (as when docker-machine-driver-<driver> left the PATH)."""
+    if driver in DRIVERS:
+        raise ValueError(f"the double knows the driver {driver!r}")
+    path = os.path.join(Store(storage).machine_dir(name), "config.json")
+    with open(path, encoding="utf-8") as f:
+        host = json.load(f)
+    host["DriverName"] = driver
+    write_atomic(path, go_json(host, indent=4).encode())

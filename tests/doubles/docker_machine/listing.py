@@ -10,9 +10,10 @@ import sys
 import time
 from typing import Any
 
+from . import drivers
 from .common import MachineError, info
 from .engine import EngineError, engine_get
-from .flags import flag_table, parse_flags
+from .flags import HelpFlag, parse_command
 from .gotext import GoStruct, GoTemplate, TemplateError, go_duration, natural_key, tabwrite
 from .machines import machine_state, machine_url
 from .store import Store, load_host, machine_names
@@ -41,6 +42,35 @@ LS_HEADERS = {
 def host_list_item(store: Store, name: str, host: dict[str, Any]) -> GoStruct:
     started = time.monotonic()
     state, url, version, error = "", "", "Unknown", ""
+    if drivers.missing(host):  # an errdriver: every call fails
+        state, error = "Error", drivers.not_loadable(host.get("DriverName", ""))
+    else:
+        state, url, version, error = query(store, name, host)
+    active = state == "Running" and url == os.environ.get("DOCKER_HOST")
+    options = host.get("HostOptions") or {}
+    return GoStruct(
+        "commands.HostListItem",
+        {
+            "Name": name,
+            "Active": "*" if active else "-",
+            "ActiveHost": active,
+            "ActiveSwarm": False,
+            "DriverName": "not-found" if drivers.missing(host) else host.get("DriverName", ""),
+            "State": state,
+            "URL": url,
+            "SwarmOptions": options.get("SwarmOptions"),
+            "Swarm": "",
+            "EngineOptions": options.get("EngineOptions"),
+            "Error": error,
+            "DockerVersion": version,
+            "ResponseTime": go_duration(time.monotonic() - started),
+        },
+    )
+
+
+def query(store: Store, name: str, host: dict[str, Any]) -> tuple[str, str, str, str]:
+    """attemptGetHostState: (state, URL, engine version, error) of one host."""
+    state, url, version, error = "", "", "Unknown", ""
     try:
         url = machine_url(store, name, host)
         state = "Running" if url else machine_state(store, name, host)
@@ -66,26 +96,7 @@ def host_list_item(store: Store, name: str, host: dict[str, Any]) -> GoStruct:
             version, error = "Unknown", f'Unable to query docker version: Get "{request}": {exc}'
         except (ValueError, KeyError):
             version, error = "Unknown", "Unable to query docker version: unexpected answer"
-    active = state == "Running" and url == os.environ.get("DOCKER_HOST")
-    options = host.get("HostOptions") or {}
-    return GoStruct(
-        "commands.HostListItem",
-        {
-            "Name": name,
-            "Active": "*" if active else "-",
-            "ActiveHost": active,
-            "ActiveSwarm": False,
-            "DriverName": host.get("DriverName", ""),
-            "State": state,
-            "URL": url,
-            "SwarmOptions": options.get("SwarmOptions"),
-            "Swarm": "",
-            "EngineOptions": options.get("EngineOptions"),
-            "Error": error,
-            "DockerVersion": version,
-            "ResponseTime": go_duration(time.monotonic() - started),
-        },
-    )
+    return state, url, version, error
 
 
 def matches_filters(
@@ -96,10 +107,13 @@ def matches_filters(
     if filters["driver"] and driver not in [d.lower() for d in filters["driver"]]:
         return False
     if filters["state"]:
-        state = machine_state(store, name, host).lower()
+        state = "error" if drivers.missing(host) else machine_state(store, name, host).lower()
         if state not in [s.lower() for s in filters["state"]]:
             return False
-    if filters["name"] and not any(re.search(n, name) for n in filters["name"]):
+    # matchesName asks the driver for the machine's name: an errdriver says "", so an
+    # entry whose driver plugin is missing silently drops out of a name filter.
+    machine = "" if drivers.missing(host) else name
+    if filters["name"] and not any(re.search(n, machine) for n in filters["name"]):
         return False
     if filters["label"]:
         labels = {}
@@ -135,9 +149,16 @@ def parse_filters(raw: list[str]) -> dict[str, list[str]]:
     return filters
 
 
+LS_FLAGS = [
+    HelpFlag("filter", "slice", "Filter output based on conditions provided"),
+    HelpFlag("format, f", "string", "Pretty-print machines using a Go template"),
+    HelpFlag("quiet, q", "bool", "Enable quiet mode"),
+    HelpFlag("timeout, t", "int", "Timeout in seconds, default to 10s", 10),
+]
+
+
 def cmd_ls(store: Store, args: list[str]) -> int:
-    spec = {"quiet, q": "bool", "filter": "slice", "timeout, t": "int", "format, f": "string"}
-    values, _ = parse_flags(args, flag_table(spec))
+    values, _ = parse_command(args, "ls", "List machines", LS_FLAGS)
     filters = parse_filters(values.get("filter", []))
     names = machine_names(store.root)
     hosts, broken = [], {}
