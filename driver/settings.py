@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from driver.errors import ConfigError
+from driver.image.config import ImageSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/gitlab-machine-driver/config.toml")
 CONFIG_PATH_ENV = "GITLAB_MACHINE_DRIVER_CONFIG"
@@ -298,6 +299,7 @@ class Settings(Section):
     sweeper: SweeperSettings = SweeperSettings()
     pool: PoolSettings = PoolSettings()
     debug: DebugSettings = DebugSettings()
+    image: ImageSettings = ImageSettings()  # where jobs run: the VM's shell or their image
     metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("builds_dir", "cache_dir")

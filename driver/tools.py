@@ -16,8 +16,18 @@ REQUIRED_TOOLS = ("bash", "head", "git")
 RUNNER_IN_VM = "gitlab-runner"
 
 
+def required_tools(settings: Settings) -> tuple[str, ...]:
+    """Image mode needs the docker CLI (each stage is a `docker exec`); git only for jobs
+    that may still run in the VM's shell (no [image] default)."""
+    if not settings.image.container_mode:
+        return REQUIRED_TOOLS
+    if settings.image.default:
+        return ("bash", "head", "docker")
+    return (*REQUIRED_TOOLS, "docker")
+
+
 def check(settings: Settings, job_dir: MachineDir) -> None:
-    tools = " ".join((*REQUIRED_TOOLS, RUNNER_IN_VM))
+    tools = " ".join((*required_tools(settings), RUNNER_IN_VM))
     result = ssh.run(
         job_dir,
         f'for t in {tools}; do command -v "$t" >/dev/null 2>&1 || echo "$t"; done',
@@ -29,10 +39,11 @@ def check(settings: Settings, job_dir: MachineDir) -> None:
     if lacking:
         raise DriverError(
             f"the VM lacks {', '.join(lacking)}, which the job's scripts need",
-            hint="use a machine image that has them (bash, coreutils, git)",
+            hint="use a machine image that has them (bash, coreutils, git; the docker CLI "
+            "in image mode)",
         )
-    if RUNNER_IN_VM not in missing:
-        return
+    if RUNNER_IN_VM not in missing or (settings.image.container_mode and settings.image.default):
+        return  # there, or not needed: every job's plumbing runs in the helper image
     binary = settings.gitlab_runner_binary
     if binary is None:
         log.warn(

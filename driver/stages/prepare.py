@@ -17,6 +17,7 @@ from driver import limits, log, metrics, provision, signals, ssh
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.image import setup as image_setup
+from driver.image import setup as image_setup
 from driver.log import say
 from driver.payload import Job
 from driver.settings import Settings
@@ -45,6 +46,7 @@ def main(args: argparse.Namespace) -> int:
     settings, job_dir, name = stage.settings, stage.job_dir, stage.machine
     dm = stage.docker_machine()
     total = log.Timer()
+    image_plan = image_setup.plan(settings.image, say)  # a refused image costs no machine
     image_plan = image_setup.plan(settings.image, say)  # a refused image costs no machine
     with job_dir.locked(timeout=60):
         job_dir.create()

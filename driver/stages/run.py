@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from driver.contract import JOB_DIR_ENV, clean_env, read_job
 from driver.errors import BuildFailure, Cancelled, DriverError, JobError
+from driver.image.stage import wrapper_args
 
 if TYPE_CHECKING:
     import argparse
@@ -32,9 +33,13 @@ if TYPE_CHECKING:
 # written to a marker file the driver can ask for; every failure of the wrapper
 # itself exits 255 without that marker. Few programs run here: each costs time
 # on every stage. No single quotes in here: it is sent single-quoted.
+# Image mode (driver/image) passes a container, its role and its keeper's PID: the script
+# then goes, as the docker executor sends it, to the stdin of the first shell found in the
+# container (one docker exec), and a stop signals every process in it but PID 1 and the
+# keeper. A container that is gone is reported like a lost machine, with its own reason.
 WRAPPER = r"""
 umask 077
-grace=$1 token=$2 dir=${TMPDIR:-/tmp}
+grace=$1 token=$2 ctr=$3 role=$4 keeper=$5 dir=${TMPDIR:-/tmp}
 script=$dir/gmd-stage.$token
 IFS= read -r size || exit 255
 set -C
@@ -46,15 +51,37 @@ if [ "$end" != gmd-end ]; then
   rm -f "$script"; echo "the stage script arrived incomplete" >&2; exit 255
 fi
 set -m
-bash "$script" < /dev/null &
+if [ -z "$ctr" ]; then
+  bash "$script" < /dev/null &
+else
+  detect="for s in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/local/bin/sh /usr/bin/sh"
+  detect="$detect /bin/sh /busybox/sh; do if [ -x \$s ]; then exec \$s; fi; done"
+  detect="$detect; echo shell not found >&2; exit 1"
+  if [ "$role" = helper ]; then detect="umask 0000; $detect"; fi
+  docker exec -i "$ctr" sh -c "$detect" < "$script" &
+fi
 pid=$!
 set +m
-(read -r _; kill -TERM -- -$pid; sleep "$grace"; kill -KILL -- -$pid) <&0 >/dev/null 2>&1 &
+stop() {
+  if [ -n "$ctr" ]; then
+    k="for d in /proc/[0-9]*; do p=\${d#/proc/}; case \$p in 1|$keeper|\$\$) ;;"
+    docker exec -u 0 "$ctr" sh -c "$k *) kill -$1 \$p 2>/dev/null;; esac; done"
+  fi
+  kill -$1 -- -$pid
+}
+(read -r _; stop TERM; sleep "$grace"; stop KILL) <&0 >/dev/null 2>&1 &
 watchdog=$!
 wait $pid
 rc=$?
 kill $watchdog 2>/dev/null
 rm -f "$script"
+if [ -n "$ctr" ] && [ $rc -ne 0 ]; then
+  running=$(docker inspect -f "{{.State.Running}}" "$ctr" 2>/dev/null)
+  if [ "$running" != true ]; then
+    echo "the job container $ctr is not running (it stopped or was removed)" > "$dir/gmd-rc.$token"
+    exit 255
+  fi
+fi
 if [ $rc -eq 255 ]; then echo 255 > "$dir/gmd-rc.$token"; fi
 exit $rc
 """
@@ -62,7 +89,9 @@ TRAILER = b"gmd-end\n"
 assert "'" not in WRAPPER
 
 # Asked only after ssh exits 255: did the script itself exit 255?
-PROBE = r"""f=${TMPDIR:-/tmp}/gmd-rc.$1; cat "$f" 2>/dev/null; rm -f "$f" """
+# Anything else in the file is the wrapper's reason for a 255 (image mode), to stderr.
+PROBE = r"""f=${TMPDIR:-/tmp}/gmd-rc.$1; r=$(cat "$f" 2>/dev/null); rm -f "$f"
+case $r in 255) echo 255;; ?*) echo "$r" >&2;; esac"""
 SSH_FAILED = 255
 LOST_MARKER = "lost"
 FAILED_MARKER = "failed"  # as driver.state.FAILED_MARKER (not imported: run stays lean)
@@ -103,7 +132,8 @@ def _run(script_path: str, stage: str, job_dir: str, state: dict[str, object]) -
     ssh = ["ssh", "-F", os.path.join(job_dir, "ssh_config"), "-T", "machine"]
     # --norc: bash run by sshd would otherwise read ~/.bashrc (a second time, after the
     # login shell): slow on some images, and not the job's business.
-    remote = f"exec bash --norc --noprofile -c '{WRAPPER}' gmd-stage {grace:g} {token}"
+    container = wrapper_args(job_dir, stage)  # "" in shell mode
+    remote = f"exec bash --norc --noprofile -c '{WRAPPER}' gmd-stage {grace:g} {token} {container}"
 
     signal.signal(signal.SIGTERM, _cancel)
     signal.signal(signal.SIGINT, _cancel)
@@ -157,6 +187,12 @@ def _log_failure(state: dict[str, object], stage: str) -> None:
 
 
 def _connection_lost(machine: str, stage: str, probe_error: str) -> DriverError:
+    if probe_error.startswith("the job container"):
+        return DriverError(
+            f"{probe_error.strip()}, during stage {stage}",
+            hint="something in the VM stopped the job's container (out of memory?); "
+            "the runner may retry the job",
+        )
     if "IDENTIFICATION HAS CHANGED" in probe_error or "verification failed" in probe_error:
         return DriverError(
             f"machine {machine} presented a different SSH host key than at first contact "

@@ -26,7 +26,7 @@ from .emulator import (
     PreparedJob,
     RunnerEmulator,
 )
-from .job import BuildContext, Job, Variable, render_script, shell_quote
+from .job import BuildContext, Job, Service, Variable, render_script, shell_quote
 
 __all__ = [
     "BuildContext",
@@ -38,6 +38,7 @@ __all__ = [
     "JobRun",
     "PreparedJob",
     "RunnerEmulator",
+    "Service",
     "Variable",
     "render_script",
     "shell_quote",

@@ -65,6 +65,31 @@ class Variable:
         }
 
 
+@dataclass(frozen=True)
+class Service:
+    """One `services:` entry, as GitLab sends it (gitlab: job_request/service.rb)."""
+
+    name: str
+    alias: str = ""  # several may be given, separated by commas or spaces
+    command: list[str] | None = None
+    entrypoint: list[str] | None = None
+    variables: list[Variable] = field(default_factory=list)
+    pull_policy: list[str] | None = None
+    docker: dict[str, Any] | None = None  # executor_opts.docker: platform, user
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "alias": self.alias,
+            "command": self.command,
+            "entrypoint": self.entrypoint,
+            "ports": [],
+            "variables": [v.payload() for v in self.variables],
+            "pull_policy": self.pull_policy,
+            **({"executor_opts": {"docker": self.docker}} if self.docker else {}),
+        }
+
+
 def _new_job_id() -> int:
     # Random rather than a shared counter: jobs made in parallel threads must differ.
     return 1_000_000 + secrets.randbelow(900_000_000)
@@ -115,7 +140,16 @@ class Job:
     allow_failure: bool | list[int] = False
     timeout: float = 3600.0
     image: str | None = None
-    services: list[str] = field(default_factory=list)
+    # image: entrypoint, pull_policy and executor_opts.docker (platform, user)
+    image_entrypoint: list[str] | None = None
+    image_pull_policy: list[str] | None = None
+    image_docker: dict[str, Any] | None = None
+    services: list[str | Service] = field(default_factory=list)
+    # The project's container registry (host:port): its login is among the credentials.
+    registry: str | None = None
+
+    def service_specs(self) -> list[Service]:
+        return [s if isinstance(s, Service) else Service(s) for s in self.services]
 
     @property
     def project_path(self) -> str:
@@ -226,6 +260,9 @@ def predefined_variables(job: Job, ctx: BuildContext) -> list[Variable]:
         result.append(Variable("CI_PROJECT_DIR", project_dir))
     if job.image:
         result.append(Variable("CI_JOB_IMAGE", job.image))
+    if job.registry:
+        result.append(Variable("CI_REGISTRY", job.registry))
+        result.append(Variable("CI_REGISTRY_IMAGE", f"{job.registry}/{job.project_path}"))
     return result
 
 
@@ -235,10 +272,23 @@ def job_variables(job: Job, ctx: BuildContext) -> list[Variable]:
 
 
 def services_json(job: Job) -> str:
-    """CUSTOM_ENV_CI_JOB_SERVICES: a JSON array, or empty without services."""
+    """CUSTOM_ENV_CI_JOB_SERVICES: a JSON array, or empty without services.
+
+    Only the first alias; variables (expanded) only when there are some (runner 19.0+).
+    """
     if not job.services:
         return ""
-    entries = [{"name": s, "alias": "", "entrypoint": None, "command": None} for s in job.services]
+    entries = []
+    for s in job.service_specs():
+        entry: dict[str, Any] = {
+            "name": s.name,
+            "alias": (s.alias.replace(",", " ").split() or [""])[0],
+            "entrypoint": s.entrypoint,
+            "command": s.command,
+        }
+        if s.variables:
+            entry["variables"] = {v.key: v.value for v in s.variables}
+        entries.append(entry)
     return json.dumps(entries)
 
 
@@ -294,20 +344,11 @@ def job_payload(job: Job, ctx: BuildContext) -> dict[str, Any]:
         "runner_info": {"timeout": int(job.timeout), "runner_session_url": ""},
         "variables": [v.payload() for v in job_variables(job, ctx)],
         "steps": steps,
-        "image": {"name": job.image or "", "entrypoint": None},
-        "services": [
-            {"name": s, "alias": "", "entrypoint": None, "command": None} for s in job.services
-        ],
+        "image": _image_payload(job),
+        "services": [s.payload() for s in job.service_specs()],
         "artifacts": _artifacts_payload(job),
         "cache": _cache_payload(job),
-        "credentials": [
-            {
-                "type": "registry",
-                "url": job.server_url.split("://", 1)[-1],
-                "username": "gitlab-ci-token",
-                "password": job.token,
-            }
-        ],
+        "credentials": _credentials_payload(job),
         "dependencies": [
             {
                 "id": dep,
@@ -319,6 +360,30 @@ def job_payload(job: Job, ctx: BuildContext) -> dict[str, Any]:
         ],
         "features": {"trace_sections": True, "failure_reasons": ["script_failure"]},
     }
+
+
+def _image_payload(job: Job) -> dict[str, Any]:
+    """As gitlab: job_request/image.rb: name, entrypoint, ports, executor_opts, pull_policy."""
+    image: dict[str, Any] = {
+        "name": job.image or "",
+        "entrypoint": job.image_entrypoint,
+        "ports": [],
+        "pull_policy": job.image_pull_policy,
+    }
+    if job.image_docker:
+        image["executor_opts"] = {"docker": job.image_docker}
+    return image
+
+
+def _credentials_payload(job: Job) -> list[dict[str, Any]]:
+    """The project's registry (when it has one) and the dependency proxy, with the job
+    token (gitlab: lib/gitlab/ci/build/credentials/registry/*.rb)."""
+    hosts = [job.registry] if job.registry else []
+    hosts.append(job.server_url.split("://", 1)[-1])
+    return [
+        {"type": "registry", "url": host, "username": "gitlab-ci-token", "password": job.token}
+        for host in hosts
+    ]
 
 
 def _variable_value(job: Job, ctx: BuildContext, key: str) -> str:

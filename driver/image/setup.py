@@ -1,0 +1,705 @@
+"""Prepare's part of image mode: plan the job's containers, then start them in its VM.
+
+``plan`` runs before any machine exists, so a refused image costs no VM.
+``start`` runs once the VM is ready: it pulls the images (with the job's
+credentials, sent only to the engine), makes the per-job network, starts the
+services and waits for their ports, starts the helper and build containers
+and records their names in ``<job dir>/image.json`` for ``run``.
+
+The build and helper containers run a "keeper": the image's ENTRYPOINT (or
+the job's ``entrypoint:``) with ``sh -c <keeper>`` as its arguments, as the
+docker executor passes ``sh -c <detect shell>``; the keeper prints its PID and
+waits on the container's open stdin. Each stage is then one ``docker exec``
+into the running container (see driver/stages/run.py), and a cancel stops
+every process in the container but PID 1 and the keeper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from driver.contract import RESPONSE_FILE_ENV
+from driver.errors import DriverError, JobError
+from driver.image import aliases, auth, policy
+from driver.image.config import ImageSettings, PullPolicy, parse_volume
+from driver.image.payload import Credential, ImageSpec, ImageVariable
+from driver.image.policy import ImageRefused
+from driver.image.stage import IMAGE_FILE
+
+Say = Callable[[str], None]
+
+HELPER_REPOSITORY = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper"
+# `docker info` architecture -> the helper image's tag (gitlab-runner's helperimage).
+HELPER_ARCH = {"amd64": "x86_64", "aarch64": "arm64", "armv6l": "arm", "armv7l": "arm"}
+DOCKER_SOCKET = "/var/run/docker.sock"
+KEEPER_MARK = "gmd-keeper"
+# Waits on the container's stdin, which stays open (stdin_open) and never delivers.
+KEEPER = f'echo "{KEEPER_MARK} $$"; read -r _'
+# The helper image has gitlab-runner-helper; the runner's scripts call gitlab-runner.
+HELPER_KEEPER = (
+    "command -v gitlab-runner >/dev/null 2>&1 || { h=$(command -v gitlab-runner-helper) && "
+    'mkdir -p /usr/local/bin && ln -sf "$h" /usr/local/bin/gitlab-runner; }; ' + KEEPER
+)
+KEEPER_TIMEOUT = 30.0
+MAX_HEALTH_PORTS = 20
+HEALTHCHECK_PORT_VARIABLE = "HEALTHCHECK_TCP_PORT"
+DEBUG_SERVICES_VARIABLE = "CI_DEBUG_SERVICES"
+SERVICE_LOG_BYTES = 64 * 1024
+# API 1.41 (Docker 20.10) for `platform` on create; newer engines are spoken to at 1.43.
+MIN_API, MAX_API = "1.41", "1.43"
+_JOB_FAULT = re.compile(
+    r"not found|manifest unknown|pull access denied|unauthorized|authentication required|"
+    r"no basic auth credentials|denied|invalid reference format|repository name must",
+    re.IGNORECASE,
+)
+# Runs in the VM (bash): for each "index:ip:port,port" print "up <index>" once any port
+# accepts a connection; stop at the deadline (the caller warns about the others).
+WAIT_PORTS = r"""
+end=$((SECONDS + $1)); shift; left="$*"
+while :; do
+  next=""
+  for e in $left; do
+    IFS=: read -r i ip ports <<< "$e"
+    up=""
+    for p in ${ports//,/ }; do
+      if (exec 3<>"/dev/tcp/$ip/$p") 2>/dev/null; then up=1; break; fi
+    done
+    if [ -n "$up" ]; then echo "up $i"; else next="$next $e"; fi
+  done
+  left=$next
+  if [ -z "${left// /}" ] || [ $SECONDS -ge $end ]; then exit 0; fi
+  sleep 1
+done
+"""
+assert "'" not in WAIT_PORTS
+
+
+class ImageUnavailable(ImageRefused):
+    """The image cannot be had (missing, refused by the registry): the job's to fix."""
+
+
+@dataclass
+class ContainerPlan:
+    image: str
+    policies: list[PullPolicy]
+    entrypoint: list[str] | None = None  # None: the image's own
+    command: list[str] | None = None
+    user: str = ""
+    platform: str = ""
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ServicePlan(ContainerPlan):
+    aliases: list[str] = field(default_factory=list)
+    name: str = ""  # as the job wrote it, for the log
+
+
+@dataclass
+class Plan:
+    build: ContainerPlan
+    services: list[ServicePlan]
+    helper_image: str  # "" until the engine's architecture is known (the default helper)
+    helper_policies: list[PullPolicy]
+    runner_version: str
+    variables: dict[str, str]
+    credentials: list[Credential]
+    debug_services: bool
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where the VM's engine answers, and the TLS files docker-machine made for it."""
+
+    url: str
+    ca_cert: str
+    client_cert: str
+    client_key: str
+
+
+def load_payload(path: str | None = None) -> Any:
+    from pydantic import ValidationError
+
+    from driver.payload import JobResponse
+
+    path = path or os.environ.get(RESPONSE_FILE_ENV)
+    if not path:
+        raise JobError(f"{RESPONSE_FILE_ENV} is not set: the job's image is unknown")
+    try:
+        return JobResponse.model_validate_json(Path(path).read_bytes())
+    except (OSError, ValidationError) as e:
+        raise JobError(f"cannot read the job's image and services from {path}: {e}") from None
+
+
+def plan(settings: ImageSettings, say: Say, payload: Any = None) -> Plan | None:
+    """What this job runs in, checked against the admin's lists; None: the VM's shell."""
+    if not settings.container_mode:
+        return None
+    payload = payload if payload is not None else load_payload()
+    variables: dict[str, str] = {}
+    public: dict[str, str] = {}
+    for var in payload.variables:
+        variables[var.key] = var.value
+        if var.public and not var.masked and not var.file:
+            public[var.key] = var.value
+    spec: ImageSpec = payload.image or ImageSpec()
+    requested_services = [s for s in payload.services or [] if s.name]
+    name = spec.name or settings.default
+    if not name:
+        if requested_services:
+            say(
+                "WARNING: this job names no image and the runner has no default image "
+                "([image] default): it runs in the VM's shell and its services are not started"
+            )
+        return None
+    if spec.name:  # the admin's default image is always allowed
+        policy.check_allowed(name, settings.allowed_images, "images")
+    policy.check_docker_options(spec.docker_options, "image")
+    options = spec.docker_options
+    entrypoint = spec.entrypoint if spec.entrypoint and spec.name else None
+    if entrypoint is not None and settings.disable_entrypoint_overwrite:
+        say("Entrypoint override disabled")
+        entrypoint = None
+    build = ContainerPlan(
+        image=name,
+        policies=policy.pull_policies(name, spec.pull_policy if spec.name else None, settings),
+        entrypoint=entrypoint,
+        user=policy.build_user(str(options.get("user") or ""), settings),
+        platform=str(options.get("platform") or ""),
+        environment=public,
+    )
+    services = _plan_services(settings, requested_services, public, variables, say)
+    runner_version = variables.get("CI_RUNNER_VERSION", "")
+    helper = settings.helper_image
+    if helper:
+        helper = _expand(helper, variables)
+        helper_policies = list(settings.pull_policy)
+    else:
+        helper_policies = ["if-not-present"]
+        if not re.fullmatch(r"\d+\.\d+\.\d+", runner_version):
+            raise DriverError(
+                f"cannot tell gitlab-runner's version (CI_RUNNER_VERSION is "
+                f"{runner_version!r}) to pick its helper image",
+                hint="set [image] helper_image in the driver's config",
+            )
+    return Plan(
+        build=build,
+        services=services,
+        helper_image=helper,
+        helper_policies=helper_policies,
+        runner_version=runner_version,
+        variables=variables,
+        credentials=list(payload.credentials or []),
+        debug_services=variables.get(DEBUG_SERVICES_VARIABLE, "").lower() in ("true", "1"),
+    )
+
+
+def _plan_services(
+    settings: ImageSettings,
+    requested: Sequence[ImageSpec],
+    public: dict[str, str],
+    variables: dict[str, str],
+    say: Say,
+) -> list[ServicePlan]:
+    wanted: list[tuple[ImageSpec, bool]] = [
+        (
+            ImageSpec(
+                name=s.name,
+                alias=s.alias,
+                command=s.command or None,
+                entrypoint=s.entrypoint or None,
+                variables=[ImageVariable(key=k, value=v) for k, v in s.variables.items()],
+            ),
+            True,
+        )
+        for s in settings.services
+    ]
+    wanted += [(s, False) for s in requested]
+    limit = settings.services_limit
+    if limit >= 0 and len(wanted) > limit:
+        raise ImageRefused(
+            f"too many services requested: {len(wanted)}, only {limit} allowed",
+            hint="use fewer services, or ask the runner's admin to raise [image] services_limit",
+        )
+    for spec, from_admin in wanted:
+        if not from_admin:
+            policy.check_allowed(spec.name, settings.allowed_services, "services")
+        policy.check_docker_options(spec.docker_options, "services")
+    assigned = aliases.assign([(spec.name, spec.aliases()) for spec, _ in wanted])
+    result = []
+    for index, ((spec, from_admin), (names, skipped)) in enumerate(
+        zip(wanted, assigned, strict=True)
+    ):
+        for alias in skipped:
+            say(
+                f'WARNING: Skipping alias "{alias}" for service "{spec.name}" '
+                f"(services[{index}]): alias is already in use by another service."
+            )
+        if not names:
+            say(f"Service {spec.name} is already created. Ignoring.")
+            continue
+        environment = dict(public)
+        for var in spec.variables or []:
+            environment[var.key] = _expand(var.value, {**variables, **environment})
+        options = spec.docker_options
+        result.append(
+            ServicePlan(
+                image=spec.name,
+                name=spec.name,
+                policies=policy.pull_policies(
+                    spec.name, None if from_admin else spec.pull_policy, settings
+                ),
+                entrypoint=spec.entrypoint or None,
+                command=spec.command or None,
+                user=str(options.get("user") or ""),
+                platform=str(options.get("platform") or ""),
+                environment=environment,
+                aliases=names,
+            )
+        )
+    return result
+
+
+def _expand(text: str, variables: dict[str, str]) -> str:
+    """$VAR and ${VAR} from the job's variables, as the runner expands service variables."""
+
+    def value(match: re.Match[str]) -> str:
+        key = match.group(1) or match.group(2)
+        return variables.get(key, "")
+
+    return re.sub(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))", value, text)
+
+
+def with_tag(image: str) -> str:
+    """`:latest` when the name has neither tag nor digest, as docker pulls it."""
+    last = image.rsplit("/", 1)[-1]
+    return image if ("@" in image or ":" in last) else f"{image}:latest"
+
+
+# --- on the VM's engine -------------------------------------------------------------------
+
+
+def _connect(engine: Engine, timeout: float, ready_timeout: float) -> Any:
+    """An API client at the engine's newest API version we know; waits for the engine."""
+    import docker
+    from requests.exceptions import RequestException
+
+    tls = docker.tls.TLSConfig(
+        client_cert=(engine.client_cert, engine.client_key), ca_cert=engine.ca_cert, verify=True
+    )
+
+    def client(version: str) -> Any:
+        api = docker.APIClient(base_url=engine.url, tls=tls, timeout=int(timeout), version=version)
+        # Neither a CA bundle nor a proxy from our environment belongs between us and the VM.
+        api.trust_env = False
+        return api
+
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        probe = client("1.24")
+        try:
+            spoken = str(probe.version().get("ApiVersion", MIN_API))
+            break
+        except (docker.errors.DockerException, RequestException, OSError) as e:
+            if time.monotonic() > deadline:
+                raise DriverError(
+                    f"the VM's Docker engine at {engine.url} did not answer within "
+                    f"{ready_timeout:g}s: {_first(e)}",
+                    hint="image mode needs the engine docker-machine set up in the VM",
+                ) from None
+            time.sleep(0.5)
+        finally:
+            probe.close()
+    if _version(spoken) < _version(MIN_API):
+        raise DriverError(
+            f"the VM's Docker engine speaks API {spoken}; image mode needs {MIN_API} "
+            "(Docker 20.10) or newer",
+            hint="provision VMs with a newer Docker ([machine] engine_install_url)",
+        )
+    return client(min(spoken, MAX_API, key=_version))
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+class Starter:
+    """One job's containers on its VM's engine."""
+
+    def __init__(
+        self,
+        settings: ImageSettings,
+        job_plan: Plan,
+        *,
+        machine: str,
+        engine: Engine,
+        builds_dir: str,
+        cache_dir: str,
+        say: Say,
+        warn: Say,
+    ) -> None:
+        self.settings = settings
+        self.plan = job_plan
+        self.machine = machine
+        self.engine = engine
+        self.builds_dir = builds_dir
+        self.cache_dir = cache_dir
+        self.say = say
+        self.warn = warn
+        self.network = f"{machine}-network"
+        self.pulled: set[str] = set()
+        self.credentials = auth.collect(
+            job_plan.variables, job_plan.credentials, settings.auth_config_file, warn
+        )
+        self.api: Any = None
+        self.ready_timeout = 120.0
+
+    # --- images
+
+    def ensure_image(self, image: str, policies: Sequence[PullPolicy], platform: str) -> None:
+        from docker.errors import DockerException, ImageNotFound
+
+        ref = with_tag(image)
+        if ref in self.pulled:
+            return
+        self.say(f"Using effective pull policy of [{', '.join(policies)}] for container {ref}")
+        failure: Exception | None = None
+        for attempt, pull_policy in enumerate(policies, start=1):
+            if attempt > 1:
+                self.say(f'Attempt #{attempt}: Trying "{pull_policy}" pull policy')
+            try:
+                if pull_policy != "always":
+                    try:
+                        self.api.inspect_image(ref)
+                        self.say(f"Using locally found image {ref}")
+                        self.pulled.add(ref)
+                        return
+                    except ImageNotFound:
+                        if pull_policy == "never":
+                            raise ImageUnavailable(
+                                f'image "{ref}" is not on the machine and its pull policy is '
+                                '"never"',
+                                hint='use pull_policy "if-not-present" or "always", or have '
+                                "the runner's admin pre-pull it ([pool] images)",
+                            ) from None
+                self._pull(ref, platform)
+                self.pulled.add(ref)
+                return
+            except (ImageRefused, DriverError, DockerException) as e:
+                failure = e
+                if len(policies) > attempt:
+                    self.warn(f'Failed to pull image with policy "{pull_policy}": {_first(e)}')
+        assert failure is not None
+        raise failure
+
+    def _pull(self, ref: str, platform: str) -> None:
+        from docker.errors import DockerException
+
+        login = self.credentials.for_image(ref)
+        if login is not None:
+            self.say(f"Authenticating with credentials from {login.source}")
+        self.say(f"Pulling docker image {ref} ...")
+        repository, tag = _split_reference(ref)
+        error = ""
+        try:
+            for event in self.api.pull(
+                repository,
+                tag=tag,
+                stream=True,
+                decode=True,
+                auth_config=login.auth_config() if login else None,
+                platform=platform or None,
+            ):
+                if isinstance(event, dict) and event.get("error"):
+                    error = str(event["error"])
+        except DockerException as e:
+            error = _first(e)
+        if not error:
+            image = self.api.inspect_image(ref)
+            self.say(f"Using docker image {image.get('Id', '?')} for {ref} ...")
+            return
+        if _JOB_FAULT.search(error):
+            raise ImageUnavailable(
+                f"pulling image {ref} failed: {error}",
+                hint="check the image's name and tag, and the registry credentials "
+                "(DOCKER_AUTH_CONFIG, or the job token for GitLab's registry)",
+            )
+        raise DriverError(
+            f"pulling image {ref} into {self.machine} failed: {error}",
+            hint="the registry may be unreachable from the VM; the runner may retry the job",
+        )
+
+    # --- containers
+
+    def _binds(self) -> list[str]:
+        binds = [f"{self.builds_dir}:{self.builds_dir}:rw", f"{self.cache_dir}:{self.cache_dir}:rw"]
+        for volume in self.settings.volumes:
+            host, target, mode = parse_volume(volume)
+            if host is not None:
+                binds.append(f"{host}:{target}:{mode}")
+        return binds
+
+    def _anonymous_volumes(self) -> list[str]:
+        return [t for h, t, _ in map(parse_volume, self.settings.volumes) if h is None]
+
+    def _create(
+        self,
+        name: str,
+        spec: ContainerPlan,
+        command: list[str] | None,
+        *,
+        binds: list[str],
+        network_aliases: list[str],
+        elevated: bool,
+    ) -> str:
+        """``elevated``: the admin's privileged, cap_add and cap_drop apply (not the helper)."""
+        api = self.api
+        settings = self.settings
+        host_config = api.create_host_config(
+            binds=binds,
+            privileged=elevated and settings.privileged,
+            cap_add=list(settings.cap_add) if elevated and settings.cap_add else None,
+            cap_drop=list(settings.cap_drop) if elevated and settings.cap_drop else None,
+            network_mode=self.network,
+        )
+        networking = api.create_networking_config(
+            {self.network: api.create_endpoint_config(aliases=network_aliases or None)}
+        )
+        kwargs: dict[str, Any] = {}
+        if spec.entrypoint is not None:
+            kwargs["entrypoint"] = spec.entrypoint
+        container = api.create_container(
+            with_tag(spec.image),
+            command=command,
+            name=name,
+            hostname=self.machine,
+            user=spec.user or None,
+            environment=[f"{k}={v}" for k, v in spec.environment.items()],
+            stdin_open=True,
+            tty=False,
+            volumes=self._anonymous_volumes() or None,
+            labels={"gitlab-machine-driver.machine": self.machine},
+            host_config=host_config,
+            networking_config=networking,
+            platform=spec.platform or None,
+            **kwargs,
+        )
+        api.start(container["Id"])
+        return name
+
+    def _keeper_pid(self, name: str) -> int:
+        """The keeper's PID in its container, which it prints first thing."""
+        deadline = time.monotonic() + KEEPER_TIMEOUT
+        while True:
+            logs = self.api.logs(name, stdout=True, stderr=True).decode("utf-8", "replace")
+            found = re.search(rf"^{KEEPER_MARK} (\d+)$", logs, re.MULTILINE)
+            if found:
+                return int(found.group(1))
+            state = self.api.inspect_container(name)["State"]
+            if not state.get("Running") or time.monotonic() > deadline:
+                why = "exited" if not state.get("Running") else "did not start its command"
+                raise ImageUnavailable(
+                    f"container {name} ({self.api.inspect_container(name)['Config']['Image']}) "
+                    f"{why} (exit code {state.get('ExitCode')}); its output:\n"
+                    + "\n".join(logs.splitlines()[-20:]),
+                    hint="the image needs `sh`, and its ENTRYPOINT must run its arguments "
+                    "(as on the docker executor); the job's `entrypoint:` can replace it",
+                )
+            time.sleep(0.05)
+
+    def start(self, wait_ports: Callable[[str, float], str]) -> dict[str, Any]:
+        """Everything on the engine; returns what image.json records.
+
+        ``wait_ports(remote command, timeout)`` runs a bash command in the VM.
+        """
+        self.api = _connect(self.engine, self.settings.pull_timeout, self.ready_timeout)
+        try:
+            record = self._containers()
+            self._wait_for_services(record["services"], wait_ports)
+            if self.plan.debug_services:
+                for name, label in record["services"]:
+                    for line in service_logs(self.api, name).splitlines():
+                        self.say(f"[service:{label}] {line}")
+            return record
+        finally:
+            self.api.close()
+
+    def _containers(self) -> dict[str, Any]:
+        api, job = self.api, self.plan
+        if not job.helper_image:
+            arch = str(api.info().get("Architecture", "amd64"))
+            job.helper_image = (
+                f"{HELPER_REPOSITORY}:{HELPER_ARCH.get(arch, arch)}-v{job.runner_version}"
+            )
+        self.say(f"Using docker image {job.build.image} for the job's scripts")
+        self.ensure_image(job.helper_image, job.helper_policies, "")
+        self.ensure_image(job.build.image, job.build.policies, job.build.platform)
+        api.create_network(
+            self.network,
+            driver="bridge",
+            labels={"gitlab-machine-driver.machine": self.machine},
+        )
+        services = []
+        for index, service in enumerate(job.services):
+            self.ensure_image(service.image, service.policies, service.platform)
+            name = f"{self.machine}-svc-{index}"
+            self.say(f"Starting service {service.name}...")
+            self._create(
+                name,
+                service,
+                service.command,
+                binds=self._binds(),
+                network_aliases=service.aliases,
+                elevated=True,
+            )
+            services.append((name, service))
+        binds = self._binds()
+        helper = self._create(
+            f"{self.machine}-helper",
+            ContainerPlan(image=job.helper_image, policies=[]),
+            ["sh", "-c", HELPER_KEEPER],
+            binds=binds,
+            network_aliases=[],
+            elevated=False,
+        )
+        if self.settings.docker_socket:  # the VM's own engine: the VM is the boundary
+            binds = [*binds, f"{DOCKER_SOCKET}:{DOCKER_SOCKET}"]
+        build = self._create(
+            f"{self.machine}-build",
+            job.build,
+            ["sh", "-c", KEEPER],
+            binds=binds,
+            network_aliases=["build"],
+            elevated=True,
+        )
+        keepers = {helper: self._keeper_pid(helper), build: self._keeper_pid(build)}
+        return {
+            "build": build,
+            "helper": helper,
+            "keepers": keepers,
+            "services": [[name, "-".join(s.aliases)] for name, s in services],
+            "debug_services": job.debug_services,
+        }
+
+    # --- services' health, from the VM (container addresses are only reachable there)
+
+    def _wait_for_services(
+        self, services: list[list[str]], wait_ports: Callable[[str, float], str]
+    ) -> None:
+        timeout = self.settings.wait_for_services_timeout
+        if not services or timeout < 0:
+            return
+        timeout = timeout or 30.0
+        targets = self.health_targets(services)
+        if not targets:
+            return
+        self.say(f"Waiting for services to be up and running (timeout {timeout:g} seconds)...")
+        entries = " ".join(f"{i}:{ip}:{','.join(map(str, ports))}" for i, ip, ports in targets)
+        output = wait_ports(f"bash -c '{WAIT_PORTS}' gmd-wait {int(timeout)} {entries}", timeout)
+        up = {int(line.split()[1]) for line in output.splitlines() if line.startswith("up ")}
+        for index, ip, ports in targets:
+            if index in up:
+                continue
+            name = services[index][0]
+            self.warn(
+                f"Service {name} probably didn't start properly.\n"
+                f"Health check error: no answer on {ip} port(s) "
+                f"{', '.join(map(str, ports))} within {timeout:g}s\n"
+                "Service container logs:\n" + service_logs(self.api, name).rstrip()
+            )
+
+    def health_targets(self, services: list[list[str]]) -> list[tuple[int, str, list[int]]]:
+        targets = []
+        for index, (name, _) in enumerate(services):
+            info = self.api.inspect_container(name)
+            if not info["State"].get("Running"):
+                continue
+            network = info["NetworkSettings"]["Networks"].get(self.network) or {}
+            env = dict(e.split("=", 1) for e in info["Config"].get("Env") or [] if "=" in e)
+            if env.get(HEALTHCHECK_PORT_VARIABLE, "").isdigit():
+                ports = [int(env[HEALTHCHECK_PORT_VARIABLE])]
+            else:
+                exposed = info["Config"].get("ExposedPorts") or {}
+                ports = sorted(int(p.split("/")[0]) for p in exposed if p.endswith("/tcp"))
+            if ports and network.get("IPAddress"):
+                targets.append((index, network["IPAddress"], ports[:MAX_HEALTH_PORTS]))
+        return targets
+
+
+def service_logs(api: Any, name: str, limit: int = SERVICE_LOG_BYTES) -> str:
+    data: bytes = api.logs(name, stdout=True, stderr=True)
+    return data[-limit:].decode("utf-8", "replace")
+
+
+def _split_reference(ref: str) -> tuple[str, str | None]:
+    if "@" in ref:
+        return ref, None
+    repository, _, tag = ref.rpartition(":")
+    return repository, tag
+
+
+def _first(error: BaseException) -> str:
+    text = getattr(error, "message", None) or str(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def write_record(job_dir: Path, record: dict[str, Any]) -> None:
+    """``<job dir>/image.json``, 0600, replaced atomically: `run` reads it every stage."""
+    path = job_dir / IMAGE_FILE
+    tmp = path.with_name(f".{IMAGE_FILE}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+
+
+def start(
+    settings: Any,
+    job_dir: Any,
+    job_plan: Plan,
+    machine: str,
+    address: Any,
+    url: Callable[[], str],
+    say: Say,
+    warn: Say,
+) -> None:
+    """Prepare's call once the machine is ready: containers up, image.json written.
+
+    ``settings``: driver.settings.Settings; ``job_dir``: the job's state dir (``.path``);
+    ``address``: the machine's engine URL and TLS files; ``url()`` asks docker-machine
+    for the engine's URL when the address does not hold it yet.
+    """
+    from driver import ssh
+
+    step = time.monotonic()
+    engine = Engine(
+        url=address.engine_url or url(),
+        ca_cert=address.ca_cert,
+        client_cert=address.client_cert,
+        client_key=address.client_key,
+    )
+    starter = Starter(
+        settings.image,
+        job_plan,
+        machine=machine,
+        engine=engine,
+        builds_dir=settings.builds_dir,
+        cache_dir=settings.cache_dir,
+        say=say,
+        warn=warn,
+    )
+
+    def run_in_vm(command: str, timeout: float) -> str:
+        return str(ssh.run(job_dir, command, timeout=timeout + 15, check=False).stdout)
+
+    starter.ready_timeout = settings.docker.ready_timeout
+    record = starter.start(run_in_vm)
+    write_record(Path(job_dir.path), record)
+    say(f"Job containers are up ({time.monotonic() - step:.2f}s)")

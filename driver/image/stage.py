@@ -1,0 +1,42 @@
+"""Which container a stage runs in: read by `run` once per stage, so standard library only.
+
+``<job dir>/image.json`` exists only for a job in image mode (prepare writes it).
+User stages (``build_script``, ``step_*``, ``after_script``) run in the build
+container; every other stage (the runner's own: sources, caches, artifacts,
+and any stage a newer runner invents) in the helper, where git and
+gitlab-runner-helper are.
+"""
+
+from __future__ import annotations
+
+import os
+
+IMAGE_FILE = "image.json"
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def is_user_stage(stage: str) -> bool:
+    return stage in ("build_script", "after_script") or stage.startswith("step_")
+
+
+def wrapper_args(job_dir: object, stage: str) -> str:
+    """The VM-side wrapper's "<container> <role> <keeper pid>"; "" in shell mode.
+
+    ``job_dir``: the job's state dir, as a path or an object with ``.path``.
+    """
+    base = str(getattr(job_dir, "path", job_dir))
+    try:
+        f = open(os.path.join(base, IMAGE_FILE), "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return ""  # shell mode: not even json is imported on this path
+    import json
+
+    with f:
+        record = json.load(f)
+    role = "build" if is_user_stage(stage) else "helper"
+    container = str(record[role])
+    keeper = int(record["keepers"][container])
+    # They go into the remote command line: names the driver made, checked anyway.
+    if not container or not set(container) <= _SAFE:
+        raise ValueError(f"unexpected container name {container!r} in {IMAGE_FILE}")
+    return f"{container} {role} {keeper}"

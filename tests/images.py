@@ -1,0 +1,277 @@
+"""Container images for image-mode tests, made from the host's own Debian files, and a
+registry on a test host of the docker-machine double to serve them from.
+
+No registry outside this machine is reachable, so every image is a tarball of
+host files (`docker import`ed and pushed on the registry's host):
+
+- `ci/bash`: bash, git, coreutils and the docker CLI (with their libraries);
+- `ci/busybox`: only busybox-static's `sh` and applets, no bash;
+- `ci/web`: busybox `httpd` serving a page on port 8080 (EXPOSE 8080), a service;
+- `ci/helper`: `ci/bash` plus a stand-in `gitlab-runner-helper`, as the helper image.
+
+`Registry.start` runs Debian's docker-registry twice on one test host: :5000 open,
+:5001 requiring a login (htpasswd, bcrypt).
+"""
+
+from __future__ import annotations
+
+import crypt  # bcrypt for the registry's htpasswd; deprecated, still in 3.11
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.world import Env
+
+FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+REGISTRY_CONFIG = """version: 0.1
+storage:
+  filesystem:
+    rootdirectory: {root}/data-{port}
+http:
+  addr: :{port}
+{auth}"""
+AUTH_CONFIG = """auth:
+  htpasswd:
+    realm: gmd-tests
+    path: {root}/htpasswd
+"""
+BASH_TOOLS = [
+    "/bin/bash", "/usr/bin/git", "/usr/bin/docker", "/bin/cat", "/bin/ls", "/bin/mkdir",
+    "/bin/rm", "/bin/sleep", "/bin/date", "/usr/bin/wc", "/usr/bin/head", "/usr/bin/id",
+    "/bin/hostname", "/bin/uname", "/usr/bin/env", "/bin/chmod", "/usr/bin/find",
+    "/bin/grep", "/bin/sed", "/usr/bin/tr", "/usr/bin/touch", "/usr/bin/stat",
+    "/usr/bin/readlink", "/bin/ln", "/usr/bin/tail", "/bin/sh",
+]  # fmt: skip
+# What the runner's cache and artifact stages call, standing in for gitlab-runner-helper.
+HELPER_SCRIPT = """#!/bin/bash
+case "$1" in
+  --version) echo "gitlab-runner-helper 17.9.0 (stand-in)";;
+  cache-archiver|artifacts-uploader) echo "helper stand-in: $1 in $(pwd)";;
+  *) echo "helper stand-in: $*";;
+esac
+"""
+PASSWD = "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/tmp:/bin/sh\n"
+GROUP = "root:x:0:\nbuilder:x:1000:\n"
+
+
+def _libraries(binaries: Iterable[str]) -> set[str]:
+    libs: set[str] = set()
+    for binary in binaries:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            path = parts[2] if "=>" in parts and len(parts) > 2 else parts[0]
+            if path.startswith("/"):
+                libs.add(path)
+    return libs
+
+
+class Rootfs:
+    """A tarball built in memory: files copied from the host, or written."""
+
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+        self.tar = tarfile.open(fileobj=self.buffer, mode="w")  # noqa: SIM115 - closed in bytes()
+        self.dirs: set[str] = set()
+        self.files: set[str] = set()
+
+    def _parents(self, path: str) -> None:
+        parts = path.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in self.dirs:
+                self.dirs.add(d)
+                info = tarfile.TarInfo(d)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                self.tar.addfile(info)
+
+    def dir(self, path: str, mode: int = 0o755) -> None:
+        self._parents(path)
+        info = tarfile.TarInfo(path.strip("/"))
+        info.type, info.mode = tarfile.DIRTYPE, mode
+        self.tar.addfile(info)
+        self.dirs.add(path.strip("/"))
+
+    def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        if path.strip("/") in self.files:
+            return  # the same library reached twice
+        self.files.add(path.strip("/"))
+        self._parents(path)
+        info = tarfile.TarInfo(path.strip("/"))
+        info.size, info.mode = len(data), mode
+        self.tar.addfile(info, io.BytesIO(data))
+
+    def copy(self, host_path: str, path: str | None = None) -> None:
+        real = Path(host_path).resolve()
+        self.write(path or host_path, real.read_bytes(), 0o755)
+
+    def link(self, path: str, target: str) -> None:
+        self._parents(path)
+        info = tarfile.TarInfo(path.strip("/"))
+        info.type, info.linkname = tarfile.SYMTYPE, target
+        self.tar.addfile(info)
+
+    def base(self) -> None:
+        self.write("/etc/passwd", PASSWD.encode())
+        self.write("/etc/group", GROUP.encode())
+        self.dir("/tmp", 0o1777)
+        self.dir("/root", 0o700)
+
+    def bytes(self) -> bytes:
+        self.tar.close()
+        return self.buffer.getvalue()
+
+
+def busybox_rootfs(extra: dict[str, bytes] | None = None) -> bytes:
+    fs = Rootfs()
+    fs.base()
+    fs.copy("/bin/busybox", "/bin/busybox")
+    applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout
+    for applet in applets.split():
+        if applet != "busybox":
+            fs.link(f"/bin/{applet}", "busybox")
+    for path, data in (extra or {}).items():
+        fs.write(path, data)
+    return fs.bytes()
+
+
+def bash_rootfs(helper: bool = False) -> bytes:
+    fs = Rootfs()
+    fs.base()
+    tools = [t for t in BASH_TOOLS if Path(t).exists()]
+    for tool in tools:
+        fs.copy(tool)
+    for lib in sorted(_libraries(tools)):
+        fs.copy(lib)
+    if helper:
+        fs.write("/usr/bin/gitlab-runner-helper", HELPER_SCRIPT.encode(), 0o755)
+    return fs.bytes()
+
+
+@dataclass
+class Image:
+    name: str  # ci/bash:1
+    rootfs: bytes
+    changes: list[str]
+
+
+def test_images() -> list[Image]:
+    return [
+        Image("ci/bash:1", bash_rootfs(), ['CMD ["bash"]']),
+        Image("ci/helper:1", bash_rootfs(helper=True), ['CMD ["bash"]']),
+        Image("ci/busybox:1", busybox_rootfs(), ['CMD ["sh"]']),
+        Image(
+            "ci/web:1",
+            busybox_rootfs({"/www/index.html": b"hello from the web service\n"}),
+            ['CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]', "EXPOSE 8080"],
+        ),
+    ]
+
+
+def _htpasswd(user: str, password: str) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+
+
+@dataclass
+class Registry:
+    """Two registries on one test host: `open` (:5000) and `private` (:5001, a login)."""
+
+    env: Env
+    host: str = ""
+    ssh: list[str] | None = None
+    forward: str = ""
+
+    @property
+    def open(self) -> str:
+        return f"{self.host}:5000"
+
+    @property
+    def private(self) -> str:
+        return f"{self.host}:5001"
+
+    def start(self, user: str, password: str, images: list[Image]) -> None:
+        self.forward = FORWARD.read_text()
+        FORWARD.write_text("1\n")  # machines reach each other through the host
+        self.dm("create", "--driver", "local", "registry-host")
+        info = json.loads(self.dm("inspect", "registry-host"))["Driver"]
+        self.host = info["IPAddress"]
+        home = self.env.storage / "machines" / "registry-host"  # visible inside the machine
+        self.ssh = [
+            "ssh", "-i", info["SSHKeyPath"], "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=accept-new",
+            "-o", f"UserKnownHostsFile={self.env.base / 'registry_known_hosts'}",
+            f"root@{self.host}",
+        ]  # fmt: skip
+        (home / "htpasswd").write_text(_htpasswd(user, password))
+        starts = []
+        for port, auth in ((5000, ""), (5001, AUTH_CONFIG.format(root=home))):
+            config = home / f"registry-{port}.yml"
+            config.write_text(REGISTRY_CONFIG.format(root=home, port=port, auth=auth))
+            starts.append(
+                f"setsid nohup docker-registry serve {config} > {home}/registry-{port}.log "
+                "2>&1 < /dev/null &"
+            )
+        self.run(" ".join(starts))
+        self.run(
+            "for p in 5000 5001; do for i in $(seq 50); do "
+            "(exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.2; done; done"
+        )
+        for image in images:
+            tarball = home / (image.name.replace("/", "_").replace(":", "_") + ".tar")
+            tarball.write_bytes(image.rootfs)
+            changes = " ".join(f"--change {shlex_quote(c)}" for c in image.changes)
+            self.run(
+                f"docker import {changes} {tarball} 127.0.0.1:5000/{image.name} >/dev/null && "
+                f"docker push -q 127.0.0.1:5000/{image.name} >/dev/null"
+            )
+
+    def push_private(self, image: str, user: str, password: str) -> str:
+        """Copy an image of the open registry into the private one; its name there."""
+        target = f"127.0.0.1:5001/{image}"
+        self.run(
+            f"docker tag 127.0.0.1:5000/{image} {target} && "
+            f"echo {shlex_quote(password)} | docker login -u {user} --password-stdin "
+            f"127.0.0.1:5001 >/dev/null && docker push -q {target} >/dev/null && "
+            "docker logout 127.0.0.1:5001 >/dev/null"
+        )
+        return f"{self.private}/{image}"
+
+    def dm(self, *args: str) -> str:
+        return subprocess.run(
+            ["docker-machine", "--storage-path", str(self.env.storage), *args],
+            env=self.env.process_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    def run(self, command: str) -> None:
+        assert self.ssh is not None
+        done = subprocess.run([*self.ssh, command], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{command}\n{done.stdout}{done.stderr}"
+
+    def stop(self) -> None:
+        if self.forward:
+            FORWARD.write_text(self.forward)
+
+
+def shlex_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def available() -> bool:
+    return (
+        Path("/usr/sbin/dockerd").exists()
+        and shutil.which("docker-registry") is not None
+        and Path("/bin/busybox").exists()
+    )

@@ -1,0 +1,280 @@
+"""Image mode: whole jobs in their own image with services, on each VM's own engine.
+
+Images are made from the host's Debian files (tests/images.py) and served by
+registries on a test host of the double, one of them requiring a login.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import images
+from tests.runner import CancelPlan, Job, Service, Variable
+from tests.world import Env, destroy_world, driver_argv, new_world
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not images.available(),
+    reason="needs root, docker.io, docker-registry and busybox-static",
+)
+USER, PASSWORD = "gitlab-ci-token", "glcbt-64_registry-test-token"
+HOSTILE = 'it\'s $(echo no) `echo no` \\ "q" ümlaut\ttab\nline2 $HOME *'
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[images.Registry]:
+    world = new_world()
+    reg = images.Registry(world)
+    try:
+        reg.start(USER, PASSWORD, images.test_images())
+        reg.push_private("ci/busybox:1", USER, PASSWORD)
+        yield reg
+    finally:
+        reg.stop()
+        destroy_world(world)
+
+
+def image_world(env: Env, registry: images.Registry, **image: Any) -> None:
+    env.configure(
+        # TMPDIR: the double's dockerd would inherit the runner's temp dir, gone by then.
+        machine={"engine_env": ["TMPDIR=/tmp"], "engine_insecure_registry": ["10.213.0.0/16"]},
+        image={
+            "mode": "container",
+            "helper_image": f"{registry.open}/ci/helper:1",
+            "pull_policy": ["if-not-present"],
+            "allowed_pull_policies": ["always", "if-not-present", "never"],
+            **image,
+        },
+    )
+
+
+def test_a_job_runs_in_its_image_and_the_plumbing_in_the_helper(
+    env: Env, registry: images.Registry
+) -> None:
+    image_world(env, registry)
+    job = Job(
+        image=f"{registry.open}/ci/bash:1",
+        script=[
+            "test -f /.dockerenv && echo in-a-container",
+            'echo "shell=$BASH_VERSION pwd=$(pwd)"',
+            "cat .emulated-checkout",  # written by get_sources, in the helper
+            "git --version",
+            "gitlab-runner --version || echo no-runner-in-build-image",
+        ],
+        after_script=["echo after-in-$(hostname)"],
+        artifacts=True,
+    )
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    build = result.stage("build_script").stdout
+    assert "in-a-container" in build
+    assert f"pwd=/builds/{job.project_path}" in build
+    assert "shell=5." in build  # the detect script found bash first
+    assert job.commit_sha in build
+    assert "no-runner-in-build-image" in build
+    assert f"after-in-gmdt-{job.id}" in result.job_log
+    # The runner's own stages ran in the helper, where gitlab-runner(-helper) is.
+    assert "helper stand-in: artifacts-uploader" in result.job_log
+    assert "Missing gitlab-runner" not in result.job_log
+    assert f"Running on gmdt-{job.id}" in result.job_log
+    env.assert_nothing_left()
+
+
+def test_an_image_with_only_busybox_sh_gets_variables_intact(
+    env: Env, registry: images.Registry
+) -> None:
+    image_world(env, registry)
+    job = Job(
+        image=f"{registry.open}/ci/busybox:1",
+        variables=[Variable("HOSTILE", HOSTILE)],
+        script=[
+            "readlink /proc/$$/exe",
+            "test -e /bin/bash || echo no-bash-here",
+            'printf "<%s>\\n" "$HOSTILE"',
+        ],
+    )
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    build = result.stage("build_script").stdout
+    assert "/bin/busybox" in build
+    assert "no-bash-here" in build
+    assert f"<{HOSTILE}>" in build
+    env.assert_nothing_left()
+
+
+def test_exit_codes_and_stdin_in_a_container(env: Env, registry: images.Registry) -> None:
+    image_world(env, registry)
+    job = Job(
+        image=f"{registry.open}/ci/busybox:1",
+        script=["cat", "read line || echo stdin-is-empty", "exit 42"],
+        after_script=["echo after-ran"],
+    )
+    result = env.run_job(job)
+    assert (result.outcome, result.exit_code) == ("failed", 42), result.describe()
+    assert "stdin-is-empty" in result.job_log
+    assert "after-ran" in result.job_log
+    result = env.run_job(Job(image=f"{registry.open}/ci/bash:1", script=["exit 255"]))
+    assert (result.outcome, result.exit_code) == ("failed", 255), result.describe()
+    env.assert_nothing_left()
+
+
+def test_services_are_reached_by_their_aliases(env: Env, registry: images.Registry) -> None:
+    image_world(env, registry, wait_for_services_timeout=5)
+    web = f"{registry.open}/ci/web:1"
+    job = Job(
+        image=f"{registry.open}/ci/busybox:1",
+        variables=[Variable("CI_DEBUG_SERVICES", "true")],
+        services=[
+            Service(
+                web,
+                alias="web, www",
+                command=["sh", "-c", "echo svc-says $GREETING; exec httpd -f -p 8080 -h /www"],
+                variables=[Variable("GREETING", "hello-$CI_JOB_NAME")],
+            ),
+            # Exposes nothing; told to be checked on a port nobody listens on.
+            Service(
+                f"{registry.open}/ci/busybox:1",
+                alias="quiet",
+                command=["sleep", "600"],
+                variables=[Variable("HEALTHCHECK_TCP_PORT", "9999")],
+            ),
+        ],
+        script=[
+            "wget -qO- http://web:8080/",
+            "wget -qO- http://www:8080/",
+            f"wget -qO- http://{registry.host}-ci-web:8080/",
+        ],
+    )
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    assert result.stage("build_script").stdout.count("hello from the web service") == 3
+    assert "Waiting for services to be up and running (timeout 5 seconds)" in result.job_log
+    assert "[service:" in result.job_log and "svc-says hello-test-job" in result.job_log
+    # The silent one is only a warning, naming it.
+    assert "probably didn't start properly" in result.job_log
+    assert f"gmdt-{job.id}-svc-1" in result.job_log
+    env.assert_nothing_left()
+
+
+def test_a_private_registry_is_pulled_from_with_the_job_token(
+    env: Env, registry: images.Registry
+) -> None:
+    image_world(env, registry)
+    image = f"{registry.private}/ci/busybox:1"
+    job = Job(image=image, token=PASSWORD, registry=registry.private, script=["echo pulled"])
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    assert "Authenticating with credentials from job payload" in result.job_log
+    prepare = result.execs("prepare")[-1]
+    assert PASSWORD not in prepare.stdout + prepare.stderr  # raw output, before masking
+    assert PASSWORD not in (env.state_dir / "driver.log").read_text()
+
+    wrong = Job(image=image, registry=registry.private, script=["echo never"])
+    result = env.run_job(wrong)
+    assert result.outcome == "failed", result.describe()
+    assert result.prepare_attempts == 1  # the job's to fix: not retried
+    assert f"pulling image {image} failed" in result.job_log
+    env.assert_nothing_left()
+
+
+def test_pull_policy_never_on_a_missing_image_fails_clearly(
+    env: Env, registry: images.Registry
+) -> None:
+    image_world(env, registry)
+    job = Job(image=f"{registry.open}/ci/busybox:1", image_pull_policy=["never"])
+    result = env.run_job(job)
+    assert result.outcome == "failed", result.describe()
+    assert 'is not on the machine and its pull policy is "never"' in result.job_log
+    assert result.prepare_attempts == 1
+    env.assert_nothing_left()
+
+
+def test_a_refused_image_fails_before_any_machine_naming_the_setting(
+    env: Env, registry: images.Registry
+) -> None:
+    image_world(env, registry, allowed_images=[f"{registry.open}/ci/bash:*"])
+    job = Job(image=f"{registry.open}/ci/busybox:1")
+    result = env.run_job(job)
+    assert result.outcome == "failed", result.describe()
+    assert "allowed_images" in result.job_log
+    assert f'"{registry.open}/ci/busybox:1" image is not present' in result.job_log
+    assert "Creating machine" not in result.job_log
+    assert result.prepare_attempts == 1
+    env.assert_nothing_left()
+
+
+def test_the_job_builds_images_on_the_vms_engine(env: Env, registry: images.Registry) -> None:
+    image_world(env, registry)
+    job = Job(
+        image=f"{registry.open}/ci/bash:1",
+        script=[
+            "echo made-in-the-job > f",
+            "printf 'FROM scratch\\nCOPY f /f\\n' > Dockerfile",
+            "DOCKER_BUILDKIT=0 docker build -q -t built-in-job:1 . >/dev/null",
+            "docker image ls built-in-job --format 'built {{.Repository}}:{{.Tag}}'",
+        ],
+    )
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    assert "built built-in-job:1" in result.job_log
+    env.assert_nothing_left()
+
+
+LOOP = "while true; do date +%s%N >> /tmp/alive; sleep 0.1; done"
+CHECK_STOPPED = (
+    "a=$(wc -l < /tmp/alive); sleep 1.5; b=$(wc -l < /tmp/alive); "
+    'if [ "$a" = "$b" ]; then echo BUILD-STOPPED; else echo BUILD-STILL-RUNNING; fi'
+)
+
+
+def test_cancel_stops_the_build_in_the_container(env: Env, registry: images.Registry) -> None:
+    image_world(env, registry)
+    job = Job(
+        image=f"{registry.open}/ci/busybox:1",
+        script=["trap '' TERM", LOOP],
+        after_script=[CHECK_STOPPED],
+    )
+    result = env.run_job(job, cancel=CancelPlan("build_script", after=3.0))
+    assert result.outcome == "cancelled", result.describe()
+    assert "BUILD-STOPPED" in result.job_log, result.describe()
+    env.assert_nothing_left()
+
+
+def test_a_sigkilled_run_still_stops_the_build_in_the_container(
+    env: Env, registry: images.Registry
+) -> None:
+    image_world(env, registry)
+    job = Job(image=f"{registry.open}/ci/busybox:1")
+    prepared = env.runner().prepare_only(job)
+    assert prepared.ok, prepared.job_log
+    script = env.base / "loop.sh"
+    script.write_text(f"{LOOP}\n")
+    run = subprocess.Popen(
+        [*driver_argv(), "--config", str(env.config_path), "run", str(script), "build_script"],
+        env=prepared.env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(3)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    check = Path(env.base / "check.sh")
+    check.write_text(CHECK_STOPPED + "\n")
+    probe = subprocess.run(
+        [*driver_argv(), "--config", str(env.config_path), "run", str(check), "after_script"],
+        env=prepared.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "BUILD-STOPPED" in probe.stdout, probe.stdout + probe.stderr
+    prepared.cleanup()
+    env.assert_nothing_left()

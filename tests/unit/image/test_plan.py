@@ -1,0 +1,88 @@
+"""What prepare plans for a job, from the payload gitlab-runner writes (runner emulation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from driver.image import setup
+from driver.image.config import ImageSettings
+from driver.image.policy import ImageRefused
+from driver.payload import JobResponse
+from tests.runner import BuildContext, Job, Service, Variable
+from tests.runner.job import job_payload
+
+CTX = BuildContext(builds_dir="/builds", cache_dir="/cache", hostname="runner")
+
+
+def payload(job: Job) -> Any:
+    return JobResponse.model_validate(job_payload(job, CTX))
+
+
+def plan(job: Job, **image: Any) -> setup.Plan | None:
+    said: list[str] = []
+    settings = ImageSettings(mode="container", **image)
+    return setup.plan(settings, said.append, payload(job))
+
+
+def test_shell_mode_plans_nothing_whatever_the_job_asks() -> None:
+    assert setup.plan(ImageSettings(), print, payload(Job(image="ruby:3.2"))) is None
+
+
+def test_the_default_image_serves_jobs_without_one_and_is_always_allowed() -> None:
+    got = plan(Job(), default="debian:12", allowed_images=["ruby:*"])
+    assert got is not None and got.build.image == "debian:12"
+    assert plan(Job()) is None  # no default: the VM's shell
+
+
+def test_the_jobs_image_options_are_carried_and_checked() -> None:
+    job = Job(
+        image="ruby:3.2",
+        image_entrypoint=[""],
+        image_pull_policy=["if-not-present"],
+        image_docker={"user": "1000", "platform": "linux/arm64"},
+    )
+    got = plan(job, pull_policy=["if-not-present"])
+    assert got is not None
+    assert (got.build.entrypoint, got.build.user, got.build.platform) == (
+        [""],
+        "1000",
+        "linux/arm64",
+    )
+    assert got.build.policies == ["if-not-present"]
+    assert got.runner_version == "17.9.0"
+    # Secrets stay out of the containers' environment: the script exports them.
+    assert "CI_JOB_TOKEN" not in got.build.environment
+    assert got.build.environment["CI_JOB_NAME"] == "test-job"
+    with pytest.raises(ImageRefused, match="allowed_images"):
+        plan(job, allowed_images=["python:*"])
+
+
+def test_services_get_aliases_expanded_variables_and_admin_limits() -> None:
+    job = Job(
+        image="ruby:3.2",
+        services=[
+            Service("postgres:15", variables=[Variable("DB", "db-$CI_JOB_NAME")]),
+            Service("tutum/wordpress", alias="wp,blog"),
+            "postgres:16",  # its only alias is taken: not started
+        ],
+    )
+    got = plan(job)
+    assert got is not None
+    assert [s.aliases for s in got.services] == [
+        ["postgres"],
+        ["tutum__wordpress", "tutum-wordpress", "wp", "blog"],
+    ]
+    assert got.services[0].environment["DB"] == "db-test-job"
+    with pytest.raises(ImageRefused, match="too many services requested: 3, only 2"):
+        plan(job, services_limit=2)
+    with pytest.raises(ImageRefused, match="allowed_services"):
+        plan(job, allowed_services=["postgres:*"])
+
+
+def test_the_default_helper_needs_the_runners_version() -> None:
+    job = Job(image="ruby:3.2", variables=[Variable("CI_RUNNER_VERSION", "dev")])
+    with pytest.raises(Exception, match=r"set \[image\] helper_image"):
+        plan(job)
+    assert plan(job, helper_image="helper:${CI_RUNNER_VERSION}").helper_image == "helper:dev"  # type: ignore[union-attr]
