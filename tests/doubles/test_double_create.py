@@ -43,6 +43,40 @@ def test_an_unknown_driver_is_refused_at_once(machine: Machine) -> None:
     assert machine("create", "--url", "tcp://10.0.0.9:2376", "vm", env=env).returncode == 0
 
 
+def test_a_failed_create_pauses_before_it_exits(fast: Machine) -> None:
+    dm.set_faults(fast.storage, {"fail_pause": 3.0, "create_fail": {"times": 1}})
+    started = time.monotonic()
+    result = fast("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "x")
+    assert result.returncode == 1 and "InsufficientInstanceCapacity" in result.stderr
+    assert time.monotonic() - started >= 3.0
+    started = time.monotonic()  # refused before libmachine's Create: no pause
+    result = fast("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "x")
+    assert result.stderr == 'Docker machine "x" already exists\n'
+    assert time.monotonic() - started < 2.5
+    dm.set_faults(fast.storage, {"fail_pause": None, "create_rate_limit": {"times": 1}})
+    started = time.monotonic()  # the default pause is upstream's 2 s
+    assert fast("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "y").returncode == 1
+    assert time.monotonic() - started >= 2.0
+
+
+def test_a_failed_pre_create_check_exits_3(fast: Machine) -> None:
+    message = 'Quota "CPUS" exceeded.'
+    dm.set_faults(fast.storage, {"create_precheck_fail": {"times": 1, "message": message}})
+    result = fast("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "x")
+    assert (result.returncode, result.stdout) == (3, "Running pre-create checks...\n")
+    assert result.stderr == 'Error with pre-create check: "Quota \\"CPUS\\" exceeded."\n'
+    assert dm.machine_names(fast.storage) == []  # the check comes before the first save
+    fast.ok("create", "-d", "none", "--url", "tcp://10.0.0.9:2376", "x")
+    result = fast(
+        "create", "-d", "generic", "--generic-ip-address", "192.0.2.10",
+        "--generic-ssh-key", "/nonexistent/key", "g",
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert result.stderr == (
+        'Error with pre-create check: "SSH key does not exist: \\"/nonexistent/key\\""\n'
+    )
+
+
 def test_create_fail_counts_down(fast: Machine) -> None:
     dm.set_faults(fast.storage, {"create_fail": {"times": 2, "message": "boom"}})
     for name in ("a", "b"):

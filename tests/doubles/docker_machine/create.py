@@ -14,8 +14,10 @@ from .common import CONFIG_VERSION, NAME_RE, MachineError, go_quote, info
 from .faults import CREATE_CLOUD_ERROR, request_id, take_fault
 from .flags import CREATE_FLAGS, HelpFlag, command_help, parse_command
 from .machines import create_vm, mark_error
-from .store import Store, machine_exists, remove_entry, save_host, update_vm
+from .store import Store, machine_exists, remove_entry, save_host, settings, update_vm
 
+FAIL_PAUSE = 2.0  # seconds a failed create waits before it exits
+PRECHECK_ERROR = "Quota 'CPUS' exceeded. Limit: 24.0 in region europe-west1."
 CREATE_USAGE = "Create a machine"
 CREATE_DESCRIPTION = (
     "Run 'docker-machine create --driver name --help' to include the create flags for that "
@@ -139,9 +141,32 @@ def cmd_create(store: Store, args: list[str]) -> int:
         raise MachineError(f"Docker machine {go_quote(name)} already exists")
     host = new_host(store, name, driver, opts)
     os.makedirs(store.root, exist_ok=True)
+    try:
+        libmachine_create(store, name, host, driver)
+    except MachineError:
+        # cmdCreateInner: "Wait for all the logs to reach the client", on every failure of
+        # libmachine's Create (certificates, pre-create check, the driver, provisioning).
+        time.sleep(float(settings(store).get("fail_pause", FAIL_PAUSE)))
+        raise
+    save_host(store, host)  # and cmdCreateInner's, once libmachine's Create succeeded
+    info(
+        "To see how to connect your Docker Client to the Docker Engine running on this virtual "
+        f"machine, run: docker-machine env {name}"
+    )
+    return 0
+
+
+def libmachine_create(
+    store: Store, name: str, host: dict[str, Any], driver: drivers.Driver
+) -> None:
+    """libmachine's Client.Create: certificates, pre-create check, first save, the driver's
+    Create, its save, and (for VMs) provisioning."""
     signer = bootstrap_certs(store)
     try:
         info("Running pre-create checks...")
+        fault = take_fault(store, "create_precheck_fail")
+        if fault:
+            raise drivers.precheck_error(str(fault.get("message") or PRECHECK_ERROR))
         drivers.pre_create_check(host)
         save_host(store, host)  # before the machine exists, as upstream does
         if driver.simulated:
@@ -157,12 +182,6 @@ def cmd_create(store: Store, args: list[str]) -> int:
             save_host(store, host)  # performCreate's save after Driver.Create
     finally:
         signer.discard()
-    save_host(store, host)  # and cmdCreateInner's, once libmachine's Create succeeded
-    info(
-        "To see how to connect your Docker Client to the Docker Engine running on this virtual "
-        f"machine, run: docker-machine env {name}"
-    )
-    return 0
 
 
 def create_faults(store: Store, name: str, host: dict[str, Any], signer: Signer) -> None:
