@@ -645,10 +645,15 @@ class StateDir:
     def bury(self, name: str, entry: Path, why: str) -> None:
         """Keep a copy of ``entry`` (docker-machine's dir for the machine) to retry its removal."""
         target = self.tombstone_dir(name)
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if entry.is_dir() and not target.exists():
-            _copytree(entry, target / "entry", symlinks=True)
-        target.mkdir(exist_ok=True, mode=0o700)
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if entry.is_dir() and not (target / "entry").exists():
+            # Its regular files (config.json, keys, certificates) are the whole entry.
+            copy = target / "entry"
+            copy.mkdir(mode=0o700)
+            for item in entry.iterdir():
+                if item.is_file() and not item.is_symlink():
+                    with contextlib.suppress(OSError):
+                        _copy_file(item, copy / item.name)
         meta = {"name": name, "since": time.time(), "why": why[-500:]}
         with contextlib.suppress(OSError, ValueError):
             meta = {**json.loads((target / "tombstone.json").read_text()), "why": why[-500:]}
@@ -689,10 +694,10 @@ def _rmtree(path: Path, ignore_errors: bool = True) -> None:
     shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
-def _copytree(source: Path, target: Path, symlinks: bool = True) -> None:
+def _copy_file(source: Path, target: Path) -> None:
     import shutil
 
-    shutil.copytree(source, target, symlinks=symlinks)
+    shutil.copy2(source, target)
 
 
 def machine_counts(state: StateDir) -> dict[str, int]:

@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
             {
                 "name": name,
                 "state": facts.listed or ("not listed" if facts.has_entry else "no entry"),
-                "phase": f"{facts.owner}:{facts.phase}" if facts.phase else facts.owner,
+                "phase": _phase(facts),
                 "job": facts.job_id,
                 "project": facts.project_id,
                 "age_seconds": None if facts.taken_age is None else round(facts.taken_age),
@@ -72,3 +72,12 @@ def _age(seconds: object) -> str:
     if seconds < 7200:
         return f"{seconds // 60}m"
     return f"{seconds // 3600}h"
+
+
+def _phase(facts: sweeper.Facts) -> str:
+    """A job machine's phase (creating, ready, kept), or where a pool machine is."""
+    if facts.owner == "job":
+        return str(facts.phase) if facts.record_ok else "unreadable record"
+    if facts.owner == "pool":
+        return "idle" if facts.phase == "ready" else f"pool {facts.phase}"
+    return {"claim": "being claimed", "none": "no record"}.get(facts.owner, facts.owner)

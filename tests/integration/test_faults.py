@@ -165,7 +165,7 @@ def test_a_corrupt_state_file_is_named_and_cleanup_still_removes_the_machine(env
     state.write_text("{not json")
     result = run_script(env, prepared.env, "echo hi\n")
     assert result.returncode == SYSTEM_FAILURE
-    assert f"the job's state file {state} is unreadable" in result.stderr
+    assert f"the job's state file {state} is corrupt" in result.stderr
     cleanup = prepared.cleanup()
     assert cleanup is not None and cleanup.returncode == 0, cleanup
     assert "is corrupt" in cleanup.stderr

@@ -85,7 +85,7 @@ def test_a_job_takes_a_ready_machine_and_the_pool_replaces_it(env: Env) -> None:
         assert result.outcome == "success", result.describe()
         assert "from the warm pool" in result.job_log
         used = next(name for name in ready_before if f"on {name}" in result.job_log)
-        assert result.execs("prepare")[0].seconds < 2.0
+        assert "No ready machine" not in result.job_log  # its speed is bench/pool.py's
         # Single use: the job's machine is destroyed, never returned to the pool.
         assert used not in env.machines()
         wait_for(lambda: idle(env) == 2)
@@ -159,7 +159,7 @@ def test_sweep_leaves_the_pool_alone_and_status_reports(env: Env) -> None:
     try:
         wait_for(lambda: idle(env) == 2)
         swept = env.driver("sweep")
-        assert swept.stdout.count("keeping (held by the warm pool)") == 2, swept.stdout
+        assert swept.stdout.count("keeping (idle in the warm pool)") == 2, swept.stdout
         text = env.driver("pool", "status").stdout
         assert "service: running" in text and "idle 2" in text
     finally:
