@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 PullPolicy = Literal["always", "if-not-present", "never"]
 PULL_POLICIES: tuple[PullPolicy, ...] = ("always", "if-not-present", "never")
 # docker's own volume syntax: "/ctr" (a volume) or "host:ctr[:ro|rw]" (a bind mount).
-_VOLUME = re.compile(r"^(/[^:]*)(?::(/[^:]*))?(?::(ro|rw))?$")
+VOLUME = re.compile(r"^(/[^:]*)(?::(/[^:]*))?(?::(ro|rw))?$")
 
 
 class _Section(BaseModel):
@@ -32,7 +32,15 @@ class ServiceSettings(_Section):
     alias: str = ""  # several separated by commas or spaces
     command: list[str] = []
     entrypoint: list[str] = []
-    variables: dict[str, str] = {}
+    environment: list[str] = []  # "KEY=VALUE", as [[runners.docker.services]] writes them
+
+    @field_validator("environment")
+    @classmethod
+    def _key_value(cls, environment: list[str]) -> list[str]:
+        for entry in environment:
+            if "=" not in entry or entry.startswith("="):
+                raise ValueError(f"{entry!r} must be KEY=VALUE")
+        return environment
 
 
 class ImageSettings(_Section):
@@ -68,7 +76,7 @@ class ImageSettings(_Section):
     @classmethod
     def _volume_syntax(cls, volumes: list[str]) -> list[str]:
         for volume in volumes:
-            if not _VOLUME.match(volume):
+            if not VOLUME.match(volume):
                 raise ValueError(
                     f"volume {volume!r} must be '/path/in/container' or "
                     "'/host/path:/path/in/container[:ro|rw]'"
@@ -86,10 +94,22 @@ class ImageSettings(_Section):
 
 def parse_volume(volume: str) -> tuple[str | None, str, str]:
     """(host path or None for an anonymous volume, container path, mode)."""
-    match = _VOLUME.match(volume)
+    match = VOLUME.match(volume)
     if match is None:  # validated at load
         raise ValueError(volume)
     first, second, mode = match.groups()
     if second is None:
         return None, first, mode or "rw"
     return first, second, mode or "rw"
+
+
+def pool_images(settings: ImageSettings) -> list[str]:
+    """What the warm pool pulls into each machine for image mode: the default image and an
+    explicit helper image (the default helper's tag depends on the runner's version, which
+    only a job tells)."""
+    if not settings.container_mode:
+        return []
+    images = [settings.default] if settings.default else []
+    if settings.helper_image and "$" not in settings.helper_image:
+        images.append(settings.helper_image)
+    return images

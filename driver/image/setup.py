@@ -215,7 +215,10 @@ def _plan_services(
                 alias=s.alias,
                 command=s.command or None,
                 entrypoint=s.entrypoint or None,
-                variables=[ImageVariable(key=k, value=v) for k, v in s.variables.items()],
+                variables=[
+                    ImageVariable(key=k, value=v)
+                    for k, _, v in (e.partition("=") for e in s.environment)
+                ],
             ),
             True,
         )

@@ -17,6 +17,7 @@ import structlog
 from driver import limits, log, metrics, provision, ssh
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
+from driver.image.config import pool_images
 from driver.pool.schedule import current_target
 from driver.settings import PoolSettings, Settings
 from driver.state import Lock, PoolPhase, PoolRecord, StateDir, write_private
@@ -189,7 +190,8 @@ class PoolService:
                 where,
                 self.settings,
                 progress,
-                images=self.settings.pool.images,
+                # Image mode's default and helper images too, so jobs need not pull them.
+                images=[*self.settings.pool.images, *pool_images(self.settings.image)],
                 registry_auth=_registry_auth(self.settings.pool),
             )
             ssh.stop_master(where)  # the job opens its own; an idle master would only linger

@@ -148,3 +148,13 @@ def test_shell_mode_is_the_default_and_settings_are_checked() -> None:
         {"image": {"mode": "container", "services": [{"name": "postgres:15", "alias": "db"}]}}
     )
     assert parsed.image.services[0].alias == "db"
+
+
+def test_the_pool_pulls_the_default_and_an_explicit_helper_image() -> None:
+    from driver.image.config import pool_images
+
+    assert pool_images(ImageSettings(default="debian:12", helper_image="h:1")) == []  # shell
+    container = ImageSettings(mode="container", default="debian:12", helper_image="h:1")
+    assert pool_images(container) == ["debian:12", "h:1"]
+    versioned = ImageSettings(mode="container", helper_image="h:${CI_RUNNER_VERSION}")
+    assert pool_images(versioned) == []
