@@ -188,3 +188,22 @@ def test_a_machine_that_could_only_be_force_removed_is_retried_until_gone(env: E
     assert "removed at last" in swept.stdout, swept.stdout
     assert "tombstone" not in env.driver("ls").stdout
     env.assert_nothing_left()
+
+
+def test_a_retried_prepare_pins_the_new_machine_afresh(env: Env) -> None:
+    """The runner retries prepare for the same job: the machine is made anew under the
+    same name, with new host keys; the old pin must not refuse it."""
+    held = env.runner().prepare_only(Job())
+    assert held.ok, held.failure
+    again = subprocess.run(
+        [*driver_argv(), "--config", str(env.config_path), "prepare"],
+        env=held.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "left over from an earlier attempt" in again.stdout
+    assert "host key pinned" in again.stdout
+    held.cleanup()
+    env.assert_nothing_left_but_runner_temp()

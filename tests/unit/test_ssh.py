@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from driver import ssh
-from driver.errors import DriverError
+from driver.errors import CommandError, DriverError
 from driver.state import JobDir
 
 
@@ -43,3 +43,29 @@ def test_a_state_dir_too_long_for_a_socket_is_refused_with_the_fix(tmp_path: Pat
     with pytest.raises(DriverError, match="set state_dir to a path shorter"):
         ssh.check_control_path(JobDir(tmp_path / ("x" * 100), 1))
     ssh.check_control_path(JobDir(Path("/var/lib/gitlab-machine-driver"), 123456))
+
+
+def test_a_host_key_that_changes_while_waiting_fails_at_once_as_a_possible_attack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+
+    def changed_key(argv: list[str], **kwargs: object) -> object:
+        calls.append(argv)
+        raise CommandError(
+            argv,
+            255,
+            "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\n"
+            "Host key verification failed.",
+        )
+
+    monkeypatch.setattr(ssh.process, "run", changed_key)
+    with pytest.raises(DriverError, match="may be an attack"):
+        ssh.wait_ready(
+            JobDir(tmp_path, 1),
+            target="root@10.0.0.5:22",
+            timeout=300,
+            connect_timeout=5,
+            progress=lambda _: None,
+        )
+    assert len(calls) == 1  # not retried until ready_timeout
