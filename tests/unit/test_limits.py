@@ -127,13 +127,16 @@ def test_the_pool_and_jobs_never_both_take_the_last_slot(tmp_path: Path) -> None
         ):
             won.append("pool")
 
+    def claim_for_a_job() -> None:
+        add_job(tmp_path, 2, "creating", os.getpid())
+
     def job() -> None:
         barrier.wait()
         try:
             limits.claim_slot(
                 state,
                 LimitSettings(max_machines=2, wait_timeout=0.3),
-                claim=lambda: add_job(tmp_path, 2, "creating", os.getpid()) and None,
+                claim=claim_for_a_job,
                 progress=lambda _: None,
             )
             won.append("job")
