@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from driver import ssh
+from driver import process, ssh
 from driver.errors import CommandError, DriverError
 from driver.state import JobDir
 
@@ -59,7 +59,7 @@ def test_a_host_key_that_changes_while_waiting_fails_at_once_as_a_possible_attac
             "Host key verification failed.",
         )
 
-    monkeypatch.setattr(ssh.process, "run", changed_key)
+    monkeypatch.setattr(process, "run", changed_key)
     with pytest.raises(DriverError, match="may be an attack"):
         ssh.wait_ready(
             JobDir(tmp_path, 1),
