@@ -20,3 +20,4 @@ lint: setup
 
 bench: setup
 	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/stages.py
+	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/image.py

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from driver.errors import ConfigError
+from driver.image import migrate as image_migration
 from driver.state import write_private
 
 DRIVER_CONFIG_DIR = "/etc/gitlab-machine-driver"
@@ -130,14 +131,10 @@ def migrate(runner: dict[str, Any]) -> Migration:
             f"MaxBuilds = {builds or 'unlimited'}: every machine now serves exactly one job "
             "and is destroyed after it (no state leaks between jobs)"
         )
-    if runner.get("docker"):
-        image = runner["docker"].get("image", "")
-        notes.append(
-            "[runners.docker]"
-            + (f" (image {image!r})" if image else "")
-            + ": jobs now run in the VM's shell, not in a container; the VM has its own "
-            "Docker engine, so a job can `docker run` its image itself"
-        )
+    image, image_notes = image_migration.from_runners_docker(runner.get("docker") or {})
+    if image:  # jobs keep running in their image:, as on docker+machine
+        settings["image"] = image
+    notes += image_notes
     for key in ("OffPeakPeriods", "OffPeakIdleCount", "OffPeakIdleTime", "OffPeakTimezone"):
         if key in machine:
             notes.append(f"{key}: removed from gitlab-runner itself; use autoscaling periods")

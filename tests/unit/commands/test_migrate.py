@@ -44,7 +44,8 @@ def test_what_has_no_equivalent_is_said_with_the_reason(
     out = run(capsys, FIXTURES / "autoscale-aws.toml")
     assert "MaxBuilds = 100: every machine now serves exactly one job" in out
     assert "run the pool service" in out
-    assert "image 'ruby:2.7'" in out and "not in a container" in out
+    assert 'default = "ruby:2.7"' in out  # [runners.docker]: jobs keep their image
+    assert "[runners.docker] disable_cache: not needed" in out
     assert 'config_exec = "gitlab-machine-driver"' in out
     assert (
         'run_args = ["--config", "/etc/gitlab-machine-driver/autoscale-runner.toml", "run"]' in out

@@ -1,0 +1,148 @@
+"""Image mode's costs beside shell mode's, on the local default (the docker-machine double).
+
+    make bench            # or: PATH=tests/doubles/bin:$PATH .venv/bin/python bench/image.py
+
+In one run, side by side, medians of --repeat interleaved runs:
+  - `run` of an empty stage in a shell-mode job and in an image-mode job (busybox image):
+    the per-stage overhead of image mode (target: at most 150 ms more at the median);
+  - the time from prepare's start to the first line of the user script, with a warm-pool
+    hit and the image pre-pulled ([pool] images, helper_image): target under 2.5 s.
+Images come from a registry on a test host of the double (tests/images.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests import images  # noqa: E402
+from tests.runner import Job  # noqa: E402
+from tests.world import destroy_world, driver_argv, new_world  # noqa: E402
+
+DRIVER = [str(Path(sys.executable).parent / "gitlab-machine-driver")]
+MARK = "first-line-of-the-user-script"
+
+
+def timed_run(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--jobs", type=int, default=5, help="jobs timed to their first line")
+    args = parser.parse_args()
+
+    registry_world = new_world()
+    registry = images.Registry(registry_world)
+    world = new_world()
+    service = None
+    try:
+        registry.start("u", "p", [i for i in images.test_images() if "web" not in i.name])
+        busybox = f"{registry.open}/ci/busybox:1"
+        world.configure(
+            machine={"engine_env": ["TMPDIR=/tmp"], "engine_insecure_registry": ["10.213.0.0/16"]},
+            image={
+                "mode": "container",
+                "helper_image": f"{registry.open}/ci/helper:1",
+                "pull_policy": ["if-not-present"],
+            },
+            pool={
+                "idle_count": 2,
+                "check_interval": 0.5,
+                "drain_on_stop": True,
+                "images": [busybox],
+            },
+        )
+        service = subprocess.Popen(
+            [*driver_argv(), "--config", str(world.config_path), "pool", "run"],
+            env=world.process_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def wait_ready(count: int) -> None:
+            deadline = time.monotonic() + 300
+            while len(list((world.state_dir / "pool" / "ready").glob("*"))) < count:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the pool did not fill within 300 s")
+                time.sleep(0.5)
+
+        # --- from prepare's start to the user script's first line, pool hit, image there
+        firsts: list[float] = []
+        for _ in range(args.jobs):
+            wait_ready(2)
+            seen: list[float] = []
+            lock = threading.Lock()
+
+            def on_log(text: str, seen: list[float] = seen, lock: threading.Lock = lock) -> None:
+                with lock:
+                    if not seen and any(line.strip() == MARK for line in text.splitlines()):
+                        seen.append(time.monotonic())
+
+            job = Job(image=busybox, script=[f"echo {MARK}"])
+            run = world.runner().new_run(job, on_log=on_log)
+            start = time.monotonic()
+            result = run.run()
+            if result.outcome != "success" or "from the warm pool" not in result.job_log:
+                print(result.describe())
+                return 1
+            prepare_start = start + result.execs("prepare")[0].started
+            firsts.append(seen[0] - prepare_start)
+
+        # --- per-stage overhead, shell vs image mode, on two prepared jobs
+        wait_ready(2)
+        shell_job = world.runner().prepare_only(Job())
+        image_job = world.runner().prepare_only(Job(image=busybox))
+        if not (shell_job.ok and image_job.ok):
+            print(shell_job.job_log, image_job.job_log)
+            return 1
+        empty = world.base / "empty.sh"
+        empty.write_text("true\n")
+        stage = [*DRIVER, "--config", str(world.config_path), "run", str(empty), "build_script"]
+        samples: dict[str, list[float]] = {"shell mode": [], "image mode": []}
+        for _ in range(args.repeat):  # interleaved: both see the same machine load
+            samples["shell mode"].append(timed_run(stage, shell_job.env))
+            samples["image mode"].append(timed_run(stage, image_job.env))
+        shell_job.cleanup()
+        image_job.cleanup()
+
+        med = {name: statistics.median(s) * 1000 for name, s in samples.items()}
+        print(f"{'run of an empty stage':<28} {'median ms':>10} {'p90 ms':>8}")
+        for name, values in samples.items():
+            p90 = sorted(values)[int(len(values) * 0.9) - 1] * 1000
+            print(f"{name:<28} {med[name]:>10.1f} {p90:>8.1f}")
+        extra = med["image mode"] - med["shell mode"]
+        print(f"image mode's extra per stage:        {extra:6.1f} ms   (target <= 150)")
+        print(
+            f"prepare start -> first user line:    median {statistics.median(firsts):5.2f} s, "
+            f"max {max(firsts):5.2f} s over {len(firsts)} jobs, pool hit, image pre-pulled "
+            "(target < 2.5 s)"
+        )
+    finally:
+        if service is not None:
+            service.send_signal(signal.SIGTERM)
+            try:
+                service.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                os.kill(service.pid, signal.SIGKILL)
+        registry.stop()
+        destroy_world(world)
+        destroy_world(registry_world)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
