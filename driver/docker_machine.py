@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from driver import process
+from driver.contract import clean_env
 from driver.errors import CommandError, DriverError
 from driver.settings import Settings
 
@@ -79,6 +80,8 @@ class DockerMachine:
         self.storage = settings.docker_machine.storage_path
         self.call_timeout = settings.docker_machine.call_timeout
         self.settings = settings
+        # [machine] env/env_file: credentials in docker-machine's environment, never on argv.
+        self.env = {**clean_env(), **settings.machine.docker_machine_env()}
 
     def _argv(self, *args: str) -> list[str]:
         # As gitlab-runner does: crash reports never leave the host.
@@ -130,8 +133,9 @@ class DockerMachine:
         process.run(
             self.create_argv(name, labels),
             timeout=timeout,
+            env=self.env,
             what=f"docker-machine create {name}",
-            hint="the output above is docker-machine's own; check the machine driver's "
+            hint="docker-machine's own output follows; check the machine driver's "
             "options and credentials in the config file",
         )
 
@@ -143,6 +147,7 @@ class DockerMachine:
                     "create", "--driver", "none", "--url", "tcp://127.0.0.1:2376", scratch_name
                 ),
                 timeout=self.call_timeout,
+                env=self.env,
                 what=f"docker-machine create --driver none {scratch_name} (certificates only)",
             )
         finally:
@@ -154,6 +159,7 @@ class DockerMachine:
             result = process.run(
                 self._argv("inspect", name),
                 timeout=self.call_timeout,
+                env=self.env,
                 check=False,
                 what=f"docker-machine inspect {name}",
             )
@@ -186,6 +192,7 @@ class DockerMachine:
             result = process.run(
                 self._argv("url", name),
                 timeout=self.call_timeout,
+                env=self.env,
                 check=False,
                 what=f"docker-machine url {name}",
             )
@@ -215,6 +222,7 @@ class DockerMachine:
         return process.run(
             self._argv("rm", *flags, name),
             timeout=timeout,
+            env=self.env,
             check=False,
             what=f"docker-machine rm {name}",
         )
@@ -230,6 +238,7 @@ class DockerMachine:
                 "ls", "--filter", f"name={name_pattern}", "--format", "{{.Name}}\t{{.State}}"
             ),
             timeout=self.call_timeout,
+            env=self.env,
             what="docker-machine ls",
         )
         machines = {}

@@ -1,18 +1,24 @@
-"""migrate RUNNER_CONFIG: turn docker+machine runners into this driver's config.
+"""migrate RUNNER_CONFIG: turn docker+machine runners into this driver's configs.
 
-Reads gitlab-runner's config.toml, and for every [[runners]] using the
-docker+machine executor prints the equivalent driver config and the
-[runners.custom] block that replaces [runners.machine]. It says what has no
-equivalent and why. It never writes the runner's file; with --output DIR it
-writes each driver config to DIR/<runner name>.toml.
+Reads gitlab-runner's config.toml (never writes it). For every [[runners]]
+with the docker+machine executor it makes a driver config of its own (own
+state_dir and docker-machine storage, so runners never share a pool, limits
+or machines), moves cloud credentials out of MachineOptions into a 0600
+environment file that docker-machine reads instead of its argv, and makes a
+patch for config.toml that `patch` applies (changed lines only: no runner
+token and no key ever appears in it). Secrets are never printed: stdout shows
+placeholders; with --output DIR they are written to 0600 files only.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import re
+import shutil
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +26,14 @@ from driver.errors import ConfigError
 from driver.image import migrate as image_migration
 from driver.state import write_private
 
-DRIVER_CONFIG_DIR = "/etc/gitlab-machine-driver"
+DRIVER_CONFIG_DIR = Path("/etc/gitlab-machine-driver")
+STATE_ROOT = Path("/var/lib/gitlab-machine-driver")
+RUNNER_BINARY = "/usr/bin/gitlab-runner"  # where GitLab's package installs it
+PATCH_NAME = "gitlab-runner-config.patch"
+POOL_UNIT = "gitlab-machine-driver-pool@{}.service"
+SWEEP_UNIT = "gitlab-machine-driver-sweep@{}.timer"
+# Short enough that <state_dir>/jobs/<job id>/cm fits a unix socket path.
+MAX_NAME = 24
 
 # MachineOptions that docker-machine treats as engine options go to their own settings.
 ENGINE_OPTIONS = {
@@ -34,79 +47,169 @@ ENGINE_SINGLE = {
     "engine-storage-driver": "engine_storage_driver",
     "engine-install-url": "engine_install_url",
 }
+# Credentials among MachineOptions, and the variable each docker-machine driver reads
+# instead of the flag (its mcnflag EnvVar): docker-machine's environment is not on `ps`.
+SECRET_OPTIONS = {
+    "amazonec2-access-key": "AWS_ACCESS_KEY_ID",
+    "amazonec2-secret-key": "AWS_SECRET_ACCESS_KEY",
+    "amazonec2-session-token": "AWS_SESSION_TOKEN",
+    "digitalocean-access-token": "DIGITALOCEAN_ACCESS_TOKEN",
+    "azure-client-secret": "AZURE_CLIENT_SECRET",
+    "openstack-password": "OS_PASSWORD",
+    "exoscale-api-secret-key": "EXOSCALE_API_SECRET",
+    "vmwarevsphere-password": "VSPHERE_PASSWORD",
+}
+# Anything else that looks like a credential stays a flag (no known variable), but is
+# still never printed.
+SECRET_LOOKING = re.compile(r"secret|password|passwd|token|api-key|access-key|private-key")
+
+RUNNERS_HEADER = re.compile(r"^\s*\[\[\s*runners\s*\]\]\s*(#.*)?$")
+TABLE_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
+EXECUTOR_LINE = re.compile(r"""^(\s*)executor\s*=\s*(["'])docker\+machine\2\s*(#.*)?$""")
+
+
+@dataclass
+class Migration:
+    name: str  # the runner's name as a file name
+    source: str  # the runner's name in config.toml
+    driver_config: str  # with secrets (written 0600 only)
+    shown_config: str  # with placeholders (printed)
+    secrets: dict[str, str]  # variable -> value, for the env file
+    config_path: Path
+    env_path: Path
+    notes: list[str] = field(default_factory=list)
+    uses_pool: bool = False
+
+    def env_file_text(self) -> str:
+        lines = [f"# Cloud credentials for runner {self.source!r}, read by docker-machine."]
+        return "\n".join(lines + [f"{k}={v}" for k, v in self.secrets.items()]) + "\n"
 
 
 def main(args: argparse.Namespace) -> int:
-    runners = _docker_machine_runners(Path(args.runner_config))
-    if not runners:
-        print(f'# {args.runner_config} has no runner with executor = "docker+machine"')
+    source = Path(args.runner_config)
+    text, data = _read(source)
+    output = Path(args.output).resolve() if args.output else None
+    config_dir = output or DRIVER_CONFIG_DIR
+    runners = data.get("runners", [])
+    migrations: dict[int, Migration] = {}
+    for index, runner in enumerate(runners):
+        title = repr(str(runner.get("name") or f"#{index + 1}"))
+        skipped = _skip_reason(runner)
+        if skipped:
+            print(f"# runner {title}: {skipped}")
+            continue
+        migrations[index] = migrate(runner, config_dir)
+    if not migrations:
+        print(f'# {source} has no runner with executor = "docker+machine" to migrate')
         return 0
-    for runner in runners:
-        migration = migrate(runner)
-        name = migration.name
-        print(f"# ===== runner {name!r} =====")
-        if args.output:
-            out = Path(args.output) / f"{name}.toml"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_private(out, migration.driver_config)
-            print(f"# driver config written to {out}")
-        else:
-            print(f"# --- {DRIVER_CONFIG_DIR}/{name}.toml ---")
-            print(migration.driver_config)
-        print("# --- in gitlab-runner's config.toml, this runner's [runners.machine] becomes ---")
-        print(migration.runner_block)
-        if migration.notes:
-            print("# --- not carried over ---")
-            for note in migration.notes:
-                print(f"# - {note}")
-        print()
+    _unique_names(list(migrations.values()))
+    patch = runner_config_patch(text, migrations, source)
+
+    written: list[str] = []
+    if output is not None:
+        written = _write(output, list(migrations.values()), patch, force=args.force)
+    for migration in migrations.values():
+        _show(migration, written)
+    print(f"# ===== {source}: the patch that makes these runners use the driver =====")
+    print("# Only the lines it changes: executor, and a [runners.custom] table per runner.")
+    print("# >>> patch begins")
+    print(patch, end="")
+    print("# <<< patch ends")
+    _next_steps(source, output, list(migrations.values()))
     return 0
 
 
-def _docker_machine_runners(path: Path) -> list[dict[str, Any]]:
+def _read(path: Path) -> tuple[str, dict[str, Any]]:
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read runner config {path}: {e.strerror}") from None
+    try:
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"runner config {path} is not valid TOML: {e}") from None
-    return [r for r in data.get("runners", []) if r.get("executor") == "docker+machine"]
 
 
-class Migration:
-    def __init__(self, name: str, driver_config: str, runner_block: str, notes: list[str]):
-        self.name, self.driver_config, self.runner_block, self.notes = (
-            name,
-            driver_config,
-            runner_block,
-            notes,
+def _skip_reason(runner: dict[str, Any]) -> str:
+    executor = runner.get("executor", "")
+    if executor != "docker+machine":
+        return f"executor {executor!r}, not docker+machine: left alone"
+    machine = runner.get("machine")
+    if not isinstance(machine, dict):
+        return (
+            "skipped: executor is docker+machine but it has no [runners.machine] table, so "
+            "there is no MachineDriver or MachineOptions to carry over; add them, or write "
+            "its driver config by hand (`gitlab-machine-driver config-example`)"
         )
+    if not machine.get("MachineDriver"):
+        return (
+            "skipped: its [runners.machine] has no MachineDriver, so there is no machine to "
+            "describe; set MachineDriver (e.g. amazonec2) and run migrate again"
+        )
+    if runner.get("custom"):
+        return "skipped: it already has a [runners.custom] table; merge it by hand"
+    return ""
 
 
-def migrate(runner: dict[str, Any]) -> Migration:
+def _unique_names(migrations: list[Migration]) -> None:
+    seen: dict[str, str] = {}
+    for m in migrations:
+        if m.name in seen:
+            raise ConfigError(
+                f"runners {seen[m.name]!r} and {m.source!r} would both get the driver config "
+                f"{m.name}.toml",
+                hint="give the runners distinct names in config.toml",
+            )
+        seen[m.name] = m.source
+
+
+def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Migration:
     machine = runner.get("machine", {})
+    source = str(runner.get("name") or "runner")
+    name = _slug(source)[:MAX_NAME].strip("-") or "runner"
     notes: list[str] = []
-    name = _slug(str(runner.get("name") or "runner"))
-    settings: dict[str, Any] = {}
-    top: dict[str, Any] = {}
-    for key in ("builds_dir", "cache_dir"):
-        if runner.get(key):
-            top[key] = runner[key]
-
-    settings["machine"] = section = {
-        "driver": machine.get("MachineDriver", ""),
+    state_dir = STATE_ROOT / name
+    top: dict[str, Any] = {
+        key: runner[key] for key in ("builds_dir", "cache_dir") if runner.get(key)
+    }
+    # Each runner its own state and storage: pools, limits and machines are never shared.
+    top["state_dir"] = str(state_dir)
+    runner_binary = shutil.which("gitlab-runner") or RUNNER_BINARY
+    top["gitlab_runner_binary"] = runner_binary
+    sections: dict[str, dict[str, Any]] = {
+        "docker_machine": {"storage_path": str(state_dir / "machines")}
+    }
+    section: dict[str, Any] = {
+        "driver": str(machine.get("MachineDriver", "")),
         "name_prefix": _prefix(str(machine.get("MachineName", "")), name),
     }
-    options = []
+    sections["machine"] = section
+    options: list[str] = []
+    shown_options: list[str] = []
+    secrets: dict[str, str] = {}
     for option in machine.get("MachineOptions", []):
         key, _, value = str(option).partition("=")
         if key in ENGINE_OPTIONS:
             section.setdefault(ENGINE_OPTIONS[key], []).append(value)
         elif key in ENGINE_SINGLE:
             section[ENGINE_SINGLE[key]] = value
+        elif key in SECRET_OPTIONS and value:
+            secrets[SECRET_OPTIONS[key]] = value
+        elif SECRET_LOOKING.search(key) and value:
+            options.append(str(option))
+            shown_options.append(f"{key}=<secret from MachineOptions: written only with --output>")
+            notes.append(
+                f"MachineOptions {key}: no environment variable is known for it, so it stays a "
+                "flag on docker-machine's command line, where `ps` shows it; prefer the "
+                "driver's own credential file or an instance role"
+            )
         else:
             options.append(str(option))
+            shown_options.append(str(option))
     section["options"] = options
+    env_path = config_dir / f"{name}.env"
+    if secrets:
+        section["env_file"] = str(env_path)
 
     limits: dict[str, Any] = {}
     if runner.get("limit"):
@@ -114,36 +217,72 @@ def migrate(runner: dict[str, Any]) -> Migration:
     if machine.get("MaxGrowthRate"):
         limits["max_creating"] = int(machine["MaxGrowthRate"])
     if limits:
-        settings["limits"] = limits
+        sections["limits"] = limits
     if machine.get("MaxRemovalAttempts"):
-        settings["cleanup"] = {"remove_attempts": min(100, int(machine["MaxRemovalAttempts"]))}
-
+        sections["cleanup"] = {"remove_attempts": min(100, int(machine["MaxRemovalAttempts"]))}
     pool = _pool(machine)
     if pool:
-        settings["pool"] = pool
-        notes.append(
-            "idle machines: run the pool service (`gitlab-machine-driver pool run`, or the "
-            "gitlab-machine-driver-pool systemd unit); jobs still run without it"
-        )
+        sections["pool"] = pool
+    image, image_notes = image_migration.from_runners_docker(runner.get("docker") or {})
+    if image:  # jobs keep running in their image:, as on docker+machine
+        sections["image"] = image
+    notes += _no_equivalent(runner, machine, runner_binary, bool(secrets)) + image_notes
+
+    extra = _gitlab_hint(str(runner.get("url", "")), config_dir, name)
+    text = _toml(top, sections, source=source) + extra
+    shown_sections = {**sections, "machine": {**section, "options": shown_options}}
+    shown = _toml(top, shown_sections, source=source) + extra
+    return Migration(
+        name=name,
+        source=source,
+        driver_config=text,
+        shown_config=shown,
+        secrets=secrets,
+        config_path=config_dir / f"{name}.toml",
+        env_path=env_path,
+        notes=notes,
+        uses_pool=bool(pool),
+    )
+
+
+def _no_equivalent(
+    runner: dict[str, Any], machine: dict[str, Any], binary: str, moved_secrets: bool
+) -> list[str]:
+    notes = []
     builds = int(machine.get("MaxBuilds", 0) or 0)
     if builds != 1:
         notes.append(
             f"MaxBuilds = {builds or 'unlimited'}: every machine now serves exactly one job "
             "and is destroyed after it (no state leaks between jobs)"
         )
-    image, image_notes = image_migration.from_runners_docker(runner.get("docker") or {})
-    if image:  # jobs keep running in their image:, as on docker+machine
-        settings["image"] = image
-    notes += image_notes
     for key in ("OffPeakPeriods", "OffPeakIdleCount", "OffPeakIdleTime", "OffPeakTimezone"):
         if key in machine:
             notes.append(f"{key}: removed from gitlab-runner itself; use autoscaling periods")
+    notes.append(
+        f"artifacts and cache: gitlab_runner_binary = {binary!r} is uploaded into VMs that "
+        "lack gitlab-runner; without it they are silently skipped (check with `doctor`)"
+    )
     if runner.get("cache"):
-        notes.append("[runners.cache]: keep it in the runner's config.toml; it works unchanged")
+        notes.append("[runners.cache]: stays in config.toml and works unchanged")
+    notes.append(
+        "[runners.machine] stays in config.toml, unused by the custom executor: delete it "
+        "once the runner works"
+        + (" (its MachineOptions hold the cloud keys now in the env file)" if moved_secrets else "")
+        + "; machines docker+machine made are not this driver's: remove them with docker-machine"
+    )
+    return notes
 
-    config_path = f"{DRIVER_CONFIG_DIR}/{name}.toml"
-    text = _toml(top, settings, source=str(runner.get("name", "")))
-    return Migration(name, text, _runner_block(config_path, top), notes)
+
+def _gitlab_hint(url: str, config_dir: Path, name: str) -> str:
+    """The sweeper needs its own read_api token: say where it goes, commented out."""
+    if not url:
+        return ""
+    api = url.rstrip("/")
+    return (
+        "\n# The sweeper asks GitLab whether a machine's job still runs; give it a token with\n"
+        "# read_api on the projects this runner serves (not the runner's token):\n"
+        f'# [gitlab]\n# url = "{api}"\n# token_file = "{config_dir / (name + ".gitlab-token")}"\n'
+    )
 
 
 # docker+machine's idle settings and their [pool] names.
@@ -171,17 +310,131 @@ def _pool(machine: dict[str, Any]) -> dict[str, Any]:
     return pool
 
 
-def _runner_block(config_path: str, top: dict[str, Any]) -> str:
-    lines = ['  executor = "custom"']
-    lines.append(f'  builds_dir = "{top.get("builds_dir", "/builds")}"')
-    lines.append(f'  cache_dir = "{top.get("cache_dir", "/cache")}"')
-    lines.append("  [runners.custom]")
+def custom_table(config_path: Path) -> list[str]:
+    """The [runners.custom] table that replaces docker+machine for one runner."""
+    lines = ["  [runners.custom]"]
     for stage in ("config", "prepare", "run", "cleanup"):
         lines.append(f'    {stage}_exec = "gitlab-machine-driver"')
-        args = json.dumps(["--config", config_path, stage])
-        lines.append(f"    {stage}_args = {args}")
-    lines.append("    prepare_exec_timeout = 1200")
-    return "\n".join(lines)
+        lines.append(f"    {stage}_args = {json.dumps(['--config', str(config_path), stage])}")
+    lines.append("    prepare_exec_timeout = 1200  # creating a VM can take minutes")
+    lines.append("    cleanup_exec_timeout = 900")
+    return lines
+
+
+def runner_config_patch(text: str, migrations: dict[int, Migration], source: Path) -> str:
+    """A unified diff without context for config.toml: `patch` applies it, and it shows
+    only the lines it changes (never a token or a key from the lines around them)."""
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    blocks = _runner_blocks(lines)
+    new = list(lines)
+    # From the end, so earlier line numbers stay valid while editing.
+    for index in sorted(migrations, reverse=True):
+        start, end = blocks[index]
+        executor = next(
+            (i for i in range(start, end) if EXECUTOR_LINE.match(new[i])),
+            None,
+        )
+        if executor is None:
+            raise ConfigError(
+                f'cannot find the line `executor = "docker+machine"` of runner '
+                f"{migrations[index].source!r} in {source}",
+                hint="write it on a line of its own, or edit config.toml by hand",
+            )
+        last = max(
+            i for i in range(start, end) if new[i].strip() and not new[i].lstrip().startswith("#")
+        )
+        table = [line + "\n" for line in custom_table(migrations[index].config_path)]
+        new[last + 1 : last + 1] = table
+        match = EXECUTOR_LINE.match(new[executor])
+        assert match is not None
+        new[executor] = f'{match[1]}executor = "custom"\n'
+    diff = difflib.unified_diff(lines, new, str(source), str(source), n=0)
+    return "".join(diff)
+
+
+def _runner_blocks(lines: list[str]) -> list[tuple[int, int]]:
+    """[start, end) line ranges of each [[runners]] entry, in file order."""
+    blocks: list[list[int]] = []
+    for number, line in enumerate(lines):
+        if RUNNERS_HEADER.match(line):
+            if blocks and len(blocks[-1]) == 1:
+                blocks[-1].append(number)
+            blocks.append([number])
+            continue
+        header = TABLE_HEADER.match(line)
+        if header and blocks and len(blocks[-1]) == 1:
+            table = header[1].replace(" ", "").replace('"', "").replace("'", "")
+            if not table.startswith("runners."):
+                blocks[-1].append(number)  # a top-level table ends the runner's entry
+    if blocks and len(blocks[-1]) == 1:
+        blocks[-1].append(len(lines))
+    return [(b[0], b[1]) for b in blocks]
+
+
+def _write(output: Path, migrations: list[Migration], patch: str, *, force: bool) -> list[str]:
+    files: list[tuple[Path, str]] = []
+    for m in migrations:
+        files.append((m.config_path, m.driver_config))
+        if m.secrets:
+            files.append((m.env_path, m.env_file_text()))
+    files.append((output / PATCH_NAME, patch))
+    existing = [str(path) for path, _ in files if path.exists()]
+    if existing and not force:
+        raise ConfigError(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            "nothing was written",
+            hint="move them away, or pass --force to overwrite them",
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    for path, content in files:
+        write_private(path, content)  # 0600: driver configs and env files hold credentials
+    for name in existing:
+        print(f"# overwrote {name} (--force)")
+    return [str(path) for path, _ in files]
+
+
+def _show(m: Migration, written: list[str]) -> None:
+    print(f"# ===== runner {m.source!r} =====")
+    status = "written, mode 0600" if str(m.config_path) in written else "not written"
+    print(f"# --- driver config {m.config_path} ({status}) ---")
+    print(m.shown_config, end="")
+    if m.secrets:
+        status = "written, mode 0600" if str(m.env_path) in written else "not written"
+        print(f"# --- cloud credentials {m.env_path} ({status}; values never printed) ---")
+        for variable in m.secrets:
+            print(f"#   {variable}=<from MachineOptions>")
+    print("# --- not carried over, or worth knowing ---")
+    for note in m.notes:
+        print(f"# - {note}")
+    print()
+
+
+def _next_steps(source: Path, output: Path | None, migrations: list[Migration]) -> None:
+    units = [SWEEP_UNIT.format(m.name) for m in migrations]
+    units += [POOL_UNIT.format(m.name) for m in migrations if m.uses_pool]
+    print("# ===== next steps =====")
+    if output is None:
+        print("# 1. Write the files (driver configs and credentials, 0600; the patch):")
+        print(f"#      gitlab-machine-driver migrate {source} --output {DRIVER_CONFIG_DIR}")
+        patch_file = DRIVER_CONFIG_DIR / PATCH_NAME
+    else:
+        print(f"# 1. Written: {', '.join(str(m.config_path) for m in migrations)}")
+        patch_file = output / PATCH_NAME
+    print("# 2. Check each runner's setup:")
+    for m in migrations:
+        print(f"#      gitlab-machine-driver --config {m.config_path} doctor")
+    print(f"# 3. Patch gitlab-runner's config (a backup is kept as {source}.orig):")
+    print(f"#      patch --backup {source} {patch_file}")
+    print("# 4. A sweeper for every config, a pool service where [pool] is set:")
+    print(f"#      systemctl enable --now {' '.join(units)}")
+    if output is not None and output != DRIVER_CONFIG_DIR:
+        print(
+            f"#    (the units read {DRIVER_CONFIG_DIR}/<name>.toml: run migrate with --output "
+            f"{DRIVER_CONFIG_DIR}, or link the configs there)"
+        )
+    print("# 5. gitlab-runner restart")
 
 
 def _toml(top: dict[str, Any], sections: dict[str, dict[str, Any]], source: str) -> str:

@@ -1,4 +1,8 @@
-"""Build what can be built here: the wheel and the Debian package.
+"""Build what can be built here, the Debian package, and check it as a runner host gets it.
+
+The package is built once per session (about a minute: pip installs the driver
+into a venv on Debian's interpreter). The check in a clean Debian root takes
+minutes more (debootstrap, apt), so it runs only with GMD_TEST_DEBIAN_ROOT=1.
 
 The container image needs a registry to pull its base from, which this
 machine cannot reach; its recipe is checked for what it must contain.
@@ -7,64 +11,233 @@ machine cannot reach; its recipe is checked for what it must contain.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "packaging" / "deb" / "build"
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+IN_CI = os.environ.get("CI") == "true"
+UNITS = ("gitlab-machine-driver-pool@.service", "gitlab-machine-driver-sweep@.service")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# Where the clean root's debootstrap is kept between runs (it is the slow part).
+DEBIAN_ROOT_CACHE = Path(
+    os.environ.get("GMD_DEBIAN_ROOT_CACHE", "/var/cache/gitlab-machine-driver-tests")
+)
 
 
-@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian)")
-def test_the_debian_package_installs_the_command_config_and_units(tmp_path: Path) -> None:
-    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else "python3"
-    built = subprocess.run(
-        [str(ROOT / "packaging" / "deb" / "build"), str(tmp_path / "out")],
-        env={**os.environ, "PYTHON": python},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
+def needs(condition: bool, reason: str) -> None:
+    """Skip where this host cannot do it, but never under CI, which must run everything."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: scripts/setup must provide it)")
+        pytest.skip(reason)
+
+
+def run(*argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def system_python_version() -> str:
+    out = run(str(SYSTEM_PYTHON), "-c", "import sys; print('%d.%d' % sys.version_info[:2])")
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    needs(shutil.which("dpkg-deb") is not None, "needs dpkg-deb (Debian)")
+    needs(SYSTEM_PYTHON.exists(), "needs Debian's /usr/bin/python3")
+    out = tmp_path_factory.mktemp("deb")
+    built = run(str(BUILD), str(out), env={**os.environ, "PYTHON": str(SYSTEM_PYTHON)}, timeout=900)
+    assert built.returncode == 0, built.stderr
+    path = Path(built.stdout.strip().splitlines()[-1])
+    assert path.name.startswith("gitlab-machine-driver_") and path.suffix == ".deb"
+    return path
+
+
+@pytest.fixture(scope="module")
+def unpacked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("unpacked")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    return root
+
+
+def test_the_build_refuses_an_interpreter_that_is_not_the_systems(tmp_path: Path) -> None:
+    """This test's own interpreter is a venv (or pyenv): a package made with it would link
+    to it and work only on the host that built it."""
+    assert sys.prefix != "/usr" or sys.base_prefix != "/usr"
+    refused = run(str(BUILD), str(tmp_path), env={**os.environ, "PYTHON": sys.executable})
+    assert refused.returncode != 0
+    assert "build with PYTHON=/usr/bin/python3" in refused.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_package_holds_command_config_and_units(deb: Path) -> None:
+    listing = run("dpkg-deb", "-c", str(deb)).stdout
+    # "-rw-r----- root/root 7342 2026-12-01 11:08 ./etc/...": the path (and link) last.
+    entries = {line.split(maxsplit=5)[5]: line for line in listing.splitlines()}
+    config = entries["./etc/gitlab-machine-driver/config.toml"]
+    # 0640 root:root: once migrate or the admin fills it, it holds credentials.
+    assert config.split()[:2] == ["-rw-r-----", "root/root"]
+    assert (
+        "./usr/bin/gitlab-machine-driver -> /opt/gitlab-machine-driver/bin/gitlab-machine-driver"
+        in entries
     )
-    deb = Path(built.stdout.strip().splitlines()[-1])
-    assert deb.name.startswith("gitlab-machine-driver_") and deb.suffix == ".deb"
-    contents = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True).stdout
-    for path in (
-        "./usr/bin/gitlab-machine-driver -> /opt/gitlab-machine-driver/bin/gitlab-machine-driver",
-        "./etc/gitlab-machine-driver/config.toml",
-        "./lib/systemd/system/gitlab-machine-driver-sweep.timer",
-        "./lib/systemd/system/gitlab-machine-driver-sweep.service",
-        "./lib/systemd/system/gitlab-machine-driver-pool.service",
-    ):
-        assert path in contents
-    conffiles = subprocess.run(
-        ["dpkg-deb", "-f", str(deb), "Package", "Depends"], capture_output=True, text=True
-    ).stdout
-    assert "gitlab-machine-driver" in conffiles and "openssh-client" in conffiles
-    root = tmp_path / "root"
-    subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
-    version = subprocess.run(
-        [str(root / "opt/gitlab-machine-driver/bin/python"), "-m", "driver", "--version"],
-        capture_output=True,
-        text=True,
-        check=True,
+    for unit in (*UNITS, "gitlab-machine-driver-sweep@.timer"):
+        assert f"./lib/systemd/system/{unit}" in entries
+    conffiles = run("dpkg-deb", "-I", str(deb), "conffiles").stdout.split()
+    assert "/etc/gitlab-machine-driver/config.toml" in conffiles
+    depends = run("dpkg-deb", "-f", str(deb), "Depends").stdout
+    assert f"python{system_python_version()}" in depends and "openssh-client" in depends
+
+
+def test_the_venv_is_made_of_debians_interpreter_and_nothing_of_the_build_host(
+    unpacked: Path,
+) -> None:
+    venv = unpacked / "opt" / "gitlab-machine-driver"
+    version = system_python_version()
+    cfg = dict(
+        line.split(" = ", 1)
+        for line in (venv / "pyvenv.cfg").read_text().splitlines()
+        if " = " in line
     )
-    assert version.stdout.startswith("gitlab-machine-driver ")
-    launcher = (root / "opt/gitlab-machine-driver/bin/gitlab-machine-driver").read_text()
-    assert launcher.startswith("#!/opt/gitlab-machine-driver/bin/python")
-    config = root / "etc/gitlab-machine-driver/config.toml"
-    check = subprocess.run(
-        [
-            str(root / "opt/gitlab-machine-driver/bin/python"),
-            "-c",
-            "import sys; from driver import settings; settings.load_settings(sys.argv[1])",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
+    assert cfg["home"] == "/usr/bin"
+    assert os.readlink(venv / "bin" / f"python{version}") == f"/usr/bin/python{version}"
+    assert os.path.realpath(venv / "bin" / "python3") == f"/usr/bin/python{version}"
+    assert (venv / "lib" / f"python{version}" / "site-packages" / "driver").is_dir()
+    assert (
+        (venv / "bin" / "gitlab-machine-driver")
+        .read_text()
+        .startswith("#!/opt/gitlab-machine-driver/bin/python")
+    )
+    leaks = run(
+        "grep",
+        "-rlI",
+        "-e",
+        "/root/",
+        "-e",
+        "/tmp/",
+        "-e",
+        str(ROOT),
+        str(venv / "bin"),
+        str(venv / "pyvenv.cfg"),
+    )
+    assert leaks.stdout == ""
+    # The installed example loads as a config, with the venv's own interpreter.
+    check = run(
+        str(venv / "bin" / "python"),
+        "-c",
+        "import sys; from driver import settings; settings.load_settings(sys.argv[1])",
+        str(unpacked / "etc/gitlab-machine-driver/config.toml"),
+        env={**os.environ, "PYTHONPATH": ""},
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_the_units_run_as_the_runners_user_and_pass_systemd_analyze_verify(
+    unpacked: Path, tmp_path: Path
+) -> None:
+    for unit in UNITS:
+        text = (unpacked / "lib/systemd/system" / unit).read_text()
+        # GitLab's own package runs gitlab-runner as root, so its stages write root's state.
+        assert re.search(r"(?m)^User=root$", text), unit
+        assert "--config /etc/gitlab-machine-driver/%i.toml" in text
+    analyze = shutil.which("systemd-analyze")
+    needs(analyze is not None, "needs systemd-analyze (apt install systemd)")
+    units_dir = Path("/usr/lib/systemd/system")
+    needs(units_dir.is_dir(), "needs the host's systemd units (targets the units refer to)")
+    # The package's files with the host's units, in a root of their own with a merged
+    # /usr as Debian's: verify checks every ExecStart program exists there, and every unit.
+    root = tmp_path / "root"
+    shutil.copytree(unpacked, root, symlinks=True)
+    shutil.copytree(units_dir, root / "usr/lib/systemd/system", symlinks=True, dirs_exist_ok=True)
+    for unit_file in (root / "lib/systemd/system").iterdir():
+        shutil.copy(unit_file, root / "usr/lib/systemd/system" / unit_file.name)
+    shutil.rmtree(root / "lib")
+    (root / "lib").symlink_to("usr/lib")
+    instances = [
+        "gitlab-machine-driver-sweep@config.timer",
+        "gitlab-machine-driver-sweep@config.service",
+        "gitlab-machine-driver-pool@config.service",
+    ]
+    verify = run(str(analyze), "verify", "--man=no", f"--root={root}", *instances)
+    assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+    # The check is real: a broken unit is reported.
+    broken = root / "usr/lib/systemd/system/gitlab-machine-driver-pool@.service"
+    broken.write_text(broken.read_text().replace("Type=simple", "Type=simplest"))
+    verify = run(str(analyze), "verify", "--man=no", f"--root={root}", instances[2])
+    assert "Failed to parse service type" in verify.stderr
+
+
+@pytest.fixture
+def debian_root(tmp_path: Path) -> Iterator[Path]:
+    """A clean Debian (this host's release) from debootstrap, with /proc, as chroot target."""
+    if os.environ.get("GMD_TEST_DEBIAN_ROOT") != "1":
+        pytest.skip("takes minutes (debootstrap, apt): set GMD_TEST_DEBIAN_ROOT=1 to run it")
+    needs(os.geteuid() == 0, "needs root (chroot)")
+    needs(shutil.which("debootstrap") is not None, "needs debootstrap (apt install debootstrap)")
+    release = run("sh", "-c", ". /etc/os-release; echo $VERSION_CODENAME").stdout.strip()
+    root = tmp_path / "debian"
+    cache = DEBIAN_ROOT_CACHE / f"{release}-minbase.tar"
+    if cache.exists():
+        root.mkdir()
+        subprocess.run(["tar", "-xpf", str(cache), "-C", str(root)], check=True)
+    else:
+        made = run(
+            "debootstrap", "--variant=minbase", release, str(root), DEBIAN_MIRROR, timeout=1800
+        )
+        assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "-cpf", f"{cache}.tmp", "-C", str(root), "."], check=True)
+        os.replace(f"{cache}.tmp", cache)
+    shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
+    subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root / "proc")], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_in_a_clean_debian_root_it_installs_works_removes_and_purges(
+    deb: Path, debian_root: Path
+) -> None:
+    def chroot(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive"}
+        result = run("chroot", str(debian_root), *argv, env=env, timeout=900)
+        if check:
+            assert result.returncode == 0, f"{argv}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+        return result
+
+    shutil.copyfile(deb, debian_root / "tmp" / deb.name)
+    chroot("apt-get", "update", "-qq")
+    chroot("apt-get", "install", "-y", "-qq", "--no-install-recommends", f"/tmp/{deb.name}")
+    assert chroot("sh", "-c", "command -v gitlab-machine-driver").stdout.strip() == (
+        "/usr/bin/gitlab-machine-driver"
+    )
+    assert chroot("gitlab-machine-driver", "--version").stdout.startswith("gitlab-machine-driver ")
+    stat = chroot("stat", "-c", "%a %U %G", "/etc/gitlab-machine-driver/config.toml").stdout
+    assert stat.split() == ["640", "root", "root"]
+    assert chroot("stat", "-c", "%a", "/var/lib/gitlab-machine-driver").stdout.strip() == "700"
+    doctor = chroot("gitlab-machine-driver", "doctor", check=False)
+    assert "ok    config file: /etc/gitlab-machine-driver/config.toml is valid" in doctor.stdout
+    assert "FAIL  docker-machine" in doctor.stdout  # none in a clean root, and doctor says so
+
+    chroot("apt-get", "remove", "-y", "-qq", "gitlab-machine-driver")
+    assert not (debian_root / "usr/bin/gitlab-machine-driver").exists()
+    assert not (debian_root / "opt/gitlab-machine-driver").exists()  # no bytecode left behind
+    assert (debian_root / "etc/gitlab-machine-driver/config.toml").exists()  # a conffile
+    chroot("apt-get", "purge", "-y", "-qq", "gitlab-machine-driver")
+    assert not (debian_root / "etc/gitlab-machine-driver").exists()
+    assert not (debian_root / "var/lib/gitlab-machine-driver").exists()
+    status = chroot("dpkg-query", "-W", "-f=${Status}", "gitlab-machine-driver", check=False)
+    assert "installed" not in status.stdout or "not-installed" in status.stdout
 
 
 def test_the_container_recipe_brings_runner_driver_and_docker_machine() -> None:

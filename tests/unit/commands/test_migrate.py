@@ -1,27 +1,213 @@
+"""migrate on realistic docker+machine config.toml files, applied the way its output says."""
+
+from __future__ import annotations
+
 import argparse
+import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from driver import settings
 from driver.commands import migrate
+from driver.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[3]
+# Every credential in the fixtures: none may ever reach stdout.
+SECRETS = [
+    "AKIAMACHINEKEY",
+    "machine-secret-value",
+    "AKIACACHEKEY",
+    "cache-secret-value",
+    "glrt-AWS-RUNNER-TOKEN",
+    "glrt-GCP-RUNNER-TOKEN",
+    "XXXX",
+]
 
 
-def run(capsys: pytest.CaptureFixture[str], path: Path, output: str | None = None) -> str:
-    migrate.main(argparse.Namespace(runner_config=str(path), output=output))
+def run(
+    capsys: pytest.CaptureFixture[str],
+    path: Path,
+    output: Path | None = None,
+    force: bool = False,
+) -> str:
+    migrate.main(
+        argparse.Namespace(
+            runner_config=str(path), output=str(output) if output else None, force=force
+        )
+    )
     return capsys.readouterr().out
 
 
-def driver_config(path: Path, index: int = 0) -> settings.Settings:
-    runners = migrate._docker_machine_runners(path)
-    return settings.parse_settings(tomllib.loads(migrate.migrate(runners[index]).driver_config))
+def copy(fixture: str, tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    shutil.copyfile(FIXTURES / fixture, path)
+    return path
+
+
+def printed_patch(out: str) -> str:
+    return out.split("# >>> patch begins\n", 1)[1].split("# <<< patch ends\n", 1)[0]
+
+
+def apply_patch(config: Path, patch: str) -> dict[str, Any]:
+    """As the printed instructions say: `patch --backup CONFIG PATCH`; then parse the result."""
+    patch_file = config.with_suffix(".patch")
+    patch_file.write_text(patch)
+    subprocess.run(
+        ["patch", "--backup", str(config), str(patch_file)], check=True, capture_output=True
+    )
+    return tomllib.loads(config.read_text())
+
+
+def without_migrated_keys(runner: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in runner.items() if k not in ("executor", "custom")}
+
+
+@pytest.mark.parametrize("fixture", ["two-clouds.toml", "autoscale-aws.toml", "mixed.toml"])
+def test_the_printed_patch_applies_and_changes_only_what_it_must(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fixture: str
+) -> None:
+    config = copy(fixture, tmp_path)
+    before = tomllib.loads(config.read_text())
+    out = run(capsys, config)
+    after = apply_patch(config, printed_patch(out))
+    assert (config.parent / "config.toml.orig").read_text() == (FIXTURES / fixture).read_text()
+    assert {k: v for k, v in after.items() if k != "runners"} == {
+        k: v for k, v in before.items() if k != "runners"
+    }
+    assert len(after["runners"]) == len(before["runners"])
+    for old, new in zip(before["runners"], after["runners"], strict=True):
+        # Nothing else in any runner moves: not the cache, not its S3 keys, not the token.
+        assert without_migrated_keys(new) == without_migrated_keys(old)
+        if old["executor"] == "docker+machine" and old.get("machine", {}).get("MachineDriver"):
+            name = migrate._slug(old["name"])
+            config_path = f"/etc/gitlab-machine-driver/{name}.toml"
+            assert new["executor"] == "custom"
+            assert new["custom"]["run_exec"] == "gitlab-machine-driver"
+            assert new["custom"]["run_args"] == ["--config", config_path, "run"]
+            assert new["custom"]["prepare_args"] == ["--config", config_path, "prepare"]
+        else:
+            assert new == old
+
+
+def test_the_patch_shows_no_secret_and_neither_does_anything_else(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = run(capsys, copy("two-clouds.toml", tmp_path))
+    out += run(capsys, copy("autoscale-aws.toml", tmp_path))
+    for secret in SECRETS:
+        assert secret not in out
+    assert "AWS_SECRET_ACCESS_KEY=<from MachineOptions>" in out
+    assert "(not written; values never printed)" in out
+
+
+def test_each_runner_gets_its_own_state_storage_and_artifact_support(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "out"
+    run(capsys, copy("two-clouds.toml", tmp_path), output=out_dir)
+    aws = settings.load_settings(out_dir / "aws-autoscale.toml")
+    gcp = settings.load_settings(out_dir / "gcp.toml")
+    assert aws.state_dir != gcp.state_dir
+    assert aws.docker_machine.storage_path != gcp.docker_machine.storage_path
+    assert aws.machine.name_prefix != gcp.machine.name_prefix
+    assert (aws.machine.driver, gcp.machine.driver) == ("amazonec2", "google")
+    # Artifacts and cache need gitlab-runner in the VM: migrate sets what uploads it.
+    assert aws.gitlab_runner_binary is not None and gcp.gitlab_runner_binary is not None
+    assert aws.pool.idle_count == 2 and aws.pool.autoscaling[0].timezone == "Europe/Berlin"
+    assert aws.limits.max_machines == 8
+
+
+def test_secrets_go_to_0600_files_and_the_snippet_points_at_the_written_files(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = copy("two-clouds.toml", tmp_path)
+    out_dir = tmp_path / "out"
+    out = run(capsys, config, output=out_dir)
+    for secret in SECRETS:
+        assert secret not in out
+    written = sorted(p.name for p in out_dir.iterdir())
+    assert written == [
+        "aws-autoscale.env",
+        "aws-autoscale.toml",
+        "gcp.toml",
+        "gitlab-runner-config.patch",
+    ]
+    for path in out_dir.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    aws = settings.load_settings(out_dir / "aws-autoscale.toml")
+    assert aws.machine.env_file == out_dir / "aws-autoscale.env"
+    # Off docker-machine's argv, into its environment.
+    assert aws.machine.docker_machine_env() == {
+        "AWS_ACCESS_KEY_ID": "AKIAMACHINEKEY",
+        "AWS_SECRET_ACCESS_KEY": "machine-secret-value",
+    }
+    assert not any("key" in option for option in aws.machine.options)
+    assert "machine-secret-value" not in (out_dir / "aws-autoscale.toml").read_text()
+    # The patch (printed and written) names the configs just written.
+    assert (out_dir / "gitlab-runner-config.patch").read_text() == printed_patch(out)
+    runners = apply_patch(config, printed_patch(out))["runners"]
+    assert runners[0]["custom"]["config_args"][1] == str(out_dir / "aws-autoscale.toml")
+    assert runners[1]["custom"]["cleanup_args"][1] == str(out_dir / "gcp.toml")
+    assert f"patch --backup {config} {out_dir / 'gitlab-runner-config.patch'}" in out
+
+
+def test_files_already_there_are_not_overwritten_silently(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = copy("two-clouds.toml", tmp_path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    mine = out_dir / "gcp.toml"
+    mine.write_text("# the admin's own edits\n")
+    with pytest.raises(ConfigError) as refused:
+        run(capsys, config, output=out_dir)
+    assert f"{mine} already exists; nothing was written" in str(refused.value)
+    assert "--force" in str(refused.value)
+    assert mine.read_text() == "# the admin's own edits\n"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["gcp.toml"]
+    out = run(capsys, config, output=out_dir, force=True)
+    assert f"# overwrote {mine} (--force)" in out
+    settings.load_settings(mine)
+
+
+def test_a_runner_without_its_machine_table_is_skipped_with_the_reason(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = run(capsys, copy("two-clouds.toml", tmp_path))
+    assert (
+        "# runner 'half migrated': skipped: executor is docker+machine but it has no "
+        "[runners.machine] table" in out
+    )
+    assert 'driver = ""' not in out
+    assert "half-migrated" not in out
+
+
+def test_the_units_the_note_names_are_the_ones_packaged(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = run(capsys, copy("two-clouds.toml", tmp_path))
+    enable = next(line for line in out.splitlines() if "systemctl enable --now" in line)
+    units = enable.split("systemctl enable --now", 1)[1].split()
+    assert units == [
+        "gitlab-machine-driver-sweep@aws-autoscale.timer",
+        "gitlab-machine-driver-sweep@gcp.timer",
+        "gitlab-machine-driver-pool@aws-autoscale.service",  # only aws has idle machines
+    ]
+    for unit in units:
+        template = re.sub(r"@[^.]+\.", "@.", unit)
+        assert (ROOT / "packaging" / "systemd" / template).is_file(), template
+    assert (ROOT / "packaging" / "systemd" / "gitlab-machine-driver-sweep@.service").is_file()
 
 
 def test_aws_autoscale_config_becomes_a_valid_driver_config() -> None:
-    s = driver_config(FIXTURES / "autoscale-aws.toml")
+    runner = tomllib.loads((FIXTURES / "autoscale-aws.toml").read_text())["runners"][0]
+    s = settings.parse_settings(tomllib.loads(migrate.migrate(runner).driver_config))
     assert s.machine.driver == "amazonec2"
     assert s.machine.name_prefix == "auto-scale"
     assert "amazonec2-region=us-central-1" in s.machine.options
@@ -38,44 +224,43 @@ def test_aws_autoscale_config_becomes_a_valid_driver_config() -> None:
     assert s.pool.autoscaling[1].timezone == "UTC"
 
 
+def test_a_credential_without_a_known_variable_stays_a_flag_but_is_never_printed() -> None:
+    runner = {
+        "name": "rack",
+        "executor": "docker+machine",
+        "machine": {
+            "MachineDriver": "rackspace",
+            "MachineOptions": ["rackspace-api-key=sekrit-rack", "rackspace-region=DFW"],
+        },
+    }
+    m = migrate.migrate(runner)
+    assert (
+        "rackspace-api-key=sekrit-rack"
+        in settings.parse_settings(tomllib.loads(m.driver_config)).machine.options
+    )
+    assert "sekrit-rack" not in m.shown_config
+    assert any("rackspace-api-key: no environment variable is known" in n for n in m.notes)
+
+
 def test_what_has_no_equivalent_is_said_with_the_reason(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = run(capsys, FIXTURES / "autoscale-aws.toml")
     assert "MaxBuilds = 100: every machine now serves exactly one job" in out
-    assert "run the pool service" in out
     assert 'default = "ruby:2.7"' in out  # [runners.docker]: jobs keep their image
     assert "[runners.docker] disable_cache: not needed" in out
-    assert 'config_exec = "gitlab-machine-driver"' in out
-    assert (
-        'run_args = ["--config", "/etc/gitlab-machine-driver/autoscale-runner.toml", "run"]' in out
-    )
+    out = run(capsys, FIXTURES / "mixed.toml")
+    assert "OffPeakPeriods: removed from gitlab-runner itself" in out
+    assert "# runner 'shell on the host': executor 'shell', not docker+machine: left alone" in out
 
 
-def test_only_docker_machine_runners_are_migrated(tmp_path: Path) -> None:
-    runners = migrate._docker_machine_runners(FIXTURES / "mixed.toml")
-    assert [r["name"] for r in runners] == ["GCE single use"]
-    s = driver_config(FIXTURES / "mixed.toml")
-    assert s.builds_dir == "/srv/builds"
-    assert s.machine.name_prefix == "gce-ci"
-    assert s.machine.engine_storage_driver == "overlay2"
-    assert s.machine.engine_label == ["team=platform"]
-    assert s.cleanup.remove_attempts == 30
-
-
-def test_the_runner_file_is_never_written_and_output_goes_where_asked(
+def test_the_runner_file_is_never_written(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    source = tmp_path / "config.toml"
-    source.write_text((FIXTURES / "mixed.toml").read_text())
+    source = copy("mixed.toml", tmp_path)
     before = source.read_bytes()
-    out = run(capsys, source, output=str(tmp_path / "out"))
+    run(capsys, source, output=tmp_path / "out")
     assert source.read_bytes() == before
-    written = tmp_path / "out" / "gce-single-use.toml"
-    assert f"driver config written to {written}" in out
-    assert "OffPeakPeriods: removed from gitlab-runner itself" in out
-    settings.load_settings(written)
-    assert written.stat().st_mode & 0o077 == 0
 
 
 def test_a_file_without_docker_machine_runners_says_so(
@@ -83,4 +268,4 @@ def test_a_file_without_docker_machine_runners_says_so(
 ) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[[runners]]\nname = "x"\nexecutor = "shell"\n')
-    assert 'has no runner with executor = "docker+machine"' in run(capsys, path)
+    assert 'has no runner with executor = "docker+machine" to migrate' in run(capsys, path)
