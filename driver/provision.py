@@ -17,7 +17,7 @@ from driver import engine, log, metrics, ssh, tools
 from driver.docker_machine import DockerMachine, classify_failure
 from driver.errors import CommandError, DriverError
 from driver.settings import Settings
-from driver.state import Address, Lock, MachineDir, StateDir
+from driver.state import Address, Lock, MachineDir, StateDir, write_private
 
 Progress = Callable[[str], None]
 
@@ -193,7 +193,8 @@ def make_ready(
     docker-machine reports (its port is the driver's, never assumed).
     """
     timings = {}
-    where.known_hosts.unlink(missing_ok=True)
+    # Empty, and 0600 before ssh appends the key it meets first (ssh would create it 0644).
+    write_private(where.known_hosts, "")
     ssh.write_config(where, settings.ssh, machine=name, address=address)
     step = log.Timer()
     ssh.wait_ready(

@@ -10,19 +10,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import time
 
 from driver import limits, log, metrics, provision, signals, ssh
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.image import setup as image_setup
-from driver.image import setup as image_setup
 from driver.log import say
 from driver.payload import Job
 from driver.settings import Settings
 from driver.stages.common import Stage, begin
-from driver.state import JobDir, JobPhase, JobRecord, ancestors, boot_id
+from driver.state import JobDir, JobPhase, JobRecord, ancestors, boot_id, write_private
 
 
 def new_record(settings: Settings, job: Job, machine: str) -> JobRecord:
@@ -46,7 +44,6 @@ def main(args: argparse.Namespace) -> int:
     settings, job_dir, name = stage.settings, stage.job_dir, stage.machine
     dm = stage.docker_machine()
     total = log.Timer()
-    image_plan = image_setup.plan(settings.image, say)  # a refused image costs no machine
     image_plan = image_setup.plan(settings.image, say)  # a refused image costs no machine
     with job_dir.locked(timeout=60):
         job_dir.create()
@@ -146,7 +143,7 @@ def _from_pool(stage: Stage, dm: DockerMachine) -> bool:
     record.phase = JobPhase.CREATED
     record.address = pooled.address
     job_dir.save(record)  # from here on the job owns it: its cleanup destroys it
-    shutil.copyfile(state.pool_dir(pooled.name).known_hosts, job_dir.known_hosts)
+    write_private(job_dir.known_hosts, state.pool_dir(pooled.name).known_hosts.read_text())
     ssh.write_config(job_dir, settings.ssh, machine=pooled.name, address=pooled.address)
     state.release_claims(stage.job.id)
     state.forget_pool(pooled.name)

@@ -38,11 +38,22 @@ def test_secrets_stay_out_of_logs_argv_and_files(env: Env) -> None:
         script=["sleep 3", 'test -n "$DEPLOY_KEY" && echo has-the-key'],
     )
     seen_on_argv: list[str] = []
+    readable_by_others: set[str] = set()
+    seen_files: set[str] = set()
     done = threading.Event()
 
     def watch_argv() -> None:
         while not done.is_set():
             seen_on_argv.extend(c for c in host_cmdlines() if SECRET in c or job.token in c)
+            # While the job runs: its SSH config, pinned key, record, markers, sockets.
+            for path in [env.state_dir, *env.state_dir.rglob("*")]:
+                try:
+                    mode = stat.S_IMODE(path.lstat().st_mode)
+                except OSError:
+                    continue  # removed meanwhile
+                seen_files.add(path.name)
+                if mode & 0o077:
+                    readable_by_others.add(f"{path} is mode {mode:o}")
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch_argv)
@@ -55,6 +66,8 @@ def test_secrets_stay_out_of_logs_argv_and_files(env: Env) -> None:
     assert result.outcome == "success", result.describe()
     assert "has-the-key" in result.job_log
     assert seen_on_argv == []
+    assert readable_by_others == set()
+    assert {"state.json", "ssh_config", "known_hosts", "cm", "stage.lock"} <= seen_files
     log = (env.state_dir / "driver.log").read_text()
     assert SECRET not in log and job.token not in log
     # Every line is JSON with the job bound to it.
