@@ -5,17 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import shutil
+import random
 import subprocess
+import tempfile
 import time
 from typing import NamedTuple
 
 from .common import MachineError, info
-from .store import Store, write_plain
+from .store import Store, settings, write_plain
 
-# docker-machine bootstraps its certs without a lock; the double stretches the
-# window between writing ca.pem and the rest so concurrent first creates collide.
-CERT_RACE_WINDOW = 0.3
+# Go makes an RSA-2048 key for the CA and for the client certificate: ~0.3 s on average,
+# with a long tail. How long each one takes decides which of several concurrent first
+# creates writes ca.pem last and which writes cert.pem last (double.json "keygen_time").
+KEYGEN_TIME = 0.2
 
 
 class CertError(Exception):
@@ -52,75 +54,55 @@ def is_ip(text: str) -> bool:
     return True
 
 
-class Signer(NamedTuple):
-    """The CA a create signs with: the store's, or the one this create just made."""
-
-    cert: str
-    key: str
-    scratch: str | None = None  # where a CA this create made is kept
-
-    def sign(self, key: bytes, org: str, extensions: list[str]) -> bytes:
-        for path, what in ((self.cert, "certificate"), (self.key, "key")):
-            if not os.path.exists(path):
-                raise CertError(f"open {path}: no such file or directory")
-            if os.path.getsize(path) == 0:
-                raise CertError(f"tls: failed to find any PEM data in {what} input")
-        addext = [arg for ext in extensions for arg in ("-addext", ext)]
-        subject = f"/O={org[:64]}"  # openssl, unlike Go, holds O= to its 64-character limit
-        csr = openssl(["req", "-new", "-key", "/dev/stdin", "-subj", subject, *addext], key)
-        serial = "0x" + os.urandom(16).hex()
-        return openssl(
-            [
-                "x509", "-req", "-in", "/dev/stdin", "-CA", self.cert, "-CAkey", self.key,
-                "-set_serial", serial, "-days", "1080", "-copy_extensions", "copy",
-            ],
-            csr,
-        )  # fmt: skip
-
-    def discard(self) -> None:
-        if self.scratch:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+def keygen_pause(store: Store) -> None:
+    """The time Go's rsa.GenerateKey takes (the double's own EC keys take next to none)."""
+    scale = float(settings(store).get("keygen_time", KEYGEN_TIME))
+    if scale > 0:
+        time.sleep(scale * (0.5 + random.expovariate(1.0)))
 
 
-def bootstrap_certs(store: Store) -> Signer:
+def bootstrap_certs(store: Store) -> None:
     """cert.BootstrapCertificates: make the store's CA and client cert when missing.
 
-    Like upstream it takes no lock. It writes ca.pem, waits CERT_RACE_WINDOW, then
-    writes ca-key.pem and the client cert; a create starting in that window finds
-    ca.pem without its key and fails. A create that made its own CA keeps signing
-    with it, so when a concurrent create overwrote ca.pem its machine's TLS does
-    not verify against the store's CA, and its final connection check fails.
+    Like upstream it takes no lock. Concurrent first creates all find no ca.pem, all
+    make a CA and write it; each then loads whichever CA is on disk (usually its own)
+    to sign its client certificate. The CA written last and the client certificate
+    written last rarely belong together, every create exits 0, and nothing says so.
     """
     os.makedirs(store.certs, mode=0o700, exist_ok=True)
-    signer = Signer(store.cert("ca.pem"), store.cert("ca-key.pem"))
+    ca, ca_key = store.cert("ca.pem"), store.cert("ca-key.pem")
+    client_cert, client_key = store.cert("cert.pem"), store.cert("key.pem")
     try:
-        if not os.path.exists(store.cert("ca.pem")):
-            signer = create_ca(store)
-        client_cert, client_key = store.cert("cert.pem"), store.cert("key.pem")
+        if not os.path.exists(ca):
+            info(f"Creating CA: {ca}")
+            if os.path.exists(ca_key):
+                raise CertError("certificate authority key already exists")
+            try:
+                generate_ca(store, ca, ca_key)
+            except CertError as exc:
+                raise CertError(f"Generating CA certificate failed: {exc}") from None
         if not os.path.exists(client_cert):
             info(f"Creating client certificate: {client_cert}")
             if os.path.exists(client_key):
                 raise CertError("client key already exists")
             try:
+                authority = load_ca(ca, ca_key)  # GenerateCert loads the CA first...
+                keygen_pause(store)  # ...then makes the key
                 key = new_key()
-                cert = signer.sign(key, username(), ["extendedKeyUsage=clientAuth"])
+                cert = sign(
+                    authority, key, username() + ".<bootstrap>", ["extendedKeyUsage=clientAuth"]
+                )
             except CertError as exc:
                 raise CertError(f"Generating client certificate failed: {exc}") from None
             write_plain(client_cert, cert, 0o644)
             write_plain(client_key, key, 0o600)
     except CertError as exc:
-        signer.discard()
         raise MachineError(f"Error generating certificates: {exc}") from None
-    return signer
 
 
-def create_ca(store: Store) -> Signer:
-    import tempfile
-
-    ca, ca_key = store.cert("ca.pem"), store.cert("ca-key.pem")
-    info(f"Creating CA: {ca}")
-    if os.path.exists(ca_key):
-        raise CertError("certificate authority key already exists")
+def generate_ca(store: Store, cert_path: str, key_path: str) -> None:
+    """GenerateCACertificate: a key, a self-signed CA, written in place: cert, then key."""
+    keygen_pause(store)
     key = new_key()
     usage = "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign"
     cert = openssl(
@@ -128,29 +110,61 @@ def create_ca(store: Store) -> Signer:
          "-days", "1080", "-addext", usage],
         key,
     )  # fmt: skip
-    scratch = tempfile.mkdtemp(prefix=".dmd-", dir=store.root)
-    signer = Signer(os.path.join(scratch, "ca.pem"), os.path.join(scratch, "ca-key.pem"), scratch)
-    write_plain(signer.cert, cert, 0o644)
-    write_plain(signer.key, key, 0o600)
-    write_plain(ca, cert, 0o644)
-    time.sleep(CERT_RACE_WINDOW)
-    write_plain(ca_key, key, 0o600)
-    return signer
+    write_plain(cert_path, cert, 0o644)
+    write_plain(key_path, key, 0o600)
 
 
-def provision_certs(store: Store, name: str, signer: Signer, ip: str, sans: list[str]) -> None:
-    """ConfigureAuth: copy the client certs into the machine dir, make its server cert."""
-    mdir = store.machine_dir(name)
-    copies = [(signer.cert, "ca.pem"), (store.cert("cert.pem"), "cert.pem")]
-    copies.append((store.cert("key.pem"), "key.pem"))
-    for source, target in copies:
+class Authority(NamedTuple):
+    """A CA as tls.LoadX509KeyPair read it: the bytes on disk at that moment."""
+
+    cert: bytes
+    key: bytes
+
+
+def load_ca(cert_path: str, key_path: str) -> Authority:
+    loaded = []
+    for path, what in ((cert_path, "certificate"), (key_path, "key")):
         try:
-            with open(source, "rb") as f:
-                write_plain(os.path.join(mdir, target), f.read(), 0o600)
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise CertError(f"open {path}: no such file or directory") from None
+        if b"-----BEGIN" not in data:
+            raise CertError(f"tls: failed to find any PEM data in {what} input")
+        loaded.append(data)
+    return Authority(*loaded)
+
+
+def sign(authority: Authority, key: bytes, org: str, extensions: list[str]) -> bytes:
+    """x509.CreateCertificate for `key`, signed by `authority`."""
+    addext = [arg for ext in extensions for arg in ("-addext", ext)]
+    subject = f"/O={org[:64]}"  # openssl, unlike Go, holds O= to its 64-character limit
+    csr = openssl(["req", "-new", "-key", "/dev/stdin", "-subj", subject, *addext], key)
+    serial = "0x" + os.urandom(16).hex()
+    with tempfile.TemporaryDirectory(prefix="dmd-ca-") as scratch:
+        ca, ca_key = os.path.join(scratch, "ca.pem"), os.path.join(scratch, "ca-key.pem")
+        write_plain(ca, authority.cert, 0o600)
+        write_plain(ca_key, authority.key, 0o600)
+        return openssl(
+            [
+                "x509", "-req", "-in", "/dev/stdin", "-CA", ca, "-CAkey", ca_key,
+                "-set_serial", serial, "-days", "1080", "-copy_extensions", "copy",
+            ],
+            csr,
+        )  # fmt: skip
+
+
+def provision_certs(store: Store, name: str, ip: str, sans: list[str]) -> None:
+    """ConfigureAuth: copy the store's certs into the machine dir, make its server cert."""
+    mdir = store.machine_dir(name)
+    for file in ("ca.pem", "cert.pem", "key.pem"):
+        try:
+            with open(store.cert(file), "rb") as f:
+                write_plain(os.path.join(mdir, file), f.read(), 0o600)
         except FileNotFoundError:
             raise MachineError(
                 "Error creating machine: Error running provisioning: Copying "
-                f"{target} to machine dir failed: open {source}: no such file or directory"
+                f"{file} to machine dir failed: open {store.cert(file)}: no such file or directory"
             ) from None
     alt = [f"IP:{ip}", "DNS:localhost"] + [f"{'IP' if is_ip(s) else 'DNS'}:{s}" for s in sans]
     extensions = [
@@ -160,8 +174,9 @@ def provision_certs(store: Store, name: str, signer: Signer, ip: str, sans: list
         "basicConstraints=critical,CA:FALSE",
     ]
     try:
+        authority = load_ca(store.cert("ca.pem"), store.cert("ca-key.pem"))
         key = new_key()
-        cert = signer.sign(key, f"{username()}.{name}", extensions)
+        cert = sign(authority, key, f"{username()}.{name}", extensions)
     except CertError as exc:
         raise MachineError(
             "Error creating machine: Error running provisioning: error generating server cert: "

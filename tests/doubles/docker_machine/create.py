@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from . import drivers
-from .certs import Signer, bootstrap_certs
+from .certs import bootstrap_certs
 from .common import CONFIG_VERSION, NAME_RE, MachineError, go_quote, info
 from .faults import CREATE_CLOUD_ERROR, request_id, take_fault
 from .flags import CREATE_FLAGS, HelpFlag, command_help, parse_command
@@ -161,30 +161,27 @@ def libmachine_create(
 ) -> None:
     """libmachine's Client.Create: certificates, pre-create check, first save, the driver's
     Create, its save, and (for VMs) provisioning."""
-    signer = bootstrap_certs(store)
-    try:
-        info("Running pre-create checks...")
-        fault = take_fault(store, "create_precheck_fail")
-        if fault:
-            raise drivers.precheck_error(str(fault.get("message") or PRECHECK_ERROR))
-        drivers.pre_create_check(host)
-        save_host(store, host)  # before the machine exists, as upstream does
-        if driver.simulated:
-            update_vm(store, name, phase="creating")
-        if take_fault(store, "create_hang"):
-            while True:
-                time.sleep(3600)
-        info("Creating machine...")
-        create_faults(store, name, host, signer)
-        if driver.simulated:
-            create_vm(store, name, host, signer)  # saves once the VM has its address
-        else:
-            save_host(store, host)  # performCreate's save after Driver.Create
-    finally:
-        signer.discard()
+    bootstrap_certs(store)
+    info("Running pre-create checks...")
+    fault = take_fault(store, "create_precheck_fail")
+    if fault:
+        raise drivers.precheck_error(str(fault.get("message") or PRECHECK_ERROR))
+    drivers.pre_create_check(host)
+    save_host(store, host)  # before the machine exists, as upstream does
+    if driver.simulated:
+        update_vm(store, name, phase="creating")
+    if take_fault(store, "create_hang"):
+        while True:
+            time.sleep(3600)
+    info("Creating machine...")
+    create_faults(store, name, host)
+    if driver.simulated:
+        create_vm(store, name, host)  # saves once the VM has its address
+    else:
+        save_host(store, host)  # performCreate's save after Driver.Create
 
 
-def create_faults(store: Store, name: str, host: dict[str, Any], signer: Signer) -> None:
+def create_faults(store: Store, name: str, host: dict[str, Any]) -> None:
     """The injected cloud failures of Driver.Create."""
     prefix = "Error creating machine: Error in driver during machine creation: "
     if take_fault(store, "create_rate_limit"):
@@ -202,7 +199,7 @@ def create_faults(store: Store, name: str, host: dict[str, Any], signer: Signer)
         remove_entry(store, name)
     elif leave == "vm" and drivers.DRIVERS[host["DriverName"]].simulated:
         with contextlib.suppress(MachineError):
-            create_vm(store, name, host, signer, quiet=True)
+            create_vm(store, name, host, quiet=True)
         mark_error(store, name, host)
     else:
         mark_error(store, name, host)

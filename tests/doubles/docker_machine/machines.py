@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from .certs import Signer, provision_certs, ssh_keygen, verify_offline
+from .certs import provision_certs, ssh_keygen, verify_offline
 from .common import DOCKERD, ENGINE_PORT, LAUNCHER, MachineError, go_quote, info
 from .engine import cert_check_error, engine_check, engine_ping_unix
 from .faults import take_fault
@@ -194,9 +194,7 @@ def mark_error(store: Store, name: str, host: dict[str, Any]) -> None:
         update_vm(store, name, phase="error")
 
 
-def create_vm(
-    store: Store, name: str, host: dict[str, Any], signer: Signer, quiet: bool = False
-) -> None:
+def create_vm(store: Store, name: str, host: dict[str, Any], quiet: bool = False) -> None:
     """Driver.Create and provisioning for a simulated VM."""
     say = (lambda _message: None) if quiet else info
     delay = float(settings(store).get("create_delay", 0) or 0)
@@ -231,7 +229,7 @@ def create_vm(
         for path, _ in PRIVATE_DIRS:
             os.makedirs(path, exist_ok=True)  # mount points of the VM's private dirs
     sans = host["HostOptions"]["AuthOptions"]["ServerCertSANs"] or []
-    provision_certs(store, name, signer, vm["ip"], sans)
+    provision_certs(store, name, vm["ip"], sans)
     update_vm(store, name, **vm)
     say("Waiting for machine to be running, this may take a few minutes...")
     try:
