@@ -9,7 +9,10 @@ gitlab-runner-helper are.
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from driver.state import JobDir
 
 IMAGE_FILE = "image.json"
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -19,14 +22,10 @@ def is_user_stage(stage: str) -> bool:
     return stage in ("build_script", "after_script") or stage.startswith("step_")
 
 
-def wrapper_args(job_dir: object, stage: str) -> str:
-    """The VM-side wrapper's "<container> <role> <keeper pid>"; "" in shell mode.
-
-    ``job_dir``: the job's state dir, as a path or an object with ``.path``.
-    """
-    base = str(getattr(job_dir, "path", job_dir))
+def wrapper_args(job_dir: JobDir, stage: str) -> str:
+    """The VM-side wrapper's "<container> <role> <keeper pid>"; "" in shell mode."""
     try:
-        f = open(os.path.join(base, IMAGE_FILE), "rb")  # noqa: SIM115 - closed below
+        f = open(job_dir.path / IMAGE_FILE, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         return ""  # shell mode: not even json is imported on this path
     import json

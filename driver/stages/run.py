@@ -9,7 +9,6 @@ output reaches the job log as it comes, with nothing buffering it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 from driver.contract import JOB_DIR_ENV, clean_env, read_job
 from driver.errors import BuildFailure, Cancelled, DriverError, JobError
 from driver.image.stage import wrapper_args
+from driver.state import JobDir, JobPhase, JobRecord
 
 if TYPE_CHECKING:
     import argparse
@@ -93,8 +93,6 @@ assert "'" not in WRAPPER
 PROBE = r"""f=${TMPDIR:-/tmp}/gmd-rc.$1; r=$(cat "$f" 2>/dev/null); rm -f "$f"
 case $r in 255) echo 255;; ?*) echo "$r" >&2;; esac"""
 SSH_FAILED = 255
-LOST_MARKER = "lost"
-FAILED_MARKER = "failed"  # as driver.state.FAILED_MARKER (not imported: run stays lean)
 PROBE_TIMEOUT = 15.0
 
 
@@ -103,33 +101,37 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run_stage(script: str, stage: str, config_path: str | None) -> int:
-    job_dir = os.environ.get(JOB_DIR_ENV) or _job_dir_from_config(config_path)
-    state = _load_state(job_dir)
+    env_dir = os.environ.get(JOB_DIR_ENV)
+    job_dir = JobDir.at(env_dir) if env_dir else _job_dir_from_config(config_path)
+    record = _load_record(job_dir)
+    # Held while the stage runs: the sweeper never removes a machine under a running stage.
+    stage_lock = job_dir.stage_lock()
+    with contextlib.suppress(OSError):  # its dir removed under us: the stage fails below
+        if stage_lock.try_acquire():
+            os.utime(job_dir.stage_lock_path)  # the last stage's time, for the sweeper
     try:
-        return _run(script, stage, job_dir, state)
+        return _run(script, stage, job_dir, record)
     except DriverError:
-        _log_failure(state, stage)
+        _log_failure(record, stage)
         raise
 
 
-def _run(script_path: str, stage: str, job_dir: str, state: dict[str, object]) -> int:
-    lost = os.path.join(job_dir, LOST_MARKER)
-    if os.path.exists(lost):
+def _run(script_path: str, stage: str, job_dir: JobDir, record: JobRecord) -> int:
+    if job_dir.lost_marker.exists():
         # Do not make every later stage wait out a connect timeout on a dead VM.
-        with open(lost) as f:
-            raise DriverError(
-                f"machine {state.get('machine')} was lost earlier ({f.read().strip()}); "
-                f"not running stage {stage}"
-            )
+        raise DriverError(
+            f"machine {record.machine} was lost earlier "
+            f"({job_dir.lost_marker.read_text().strip()}); not running stage {stage}"
+        )
     try:
         with open(script_path, "rb") as f:
             script = f.read()
     except OSError as e:
         raise JobError(f"cannot read the stage script {script_path}: {e.strerror}") from None
 
-    grace = float(str(state.get("kill_grace", 10)))
+    grace = record.kill_grace
     token = os.urandom(8).hex()
-    ssh = ["ssh", "-F", os.path.join(job_dir, "ssh_config"), "-T", "machine"]
+    ssh = job_dir.ssh_argv("-T")
     # --norc: bash run by sshd would otherwise read ~/.bashrc (a second time, after the
     # login shell): slow on some images, and not the job's business.
     container = wrapper_args(job_dir, stage)  # "" in shell mode
@@ -160,30 +162,23 @@ def _run(script_path: str, stage: str, job_dir: str, state: dict[str, object]) -
     if rc == SSH_FAILED or rc < 0:  # ssh failed, or was killed by a signal
         exited_255, probe_error = _probe(ssh, token)
         if not exited_255:
-            with open(lost, "w") as f:
-                f.write(f"during stage {stage}")
-            raise _connection_lost(str(state.get("machine", "?")), stage, probe_error)
+            job_dir.lost_marker.write_text(f"during stage {stage}")
+            raise _connection_lost(record.machine, stage, probe_error)
     if stage == "build_script" or stage.startswith("step_"):
-        with open(os.path.join(job_dir, FAILED_MARKER), "w") as f:
-            f.write(stage)  # cleanup may keep the machine for inspection
+        job_dir.failed_marker.write_text(stage)  # cleanup may keep the machine for inspection
     raise BuildFailure(rc)
 
 
-def _log_failure(state: dict[str, object], stage: str) -> None:
+def _log_failure(record: JobRecord, stage: str) -> None:
     """Into the admin's log as well (only on failure: the success path stays lean)."""
-    if not state.get("log_path"):
+    if not record.log_path:
         return
     from pathlib import Path
 
     from driver import log
 
     # main's error handler writes the line once logging is set up.
-    log.setup(
-        Path(str(state["log_path"])),
-        job_id=state.get("job_id"),
-        machine=state.get("machine"),
-        stage=stage,
-    )
+    log.setup(Path(record.log_path), job_id=record.job_id, machine=record.machine, stage=stage)
 
 
 def _connection_lost(machine: str, stage: str, probe_error: str) -> DriverError:
@@ -237,44 +232,37 @@ def _stop(pid: int, stdin_write: int, grace: float) -> None:
 
 def _probe(ssh: list[str], token: str) -> tuple[bool, str]:
     """Did the script itself exit 255? If the VM cannot say, also why (ssh's error)."""
-    import subprocess
+    from driver import process  # only after a failure: the success path stays lean
+    from driver.errors import CommandTimedOut
 
     try:
-        probe = subprocess.run(
+        probe = process.run(
             [*ssh, f"exec bash --norc --noprofile -c '{PROBE}' gmd-probe {token}"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
             timeout=PROBE_TIMEOUT,
-            env=clean_env(),
+            check=False,
         )
-    except subprocess.TimeoutExpired:
+    except CommandTimedOut:
         return False, "no answer"
-    exited_255 = probe.returncode == 0 and probe.stdout.strip() == b"255"
-    return exited_255, probe.stderr.decode("utf-8", "replace")
+    return probe.exit_code == 0 and probe.stdout.strip() == "255", probe.stderr
 
 
-def _load_state(job_dir: str) -> dict[str, object]:
-    path = os.path.join(job_dir, "state.json")
+def _load_record(job_dir: JobDir) -> JobRecord:
     try:
-        with open(path, "rb") as f:
-            state: dict[str, object] = json.load(f)
-    except FileNotFoundError:
+        record = job_dir.load()
+    except JobError as e:
         raise JobError(
-            f"no machine for this job ({path} is missing): prepare did not finish, "
-            "or cleanup already ran",
+            f"no usable machine record for this job: {e.message}",
+            hint="prepare did not finish, or cleanup already ran",
         ) from None
-    except (OSError, ValueError) as e:
-        raise JobError(f"the job's state file {path} is unreadable: {e}") from None
-    if state.get("phase") != "ready":
-        raise JobError(f"the job's machine is not ready (state: {state.get('phase')})")
-    return state
+    if record.phase != JobPhase.READY:
+        raise JobError(f"the job's machine is not ready (state: {record.phase})")
+    return record
 
 
-def _job_dir_from_config(config_path: str | None) -> str:
+def _job_dir_from_config(config_path: str | None) -> JobDir:
     """Slow path, for stages run by hand without the config stage's job_env."""
     from driver.settings import load_settings
-    from driver.state import JobDir
 
     settings = load_settings(config_path)
     job = read_job()
-    return str(JobDir(settings.state_dir, job.id).path)
+    return JobDir(settings.state_dir, job.id)
