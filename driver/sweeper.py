@@ -185,8 +185,8 @@ class Sweep:
         now = time.time() if now is None else now
         state = self.state
         listed, has_entry = self.listed.get(name, ""), self.dm.exists(name)
-        users = state.jobs_using(name)
         records = state.job_records()
+        users = [i for i, r in records.items() if r is not None and r.machine == name]
         named_job = job_of(self.settings, name)
         if not users and named_job is not None and named_job in records:
             record = records[named_job]
