@@ -1,60 +1,50 @@
-"""Soak: many whole CI jobs at once, each in its own VM, on one runner host.
+"""Soak: many whole CI jobs at once, with the sweeper on a timer, a warm pool, dying runners.
 
-    PATH=$PWD/tests/doubles/bin:$PATH .venv/bin/python bench/soak.py --jobs 96 --concurrency 32
+Every job gets its own VM, on one runner host.
+
+    PATH=$PWD/tests/doubles/bin:$PATH .venv/bin/python bench/soak.py --jobs 48 --concurrency 16
 
 One world (tests/world.py) is shared by every job, as one runner host shares
 its docker-machine storage and the driver's state dir. A thread pool of
 --concurrency JobRuns (the runner emulation, tests/runner) drives the real
-driver through config/prepare/run/cleanup. Each job is one of four kinds,
+driver through config/prepare/run/cleanup. Each job is one of five kinds,
 mixed by --mix and shuffled with --seed:
 
-  success    echoes, sleeps a random 0-2 s                 must end success
-  failed     exits a random code in 1..254 except 33/34    must end failed with that code
-  cancelled  cancelled 1-3 s into build_script             must end cancelled
-  lost_vm    its VM is killed (kill_vm) ~1 s after its     must end system_failure
-             build_script printed a marker
+  success      echoes, sleeps a random 0-2 s              must end success
+  failed       exits a random code in 1..254 except 33/34 must end failed with that code
+  cancelled    cancelled 1-3 s into build_script          must end cancelled
+  lost_vm      its VM is killed (kill_vm) ~1 s after its  must end system_failure
+               build_script printed a marker
+  runner_dies  prepared by a separate runner process      its machine must be reclaimed
+               (started orphaned with `setsid -f`, as a   by the sweeper
+               service is), SIGKILLed once prepare is done
 
-After the last job (and a short settle) nothing may be left: machines,
-job state dirs, VM processes, namespaces, driver processes (anything whose
-command line names this world, or `-m driver` with this world in its
-environment), runner temp dirs. The exit status is 1 on any wrong result or
-leak.
+Meanwhile `gitlab-machine-driver sweep` runs every --sweep-every seconds, as an
+admin's timer runs it, and `pool run` keeps --pool machines ready (0: no pool).
+Each sweep's "<machine>: removing (<reason>)" lines are compared with when each
+job was live (bench/soak_reclaim.py says how): "live jobs whose machine was
+removed" counts the jobs hit by a removal while live, and the jobs that ended
+in a system failure they were not planned to (a lost_vm job's is planned).
 
-Driver cost per executable kind (config/prepare/run/cleanup). Each
-executable runs under a tiny wrapper (written into the world's temp dir and
-put in front of the driver command through the runner's *_exec/*_args). The
-wrapper ignores SIGTERM/SIGINT itself (the driver, in the same process group,
-gets them from the runner as usual), posix_spawns `python -m driver ...` with
-default signal dispositions, and then:
+After the last job the timer stops, the pool service is stopped (SIGTERM: it
+drains its idle machines), the dead runners' own temp dirs are removed (they
+are the runners' business, not the driver's), one last sweep runs, and then
+nothing may be left: machines, job state dirs, VM processes, namespaces,
+driver processes (anything whose command line names this world, or `-m
+driver` with this world in its environment), runner temp dirs, pool records,
+tombstones. The exit status is 1 on any wrong result, leak, live job's
+machine removed, or failed sweep.
 
-  - own CPU: when the driver has exited, the wrapper waits with WNOWAIT so
-    the driver is still a zombie, and reads /proc/PID/schedstat (nanoseconds
-    on CPU of the main thread) and /proc/PID/stat utime+stime (all threads, in
-    clock ticks); it takes the larger. Only the driver's Python process is
-    counted, not docker-machine or ssh.
-  - CPU with children: wait4()'s rusage: the driver plus every child it
-    waited for (the docker-machine double, ssh clients; not the detached SSH
-    master). The docker-machine here is a Python test double, so this column
-    says more about the double than about the driver.
-  - own peak RSS: VmHWM from /proc/PID/status, sampled every 20 ms while the
-    driver runs (a high-water mark, so only growth in the last 20 ms before
-    exit can be missed).
-  - tree peak RSS: wait4()'s ru_maxrss, the largest of the driver and the
-    children it waited for: an upper bound on the driver's own peak.
-
-The wrapper then exits as the driver did (same code, or the same signal), so
-the runner sees no difference. An executable SIGKILLed by the runner kills
-the wrapper too; such calls are counted as unmeasured. prepare records its
-parent's pid for the sweeper, which is the wrapper's here: the soak never
-runs the sweeper. --no-measure runs the driver without the wrapper.
+What each driver executable costs (CPU, memory) is measured as bench/soak_measure.py
+says, for the jobs of the soak's own runner; --no-measure skips it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import threading
@@ -70,18 +60,35 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from soak_measure import WRAPPER, measured_runner, read_usage, usage_table  # noqa: E402
+from soak_reclaim import (  # noqa: E402
+    RUNNER_GONE,
+    DeadRunner,
+    Ownership,
+    Removal,
+    SweepTimer,
+    WarmPool,
+    harm,
+    ownerships,
+    reclaimed,
+    run_dead_runner,
+)
+
+from driver.errors import DriverError  # noqa: E402
+from driver.state import StateDir  # noqa: E402
 from tests.doubles import docker_machine as double  # noqa: E402
 from tests.runner import CancelPlan, Job, JobResult, RunnerEmulator  # noqa: E402
 from tests.world import BUILD_FAILURE, SYSTEM_FAILURE, Env, destroy_world, new_world  # noqa: E402
 
-KINDS = ("success", "failed", "cancelled", "lost_vm")
+KINDS = ("success", "failed", "cancelled", "lost_vm", "runner_dies")
 EXPECTED = {
     "success": "success",
     "failed": "failed",
     "cancelled": "cancelled",
     "lost_vm": "system_failure",
+    "runner_dies": "reclaimed",
 }
-EXECUTABLES = ("config", "prepare", "run", "cleanup")
+LOST = "lost the connection to machine"  # what a job whose machine went says
 # A script's exit codes; the runner's own failure codes would be ambiguous.
 FAIL_CODES = [c for c in range(1, 255) if c not in (BUILD_FAILURE, SYSTEM_FAILURE)]
 # Printed by the lost_vm job's build_script; the log's echo of the command
@@ -89,79 +96,8 @@ FAIL_CODES = [c for c in range(1, 255) if c not in (BUILD_FAILURE, SYSTEM_FAILUR
 STARTED_MARK = "SOAK-BUILD-42"
 DESCRIBE_CHARS = 1500
 SETTLE_SECONDS = 15.0
-
-WRAPPER = r'''"""Runs one driver executable and appends its resource use as a JSON line."""
-import json, os, signal, sys, time
-
-out, kind = sys.argv[1], sys.argv[2]
-argv = sys.argv[4:]  # after "--"
-TICK = os.sysconf("SC_CLK_TCK")
-POLL = 0.02
-
-def hwm_kb(pid):
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-def own_cpu(pid):
-    """Seconds on CPU of the (zombie) process itself, without its children."""
-    sched = ticks = 0.0
-    try:
-        with open(f"/proc/{pid}/schedstat", "rb") as f:
-            sched = int(f.read().split()[0]) / 1e9
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        ticks = (int(fields[11]) + int(fields[12])) / TICK
-    except (OSError, ValueError, IndexError):
-        pass
-    return max(sched, ticks)
-
-for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, signal.SIG_IGN)  # the driver, in our process group, decides
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-start = time.monotonic()
-pid = os.posix_spawn(
-    argv[0], argv, os.environ,
-    setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD),
-    setsigmask=(),
-)
-hwm = hwm_kb(pid)
-while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
-    signal.sigtimedwait({signal.SIGCHLD}, POLL)
-    hwm = max(hwm, hwm_kb(pid))
-own = own_cpu(pid)
-_, status, ru = os.wait4(pid, 0)
-record = {
-    "kind": kind,
-    "stage": argv[-1] if kind == "run" else None,
-    "job": os.environ.get("CUSTOM_ENV_CI_JOB_ID"),
-    "pid": os.getpid(),
-    "wall": time.monotonic() - start,
-    "own_cpu": own,
-    "tree_cpu": ru.ru_utime + ru.ru_stime,
-    "own_hwm_kb": hwm,
-    "tree_maxrss_kb": ru.ru_maxrss,
-    "status": os.waitstatus_to_exitcode(status),
-}
-fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-os.write(fd, (json.dumps(record) + "\n").encode())
-os.close(fd)
-code = os.waitstatus_to_exitcode(status)
-if code < 0:
-    signal.signal(-code, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {-code})
-    os.kill(os.getpid(), -code)
-sys.exit(code)
-'''
+POOL_FILL_SECONDS = 240.0  # the pool's machines are ready before the first job
+RECLAIM_WAIT = 90.0  # after the last job, for the timer to reclaim dead runners' machines
 
 
 @dataclass
@@ -180,7 +116,26 @@ class Outcome:
     result: JobResult | None = None
     crash: str | None = None  # the emulator itself raised
     vm_killed: bool = False  # lost_vm: kill_vm was called
+    dead: DeadRunner | None = None  # runner_dies: its runner process
+    owned: list[Ownership] = field(default_factory=list)  # while it was live
+    reclaim: Removal | None = None  # runner_dies: the sweep that removed its machine
     wrong: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        """The job's (a dead runner's: its prepare's)."""
+        if self.dead is not None:
+            return self.dead.seconds
+        return self.result.seconds if self.result else 0.0
+
+    @property
+    def shown(self) -> str:
+        """Its outcome as the table shows it."""
+        if self.dead is not None:
+            if not self.dead.ok:
+                return "prepare failed"
+            return "reclaimed" if self.reclaim else "not reclaimed"
+        return self.result.outcome if self.result else "crash"
 
 
 @dataclass
@@ -191,6 +146,8 @@ class Leaks:
     namespaces: list[str] = field(default_factory=list)
     driver_processes: list[str] = field(default_factory=list)
     runner_temp: list[str] = field(default_factory=list)
+    pool_records: list[str] = field(default_factory=list)
+    tombstones: list[str] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, list[Any]]]:
         return [
@@ -200,6 +157,8 @@ class Leaks:
             ("namespaces leaked", self.namespaces),
             ("driver processes leaked", self.driver_processes),
             ("runner temp dirs left", self.runner_temp),
+            ("pool records left", self.pool_records),
+            ("tombstones left", self.tombstones),
         ]
 
     @property
@@ -252,32 +211,60 @@ def make_plans(jobs: int, mix: dict[str, float], rng: random.Random, timeout: fl
             script = ["echo cancel me", "sleep 60", "echo never"]
             job = Job(script=script, after_script=after, timeout=timeout)
             plans.append(Plan(kind, job, cancel_after=rng.uniform(1, 3)))
-        else:
+        elif kind == "lost_vm":
             script = ['echo "SOAK-BUILD-$((6*7))"', "sleep 60", "echo never"]
             plans.append(Plan(kind, Job(script=script, after_script=after, timeout=timeout)))
+        else:  # runner_dies: only its id matters, its runner never runs a stage
+            plans.append(Plan(kind, Job(timeout=timeout)))
     return plans
 
 
-def run_plan(runner: RunnerEmulator, storage: str, plan: Plan, kill_delay: float) -> Outcome:
+@dataclass
+class Soak:
+    """What every job of one soak shares."""
+
+    world: Env
+    runner: RunnerEmulator
+    kill_delay: float
+
+    @property
+    def prefix(self) -> str:
+        return str(self.world.settings["machine"]["name_prefix"])
+
+    def machine_of(self, job_id: int) -> str:
+        """The machine the job's record names (a pool machine it took), or its own."""
+        try:
+            return StateDir(self.world.state_dir).job(job_id).load().machine
+        except DriverError:
+            return f"{self.prefix}-{job_id}"
+
+
+def run_plan(soak: Soak, plan: Plan) -> Outcome:
     outcome = Outcome(plan)
     try:
+        if plan.kind == "runner_dies":
+            outcome.dead = run_dead_runner(soak.world, plan.job.id)
+            outcome.owned = outcome.dead.ownerships(soak.prefix)
+            return outcome  # judged once the sweeps are done
+        began = time.monotonic()  # the JobRun counts its records' times from here
         if plan.kind == "cancelled":
             assert plan.cancel_after is not None
             cancel = CancelPlan("build_script", after=plan.cancel_after)
-            outcome.result = runner.run_job(plan.job, cancel=cancel)
+            outcome.result = soak.runner.new_run(plan.job, cancel=cancel).run()
         elif plan.kind == "lost_vm":
-            outcome.result, outcome.vm_killed = run_losing_vm(runner, storage, plan, kill_delay)
+            outcome.result, outcome.vm_killed = run_losing_vm(soak, plan)
         else:
-            outcome.result = runner.run_job(plan.job)
+            outcome.result = soak.runner.new_run(plan.job).run()
+        records = [(r.kind, r.attempt, began + r.started, r.stdout) for r in outcome.result.records]
+        end = began + outcome.result.seconds
+        outcome.owned = ownerships(soak.prefix, plan.job.id, plan.kind, records, end)
     except Exception:
         outcome.crash = traceback.format_exc()
     outcome.wrong = judge(outcome)
     return outcome
 
 
-def run_losing_vm(
-    runner: RunnerEmulator, storage: str, plan: Plan, kill_delay: float
-) -> tuple[JobResult, bool]:
+def run_losing_vm(soak: Soak, plan: Plan) -> tuple[JobResult, bool]:
     """The job's VM dies `kill_delay` s after its build_script printed STARTED_MARK."""
     started, finished, killed = threading.Event(), threading.Event(), threading.Event()
     tail = [""]
@@ -290,16 +277,17 @@ def run_losing_vm(
     def killer() -> None:
         while not finished.is_set():
             if started.wait(0.2):
-                time.sleep(kill_delay)
+                time.sleep(soak.kill_delay)
                 if not finished.is_set():
-                    double.kill_vm(storage, f"gmdt-{plan.job.id}")
+                    machine = soak.machine_of(plan.job.id)  # a pool machine, or its own
+                    double.kill_vm(str(soak.world.storage), machine)
                     killed.set()
                 return
 
     thread = threading.Thread(target=killer, name=f"kill-{plan.job.id}", daemon=True)
     thread.start()
     try:
-        result = runner.new_run(plan.job, on_log=on_log).run()
+        result = soak.runner.new_run(plan.job, on_log=on_log).run()
     finally:
         finished.set()
         thread.join()
@@ -309,6 +297,12 @@ def run_losing_vm(
 def judge(outcome: Outcome) -> str | None:
     """Why the job's end differs from what its kind demands; None if it does not."""
     plan, result = outcome.plan, outcome.result
+    if outcome.dead is not None:
+        if not outcome.dead.ok:
+            return f"its dead runner's prepare failed: {outcome.dead.failure}"
+        if outcome.reclaim is None:
+            return "its machine was not reclaimed after its runner died"
+        return None
     if result is None:
         return "the runner emulation crashed"
     want = EXPECTED[plan.kind]
@@ -324,52 +318,6 @@ def judge(outcome: Outcome) -> str | None:
 
 
 # ------------------------------------------------------------- measurements
-
-
-def measured_runner(
-    world: Env, wrapper: Path | None, out: Path, **overrides: Any
-) -> RunnerEmulator:
-    """The world's runner; with `wrapper`, every driver executable runs under it."""
-    if wrapper is None:
-        return world.runner(**overrides)
-    plain = world.runner(**overrides).config
-    for kind in EXECUTABLES:
-        exe = getattr(plain, f"{kind}_exec")
-        args = getattr(plain, f"{kind}_args")
-        overrides[f"{kind}_exec"] = sys.executable
-        overrides[f"{kind}_args"] = ["-I", "-S", str(wrapper), str(out), kind, "--", exe, *args]
-    return world.runner(**overrides)
-
-
-def read_usage(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def usage_table(usage: list[dict[str, Any]], jobs: int, calls: Counter[str]) -> list[str]:
-    lines = [
-        f"{'executable':<10} {'calls':>6} {'measured':>8} {'CPU s/job':>9} {'+children':>9} "
-        f"{'RSS max MB':>10} {'RSS med MB':>10} {'tree max MB':>11}"
-    ]
-    totals = [0.0, 0.0]
-    for kind in EXECUTABLES:
-        rows = [u for u in usage if u["kind"] == kind]
-        own = sum(u["own_cpu"] for u in rows)
-        tree = sum(u["tree_cpu"] for u in rows)
-        totals[0] += own
-        totals[1] += tree
-        hwm = [u["own_hwm_kb"] / 1024 for u in rows] or [0.0]
-        tree_rss = max((u["tree_maxrss_kb"] / 1024 for u in rows), default=0.0)
-        lines.append(
-            f"{kind:<10} {calls[kind]:>6} {len(rows):>8} {own / jobs:>9.3f} {tree / jobs:>9.3f} "
-            f"{max(hwm):>10.1f} {statistics.median(hwm):>10.1f} {tree_rss:>11.1f}"
-        )
-    lines.append(
-        f"{'all':<10} {sum(calls.values()):>6} {len(usage):>8} "
-        f"{totals[0] / jobs:>9.3f} {totals[1] / jobs:>9.3f}"
-    )
-    return lines
 
 
 def notes(outcomes: list[Outcome]) -> dict[str, int]:
@@ -429,6 +377,7 @@ def find_leaks(world: Env) -> Leaks:
         time.sleep(0.5)
     vm_pids = double.storage_pids(storage)
     temp = sorted(p.name for p in world.runner_temp.iterdir()) if world.runner_temp.exists() else []
+    state = StateDir(world.state_dir)
     return Leaks(
         machines=world.machines(),
         job_dirs=world.job_dirs(),
@@ -436,7 +385,64 @@ def find_leaks(world: Env) -> Leaks:
         namespaces=double.leftover_namespaces(storage),
         driver_processes=world_processes(world, set(vm_pids)),
         runner_temp=temp,
+        pool_records=state.pool_names(),
+        tombstones=state.tombstones(),
     )
+
+
+def remove_dead_runners_temp_dirs(outcomes: list[Outcome]) -> None:
+    """A dead runner's temp dirs are its own business (a restarted runner's), not the
+    driver's; only the soak's own runner's count as leaks."""
+    for o in outcomes:
+        if o.dead is not None and o.dead.temp_dir:
+            shutil.rmtree(o.dead.temp_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------- reclaiming harm
+
+
+def live_jobs_hit(
+    outcomes: list[Outcome], removed: list[Removal], uncertain: list[str]
+) -> dict[int, list[str]]:
+    """Jobs whose machine (or state) a sweep removed while they were live, and jobs that
+    ended in a system failure they were not planned to: job id -> what happened.
+    Removals that may have come just after a job's life are added to `uncertain`."""
+    hit: dict[int, list[str]] = {}
+    owned = [o for outcome in outcomes for o in outcome.owned]
+    for removal, owner, certain in harm(removed, owned):
+        what = (
+            f"{owner.kind} job {owner.job_id}, prepare attempt {owner.attempt}: {removal.what} "
+            f"{'removed' if removal.rm else 'forgotten (no rm)'} by a {removal.by} sweep "
+            f"({removal.reason}) within {removal.start:.2f}..{removal.end:.2f} s; the job was "
+            f"live {owner.start:.2f}..{owner.end:.2f} s"
+        )
+        if certain:
+            hit.setdefault(owner.job_id, []).append(what)
+        else:
+            uncertain.append(what)
+    for o in outcomes:
+        result = o.result
+        if result is None:
+            continue
+        planned = o.plan.kind == "lost_vm" and o.vm_killed
+        if result.outcome == "system_failure" and not planned:
+            hit.setdefault(o.plan.job.id, []).append(
+                f"{o.plan.kind} job ended in a system failure: {result.failure_message}"
+            )
+        elif o.plan.kind != "lost_vm" and LOST in result.job_log:
+            hit.setdefault(o.plan.job.id, []).append(f"{o.plan.kind} job's log says '{LOST}'")
+    return hit
+
+
+def wait_for_reclaims(soak: Soak, timer: SweepTimer, outcomes: list[Outcome]) -> None:
+    """Give the timer's sweeps the time to reclaim the last dead runners' machines."""
+    dead = [o.dead for o in outcomes if o.dead is not None and o.dead.ok]
+    deadline = time.monotonic() + RECLAIM_WAIT
+    while time.monotonic() < deadline:
+        removed = timer.removals()
+        if all(reclaimed(d, soak.prefix, removed) for d in dead):
+            return
+        time.sleep(0.5)
 
 
 # --------------------------------------------------------------------- main
@@ -462,27 +468,52 @@ def run_all(
     return outcomes
 
 
+@dataclass
+class Reclaiming:
+    """What the sweeper and the pool did during the soak."""
+
+    timer: SweepTimer
+    pool: WarmPool | None
+    pool_filled: bool = False
+    pool_stopped: bool = True
+    removed: list[Removal] = field(default_factory=list)
+    hit: dict[int, list[str]] = field(default_factory=dict)
+    uncertain: list[str] = field(default_factory=list)  # see live_jobs_hit
+
+    @property
+    def failed_sweeps(self) -> int:
+        return len(self.timer.failed())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seed", type=int, default=1)
+    default_mix = "success=40,failed=20,cancelled=20,lost_vm=20,runner_dies=10"
     parser.add_argument(
         "--mix",
         type=parse_mix,
-        default=parse_mix("success=40,failed=20,cancelled=20,lost_vm=20"),
-        help="weights of the job kinds (default: success=40,failed=20,cancelled=20,lost_vm=20)",
+        default=parse_mix(default_mix),
+        help=f"weights of the job kinds (default: {default_mix})",
     )
     parser.add_argument("--kill-delay", type=float, default=1.0, help="lost_vm: seconds into it")
     parser.add_argument("--job-timeout", type=float, default=600, help="each job's own timeout")
+    parser.add_argument(
+        "--sweep-every", type=float, default=3.0, help="seconds between sweeps' starts"
+    )
+    parser.add_argument("--pool", type=int, default=4, help="idle machines kept (0: no pool)")
     parser.add_argument("--no-measure", action="store_true", help="no rusage wrapper")
     args = parser.parse_args()
     if args.concurrency < 1 or args.jobs < 1:
         parser.error("--jobs and --concurrency must be at least 1")
+    if args.sweep_every <= 0 or args.pool < 0:
+        parser.error("--sweep-every must be more than 0 and --pool at least 0")
 
     rng = random.Random(args.seed)
     plans = make_plans(args.jobs, args.mix, rng, args.job_timeout)
     world = new_world(run={"kill_grace": 2}, ssh={"keepalive_interval": 2})
+    reclaiming = Reclaiming(SweepTimer(world, args.sweep_every), None)
     try:
         usage_file = world.base / "usage.jsonl"
         wrapper = None
@@ -497,24 +528,46 @@ def main() -> int:
             force_kill_timeout=5.0,
             cancel_wait=30.0,
         )
-        storage = str(world.storage)
+        soak = Soak(world, runner, args.kill_delay)
         print(
             f"soak: {args.jobs} jobs, concurrency {args.concurrency}, seed {args.seed}, "
-            f"world {world.base}",
+            f"sweep every {args.sweep_every:g} s, pool {args.pool}, world {world.base}",
             file=sys.stderr,
             flush=True,
         )
+        if args.pool:
+            reclaiming.pool = WarmPool(world, args.pool)
+            reclaiming.pool.start()
+            reclaiming.pool_filled = reclaiming.pool.wait_ready(POOL_FILL_SECONDS)
+        reclaiming.timer.start()
         start = time.monotonic()
-        outcomes = run_all(
-            plans, args.concurrency, lambda plan: run_plan(runner, storage, plan, args.kill_delay)
-        )
+        outcomes = run_all(plans, args.concurrency, lambda plan: run_plan(soak, plan))
         wall = time.monotonic() - start
+        wait_for_reclaims(soak, reclaiming.timer, outcomes)
+        reclaiming.timer.stop()
+        if reclaiming.pool is not None:
+            reclaiming.pool_stopped = reclaiming.pool.stop()
+        remove_dead_runners_temp_dirs(outcomes)
+        reclaiming.timer.sweep("final")
         leaks = find_leaks(world)
+
+        reclaiming.removed = reclaiming.timer.removals()
+        if reclaiming.pool is not None:
+            reclaiming.removed += reclaiming.pool.removals()
+        for o in outcomes:
+            if o.dead is not None:
+                o.reclaim = reclaimed(o.dead, soak.prefix, reclaiming.removed)
+                o.wrong = judge(o)
+        reclaiming.hit = live_jobs_hit(outcomes, reclaiming.removed, reclaiming.uncertain)
         usage = read_usage(usage_file)
-        report(args, outcomes, leaks, usage, wall)
+        report(args, outcomes, leaks, usage, wall, reclaiming)
         wrong = [o for o in outcomes if o.wrong]
-        return 1 if wrong or leaks.total else 0
+        bad = wrong or leaks.total or reclaiming.hit or reclaiming.failed_sweeps
+        return 1 if bad else 0
     finally:
+        reclaiming.timer.stop()
+        if reclaiming.pool is not None:
+            reclaiming.pool.stop()
         destroy_world(world)
 
 
@@ -524,27 +577,45 @@ def report(
     leaks: Leaks,
     usage: list[dict[str, Any]],
     wall: float,
+    reclaiming: Reclaiming,
 ) -> None:
     jobs = len(outcomes)
     print(f"jobs run: {jobs} (concurrency {args.concurrency}, seed {args.seed})")
     print()
-    print(f"{'kind':<10} {'jobs':>5} {'job s med':>9}  {'expected':<18} {'actual outcomes'}")
+    print(f"{'kind':<11} {'jobs':>5} {'job s med':>9}  {'expected':<18} {'actual outcomes'}")
     for kind in KINDS:
         mine = [o for o in outcomes if o.plan.kind == kind]
         if not mine:
             continue
-        actual = Counter(o.result.outcome if o.result else "crash" for o in mine)
+        actual = Counter(o.shown for o in mine)
         shown = ", ".join(f"{name} {n}" for name, n in sorted(actual.items()))
-        median = statistics.median([o.result.seconds if o.result else 0.0 for o in mine])
+        median = statistics.median([o.seconds for o in mine])
         expected = f"{EXPECTED[kind]} {len(mine)}"
-        print(f"{kind:<10} {len(mine):>5} {median:>9.1f}  {expected:<18} {shown}")
+        print(f"{kind:<11} {len(mine):>5} {median:>9.1f}  {expected:<18} {shown}")
+    print("(runner_dies: job s = its prepare; its runner is killed after it)")
+
+    report_reclaiming(outcomes, reclaiming)
 
     wrong = [o for o in outcomes if o.wrong]
     print()
     print(f"wrong results: {len(wrong)}")
+    print(f"live jobs whose machine was removed: {len(reclaiming.hit)}")
+    for _, what in sorted(reclaiming.hit.items()):
+        for line in what:
+            print(f"    {line}")
+    if reclaiming.uncertain:
+        print(
+            f"  removals of records only, between two verdicts of which the first came "
+            f"before the job's cleanup started (not counted): {len(reclaiming.uncertain)}"
+        )
+        for line in reclaiming.uncertain:
+            print(f"    {line}")
     for o in wrong:
         print(f"--- job {o.plan.job.id} ({o.plan.kind}): {o.wrong}")
-        text = o.result.describe() if o.result else (o.crash or "")
+        if o.dead is not None:
+            text = o.dead.job_log
+        else:
+            text = o.result.describe() if o.result else (o.crash or "")
         print(text if len(text) <= DESCRIBE_CHARS else text[:DESCRIBE_CHARS] + "\n[...]")
 
     print()
@@ -568,28 +639,79 @@ def report(
     prepares = [e.seconds for r in results for e in r.execs("prepare") if e.ended == "exited"]
     print()
     print(f"wall time: {wall:.1f} s, {60 * jobs / wall:.1f} jobs/min")
-    print(
-        f"job seconds: median {statistics.median(seconds):.1f}, p90 {percentile(seconds, 0.9):.1f},"
-        f" max {max(seconds):.1f}"
-    )
+    if seconds:
+        print(
+            f"job seconds: median {statistics.median(seconds):.1f}, "
+            f"p90 {percentile(seconds, 0.9):.1f}, max {max(seconds):.1f}"
+        )
     if prepares:
         print(
             f"prepare seconds: median {statistics.median(prepares):.1f}, "
             f"p90 {percentile(prepares, 0.9):.1f}, max {max(prepares):.1f}"
         )
 
-    if args.no_measure:
+    if args.no_measure or not results:
         return
     calls: Counter[str] = Counter(
         r.kind for result in results for r in result.records if r.pid is not None
     )
     print()
-    print("driver cost per job (own = the driver's Python process alone; +children adds the")
-    print("docker-machine double and ssh clients it waited for; RSS = own VmHWM; tree = ru_maxrss)")
-    for line in usage_table(usage, jobs, calls):
+    print(f"driver cost per job of the soak's own runner ({len(results)} jobs; own = the")
+    print("driver's Python process alone; +children adds the docker-machine double and ssh")
+    print("clients it waited for; RSS = own VmHWM; tree = ru_maxrss)")
+    for line in usage_table(usage, len(results), calls):
         print(line)
     stages = Counter(u["stage"] for u in usage if u["kind"] == "run")
     print(f"run calls by stage: {', '.join(f'{s} {n}' for s, n in sorted(stages.items()))}")
+
+
+def report_reclaiming(outcomes: list[Outcome], reclaiming: Reclaiming) -> None:
+    timer, pool = reclaiming.timer, reclaiming.pool
+    runs = [run for run in timer.runs if run.by == "timer"]
+    durations = [run.seconds for run in runs] or [0.0]
+    print()
+    print(
+        f"sweeps: {len(runs)} on the timer (every {timer.every:g} s; each took median "
+        f"{statistics.median(durations):.1f} s, max {max(durations):.1f} s) and a final one; "
+        f"failed: {reclaiming.failed_sweeps}"
+    )
+    for run in timer.failed():
+        print(f"    {run.by} sweep exited {run.exit_code}: ...{run.text[-800:]}")
+    for run in timer.runs:
+        if "internal error" in run.text:
+            at = run.text.index("internal error")
+            print(f"    {run.by} sweep: ...{run.text[max(0, at - 300) : at + 1200]}")
+    reasons = Counter(f"{r.reason} ({r.by})" for r in reclaiming.removed)
+    print(f"sweep removals: {len(reclaiming.removed)}")
+    for reason, n in sorted(reasons.items(), key=lambda item: -item[1]):
+        print(f"    {n:>3} {reason}")
+    others = [r for r in reclaiming.removed if RUNNER_GONE not in r.reason]
+    for r in others[:20]:
+        done = "removed" if r.rm else "already gone: records only"
+        print(f"      {r.what} ({r.by}, {done}): {r.reason}")
+    if pool is not None:
+        took = sum(bool(o.result and "from the warm pool" in o.result.job_log) for o in outcomes)
+        took += sum(bool(o.dead and "from the warm pool" in o.dead.job_log) for o in outcomes)
+        print(
+            f"warm pool: {pool.idle} idle wanted, "
+            f"{'filled' if reclaiming.pool_filled else 'NOT filled'} before the first job; "
+            f"{took} of {len(outcomes)} jobs took a ready machine; "
+            f"{'stopped and drained' if reclaiming.pool_stopped else 'DID NOT STOP'}"
+        )
+        for _, line in pool.lines:
+            if "WARNING: pool" in line or "internal error" in line or "error:" in line.lower():
+                print(f"    pool: {line[-300:]}")
+    dead = [o for o in outcomes if o.dead is not None and o.dead.ok]
+    back = [o for o in dead if o.reclaim is not None]
+    late = sum(o.reclaim is not None and o.reclaim.by == "final" for o in dead)
+    odd = [o for o in back if o.reclaim is not None and RUNNER_GONE not in o.reclaim.reason]
+    print(
+        f"machines of dead runners reclaimed {len(back)} of {len(dead)}"
+        + (f" ({late} only by the final sweep)" if late else "")
+    )
+    for o in odd:
+        assert o.reclaim is not None
+        print(f"    job {o.plan.job.id}: reclaimed as '{o.reclaim.reason}'")
 
 
 if __name__ == "__main__":
