@@ -221,6 +221,19 @@ def test_the_vms_own_docker_engine_is_checked_over_tls_and_usable(env: Env) -> N
     env.assert_nothing_left()
 
 
+@pytest.mark.skipif(not Path("/usr/sbin/dockerd").exists(), reason="needs docker.io")
+def test_the_engine_is_reached_where_docker_machine_says_not_on_an_assumed_port(
+    env: Env,
+) -> None:
+    """The generic driver (and others) may put the engine on another port than 2376."""
+    env.configure(docker={"check": True}, machine={"options": ["local-engine-port=2999"]})
+    result = env.run_job(Job(script=["echo engine ok"]))
+    assert result.outcome == "success", result.describe()
+    assert "answers at tcp://" in result.job_log
+    assert ":2999" in result.job_log
+    env.assert_nothing_left()
+
+
 def test_the_runner_hosts_gitlab_runner_is_uploaded_into_a_vm_that_lacks_it(env: Env) -> None:
     binary = env.base / "gitlab-runner"
     binary.write_text("#!/bin/sh\necho 'gitlab-runner fake 17.9.0'\n")
