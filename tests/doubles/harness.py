@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,15 @@ root_only = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("nsenter") is None, reason="VMs in namespaces need root"
 )
 needs_dockerd = pytest.mark.skipif(not os.path.exists(DOCKERD), reason="dockerd is missing")
+
+
+def unused_test_address() -> str:
+    """An address of 198.18.0.0/15 (benchmarking, never routed) no other test uses now."""
+    while True:
+        address = f"198.18.{random.randrange(256)}.{random.randrange(1, 255)}"
+        route = subprocess.run(["ip", "route", "show", f"{address}/32"], capture_output=True)
+        if not route.stdout.strip():
+            return address
 
 
 def in_ci() -> bool:

@@ -6,6 +6,7 @@ create: drivers, their flags, and the injected cloud faults (and rm's).
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import socket
@@ -18,12 +19,7 @@ import pytest
 
 from tests.doubles import docker_machine as dm
 from tests.doubles.docker_machine.store import Store, read_vm, settings
-from tests.doubles.harness import (
-    LAUNCHER,
-    Machine,
-    root_only,
-    ssh,
-)
+from tests.doubles.harness import LAUNCHER, Machine, root_only, ssh, unused_test_address
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,6 +37,91 @@ def test_an_unknown_driver_is_refused_at_once(machine: Machine) -> None:
     assert result.stderr.startswith('Driver "virtualbox" not found.')
     env = dict(os.environ, MACHINE_DRIVER="none")
     assert machine("create", "--url", "tcp://10.0.0.9:2376", "vm", env=env).returncode == 0
+
+
+def test_generic_driver_needs_an_address(fast: Machine) -> None:
+    result = fast("create", "-d", "generic", "g")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "Error setting machine configuration from flags provided: "
+        "generic driver requires the --generic-ip-address option\n"
+    )
+    assert dm.machine_names(fast.storage) == []
+
+
+@root_only
+def test_generic_driver_provisions_a_host_at_its_address_and_ports(
+    fast: Machine, tmp_path: Path
+) -> None:
+    key = tmp_path / "deploy_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    address = unused_test_address()
+    out = fast.ok(
+        "create", "-d", "generic", "--generic-ip-address", address, "--generic-ssh-port",
+        "2222", "--generic-ssh-key", str(key), "--generic-engine-port", "3376", "g",
+    )  # fmt: skip
+    assert "Creating machine...\nImporting SSH key...\n" in out
+    mdir = Path(fast.storage, "machines", "g")
+    driver = fast.config("g")["Driver"]
+    expected = {  # drivers/generic's Driver, in its field order
+        "IPAddress": address,
+        "MachineName": "g",
+        "SSHUser": "root",
+        "SSHPort": 2222,
+        "SSHKeyPath": str(mdir / "deploy_key"),
+        "StorePath": fast.storage,
+        "SwarmMaster": False,
+        "SwarmHost": "tcp://0.0.0.0:3376",
+        "SwarmDiscovery": "",
+        "EnginePort": 3376,
+        "SSHKey": str(key),
+    }
+    assert isinstance(driver, dict)
+    assert (driver, list(driver)) == (expected, list(expected))
+    assert fast.inspect("g", "{{.Driver.EnginePort}}") == "3376"
+    assert (mdir / "deploy_key").read_bytes() == key.read_bytes()
+    assert (mdir / "deploy_key.pub").exists()
+    assert fast.ok("url", "g") == f"tcp://{address}:3376\n"
+    assert fast.ok("ip", "g") == f"{address}\n"
+    assert ssh(fast, "g", "hostname").stdout == "g\n"  # with the imported key, on port 2222
+    assert fast.ok("ssh", "g", "echo", "via docker-machine") == "via docker-machine\n"
+    row = fast.ok("ls", "--format", "{{.Name}} {{.DriverName}} {{.State}} {{.URL}}")
+    assert row == f"g generic Running tcp://{address}:3376\n"
+    fast.ok("rm", "-y", "g")
+    route = subprocess.run(["ip", "route", "show", f"{address}/32"], capture_output=True)
+    assert route.stdout == b""  # the route went with the VM's link
+
+
+def test_generic_driver_without_namespaces_needs_a_loopback_address(fast: Machine) -> None:
+    dm.set_faults(fast.storage, {"vm_mode": "local"})
+    result = fast("create", "-d", "generic", "--generic-ip-address", "198.18.0.1", "g")
+    assert result.returncode == 1 and "need an address in 127.0.0.0/8" in result.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    user = pwd.getpwuid(os.getuid()).pw_name
+    out = fast.ok(
+        "create", "-d", "generic", "--generic-ip-address", "127.0.0.1", "--generic-ssh-port",
+        str(port), "--generic-ssh-user", user, "h",
+    )  # fmt: skip
+    assert "No SSH key specified. Assuming an existing key at the default location." in out
+    assert fast.inspect("h", "{{.Driver.SSHKeyPath}}") == os.path.join(
+        fast.storage, "machines", "h", "id_rsa"
+    )
+    assert fast.ok("url", "h") == "tcp://127.0.0.1:2376\n"  # the default engine port
+    assert ssh(fast, "h", "echo ok").stdout == "ok\n"
+
+
+def test_local_driver_takes_an_engine_port(fast: Machine) -> None:
+    dm.set_faults(fast.storage, {"vm_mode": "local"})
+    fast.ok("create", "-d", "local", "--local-engine-port", "12376", "vm")
+    assert fast.inspect("vm", "{{.Driver.EnginePort}}") == "12376"
+    assert fast.ok("url", "vm") == "tcp://127.0.0.1:12376\n"
+    result = fast("create", "-d", "local", "--local-engine-port", "x", "bad")
+    assert result.stderr.startswith('invalid value "x" for flag -local-engine-port')
+    env = dict(os.environ, LOCAL_ENGINE_PORT="12377")  # the flag's environment variable
+    fast.ok("create", "-d", "local", "vm2", env=env)
+    assert fast.ok("url", "vm2") == "tcp://127.0.0.1:12377\n"
 
 
 def test_a_failed_create_pauses_before_it_exits(fast: Machine) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.doubles.harness import (
     needs_dockerd,
     root_only,
     ssh,
+    unused_test_address,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -94,6 +96,30 @@ def test_engine_answers_inside_the_vm(machine: Machine) -> None:
     row = machine.ok("ls").splitlines()[1]
     assert re.search(r"Running +tcp://\S+:2376 +v\d+\.\d+", row), row
     assert created < 30
+
+
+@root_only
+@needs_dockerd
+def test_engines_listen_on_the_port_their_driver_was_given(machine: Machine) -> None:
+    """--local-engine-port and --generic-engine-port: dockerd listens there, not on 2376."""
+    machine.ok("create", "-d", "local", "--local-engine-port", "2377", "vm")
+    ip = machine.ok("ip", "vm").strip()
+    assert machine.ok("url", "vm") == f"tcp://{ip}:2377\n"
+    assert machine.ok("config", "vm").endswith(f"-H=tcp://{ip}:2377\n")  # a real TLS check
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((ip, 2376), 5):
+        pass
+    key = os.path.join(machine.storage, "machines", "vm", "id_rsa")
+    address = unused_test_address()  # routed to the generic host the double makes
+    machine.ok(
+        "create", "-d", "generic", "--generic-ip-address", address,
+        "--generic-ssh-key", key, "--generic-engine-port", "3376", "g",
+    )  # fmt: skip
+    assert machine.ok("url", "g") == f"tcp://{address}:3376\n"
+    rows = machine.ok("ls", "--format", "{{.Name}} {{.URL}} {{.DockerVersion}} {{.Error}}")
+    assert re.fullmatch(
+        rf"g tcp://{re.escape(address)}:3376 v\S+ \nvm tcp://{re.escape(ip)}:2377 v\S+ \n",
+        rows,
+    ), rows
 
 
 def mini_image_files() -> list[str]:

@@ -17,6 +17,7 @@ from .common import NAME_RE
 from .drivers import DRIVERS
 from .faults import set_faults
 from .gotext import go_json
+from .machines import address
 from .netns import (
     NETNS_DIR,
     claimed_indexes,
@@ -107,7 +108,7 @@ def rotate_host_key(storage: str, name: str) -> None:
         if new is not None and new != old:
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection((vm["ip"], vm["port"]), 1) as s,
+                socket.create_connection((address(vm), vm["port"]), 1) as s,
             ):
                 s.settimeout(2)
                 if s.recv(64).startswith(b"SSH-"):

@@ -10,6 +10,7 @@ installed; otherwise (vm_mode "local") sshd listens on a free port of 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import pwd
 import shutil
@@ -18,10 +19,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+from . import drivers
 from .certs import provision_certs, ssh_keygen, verify_offline
-from .common import DOCKERD, ENGINE_PORT, LAUNCHER, MachineError, go_quote, info
+from .common import DOCKERD, LAUNCHER, MachineError, go_quote, info
 from .engine import cert_check_error, engine_check, engine_ping_unix
 from .faults import take_fault
 from .netns import (
@@ -66,7 +69,7 @@ def write_sshd_config(mdir: str, listen: str) -> None:
     lines = [  # paths quoted: a store path may hold spaces
         f"ListenAddress {listen}",
         f'HostKey "{mdir}/ssh_host_ed25519_key"',
-        f'AuthorizedKeysFile "{mdir}/id_rsa.pub"',
+        f'AuthorizedKeysFile "{mdir}/authorized_keys"',
         "PermitRootLogin prohibit-password",
         "UsePAM no",
         "StrictModes no",
@@ -82,14 +85,14 @@ def write_sshd_config(mdir: str, listen: str) -> None:
     write_atomic(os.path.join(mdir, "sshd_config"), ("\n".join(lines) + "\n").encode(), 0o644)
 
 
-def engine_args(mdir: str, index: int, engine: dict[str, Any]) -> list[str]:
+def engine_args(mdir: str, index: int, engine: dict[str, Any], port: int) -> list[str]:
     docker = os.path.join(mdir, "docker")
     exec_root = os.path.join(docker, "exec")
     if len(exec_root) + len("/containerd/containerd.sock.ttrpc") > 107:
         exec_root = "/run/docker-exec"  # unix socket paths hold 108 bytes; /run is the VM's own
     args = [
         "--data-root", f"{docker}/data", "--exec-root", exec_root, "--pidfile", f"{docker}/pid",
-        "-H", "unix:///run/docker.sock", "-H", f"tcp://0.0.0.0:{ENGINE_PORT}",
+        "-H", "unix:///run/docker.sock", "-H", f"tcp://0.0.0.0:{port}",
         "--tlsverify", "--tlscacert", f"{mdir}/ca.pem",
         "--tlscert", f"{mdir}/server.pem", "--tlskey", f"{mdir}/server-key.pem",
         "--cgroup-parent", f"/dmd-vm-{index}",
@@ -166,7 +169,7 @@ def boot_vm(store: Store, name: str, vm: dict[str, Any]) -> subprocess.Popen[byt
     if vm["mode"] == "netns":
         if not os.path.exists(os.path.join(NETNS_DIR, netns_name(vm["index"]))):
             ip_cmd("netns", "add", netns_name(vm["index"]))
-        ensure_link(vm["index"])
+        ensure_link(vm["index"], vm.get("extra_ip"))
     elif os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation
     with contextlib.suppress(FileNotFoundError):
@@ -174,7 +177,7 @@ def boot_vm(store: Store, name: str, vm: dict[str, Any]) -> subprocess.Popen[byt
     proc = spawn_init(store, name, vm)
     timeout = float(settings(store).get("boot_timeout", BOOT_TIMEOUT))
     try:
-        wait_for_ssh(proc, vm["ip"], vm["port"], vm.get("ssh") != "tarpit", timeout)
+        wait_for_ssh(proc, address(vm), vm["port"], vm.get("ssh") != "tarpit", timeout)
     except TimeoutError as exc:
         raise VmBootError(f"Error waiting for SSH: {exc}") from None
     if vm.get("engine") and not wait_for_engine(proc, store.machine_dir(name), timeout):
@@ -189,47 +192,41 @@ class VmBootError(Exception):
     pass
 
 
+def address(vm: dict[str, Any]) -> str:
+    """Where clients reach the VM: its own address, or the one a generic host was given."""
+    return str(vm.get("extra_ip") or vm["ip"])
+
+
 def mark_error(store: Store, name: str, host: dict[str, Any]) -> None:
     if host["DriverName"] != "none" and os.path.isdir(store.machine_dir(name)):
         update_vm(store, name, phase="error")
 
 
 def create_vm(store: Store, name: str, host: dict[str, Any], quiet: bool = False) -> None:
-    """Driver.Create and provisioning for a simulated VM."""
+    """Driver.Create and provisioning for a simulated VM (the `local` driver's VM, or the
+    existing host a `generic` create provisions, which the double makes for it)."""
     say = (lambda _message: None) if quiet else info
     delay = float(settings(store).get("create_delay", 0) or 0)
     if delay > 0:
         time.sleep(delay)  # a slow cloud
     mdir = store.machine_dir(name)
-    mode = vm_mode(store)
-    tarpit = bool(take_fault(store, "ssh_never_ready"))
-    vm: dict[str, Any] = {"phase": "creating", "mode": mode, "ssh": "tarpit" if tarpit else "sshd"}
-    if mode == "netns":
-        index = allocate_netns(store, name)
-        vm.update(index=index, ip=vm_addresses(index)[1], port=22)
-        say(f"({name}) Creating VM {netns_name(index)} at {vm['ip']}...")
-    else:
-        vm.update(ip="127.0.0.1", port=free_port())
-        say(f"({name}) Creating VM at 127.0.0.1:{vm['port']}...")
-    ssh_keygen(os.path.join(mdir, "id_rsa"), f"docker-machine {name}")
+    vm = place_vm(store, name, host, say)
     ssh_keygen(os.path.join(mdir, "ssh_host_ed25519_key"), f"host {name}")
-    listen = "0.0.0.0:22" if mode == "netns" else f"127.0.0.1:{vm['port']}"
+    install_login_key(store, name, host, say)
+    listen = f"0.0.0.0:{vm['port']}" if vm["mode"] == "netns" else f"{vm['ip']}:{vm['port']}"
     write_sshd_config(mdir, listen)
-    driver = host["Driver"]
-    driver.update(IPAddress=vm["ip"], SSHKeyPath=os.path.join(mdir, "id_rsa"), SSHPort=vm["port"])
-    # sshd not running as root lets only its own user in
-    driver["SSHUser"] = "" if mode == "netns" else pwd.getpwuid(os.getuid()).pw_name
-    save_host(store, host)
+    save_host(store, host)  # performCreate's save after Driver.Create
     engine = host["HostOptions"]["EngineOptions"]
-    vm["engine"] = engine_wanted(store, mode)
+    port = drivers.engine_port(host)
+    vm["engine"] = engine_wanted(store, vm["mode"])
     if vm["engine"]:
-        vm["engine_args"] = engine_args(mdir, vm["index"], engine)
+        vm["engine_args"] = engine_args(mdir, vm["index"], engine, port)
         vm["engine_env"] = engine.get("Env") or []
-    if mode == "netns":
+    if vm["mode"] == "netns":
         for path, _ in PRIVATE_DIRS:
             os.makedirs(path, exist_ok=True)  # mount points of the VM's private dirs
     sans = host["HostOptions"]["AuthOptions"]["ServerCertSANs"] or []
-    provision_certs(store, name, vm["ip"], sans)
+    provision_certs(store, name, address(vm), sans)
     update_vm(store, name, **vm)
     say("Waiting for machine to be running, this may take a few minutes...")
     try:
@@ -239,32 +236,105 @@ def create_vm(store: Store, name: str, host: dict[str, Any], quiet: bool = False
         update_vm(store, name, phase="error")
         raise MachineError(f"Error creating machine: {exc}") from None
     update_vm(store, name, phase="created")
-    for line in (
-        "Detecting operating system of created instance...",
-        "Waiting for SSH to be available...",
-        "Detecting the provisioner...",
-        "Provisioning with debian...",
-        "Copying certs to the local machine directory...",
-        "Copying certs to the remote machine...",
-        "Setting Docker configuration on the remote daemon...",
-        "Checking connection to Docker...",
-    ):
+    for line in PROVISIONING:
         say(line)
-    if quiet:
-        return
-    address = f"{vm['ip']}:{ENGINE_PORT}"
+    if not quiet:
+        check_connection(store, name, host, vm, f"{address(vm)}:{port}")
+        say("Docker is up and running!")
+
+
+PROVISIONING = (
+    "Detecting operating system of created instance...",
+    "Waiting for SSH to be available...",
+    "Detecting the provisioner...",
+    "Provisioning with debian...",
+    "Copying certs to the local machine directory...",
+    "Copying certs to the remote machine...",
+    "Setting Docker configuration on the remote daemon...",
+    "Checking connection to Docker...",
+)
+
+
+def place_vm(
+    store: Store, name: str, host: dict[str, Any], say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Where the VM lives and listens; a local VM's address goes into the driver section."""
+    driver = host["Driver"]
+    generic = host["DriverName"] == "generic"
+    mode = vm_mode(store)
+    tarpit = bool(take_fault(store, "ssh_never_ready"))
+    vm: dict[str, Any] = {"phase": "creating", "mode": mode, "ssh": "tarpit" if tarpit else "sshd"}
+    if mode == "netns":
+        index = allocate_netns(store, name)
+        vm.update(index=index, ip=vm_addresses(index)[1], port=22)
+        if generic:  # the given address, routed to the VM from this host
+            vm.update(extra_ip=driver["IPAddress"], port=driver["SSHPort"] or 22)
+        else:
+            say(f"({name}) Creating VM {netns_name(index)} at {vm['ip']}...")
+    elif generic:
+        if not ipaddress.ip_address(driver["IPAddress"]).is_loopback:
+            raise MachineError(
+                "Error creating machine: Error in driver during machine creation: without "
+                "namespaces the double's generic hosts need an address in 127.0.0.0/8"
+            )
+        vm.update(ip=driver["IPAddress"], port=driver["SSHPort"] or 22)
+    else:
+        vm.update(ip="127.0.0.1", port=free_port())
+        say(f"({name}) Creating VM at 127.0.0.1:{vm['port']}...")
+    if not generic:
+        driver.update(IPAddress=vm["ip"], SSHPort=vm["port"])
+        # sshd not running as root lets only its own user in
+        driver["SSHUser"] = "" if mode == "netns" else pwd.getpwuid(os.getuid()).pw_name
+    return vm
+
+
+def install_login_key(
+    store: Store, name: str, host: dict[str, Any], say: Callable[[str], None]
+) -> None:
+    """The key docker-machine logs in with, and the VM's sshd accepting it."""
+    mdir = store.machine_dir(name)
+    driver = host["Driver"]
+    given = driver.get("SSHKey") or ""
+    if host["DriverName"] == "generic" and given:
+        say("Importing SSH key...")
+        driver["SSHKeyPath"] = os.path.join(mdir, os.path.basename(given))
+        shutil.copyfile(given, driver["SSHKeyPath"])
+        os.chmod(driver["SSHKeyPath"], 0o600)
+        try:
+            shutil.copyfile(given + ".pub", driver["SSHKeyPath"] + ".pub")
+        except FileNotFoundError:
+            say(f"Couldn't copy SSH public key : open {given}.pub: no such file or directory")
+        public = subprocess.run(
+            ["ssh-keygen", "-y", "-f", driver["SSHKeyPath"]],
+            capture_output=True,
+            check=False,
+        ).stdout
+    else:
+        if host["DriverName"] == "generic":
+            say("No SSH key specified. Assuming an existing key at the default location.")
+        driver["SSHKeyPath"] = os.path.join(mdir, "id_rsa")
+        ssh_keygen(driver["SSHKeyPath"], f"docker-machine {name}")
+        with open(driver["SSHKeyPath"] + ".pub", "rb") as f:
+            public = f.read()
+    write_atomic(os.path.join(mdir, "authorized_keys"), public, 0o600)
+
+
+def check_connection(
+    store: Store, name: str, host: dict[str, Any], vm: dict[str, Any], engine: str
+) -> None:
+    """check.DefaultConnChecker at the end of a create: the engine's TLS, or (without an
+    engine) whether its certificates would verify."""
     if vm["engine"]:
         try:
-            engine_check(host, address)
+            engine_check(host, engine)
         except MachineError as exc:
             raise MachineError(
                 f"Error creating machine: Error checking the host: {exc.message}"
             ) from None
     elif problem := verify_offline(store, name):
         raise MachineError(
-            "Error creating machine: Error checking the host: " + cert_check_error(address, problem)
+            "Error creating machine: Error checking the host: " + cert_check_error(engine, problem)
         )
-    say("Docker is up and running!")
 
 
 def machine_state(store: Store, name: str, host: dict[str, Any]) -> str:
@@ -276,14 +346,16 @@ def machine_state(store: Store, name: str, host: dict[str, Any]) -> str:
 
 
 def machine_url(store: Store, name: str, host: dict[str, Any]) -> str:
-    """Driver.GetURL: tcp://IP:2376 while running, else 'Host is not running'."""
+    """Driver.GetURL: tcp://IP:PORT while running (the driver's EnginePort, else 2376), else
+    'Host is not running'."""
     driver = host["Driver"]
     if host.get("DriverName") == "none":
         return str(driver.get("URL", ""))
     if machine_state(store, name, host) != "Running":
         raise MachineError("Host is not running")
-    ip = driver.get("IPAddress", "")
-    return f"tcp://{ip}:{ENGINE_PORT}" if ip else ""
+    ip = str(driver.get("IPAddress", ""))
+    host_part = f"[{ip}]" if ":" in ip else ip  # net.JoinHostPort
+    return f"tcp://{host_part}:{drivers.engine_port(host)}" if ip else ""
 
 
 def power_on(store: Store, name: str) -> None:

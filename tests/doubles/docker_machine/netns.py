@@ -219,8 +219,12 @@ def allocate_netns(store: Store, name: str) -> int:
     )
 
 
-def ensure_link(index: int) -> None:
-    """The veth pair between host and VM; recreated by `start` after kill_vm removed it."""
+def ensure_link(index: int, extra_ip: str | None = None) -> None:
+    """The veth pair between host and VM; recreated by `start` after kill_vm removed it.
+
+    `extra_ip` (a generic host's given address) is added in the VM and routed to it from
+    the host; the route goes with the link.
+    """
     host_if, vm_if = f"dmdh{index}", f"dmdm{index}"
     if os.path.exists(f"/sys/class/net/{host_if}"):
         return
@@ -229,7 +233,11 @@ def ensure_link(index: int) -> None:
     ip_cmd("link", "add", host_if, "type", "veth", "peer", "name", vm_if, "netns", ns)
     ip_cmd("-batch", "-", stdin=f"addr add {host_ip}/30 dev {host_if}\nlink set {host_if} up\n")
     inside = f"addr add {vm_ip}/30 dev {vm_if}\nlink set {vm_if} up\nlink set lo up\n"
+    if extra_ip:
+        inside += f"addr add {extra_ip}/32 dev {vm_if}\n"
     ip_cmd("-n", ns, "-batch", "-", stdin=inside + f"route add default via {host_ip}\n")
+    if extra_ip:
+        ip_cmd("route", "add", f"{extra_ip}/32", "via", vm_ip, "dev", host_if)
 
 
 def remove_cgroups(index: int) -> None:

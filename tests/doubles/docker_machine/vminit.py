@@ -121,7 +121,7 @@ class VmInit:
             self.reap()
 
     def listen_address(self) -> tuple[str, int]:
-        return ("0.0.0.0" if self.vm["mode"] == "netns" else "127.0.0.1", self.vm["port"])
+        return ("0.0.0.0" if self.vm["mode"] == "netns" else self.vm["ip"], self.vm["port"])
 
     def start_ssh(self) -> None:
         import selectors
