@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 from driver import process
 from driver.contract import clean_env
-from driver.errors import CommandError, DriverError
+from driver.errors import CommandError, ConfigError, DriverError
 from driver.settings import Settings
 
 LABEL_PREFIX = "gitlab-machine-driver"
@@ -72,6 +73,28 @@ class MachineInfo:
 
     def label(self, key: str) -> str:
         return self.labels.get(f"{LABEL_PREFIX}.{key}", "")
+
+
+def find_program(program: str) -> str:
+    """The docker-machine program's path, or a ConfigError saying why it cannot be run."""
+    found = shutil.which(program)
+    if found:
+        return found
+    install = (
+        "install GitLab's docker-machine fork and put it on PATH, or set [docker_machine] "
+        "program to its full path"
+    )
+    path = Path(program)
+    if "/" in program and path.is_dir():
+        raise ConfigError(f"docker-machine program {program!r} is a directory", hint=install)
+    if "/" in program and path.exists():
+        mode = path.stat().st_mode & 0o777
+        raise ConfigError(
+            f"docker-machine program {program!r} is not executable (mode {mode:o})",
+            hint=f"point [docker_machine] program at the docker-machine binary, or chmod +x "
+            f"{program} if it is one",
+        )
+    raise ConfigError(f"docker-machine program {program!r} is not found", hint=install)
 
 
 class DockerMachine:

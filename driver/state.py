@@ -17,6 +17,7 @@ the metrics talk to each other only through this module::
       tombstones/<name>/                      a force-removed machine's docker-machine entry
       locks/                                  flock files: job-<id>, pool-<name>, capacity, ...
       metrics.json, create-rate.json
+      owner.json                              which config's [machine] settings use it
 
 Every write is atomic (write, then rename) and private (0600). Locks are
 ``flock``s: they die with their holder, so a killed stage never leaves one
@@ -481,6 +482,11 @@ class StateDir:
     @property
     def pool_status_file(self) -> Path:
         return self.pool_root / "status.json"
+
+    @property
+    def owner_file(self) -> Path:
+        """driver.state_owner: one config's [machine] settings per state dir."""
+        return self.root / "owner.json"
 
     def lock(self, name: str) -> Lock:
         """A host-wide lock: "capacity", "metrics", "pool-service", "certs"..."""

@@ -2,6 +2,8 @@
 
 GET /api/v4/projects/:project/jobs/:job with a PRIVATE-TOKEN header:
 200 with the job's JSON, 404 for a job it does not know, 401 for a bad token.
+For doctor also /version, /user, and /projects/:project/jobs (200 for a project
+the token may read, else 404).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
 JOB_PATH = re.compile(r"^/api/v4/projects/(\d+)/jobs/(\d+)$")
+JOBS_PATH = re.compile(r"^/api/v4/projects/(\d+)/jobs$")
 
 
 class FakeGitLab:
@@ -20,6 +23,8 @@ class FakeGitLab:
         self.token = token
         self.jobs: dict[tuple[int, int], str] = {}  # (project, job) -> status
         self.requests: list[str] = []
+        # Projects the token may read besides those of `jobs` (for GET .../projects/:id/jobs).
+        self.projects: set[int] = set()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -27,7 +32,18 @@ class FakeGitLab:
                 fake.requests.append(self.path)
                 if self.headers.get("PRIVATE-TOKEN") != fake.token:
                     return self._reply(401, {"message": "401 Unauthorized"})
-                match = JOB_PATH.match(self.path.split("?")[0])
+                path = self.path.split("?")[0]
+                if path == "/api/v4/version":
+                    return self._reply(200, {"version": "16.11.0-fake", "revision": "0"})
+                if path == "/api/v4/user":
+                    return self._reply(200, {"id": 1, "username": "sweeper"})
+                listing = JOBS_PATH.match(path)
+                if listing:
+                    project = int(listing[1])
+                    if project in fake.projects or any(p == project for p, _ in fake.jobs):
+                        return self._reply(200, [])
+                    return self._reply(404, {"message": "404 Project Not Found"})
+                match = JOB_PATH.match(path)
                 if not match:
                     return self._reply(404, {"error": "404 Not Found"})
                 key = (int(match[1]), int(match[2]))
@@ -35,7 +51,7 @@ class FakeGitLab:
                     return self._reply(404, {"message": "404 Not found"})
                 self._reply(200, {"id": key[1], "status": fake.jobs[key], "name": "test"})
 
-            def _reply(self, code: int, body: dict[str, object]) -> None:
+            def _reply(self, code: int, body: dict[str, object] | list[object]) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")

@@ -1,5 +1,7 @@
 """doctor: check everything the driver depends on, and say how to fix what is wrong.
 
+Each check prints `ok`, `WARN` (works, but not as it should: fix it when you
+can) or `FAIL` (jobs will fail: fix it now), with what it found and the fix.
 With --create it also makes one machine through the same code the stages
 use, runs a command in it, checks its Docker engine, and destroys it, timing
 each step.
@@ -11,33 +13,67 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from driver import log, process, ssh
+from driver import log, process, ssh, state_owner
 from driver.contract import clean_env, runner_env, synthetic_response
+from driver.docker_machine import find_program
 from driver.errors import CommandError, DriverError
 from driver.settings import Settings, config_path, load_settings
 from driver.state import JobDir, write_private
 
-Check = Callable[[Settings], str]  # returns what it found; raises DriverError with the fix
+# `doctor --create`'s job ids: GitLab's job ids are 64-bit and count up from 1, so ids
+# from 2**62 are never a real job's, and <prefix>-<id> stays a valid hostname.
+DOCTOR_JOB_IDS = (2**62, 2**63 - 1)
+HOSTNAME_MAX = 63  # docker-machine refuses longer machine names (a DNS label)
+GITLAB_FORK = re.compile(r"version\s+(\S+?-gitlab\.\d+)")
+JOBS_TO_ASK = 20  # how many of this host's jobs doctor asks GitLab about
+REFUSALS = (401, 403, 404)
+
+
+class Advice(Exception):
+    """Works, but not as it should: a WARN line with the fix."""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+@dataclass
+class Context:
+    settings: Settings
+    config: Path
+    projects: list[int] = field(default_factory=list)  # --project: also check these
+
+
+Check = Callable[[Context], str]  # what it found; raises DriverError (FAIL) or Advice (WARN)
 
 
 def main(args: argparse.Namespace) -> int:
-    problems = 0
+    problems = warnings = 0
 
     def report(name: str, check: Callable[[], str]) -> bool:
-        nonlocal problems
+        nonlocal problems, warnings
         try:
             found = check()
         except DriverError as e:
             problems += 1
             print(f"FAIL  {name}: {e}")
             return False
+        except Advice as e:
+            warnings += 1
+            print(f"WARN  {name}: {e}")
+            return True
         print(f"ok    {name}: {found}")
         return True
 
@@ -45,12 +81,15 @@ def main(args: argparse.Namespace) -> int:
     path = config_path(args.config_path)
     if not report("config file", lambda: _load(path, loaded)):
         return 1
-    settings = loaded[0]
+    context = Context(loaded[0], path, list(getattr(args, "project", []) or []))
     for name, check in CHECKS:
-        report(name, lambda check=check: check(settings))  # type: ignore[misc]
+        report(name, lambda check=check: check(context))  # type: ignore[misc]
     if args.create and not problems:
-        report("machine round trip", lambda: round_trip(settings, path))
-    print(f"{problems} problem(s) found" if problems else "everything looks fine")
+        report("machine round trip", lambda: round_trip(context.settings, path))
+    if problems:
+        print(f"{problems} problem(s) found" + (f", {warnings} warning(s)" if warnings else ""))
+    else:
+        print(f"everything works; {warnings} warning(s)" if warnings else "everything looks fine")
     return 1 if problems else 0
 
 
@@ -59,24 +98,27 @@ def _load(path: Path, loaded: list[Settings]) -> str:
     return f"{path} is valid"
 
 
-def check_docker_machine(settings: Settings) -> str:
-    program = settings.docker_machine.program
-    if shutil.which(program) is None:
-        raise DriverError(
-            f"{program!r} is not found",
-            hint="install GitLab's docker-machine fork and put it on PATH, or set "
-            "[docker_machine] program to its full path",
-        )
+def check_docker_machine(context: Context) -> str:
+    program = find_program(context.settings.docker_machine.program)
     try:
         result = process.run([program, "--version"], timeout=30, check=False)
     except CommandError as e:
         raise DriverError(f"{program} --version did not answer: {e.message}") from None
     version = result.output.splitlines()[0] if result.output else "version unknown"
-    return f"{shutil.which(program)} ({version})"
+    fork = GITLAB_FORK.search(version)
+    if fork is None:
+        raise Advice(
+            f"{program} is upstream docker-machine ({version}), unmaintained since 2019; "
+            "GitLab's fork (versions like 0.16.2-gitlab.N) carries the fixes current clouds "
+            "and drivers need",
+            hint="install GitLab's fork: https://gitlab.com/gitlab-org/ci-cd/docker-machine"
+            "/-/releases",
+        )
+    return f"{program} (GitLab's fork, {fork[1]})"
 
 
-def check_storage(settings: Settings) -> str:
-    storage = settings.docker_machine.storage_path
+def check_storage(context: Context) -> str:
+    storage = context.settings.docker_machine.storage_path
     if not storage.exists():
         return f"{storage} does not exist yet; the first create makes it"
     if not os.access(storage, os.W_OK):
@@ -96,10 +138,60 @@ def check_storage(settings: Settings) -> str:
             hint=f"remove {certs} so the next create makes a consistent set "
             "(existing machines then need new certificates: docker-machine regenerate-certs)",
         )
-    return f"{storage} with its certificates"
+    verify_certificates(certs)
+    return f"{storage}; its client certificate is signed by its CA and matches its key"
 
 
-def check_ssh(settings: Settings) -> str:
+def verify_certificates(certs: Path) -> None:
+    """The chain every engine connection relies on: cert.pem issued by ca.pem, each with
+    its key. Two first creates at once (docker-machine takes no lock) can leave a client
+    certificate signed by a CA that was then overwritten: every TLS check fails later."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
+    regenerate = (
+        f"move {certs} away so the next create makes a consistent set; existing machines "
+        "then need `docker-machine regenerate-certs`"
+    )
+
+    def load(name: str) -> bytes:
+        try:
+            return (certs / name).read_bytes()
+        except OSError as e:
+            raise DriverError(f"cannot read {certs / name}: {e.strerror}") from None
+
+    try:
+        ca = x509.load_pem_x509_certificate(load("ca.pem"))
+        cert = x509.load_pem_x509_certificate(load("cert.pem"))
+        ca_key = serialization.load_pem_private_key(load("ca-key.pem"), password=None)
+        key = serialization.load_pem_private_key(load("key.pem"), password=None)
+    except (ValueError, TypeError) as e:
+        raise DriverError(
+            f"a certificate or key in {certs} is unreadable: {e}", hint=regenerate
+        ) from None
+
+    def public(item: object) -> bytes:
+        return item.public_key().public_bytes(  # type: ignore[attr-defined, no-any-return]
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (InvalidSignature, ValueError, TypeError) as e:
+        raise DriverError(
+            f"{certs}/cert.pem is not signed by {certs}/ca.pem ({type(e).__name__}): every "
+            "connection to a machine's Docker engine will fail; this is docker-machine's "
+            "race between two first creates",
+            hint=regenerate,
+        ) from None
+    if public(key) != public(cert):
+        raise DriverError(f"{certs}/key.pem is not the key of cert.pem", hint=regenerate)
+    if public(ca_key) != public(ca):
+        raise DriverError(f"{certs}/ca-key.pem is not the key of ca.pem", hint=regenerate)
+
+
+def check_ssh(context: Context) -> str:
     if shutil.which("ssh") is None:
         raise DriverError(
             "the OpenSSH client `ssh` is not installed", hint="apt install openssh-client"
@@ -115,9 +207,9 @@ def check_ssh(settings: Settings) -> str:
     return result.output.splitlines()[0]
 
 
-def check_state_dir(settings: Settings) -> str:
-    state_dir = settings.state_dir
-    ssh.check_control_path(JobDir(state_dir, 10**12))
+def check_state_dir(context: Context) -> str:
+    state_dir = context.settings.state_dir
+    ssh.check_control_path(JobDir(state_dir, DOCTOR_JOB_IDS[1]))
     if not state_dir.exists():
         return f"{state_dir} does not exist yet; prepare makes it (mode 0700)"
     mode = stat.S_IMODE(state_dir.stat().st_mode)
@@ -133,10 +225,30 @@ def check_state_dir(settings: Settings) -> str:
     return f"{state_dir} (mode {mode:o}, {len(jobs)} job(s) with state)"
 
 
-def check_runner_binary(settings: Settings) -> str:
+def check_state_owner(context: Context) -> str:
+    """Another config with other [machine] settings on this state dir: jobs are refused."""
+    recorded = state_owner.read_owner(context.settings.state_dir)
+    state_owner.check(context.settings, context.config, recorded)
+    if recorded is None:
+        return "no config has used it yet; the first prepare, pool or sweep records this one"
+    if recorded.config == str(Path(os.path.abspath(context.config))):
+        return "used by this config only"
+    return f"also used by {recorded.config}, whose [machine] settings are the same"
+
+
+def check_runner_binary(context: Context) -> str:
+    settings = context.settings
     binary = settings.gitlab_runner_binary
     if binary is None:
-        return "not set: VMs without gitlab-runner skip cache and artifact stages"
+        image = getattr(settings, "image", None)
+        if image is not None and image.container_mode:
+            return "not needed: in image mode the helper image uploads artifacts and caches"
+        raise Advice(
+            "gitlab_runner_binary is not set: in VMs without gitlab-runner, artifacts and "
+            "caches are silently skipped (the job still succeeds)",
+            hint='set gitlab_runner_binary = "/usr/bin/gitlab-runner" (the runner host\'s '
+            "binary; it is uploaded into VMs that lack one)",
+        )
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         raise DriverError(
             f"gitlab_runner_binary {binary} is not an executable file",
@@ -145,7 +257,20 @@ def check_runner_binary(settings: Settings) -> str:
     return f"{binary} is uploaded into VMs that lack one"
 
 
-def check_gitlab(settings: Settings) -> str:
+def local_jobs(state_dir: Path) -> list[tuple[int, int]]:
+    """(project id, job id) of the jobs with machines on this host, newest first."""
+    found = []
+    for record in (state_dir / "jobs").glob("*/state.json"):
+        try:
+            data = json.loads(record.read_text())
+            found.append((record.stat().st_mtime, int(data["project_id"]), int(data["job_id"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return [(project, job) for _, project, job in sorted(found, reverse=True)]
+
+
+def check_gitlab(context: Context) -> str:
+    settings = context.settings
     if not settings.gitlab.configured:
         return "not configured: the sweeper decides by age and local state only"
     import gitlab
@@ -166,12 +291,78 @@ def check_gitlab(settings: Settings) -> str:
         ) from None
     except Exception as e:
         raise DriverError(f"cannot reach GitLab at {settings.gitlab.url}: {e}") from None
-    return f"{settings.gitlab.url} (GitLab {version}), token accepted"
+
+    def answer(call: Callable[[], object]) -> int:
+        try:
+            call()
+        except exceptions.GitlabError as e:
+            return int(e.response_code or 0)
+        except Exception:
+            return 0  # unreachable, timed out: not the token's fault
+        return 200
+
+    hint = (
+        "the [gitlab] token needs read_api on every project this runner serves (a project "
+        "or group access token with the Reporter role, or a user who is a member), and url "
+        "must be GitLab's own address (not a proxy that answers 404)"
+    )
+    for project in context.projects:
+        code = answer(
+            lambda p=project: client.projects.get(p, lazy=True).jobs.list(  # type: ignore[misc]
+                per_page=1, get_all=False
+            )
+        )
+        if code in REFUSALS:
+            raise DriverError(
+                f"GitLab answered {code} for project {project}'s jobs: the token cannot read "
+                "them, so the sweeper can never prove that a job of that project is over",
+                hint=hint,
+            )
+    jobs = local_jobs(settings.state_dir)[:JOBS_TO_ASK]
+    refused = {}
+    for project, job in jobs:
+        code = answer(
+            lambda p=project, j=job: client.projects.get(p, lazy=True).jobs.get(j)  # type: ignore[misc]
+        )
+        if code in REFUSALS:
+            refused[(project, job)] = code
+    checked = f"{len(jobs)} job(s) of machines on this host" if jobs else ""
+    if context.projects:
+        checked = ", ".join(filter(None, [checked, f"project(s) {context.projects}"]))
+    if refused:
+        codes = "/".join(sorted({str(c) for c in refused.values()}))
+        projects = ", ".join(str(p) for p in sorted({p for p, _ in refused}))
+        message = (
+            f"GitLab answered {codes} for {len(refused)} of {len(jobs)} job(s) of machines on "
+            f"this host (project(s) {projects}): a configuration problem, not finished jobs; "
+            "the sweeper keeps such machines until max_age"
+        )
+        if len(refused) == len(jobs):
+            raise DriverError(message, hint=hint)
+        raise Advice(message, hint=hint)
+    if not checked:
+        return (
+            f"{settings.gitlab.url} (GitLab {version}), token accepted; no job on this host "
+            "to check it against (`doctor --project ID` checks a project's jobs)"
+        )
+    return f"{settings.gitlab.url} (GitLab {version}), token reads the jobs of {checked}"
+
+
+def doctor_job_id() -> int:
+    """A job id no real job has (see DOCTOR_JOB_IDS), random so two doctors never meet."""
+    low, high = DOCTOR_JOB_IDS
+    return low + secrets.randbelow(high - low)
 
 
 def round_trip(settings: Settings, config: Path) -> str:
     """One synthetic job through the real entrypoints: prepare, run, cleanup, timed."""
-    job_id = 900_000_000 + os.getpid() % 100_000_000
+    job_id = doctor_job_id()
+    machine = settings.machine_name(job_id)
+    if len(machine) > HOSTNAME_MAX:
+        raise DriverError(
+            f"machine name {machine} is longer than docker-machine's {HOSTNAME_MAX} characters",
+            hint="shorten [machine] name_prefix",
+        )
     with tempfile.TemporaryDirectory(prefix="gmd-doctor-") as work:
         response = Path(work) / "response.json"
         write_private(response, json.dumps(synthetic_response(job_id, 1)))
@@ -183,7 +374,7 @@ def round_trip(settings: Settings, config: Path) -> str:
         env = {**clean_env(), **runner_env(Path(work), response)}
         driver = [sys.executable, "-m", "driver", "--config", str(config)]
         budget = settings.create.timeout * settings.create.attempts + settings.ssh.ready_timeout
-        timings: list[str] = []
+        timings: list[str] = [f"machine {machine}"]
         try:
             for name, argv, timeout in (
                 ("prepare", ["prepare"], budget + settings.docker.ready_timeout),
@@ -206,6 +397,7 @@ CHECKS: list[tuple[str, Check]] = [
     ("docker-machine storage", check_storage),
     ("ssh client", check_ssh),
     ("state dir", check_state_dir),
+    ("state dir owner", check_state_owner),
     ("gitlab-runner binary", check_runner_binary),
     ("GitLab API", check_gitlab),
 ]

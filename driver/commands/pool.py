@@ -11,12 +11,12 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from driver import log, metrics
+from driver import log, metrics, state_owner
 from driver.commands.sweep import run_sweep
 from driver.errors import ConfigError, DriverError
 from driver.pool.schedule import current_target
 from driver.pool.service import PoolService
-from driver.settings import Settings, load_settings
+from driver.settings import Settings, config_path, load_settings
 from driver.state import PoolPhase, StateDir, machine_counts
 
 
@@ -24,6 +24,8 @@ def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config_path)
     if args.action == "status":
         return status(settings, as_json=args.json)
+    # Another config with other [machine] settings on this state dir: no pool for either.
+    state_owner.claim(settings, config_path(args.config_path))
     return serve(settings)
 
 

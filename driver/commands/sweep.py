@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from driver import log, sweeper
+from driver import log, state_owner, sweeper
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.log import say
-from driver.settings import Settings, load_settings
+from driver.settings import Settings, config_path, load_settings
 
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config_path)
+    # The sweeper removes machines: never by another config's view of this state dir.
+    state_owner.claim(settings, config_path(args.config_path))
     log.setup(settings.log_path, stage="sweep")
     report = run_sweep(settings, dry_run=args.dry_run, progress=say)
     problem = report.configuration_problem

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 
 from driver import NAME, __version__
 from driver.contract import JOB_DIR_ENV, config_output, read_job
-from driver.errors import ConfigError
+from driver.docker_machine import find_program
 from driver.settings import load_settings
 from driver.state import JobDir
 
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config_path)
-    program = settings.docker_machine.program
-    if shutil.which(program) is None:
-        raise ConfigError(
-            f"docker-machine program {program!r} is not found",
-            hint="install docker-machine (GitLab's fork) or set [docker_machine] program "
-            "to its full path",
-        )
+    find_program(settings.docker_machine.program)  # not found, not executable: say which
     job = read_job()
     output = config_output(
         builds_dir=settings.builds_dir,

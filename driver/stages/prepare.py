@@ -12,13 +12,13 @@ import contextlib
 import os
 import time
 
-from driver import limits, log, metrics, provision, signals, ssh
+from driver import limits, log, metrics, provision, signals, ssh, state_owner
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.image import setup as image_setup
 from driver.log import say
 from driver.payload import Job
-from driver.settings import Settings
+from driver.settings import Settings, config_path
 from driver.stages.common import Stage, begin
 from driver.state import JobDir, JobPhase, JobRecord, ancestors, boot_id, write_private
 
@@ -42,6 +42,8 @@ def new_record(settings: Settings, job: Job, machine: str) -> JobRecord:
 def main(args: argparse.Namespace) -> int:
     stage = begin(args.config_path, "prepare", cancellable=True)
     settings, job_dir, name = stage.settings, stage.job_dir, stage.machine
+    # Another config with other [machine] settings on this state dir: refuse, do nothing.
+    state_owner.claim(settings, config_path(args.config_path))
     dm = stage.docker_machine()
     total = log.Timer()
     image_plan = image_setup.plan(settings.image, say)  # a refused image costs no machine

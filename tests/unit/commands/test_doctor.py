@@ -1,0 +1,313 @@
+"""doctor, check by check: what it finds, and the fix it names."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from driver import settings
+from driver.commands import doctor
+from tests.fake_gitlab import FakeGitLab
+
+TOKEN = "glpat-doctor"
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Short, unlike pytest's: the state dir's SSH socket paths must fit a unix socket."""
+    base = Path(tempfile.mkdtemp(prefix="gmdd", dir="/tmp"))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def fake_docker_machine(tmp_path: Path, version: str) -> Path:
+    program = tmp_path / "docker-machine"
+    program.write_text(f"#!/bin/sh\necho '{version}'\n")
+    program.chmod(0o755)
+    return program
+
+
+def make_config(tmp_path: Path, **sections: Mapping[str, object]) -> Path:
+    """A config whose every check passes, but for what `sections` changes."""
+    program = fake_docker_machine(tmp_path, "docker-machine version 0.16.2-gitlab.19, build x")
+    runner = tmp_path / "gitlab-runner"
+    runner.write_text("#!/bin/sh\n")
+    runner.chmod(0o755)
+    state = tmp_path / "st"
+    state.mkdir(mode=0o700, exist_ok=True)
+    data: dict[str, dict[str, object]] = {
+        "": {"state_dir": str(state), "gitlab_runner_binary": str(runner)},
+        "docker_machine": {"program": str(program), "storage_path": str(tmp_path / "dm")},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in data.items():
+        if name:
+            lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None]
+    path = tmp_path / "driver.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_doctor(
+    capsys: pytest.CaptureFixture[str], config: Path, projects: list[int] | None = None
+) -> tuple[int, str]:
+    args = argparse.Namespace(config_path=str(config), create=False, project=projects or [])
+    code = doctor.main(args)
+    return code, capsys.readouterr().out
+
+
+def line(out: str, check: str) -> str:
+    return next(x for x in out.splitlines() if f" {check}:" in x[:40] and x[:4] != "    ")
+
+
+def test_all_well_but_a_warning_exits_0_and_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, **{"": {"gitlab_runner_binary": None}})
+    code, out = run_doctor(capsys, config)
+    assert code == 0, out
+    assert line(out, "gitlab-runner binary").startswith("WARN  gitlab-runner binary:")
+    assert "artifacts and caches are silently skipped" in out
+    assert 'hint: set gitlab_runner_binary = "/usr/bin/gitlab-runner"' in out
+    assert out.splitlines()[-1] == "everything works; 1 warning(s)"
+
+
+def test_gitlabs_fork_is_told_from_upstream(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    _, out = run_doctor(capsys, config)
+    assert "GitLab's fork, 0.16.2-gitlab.19" in line(out, "docker-machine")
+    fake_docker_machine(tmp_path, "docker-machine version 0.16.2, build bd45ab13")
+    code, out = run_doctor(capsys, config)
+    assert code == 0
+    warn = line(out, "docker-machine")
+    assert warn.startswith("WARN  docker-machine:") and "is upstream docker-machine" in warn
+    assert "hint: install GitLab's fork" in out
+
+
+@pytest.mark.parametrize(
+    ("program", "says"),
+    [
+        ("/etc/passwd", "'/etc/passwd' is not executable (mode 644)"),
+        ("/etc", "'/etc' is a directory"),
+        ("/no/such/docker-machine", "'/no/such/docker-machine' is not found"),
+        ("no-such-docker-machine", "'no-such-docker-machine' is not found"),
+    ],
+)
+def test_a_program_that_cannot_run_says_why(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, program: str, says: str
+) -> None:
+    if program == "/etc/passwd" and os.stat(program).st_mode & 0o777 != 0o644:
+        pytest.skip("this host's /etc/passwd is not mode 644")
+    config = make_config(tmp_path, docker_machine={"program": program})
+    code, out = run_doctor(capsys, config)
+    assert code == 1
+    assert line(out, "docker-machine") == f"FAIL  docker-machine: docker-machine program {says}"
+
+
+# --- docker-machine's certificates ---------------------------------------------------------
+
+
+def certificate(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(signer, hashes.SHA256())
+    )
+
+
+def write_certs(
+    certs: Path,
+    ca_key: ec.EllipticCurvePrivateKey,
+    client_signer: ec.EllipticCurvePrivateKey,
+    client_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    """docker-machine's store: ca.pem/ca-key.pem and cert.pem/key.pem (all named root)."""
+    certs.mkdir(parents=True, exist_ok=True)
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    ca = certificate("root", ca_key, "root", ca_key)
+    client = certificate("root", client_key, "root", client_signer)
+    (certs / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (certs / "ca-key.pem").write_bytes(pem_key(ca_key))
+    (certs / "cert.pem").write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    (certs / "key.pem").write_bytes(pem_key(client_key))
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def test_a_consistent_certificate_chain_passes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ca = new_key()
+    write_certs(tmp_path / "dm" / "certs", ca, ca, new_key())
+    _, out = run_doctor(capsys, make_config(tmp_path))
+    assert line(out, "docker-machine storage") == (
+        f"ok    docker-machine storage: {tmp_path / 'dm'}; its client certificate is signed "
+        "by its CA and matches its key"
+    )
+
+
+def test_a_client_certificate_from_the_concurrent_create_race_is_found(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Two first creates: one's CA overwrote the other's, whose client cert stayed."""
+    certs = tmp_path / "dm" / "certs"
+    write_certs(certs, new_key(), new_key(), new_key())  # cert.pem signed by a lost CA
+    code, out = run_doctor(capsys, make_config(tmp_path))
+    assert code == 1
+    assert line(out, "docker-machine storage").startswith(
+        f"FAIL  docker-machine storage: {certs}/cert.pem is not signed by {certs}/ca.pem"
+    )
+    assert f"hint: move {certs} away so the next create makes a consistent set" in out
+
+
+def test_a_key_that_is_not_the_certificates_is_found(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ca = new_key()
+    certs = tmp_path / "dm" / "certs"
+    write_certs(certs, ca, ca, new_key())
+    other = new_key().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (certs / "key.pem").write_bytes(other)
+    code, out = run_doctor(capsys, make_config(tmp_path))
+    assert code == 1
+    assert f"{certs}/key.pem is not the key of cert.pem" in line(out, "docker-machine storage")
+
+
+# --- GitLab ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gitlab() -> Iterator[FakeGitLab]:
+    with FakeGitLab(TOKEN) as fake:
+        yield fake
+
+
+def job_record(state_dir: Path, project: int, job: int) -> None:
+    """A job with a machine on this host, as far as doctor reads its record."""
+    record = state_dir / "jobs" / str(job) / "state.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"job_id": job, "project_id": project, "machine": f"m-{job}"}))
+
+
+def gitlab_config(tmp_path: Path, fake: FakeGitLab) -> Path:
+    return make_config(tmp_path, gitlab={"url": fake.url, "token": TOKEN, "timeout": 5})
+
+
+def test_the_token_reads_the_jobs_of_this_hosts_machines(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, gitlab: FakeGitLab
+) -> None:
+    config = gitlab_config(tmp_path, gitlab)
+    job_record(tmp_path / "st", 7, 70)
+    gitlab.jobs[(7, 70)] = "running"
+    code, out = run_doctor(capsys, config)
+    assert code == 0, out
+    assert "token reads the jobs of 1 job(s) of machines on this host" in line(out, "GitLab API")
+    assert "/api/v4/projects/7/jobs/70" in gitlab.requests
+
+
+def test_a_run_of_404s_for_this_hosts_jobs_is_a_configuration_problem(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, gitlab: FakeGitLab
+) -> None:
+    """GitLab says 404 for jobs the token cannot see: these jobs exist (their machines run
+    here), so that is the token or the URL, never proof that the jobs are over."""
+    config = gitlab_config(tmp_path, gitlab)
+    for job in (80, 81, 82):
+        job_record(tmp_path / "st", 8, job)
+    code, out = run_doctor(capsys, config)
+    assert code == 1
+    fail = line(out, "GitLab API")
+    assert fail.startswith("FAIL  GitLab API: GitLab answered 404 for 3 of 3 job(s) of machines")
+    assert "(project(s) 8): a configuration problem" in fail
+    assert "hint: the [gitlab] token needs read_api on every project this runner serves" in out
+    gitlab.jobs[(8, 80)] = "running"
+    gitlab.jobs[(8, 81)] = "running"
+    code, out = run_doctor(capsys, config)  # some refused: a warning
+    assert code == 0
+    assert line(out, "GitLab API").startswith("WARN  GitLab API: GitLab answered 404 for 1 of 3")
+
+
+def test_a_project_the_token_cannot_read_is_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, gitlab: FakeGitLab
+) -> None:
+    config = gitlab_config(tmp_path, gitlab)
+    gitlab.projects.add(5)
+    code, out = run_doctor(capsys, config, projects=[5])
+    assert code == 0
+    assert "token reads the jobs of project(s) [5]" in line(out, "GitLab API")
+    code, out = run_doctor(capsys, config, projects=[5, 6])
+    assert code == 1
+    assert "GitLab answered 404 for project 6's jobs: the token cannot read them" in out
+    code, out = run_doctor(capsys, config)
+    assert "no job on this host to check it against" in line(out, "GitLab API")
+
+
+def test_a_refused_token_fails(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, gitlab: FakeGitLab
+) -> None:
+    config = make_config(tmp_path, gitlab={"url": gitlab.url, "token": "wrong"})
+    code, out = run_doctor(capsys, config)
+    assert code == 1
+    assert f"FAIL  GitLab API: GitLab at {gitlab.url} refused the token" in out
+
+
+# --- the state dir's owner, and --create's job id --------------------------------------------
+
+
+def test_a_state_dir_used_by_another_config_with_other_machines_fails(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    other = tmp_path / "other.toml"
+    other.write_text(config.read_text() + '[machine]\ndriver = "google"\n')
+    from driver import state_owner
+
+    state_owner.claim(settings.load_settings(other), other)
+    code, out = run_doctor(capsys, config)
+    assert code == 1
+    assert line(out, "state dir owner").startswith(
+        f"FAIL  state dir owner: state dir {tmp_path / 'st'} is used by {other} (driver google"
+    )
+
+
+def test_create_uses_job_ids_no_real_job_has_and_names_docker_machine_accepts() -> None:
+    ids = {doctor.doctor_job_id() for _ in range(100)}
+    assert len(ids) == 100  # random: two doctors at once never share a machine
+    assert all(2**62 <= i < 2**63 for i in ids)  # GitLab's ids count up from 1; int64
+    longest = settings.parse_settings({"machine": {"name_prefix": "a" * 40}})
+    assert all(len(longest.machine_name(i)) <= doctor.HOSTNAME_MAX for i in ids)
