@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
+import shlex
 
-from driver import ssh
+from driver import log, ssh
 from driver.errors import DriverError
 from driver.settings import Settings, load_settings
 from driver.state import JobDir
@@ -37,6 +39,24 @@ def main(args: argparse.Namespace) -> int:
     job_dir = job_dir_for(settings, args.target)
     argv = ssh.argv(job_dir, "-T" if args.remote_command else "-t")
     argv += args.remote_command
+    _record_session(settings, job_dir, args.remote_command)
     # Replaces this process: the terminal is the operator's. No shell on this side.
     os.execvp(argv[0], argv)  # noqa: S606
     return 0  # pragma: no cover - execvp does not return
+
+
+def _record_session(settings: Settings, job_dir: JobDir, command: list[str]) -> None:
+    """Into the admin's log: who entered which job's VM, and to do what."""
+    try:
+        record = job_dir.load()
+        job_id, machine = record.job_id, record.machine
+    except DriverError:
+        job_id, machine = int(job_dir.path.name), ""
+    log.setup(settings.log_path, job_id=job_id, machine=machine, stage="ssh")
+    log.get().info(
+        "operator_ssh",
+        user=os.environ.get("SUDO_USER") or getpass.getuser(),
+        uid=os.getuid(),
+        command=shlex.join(command) if command else None,  # None: an interactive shell
+        tty=os.isatty(0),
+    )

@@ -9,6 +9,7 @@ output reaches the job log as it comes, with nothing buffering it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -109,11 +110,62 @@ def run_stage(script: str, stage: str, config_path: str | None) -> int:
     with contextlib.suppress(OSError):  # its dir removed under us: the stage fails below
         if stage_lock.try_acquire():
             os.utime(job_dir.stage_lock_path)  # the last stage's time, for the sweeper
+    started = time.monotonic()
     try:
-        return _run(script, stage, job_dir, record)
-    except DriverError:
+        code = _run(script, stage, job_dir, record)
+    except BuildFailure as e:
+        _log_outcome(record, stage, started, "build_failure", exit_code=e.exit_code)
+        raise
+    except DriverError as e:
+        _log_outcome(record, stage, started, _failure_kind(e, job_dir))
         _log_failure(record, stage)
         raise
+    except BaseException:
+        _log_outcome(record, stage, started, "internal_error")
+        raise
+    _log_outcome(record, stage, started, "success", exit_code=code)
+    return code
+
+
+def _failure_kind(error: DriverError, job_dir: JobDir) -> str:
+    if isinstance(error, Cancelled):
+        return "cancelled"
+    if isinstance(error, JobError):
+        return "no_usable_job_state"
+    if job_dir.lost_marker.exists():
+        return "machine_lost"
+    return "system_failure"
+
+
+def _log_outcome(
+    record: JobRecord, stage: str, started: float, outcome: str, exit_code: int | None = None
+) -> None:
+    """One JSON line in the admin's log for every stage, as structlog writes them. Cheap:
+    one append, no structlog (run starts once per stage), and never a reason to fail."""
+    if not record.log_path:
+        return
+    now = time.time()
+    line = {
+        "job_id": record.job_id,
+        "machine": record.machine,
+        "stage": stage,
+        "pid": os.getpid(),
+        "outcome": outcome,
+        "exit_code": exit_code,
+        "seconds": round(time.monotonic() - started, 3),
+        "event": "stage_finished",
+        "level": "info" if outcome in ("success", "build_failure") else "warning",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        + f".{int(now % 1 * 1e6):06d}Z",
+    }
+    try:
+        fd = os.open(record.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (json.dumps(line) + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # the admin's log is not the job's business
 
 
 def _run(script_path: str, stage: str, job_dir: JobDir, record: JobRecord) -> int:

@@ -52,6 +52,20 @@ def test_the_readme_walk_through_of_a_stage_by_hand(env: Env) -> None:
         assert f.read().strip() == "7"
     ssh = env.driver("ssh", "gmdt-4242", "uname", "-s", env=shell)
     assert (ssh.returncode, ssh.stdout.strip()) == (0, "Linux")
+    # The admin's log has the stage's outcome and the operator's session.
+    logged = [json.loads(line) for line in (env.state_dir / "driver.log").read_text().splitlines()]
+    [stage_line] = [e for e in logged if e["event"] == "stage_finished"]
+    assert (stage_line["job_id"], stage_line["outcome"], stage_line["exit_code"]) == (
+        4242,
+        "build_failure",
+        7,
+    )
+    [session] = [e for e in logged if e["event"] == "operator_ssh"]
+    assert (session["job_id"], session["machine"], session["command"]) == (
+        4242,
+        "gmdt-4242",
+        "uname -s",
+    )
     listed = json.loads(env.driver("ls", "--json").stdout)
     assert [(m["name"], m["job"], m["phase"]) for m in listed] == [("gmdt-4242", 4242, "ready")]
     table = env.driver("ls").stdout
