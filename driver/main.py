@@ -416,9 +416,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser().parse_args(words)  # --help writes to stdout too
         if args.command in RUNNER_STAGES:
             ending.exit_code = contract.system_failure_code()
-        code = command(args.command)(args)
+        try:
+            code = command(args.command)(args)
+        finally:
+            if args.command in METRICS_CHANGED_BY:
+                _write_metrics_textfile(args.config_path)
         sys.stdout.flush()  # a reader gone shows here, inside the handlers
         return code
+
+
+# Commands that change the figures: after each, [metrics] textfile is rewritten.
+METRICS_CHANGED_BY = ("prepare", "cleanup", "sweep")
+
+
+def _write_metrics_textfile(config_path: str | None) -> None:
+    """node_exporter's textfile, for hosts without the pool service (see metrics_textfile)."""
+    try:
+        from driver import metrics_textfile
+
+        metrics_textfile.write_from_config(config_path)
+    except Exception:  # noqa: S110 - figures must never change a stage's outcome
+        pass
 
 
 if __name__ == "__main__":

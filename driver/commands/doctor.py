@@ -257,6 +257,31 @@ def check_runner_binary(context: Context) -> str:
     return f"{binary} is uploaded into VMs that lack one"
 
 
+def check_metrics_textfile(context: Context) -> str:
+    settings = context.settings
+    path = settings.metrics.textfile
+    if path is None:
+        if settings.pool.metrics_address:
+            return f"not set; the pool service serves /metrics on {settings.pool.metrics_address}"
+        return "not set: no Prometheus figures from this host ([metrics] textfile)"
+    if not path.parent.is_dir():
+        raise DriverError(
+            f"[metrics] textfile {path}: its directory {path.parent} does not exist",
+            hint="point it into node_exporter's --collector.textfile.directory",
+        )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise DriverError(
+            f"[metrics] textfile {path}: {path.parent} is not writable by this user",
+            hint="let the runner's user write there, or choose another directory",
+        )
+    if path.suffix != ".prom":
+        raise Advice(
+            f"[metrics] textfile {path} does not end in .prom: node_exporter ignores it",
+            hint=f"name it {path.with_suffix('.prom').name}",
+        )
+    return f"{path}, rewritten after each prepare, cleanup and sweep"
+
+
 def local_jobs(state_dir: Path) -> list[tuple[int, int]]:
     """(project id, job id) of the jobs with machines on this host, newest first."""
     found = []
@@ -399,5 +424,6 @@ CHECKS: list[tuple[str, Check]] = [
     ("state dir", check_state_dir),
     ("state dir owner", check_state_owner),
     ("gitlab-runner binary", check_runner_binary),
+    ("metrics textfile", check_metrics_textfile),
     ("GitLab API", check_gitlab),
 ]

@@ -311,3 +311,19 @@ def test_create_uses_job_ids_no_real_job_has_and_names_docker_machine_accepts() 
     assert all(2**62 <= i < 2**63 for i in ids)  # GitLab's ids count up from 1; int64
     longest = settings.parse_settings({"machine": {"name_prefix": "a" * 40}})
     assert all(len(longest.machine_name(i)) <= doctor.HOSTNAME_MAX for i in ids)
+
+
+def test_a_metrics_textfile_node_exporter_cannot_get_is_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-collector" / "gmd.prom"
+    code, out = run_doctor(capsys, make_config(tmp_path, metrics={"textfile": str(missing)}))
+    assert code == 1
+    assert line(out, "metrics textfile") == (
+        f"FAIL  metrics textfile: [metrics] textfile {missing}: its directory "
+        f"{missing.parent} does not exist"
+    )
+    wrong = tmp_path / "gmd.txt"
+    code, out = run_doctor(capsys, make_config(tmp_path, metrics={"textfile": str(wrong)}))
+    assert code == 0
+    assert "does not end in .prom: node_exporter ignores it" in line(out, "metrics textfile")
