@@ -174,8 +174,12 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
     }
     # Each runner its own state and storage: pools, limits and machines are never shared.
     top["state_dir"] = str(state_dir)
-    runner_binary = shutil.which("gitlab-runner") or RUNNER_BINARY
-    top["gitlab_runner_binary"] = runner_binary
+    # [runners.docker]: jobs keep running in their image: (image mode, driver/image), whose
+    # helper image does artifacts and caches; otherwise gitlab-runner must be in the VM.
+    image, image_notes = image_migration.from_runners_docker(runner.get("docker") or {})
+    runner_binary = "" if image else shutil.which("gitlab-runner") or RUNNER_BINARY
+    if runner_binary:
+        top["gitlab_runner_binary"] = runner_binary
     sections: dict[str, dict[str, Any]] = {
         "docker_machine": {"storage_path": str(state_dir / "machines")}
     }
@@ -223,7 +227,6 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
     pool = _pool(machine)
     if pool:
         sections["pool"] = pool
-    image, image_notes = image_migration.from_runners_docker(runner.get("docker") or {})
     if image:  # jobs keep running in their image:, as on docker+machine
         sections["image"] = image
     notes += _no_equivalent(runner, machine, runner_binary, bool(secrets)) + image_notes
@@ -258,10 +261,13 @@ def _no_equivalent(
     for key in ("OffPeakPeriods", "OffPeakIdleCount", "OffPeakIdleTime", "OffPeakTimezone"):
         if key in machine:
             notes.append(f"{key}: removed from gitlab-runner itself; use autoscaling periods")
-    notes.append(
-        f"artifacts and cache: gitlab_runner_binary = {binary!r} is uploaded into VMs that "
-        "lack gitlab-runner; without it they are silently skipped (check with `doctor`)"
-    )
+    if binary:
+        notes.append(
+            f"artifacts and cache: gitlab_runner_binary = {binary!r} is uploaded into VMs "
+            "that lack gitlab-runner; without it they are silently skipped (check with `doctor`)"
+        )
+    else:
+        notes.append("artifacts and cache: done by the helper image, as on docker+machine")
     if runner.get("cache"):
         notes.append("[runners.cache]: stays in config.toml and works unchanged")
     notes.append(

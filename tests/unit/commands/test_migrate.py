@@ -117,8 +117,10 @@ def test_each_runner_gets_its_own_state_storage_and_artifact_support(
     assert aws.docker_machine.storage_path != gcp.docker_machine.storage_path
     assert aws.machine.name_prefix != gcp.machine.name_prefix
     assert (aws.machine.driver, gcp.machine.driver) == ("amazonec2", "google")
-    # Artifacts and cache need gitlab-runner in the VM: migrate sets what uploads it.
-    assert aws.gitlab_runner_binary is not None and gcp.gitlab_runner_binary is not None
+    # Artifacts and cache need gitlab-runner in the VM: migrate sets what uploads it, or,
+    # where jobs keep running in their image ([runners.docker]), the helper image does.
+    assert aws.image.mode == "container" and aws.image.default == "alpine:3.19"
+    assert gcp.image.mode == "shell" and gcp.gitlab_runner_binary is not None
     assert aws.pool.idle_count == 2 and aws.pool.autoscaling[0].timezone == "Europe/Berlin"
     assert aws.limits.max_machines == 8
 
