@@ -96,6 +96,12 @@ def test_engine_answers_inside_the_vm(machine: Machine) -> None:
     row = machine.ok("ls").splitlines()[1]
     assert re.search(r"Running +tcp://\S+:2376 +v\d+\.\d+", row), row
     assert created < 30
+    # The engine's data lives on the VM's "disk", not in the machine dir: like a real one,
+    # that holds regular files only (config, keys, certs), which a copy of it can take.
+    assert [p for p in Path(mdir).rglob("*") if not (p.is_file() or p.is_dir())] == []
+    assert Path(machine.storage, "vms", "vm", "docker", "data").is_dir()
+    machine.ok("rm", "-y", "vm")
+    assert not Path(machine.storage, "vms", "vm").exists()
 
 
 @root_only

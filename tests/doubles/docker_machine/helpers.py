@@ -119,11 +119,16 @@ def rotate_host_key(storage: str, name: str) -> None:
 
 def _names_in_processes(store: Store) -> set[str]:
     machines = re.escape(store.machines.encode())
-    pattern = re.compile(machines + rb"/([^/\0 ]+)(?:/sshd_config[\0 ]|/docker/|\0)")
+    disks = re.escape(store.path("vms").encode())
+    patterns = [
+        re.compile(machines + rb"/([^/\0 ]+)(?:/sshd_config[\0 ]|\0)"),
+        re.compile(disks + rb"/([^/\0 ]+)/docker/"),
+    ]
     names = set()
     for pid in process_table():
-        for match in pattern.finditer(cmdline(pid)):
-            names.add(match.group(1).decode(errors="replace"))
+        for pattern in patterns:
+            for match in pattern.finditer(cmdline(pid)):
+                names.add(match.group(1).decode(errors="replace"))
     return names
 
 
@@ -132,7 +137,8 @@ def _claimed_names(store: Store) -> set[str]:
 
 
 def teardown_all(storage: str) -> None:
-    """Remove every machine of the storage: processes, namespaces, links, entries. Idempotent."""
+    """Remove every machine of the storage: processes, namespaces, links, disks, entries.
+    Idempotent."""
     store = Store(storage)
     names = set(machine_names(store)) | _names_in_processes(store) | _claimed_names(store)
     for name in sorted(n for n in names if n):
@@ -141,10 +147,7 @@ def teardown_all(storage: str) -> None:
             shutil.rmtree(store.machine_dir(name), ignore_errors=True)
     for index in claimed_indexes(store):  # claims whose machine name is unusable
         release_netns(index)
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.listdir(store.root):
-            if entry.startswith(".dmd-"):
-                shutil.rmtree(os.path.join(store.root, entry), ignore_errors=True)
+    shutil.rmtree(store.path("vms"), ignore_errors=True)  # disks of VMs no process names
 
 
 def leftover_namespaces(storage: str) -> list[str]:

@@ -39,7 +39,7 @@ from .netns import (
     netns_name,
     vm_addresses,
 )
-from .store import Store, read_vm, save_host, settings, update_vm, write_atomic
+from .store import Store, read_vm, save_host, settings, update_vm, vm_disk, write_atomic
 from .vminit import PRIVATE_DIRS
 
 BOOT_TIMEOUT = 60.0
@@ -86,7 +86,7 @@ def write_sshd_config(mdir: str, listen: str) -> None:
 
 
 def engine_args(mdir: str, index: int, engine: dict[str, Any], port: int) -> list[str]:
-    docker = os.path.join(mdir, "docker")
+    docker = os.path.join(vm_disk(mdir), "docker")
     exec_root = os.path.join(docker, "exec")
     if len(exec_root) + len("/containerd/containerd.sock.ttrpc") > 107:
         exec_root = "/run/docker-exec"  # unix socket paths hold 108 bytes; /run is the VM's own
@@ -220,6 +220,7 @@ def create_vm(store: Store, name: str, host: dict[str, Any], quiet: bool = False
     port = drivers.engine_port(host)
     vm["engine"] = engine_wanted(store, vm["mode"])
     if vm["engine"]:
+        os.makedirs(os.path.join(vm_disk(mdir), "docker"), mode=0o700, exist_ok=True)
         vm["engine_args"] = engine_args(mdir, vm["index"], engine, port)
         vm["engine_env"] = engine.get("Env") or []
     if vm["mode"] == "netns":

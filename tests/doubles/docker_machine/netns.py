@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from .common import MachineError
-from .store import Store, locked, read_json, read_vm, write_atomic
+from .store import Store, locked, read_json, read_vm, vm_disk, write_atomic
 
 REGISTRY = "/run/dmd"
 CLAIMS = os.path.join(REGISTRY, "claims")
@@ -92,7 +92,7 @@ def vm_markers(mdir: str) -> dict[str, re.Pattern[bytes]]:
     return {
         "init": re.compile(rb"_vm-init\0" + path + rb"\0"),
         "sshd": re.compile(path + rb"/sshd_config[\0 ]"),
-        "dockerd": re.compile(path + rb"/docker/"),
+        "dockerd": re.compile(re.escape(vm_disk(mdir).encode()) + rb"/docker/"),
     }
 
 
@@ -265,7 +265,9 @@ def release_netns(index: int) -> None:
 
 
 def destroy_vm(store: Store, name: str) -> None:
-    """Kill every process of the VM and give back its network; the store entry stays."""
+    """Kill every process of the VM, give back its network, drop its disk; the store entry
+    stays."""
     kill_until_gone(lambda: machine_pids(store, name))
     for index in claimed_indexes(store, name):
         release_netns(index)
+    shutil.rmtree(vm_disk(store.machine_dir(name)), ignore_errors=True)

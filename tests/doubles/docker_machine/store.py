@@ -3,7 +3,9 @@
 <storage>/certs/, <storage>/machines/<NAME>/config.json as docker-machine keeps
 them; the double adds <storage>/double.json (faults and settings, see faults.py),
 <storage>/calls.log (every invocation), <storage>/orphans.log (machines whose
-entry went while the "cloud" kept the VM) and <machine>/vm.json (its simulated VM).
+entry went while the "cloud" kept the VM), <machine>/vm.json and a few more files of
+its simulated VM, and <storage>/vms/<NAME>/ (the VM's "disk": its engine's data; a
+real machine dir holds no sockets or device files, so neither does the double's).
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ def locked(path: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def vm_disk(mdir: str) -> str:
+    """<storage>/vms/<NAME> for the machine dir <storage>/machines/<NAME>."""
+    return os.path.join(os.path.dirname(os.path.dirname(mdir)), "vms", os.path.basename(mdir))
 
 
 # --- machine entries -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 
 from .common import DOCKERD, SSHD
 from .netns import descendants, kill_until_gone, process_table
-from .store import write_atomic
+from .store import vm_disk, write_atomic
 
 # A fresh VM's own /tmp, /run, job dirs and (empty) root home: nothing of the host's
 # or another VM's files, and no host shell start-up files run on each SSH session.
@@ -50,7 +50,7 @@ def private_mounts(mdir: str) -> None:
 
     # The store may live under /tmp, the interpreter under /root (pyenv): bind them back.
     keep = {}
-    for path in (mdir, sys.base_prefix, sys.prefix):
+    for path in (mdir, vm_disk(mdir), sys.base_prefix, sys.prefix):
         with contextlib.suppress(OSError):
             fd = os.open(path, os.O_PATH | os.O_DIRECTORY)
             keep[path] = (fd, os.fstat(fd))
