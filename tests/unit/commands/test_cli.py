@@ -150,3 +150,20 @@ def test_a_runner_stage_with_a_closed_stdout_is_a_system_failure(tmp_path: Path)
 def test_a_broken_pipe_that_is_not_stdout_is_not_hidden() -> None:
     with pytest.raises(BrokenPipeError), closed_stdout_ends_quietly():
         raise BrokenPipeError("a program we ran closed its stdin")
+
+
+def test_every_command_a_hint_names_exists() -> None:
+    """Hints tell admins what to type: `gitlab-machine-driver job env` (gone) must not appear."""
+    import re
+
+    commands = {name for name, _ in subparsers(parser())}
+    with_actions = {name.split()[0] for name in commands if " " in name}
+    named = set()
+    for source in [*(ROOT / "driver").rglob("*.py"), *(ROOT / "driver").rglob("*.toml")]:
+        text = source.read_text()
+        for first, second in re.findall(
+            r"[`(]gitlab-machine-driver ([a-z-]+)(?: ([a-z-]+))?", text
+        ):
+            named.add(f"{first} {second}" if first in with_actions and second else first)
+    assert named - commands == set()
+    assert "job init" in named  # the hint for a stage run by hand without a job
