@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import structlog
+
 from driver import log, metrics, provision, ssh
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
@@ -328,7 +330,11 @@ class Sweep:
         name, state = facts.name, self.state
         clean = True
         if facts.has_entry or self.dm.exists(name):
-            clean = provision.destroy(self.dm, name, self.settings, progress, quiet_if_missing=True)
+            # The removal's own log lines (machine_removed, ...) name the job too.
+            with structlog.contextvars.bound_contextvars(job_id=facts.job_id, machine=name):
+                clean = provision.destroy(
+                    self.dm, name, self.settings, progress, quiet_if_missing=True
+                )
         for job_id in state.jobs_using(name):
             job_dir = state.job(job_id)
             ssh.stop_master(job_dir)

@@ -131,6 +131,11 @@ def test_a_failed_jobs_machine_is_kept_for_inspection_then_swept(env: Env) -> No
     swept = env.driver("sweep")
     assert "kept for inspection, and its time is up" in swept.stdout
     env.assert_nothing_left()
+    # Every sweeper line about the machine names its job, the removal's own lines too.
+    logged = [json.loads(line) for line in (env.state_dir / "driver.log").read_text().splitlines()]
+    sweeps = [e for e in logged if e.get("stage") == "sweep" and e.get("machine") == machine]
+    assert {e["event"] for e in sweeps} >= {"sweep_verdict", "machine_removed"}
+    assert all(e.get("job_id") == job.id for e in sweeps), sweeps
 
 
 def test_a_succeeding_job_is_never_kept(env: Env) -> None:
