@@ -42,7 +42,6 @@ says, for the jobs of the soak's own runner; --no-measure skips it.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import statistics
@@ -60,6 +59,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from soak_leaks import Leaks, find_leaks  # noqa: E402
 from soak_measure import WRAPPER, measured_runner, read_usage, usage_table  # noqa: E402
 from soak_reclaim import (  # noqa: E402
     RUNNER_GONE,
@@ -95,7 +95,6 @@ FAIL_CODES = [c for c in range(1, 255) if c not in (BUILD_FAILURE, SYSTEM_FAILUR
 # shows `$((6*7))`, so only the running script's output matches.
 STARTED_MARK = "SOAK-BUILD-42"
 DESCRIBE_CHARS = 1500
-SETTLE_SECONDS = 15.0
 POOL_FILL_SECONDS = 240.0  # the pool's machines are ready before the first job
 RECLAIM_WAIT = 90.0  # after the last job, for the timer to reclaim dead runners' machines
 
@@ -136,34 +135,6 @@ class Outcome:
                 return "prepare failed"
             return "reclaimed" if self.reclaim else "not reclaimed"
         return self.result.outcome if self.result else "crash"
-
-
-@dataclass
-class Leaks:
-    machines: list[str] = field(default_factory=list)
-    job_dirs: list[str] = field(default_factory=list)
-    vm_pids: list[int] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
-    driver_processes: list[str] = field(default_factory=list)
-    runner_temp: list[str] = field(default_factory=list)
-    pool_records: list[str] = field(default_factory=list)
-    tombstones: list[str] = field(default_factory=list)
-
-    def rows(self) -> list[tuple[str, list[Any]]]:
-        return [
-            ("machines leaked", self.machines),
-            ("job state dirs left", self.job_dirs),
-            ("VM processes leaked", self.vm_pids),
-            ("namespaces leaked", self.namespaces),
-            ("driver processes leaked", self.driver_processes),
-            ("runner temp dirs left", self.runner_temp),
-            ("pool records left", self.pool_records),
-            ("tombstones left", self.tombstones),
-        ]
-
-    @property
-    def total(self) -> int:
-        return sum(len(items) for _, items in self.rows())
 
 
 # ------------------------------------------------------------------ the jobs
@@ -317,7 +288,7 @@ def judge(outcome: Outcome) -> str | None:
     return None
 
 
-# ------------------------------------------------------------- measurements
+# -------------------------------------------------------------------- notes
 
 
 def notes(outcomes: list[Outcome]) -> dict[str, int]:
@@ -334,60 +305,11 @@ def notes(outcomes: list[Outcome]) -> dict[str, int]:
         "jobs whose log shows a driver internal error": sum(
             "internal error" in r.job_log + r.runner_log for r in results
         ),
-        "lost_vm jobs not saying 'lost the connection'": sum(
-            "lost the connection to machine" not in r.job_log for r in lost
-        ),
+        "lost_vm jobs not saying 'lost the connection'": sum(LOST not in r.job_log for r in lost),
     }
 
 
 # -------------------------------------------------------------------- leaks
-
-
-def world_processes(world: Env, exclude: set[int]) -> list[str]:
-    """Processes naming this world on their command line, or `-m driver` ones with it in
-    their environment (the VM processes of `exclude` and this process aside)."""
-    mark = str(world.base)
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in exclude or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        text = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
-        ours = mark in text
-        if not ours and "-m driver" in text:
-            try:
-                ours = mark.encode() in Path(f"/proc/{entry}/environ").read_bytes()
-            except OSError:
-                ours = False
-        if ours:
-            found.append(f"{entry} {text[:160]}")
-    return found
-
-
-def find_leaks(world: Env) -> Leaks:
-    storage = str(world.storage)
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while time.monotonic() < deadline:
-        vm_pids = double.storage_pids(storage)
-        if not vm_pids and not world_processes(world, set()):
-            break
-        time.sleep(0.5)
-    vm_pids = double.storage_pids(storage)
-    temp = sorted(p.name for p in world.runner_temp.iterdir()) if world.runner_temp.exists() else []
-    state = StateDir(world.state_dir)
-    return Leaks(
-        machines=world.machines(),
-        job_dirs=world.job_dirs(),
-        vm_pids=vm_pids,
-        namespaces=double.leftover_namespaces(storage),
-        driver_processes=world_processes(world, set(vm_pids)),
-        runner_temp=temp,
-        pool_records=state.pool_names(),
-        tombstones=state.tombstones(),
-    )
 
 
 def remove_dead_runners_temp_dirs(outcomes: list[Outcome]) -> None:
@@ -402,19 +324,20 @@ def remove_dead_runners_temp_dirs(outcomes: list[Outcome]) -> None:
 
 
 def live_jobs_hit(
-    outcomes: list[Outcome], removed: list[Removal], uncertain: list[str]
+    outcomes: list[Outcome], removed: list[Removal], uncertain: list[str], start: float
 ) -> dict[int, list[str]]:
     """Jobs whose machine (or state) a sweep removed while they were live, and jobs that
     ended in a system failure they were not planned to: job id -> what happened.
-    Removals that may have come just after a job's life are added to `uncertain`."""
+    Removals that may have come just after a job's life are added to `uncertain`.
+    Times are shown in seconds since `start`."""
     hit: dict[int, list[str]] = {}
     owned = [o for outcome in outcomes for o in outcome.owned]
     for removal, owner, certain in harm(removed, owned):
         what = (
             f"{owner.kind} job {owner.job_id}, prepare attempt {owner.attempt}: {removal.what} "
             f"{'removed' if removal.rm else 'forgotten (no rm)'} by a {removal.by} sweep "
-            f"({removal.reason}) within {removal.start:.2f}..{removal.end:.2f} s; the job was "
-            f"live {owner.start:.2f}..{owner.end:.2f} s"
+            f"({removal.reason}) within {removal.start - start:.2f}..{removal.end - start:.2f} "
+            f"s; the job was live {owner.start - start:.2f}..{owner.end - start:.2f} s"
         )
         if certain:
             hit.setdefault(owner.job_id, []).append(what)
@@ -425,12 +348,13 @@ def live_jobs_hit(
         if result is None:
             continue
         planned = o.plan.kind == "lost_vm" and o.vm_killed
+        job = f"{o.plan.kind} job {o.plan.job.id}"
         if result.outcome == "system_failure" and not planned:
             hit.setdefault(o.plan.job.id, []).append(
-                f"{o.plan.kind} job ended in a system failure: {result.failure_message}"
+                f"{job} ended in a system failure: {result.failure_message}"
             )
         elif o.plan.kind != "lost_vm" and LOST in result.job_log:
-            hit.setdefault(o.plan.job.id, []).append(f"{o.plan.kind} job's log says '{LOST}'")
+            hit.setdefault(o.plan.job.id, []).append(f"{job}'s log says '{LOST}'")
     return hit
 
 
@@ -503,6 +427,18 @@ def main() -> int:
         "--sweep-every", type=float, default=3.0, help="seconds between sweeps' starts"
     )
     parser.add_argument("--pool", type=int, default=4, help="idle machines kept (0: no pool)")
+    parser.add_argument(
+        "--sweeper-max-age",
+        type=float,
+        help="[sweeper] max_age: a few seconds make the sweeper remove live jobs' machines "
+        "(age is proof by design), to see the figure count them",
+    )
+    parser.add_argument(
+        "--sweep-log",
+        type=Path,
+        help="write every sweep's output here, each line with its second of the soak, and "
+        "every job's live windows",
+    )
     parser.add_argument("--no-measure", action="store_true", help="no rusage wrapper")
     args = parser.parse_args()
     if args.concurrency < 1 or args.jobs < 1:
@@ -512,7 +448,8 @@ def main() -> int:
 
     rng = random.Random(args.seed)
     plans = make_plans(args.jobs, args.mix, rng, args.job_timeout)
-    world = new_world(run={"kill_grace": 2}, ssh={"keepalive_interval": 2})
+    sweeper = {} if args.sweeper_max_age is None else {"max_age": args.sweeper_max_age}
+    world = new_world(run={"kill_grace": 2}, ssh={"keepalive_interval": 2}, sweeper=sweeper)
     reclaiming = Reclaiming(SweepTimer(world, args.sweep_every), None)
     try:
         usage_file = world.base / "usage.jsonl"
@@ -558,7 +495,9 @@ def main() -> int:
             if o.dead is not None:
                 o.reclaim = reclaimed(o.dead, soak.prefix, reclaiming.removed)
                 o.wrong = judge(o)
-        reclaiming.hit = live_jobs_hit(outcomes, reclaiming.removed, reclaiming.uncertain)
+        reclaiming.hit = live_jobs_hit(outcomes, reclaiming.removed, reclaiming.uncertain, start)
+        if args.sweep_log:
+            write_sweep_log(args.sweep_log, start, outcomes, reclaiming)
         usage = read_usage(usage_file)
         report(args, outcomes, leaks, usage, wall, reclaiming)
         wrong = [o for o in outcomes if o.wrong]
@@ -663,6 +602,27 @@ def report(
         print(line)
     stages = Counter(u["stage"] for u in usage if u["kind"] == "run")
     print(f"run calls by stage: {', '.join(f'{s} {n}' for s, n in sorted(stages.items()))}")
+
+
+def write_sweep_log(
+    path: Path, start: float, outcomes: list[Outcome], reclaiming: Reclaiming
+) -> None:
+    """For reading an interleaving afterwards: times are seconds since the first job."""
+    lines = []
+    for run in reclaiming.timer.runs:
+        lines.append(f"{run.started - start:9.2f} --- {run.by} sweep (exit {run.exit_code})")
+        lines += [f"{at - start:9.2f} {line}" for at, line in run.lines]
+    if reclaiming.pool is not None:
+        lines.append("--- the pool service")
+        lines += [f"{at - start:9.2f} {line}" for at, line in reclaiming.pool.lines]
+    lines.append("--- live windows: job kind attempt machines")
+    owned = sorted((o for outcome in outcomes for o in outcome.owned), key=lambda o: o.start)
+    for o in owned:
+        lines.append(
+            f"{o.start - start:9.2f} {o.end - start:9.2f} {o.job_id} {o.kind} {o.attempt} "
+            + " ".join(sorted(o.machines))
+        )
+    path.write_text("\n".join(lines) + "\n")
 
 
 def report_reclaiming(outcomes: list[Outcome], reclaiming: Reclaiming) -> None:

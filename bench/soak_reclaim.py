@@ -60,8 +60,9 @@ POOL_MACHINE = re.compile(
 RUNNER_GONE = "the runner process that owned its job is gone"
 SWEEP_TIMEOUT = 180.0
 RUNNER_REPORT_TIMEOUT = 300.0
-# Timer.seconds is rounded to 0.01 s; this covers it and the reading thread's delay.
-SLACK = 0.1
+# Timer.seconds is rounded to 0.01 s. A line is stamped when read, a moment after it was
+# printed: that places a removal later than it was by that moment, never earlier.
+SLACK = 0.02
 
 
 # ------------------------------------------------------------------ ownership
@@ -142,11 +143,12 @@ def removals(lines: list[tuple[float, str]], started: float, by: str) -> list[Re
     removed: dict[str, float] = {}  # machine -> when its `rm` may have started
     for at, line in lines:
         rm = REMOVED.search(line)
-        if rm:
-            removed[rm.group("machine")] = at - float(rm.group("seconds")) - SLACK
+        if rm:  # an earlier, failed attempt stays the earliest moment
+            began = at - float(rm.group("seconds")) - SLACK
+            removed[rm.group("machine")] = min(began, removed.get(rm.group("machine"), began))
         failed = RM_FAILED.search(line)
-        if failed:
-            removed.setdefault(failed.group("machine") or failed.group("m"), 0.0)
+        if failed:  # attempts of unknown length: from the previous verdict on
+            removed[failed.group("machine") or failed.group("m")] = 0.0
         verdict = REMOVING.search(line)
         if verdict:
             machine = verdict.group("machine")
@@ -377,7 +379,7 @@ class DeadRunner:
     records: list[tuple[str, int, float, str]] = field(default_factory=list)
     began: float = 0.0
     prepared: float = 0.0  # when its prepare_only returned
-    killed_at: float = math.inf  # when it was certainly gone
+    killed_at: float = math.inf  # when SIGKILL was sent: nothing proves it dead before
 
     @property
     def seconds(self) -> float:
@@ -394,13 +396,16 @@ def _pid_is(pid: int, mark: str) -> bool:
         return False
 
 
-def _kill(pid: int, mark: str) -> None:
-    """SIGKILL the runner and wait until it is gone (init reaps it: it is orphaned)."""
+def _kill(pid: int, mark: str) -> float:
+    """SIGKILL the runner and wait until it is gone (init reaps it: it is orphaned);
+    when the signal was sent."""
+    sent = time.monotonic()
     if _pid_is(pid, mark):
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while _pid_is(pid, mark) and time.monotonic() < deadline:
         time.sleep(0.05)
+    return sent
 
 
 def run_dead_runner(world: Env, job_id: int) -> DeadRunner:
@@ -434,9 +439,7 @@ def run_dead_runner(world: Env, job_id: int) -> DeadRunner:
         dead.job_log = data["job_log"]
         dead.records = [(k, int(a), float(s), o) for k, a, s, o in data["records"]]
         dead.prepared = float(data["ended"])
-    if dead.pid:
-        _kill(dead.pid, str(report))
-    dead.killed_at = time.monotonic()
+    dead.killed_at = _kill(dead.pid, str(report)) if dead.pid else time.monotonic()
     return dead
 
 
