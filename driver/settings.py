@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -262,9 +262,16 @@ class PoolSettings(Section):
     registry_password_file: Path | None = None
     metrics_address: str = ""  # "127.0.0.1:9402" serves Prometheus metrics; "" does not
     autoscaling: list[PeriodSettings] = []
+    # "idle_count": docker+machine's model above. "demand": keep ready about the jobs
+    # expected within one create time, sized so that hit_rate_target of jobs find one.
+    policy: Literal["idle_count", "demand"] = "idle_count"
+    hit_rate_target: Annotated[float, Field(ge=0.5, le=0.999)] = 0.95
+    demand_window: Seconds = 1800.0  # memory of the arrival-rate estimate
 
     @property
     def enabled(self) -> bool:
+        if self.policy == "demand":
+            return True
         return self.idle_count > 0 or any(p.idle_count for p in self.autoscaling)
 
 

@@ -6,7 +6,9 @@ matches the time, scaled by IdleScaleFactor when that is set.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -31,12 +33,10 @@ class Target:
 
 def current_target(pool: PoolSettings, now: datetime) -> Target:
     """The base settings, overridden by the last autoscaling period that matches now."""
-    from croniter import croniter
-
     target = Target(pool.idle_count, pool.idle_count_min, pool.idle_scale_factor, pool.idle_time)
     for period in pool.autoscaling:
         local = now.astimezone(ZoneInfo(period.timezone)).replace(tzinfo=None)
-        if any(croniter.match(cron_fields(p), local) for p in period.periods):
+        if any(cron_matcher(p)(local) for p in period.periods):
             target = Target(
                 period.idle_count if period.idle_count is not None else target.idle_count,
                 period.idle_count_min
@@ -48,3 +48,34 @@ def current_target(pool: PoolSettings, now: datetime) -> Target:
                 period.idle_time if period.idle_time is not None else target.idle_time,
             )
     return target
+
+
+@functools.cache
+def cron_matcher(period: str) -> Callable[[datetime], bool]:
+    """Whether a local time falls in `period`, read once: croniter.match parses the
+    expression on every call, too slow for a replay that asks each minute of a week."""
+    from croniter import croniter
+
+    five = cron_fields(period)
+    cron = croniter(five)
+    if any(c in five for c in "LW#?") or cron.nth_weekday_of_month:
+        return functools.partial(croniter.match, five)  # rare forms: croniter itself
+    minutes, hours, days, months, weekdays = (
+        None if field == ["*"] else frozenset(int(value) for value in field)
+        for field in cron.expanded
+    )
+
+    def match(local: datetime) -> bool:
+        if minutes is not None and local.minute not in minutes:
+            return False
+        if hours is not None and local.hour not in hours:
+            return False
+        if months is not None and local.month not in months:
+            return False
+        day = days is None or local.day in days
+        weekday = weekdays is None or (local.weekday() + 1) % 7 in weekdays  # cron: 0 = Sunday
+        if days is not None and weekdays is not None:
+            return day or weekday  # cron's rule when both are restricted
+        return day and weekday
+
+    return match

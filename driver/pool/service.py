@@ -10,7 +10,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 
 import structlog
 
@@ -18,9 +17,9 @@ from driver import limits, log, metrics, provision, ssh
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.image.config import pool_images
-from driver.pool.schedule import current_target
+from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.settings import PoolSettings, Settings
-from driver.state import Lock, PoolPhase, PoolRecord, StateDir, write_private
+from driver.state import JobPhase, Lock, PoolPhase, PoolRecord, StateDir, pid_alive, write_private
 
 
 def pool_name(settings: Settings) -> str:
@@ -41,6 +40,17 @@ class PoolService:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.last_health = 0.0
+        # The control loop's decisions (driver.pool.control), on the real clock.
+        self.controller = PoolController(
+            settings.pool,
+            settings.limits,
+            clock=time.time,
+            create=self._start_create,
+            remove=self._start_remove,
+            policy=make_policy(settings.pool, *_measured_create_seconds(settings)),
+        )
+        self.claims_seen: tuple[float, float] | None = None  # the hit and miss counters
+        self.create_measured: set[str] = set()  # ready machines whose create time was taken
 
     # --- lifecycle
 
@@ -110,40 +120,76 @@ class PoolService:
     # --- the loop
 
     def tick(self, now: float) -> None:
-        target = current_target(self.settings.pool, datetime.fromtimestamp(now).astimezone())
-        in_use = self.in_use()
-        wanted = target.idle_wanted(in_use)
-        ready = self.state.ready()
-        with self.lock:
-            creating = len(self.creating)
-        missing = wanted - len(ready) - creating
-        growth = self.settings.pool.max_growth_rate
-        if growth:
-            missing = min(missing, growth - creating)
-        free = limits.free_slots(self.state, self.settings.limits)
-        if free is not None:  # the host-wide cap holds for the pool too (checked again per create)
-            missing = min(missing, free)
-        for _ in range(max(0, missing)):
-            self._start(self._create_one)
-        # Idle machines beyond the target go once they idled past idle_time.
-        excess = len(ready) - wanted
-        for name in ready:
-            if excess <= 0:
-                break
-            machine = self.state.load_pool(name)
-            if machine and now - machine.ready_at > target.idle_time and self.state.withdraw(name):
-                self._start(functools.partial(self._remove, name, "idle past idle_time"))
-                excess -= 1
+        observation, in_use = self.observe()
+        decision = self.controller.step(observation)
         if now - self.last_health >= self.settings.pool.health_interval:
             self.last_health = now
             for name in self.state.ready():
                 machine = self.state.load_pool(name)
                 if machine and not self._healthy(machine) and self.state.withdraw(name):
                     self._start(functools.partial(self._remove, name, "failed its health check"))
-        self.write_status(wanted, in_use)
+        self.write_status(decision.wanted, in_use)
 
-    def in_use(self) -> int:
-        return len(self.state.job_records())
+    def observe(self) -> tuple[Observation, int]:
+        """What the controller needs from the state dir now; and the machines in use."""
+        ready: list[ReadyMachine] = []
+        created: list[float] = []
+        for name in self.state.ready():  # the longest idle first
+            record = self.state.load_pool(name)
+            if record is None:
+                continue
+            ready.append(ReadyMachine(name, record.ready_at))
+            if name not in self.create_measured and 0 < record.created < record.ready_at:
+                created.append(record.ready_at - record.created)
+                self.create_measured.add(name)
+        self.create_measured &= {m.name for m in ready}
+        records = self.state.job_records()
+        waiting = len(self.state.job_ids()) - len(records)  # prepares without a machine yet
+        job_creates = sum(
+            1
+            for r in records.values()
+            if r is not None and r.phase == JobPhase.CREATING and pid_alive(r.prepare_pid)
+        )
+        hits, misses = self._claims_since_last()
+        with self.lock:
+            creating = len(self.creating)
+        observation = Observation(
+            ready=ready,
+            creating=creating,
+            in_use=len(records),
+            hits=hits,
+            misses=misses,
+            create_seconds=created,
+            machines=self.state.machines_owned()[0],
+            job_creates=job_creates,
+            waiting=max(0, waiting),
+        )
+        return observation, len(records)
+
+    def _claims_since_last(self) -> tuple[int, int]:
+        """Prepares that took a pool machine, and that found none, since the last tick."""
+        counters = metrics.load(self.settings.state_dir)["counters"]
+        now = (
+            float(counters.get(metrics.POOL_CLAIMS.key({"result": "hit"}), 0)),
+            float(counters.get(metrics.POOL_CLAIMS.key({"result": "miss"}), 0)),
+        )
+        before, self.claims_seen = self.claims_seen, now
+        if before is None:
+            return 0, 0  # the first tick: what came before is history
+
+        def grown(value: float, was: float) -> int:
+            # A counter that went down was reset (the metrics file was lost): count from 0.
+            return int(value - was) if value >= was else int(value)
+
+        return grown(now[0], before[0]), grown(now[1], before[1])
+
+    def _start_create(self) -> bool:
+        self._start(self._create_one)  # it takes its slot under the capacity lock itself
+        return True
+
+    def _start_remove(self, name: str, why: str) -> None:
+        if self.state.withdraw(name):  # False: a job claimed it meanwhile
+            self._start(functools.partial(self._remove, name, why))
 
     def _start(self, work: Callable[[], None]) -> None:
         threading.Thread(target=work, daemon=True).start()
@@ -269,3 +315,14 @@ def _registry_auth(pool: PoolSettings) -> dict[str, str] | None:
         return None
     password = pool.registry_password_file.read_text().strip()
     return {"username": pool.registry_username, "password": password}
+
+
+def _measured_create_seconds(settings: Settings) -> tuple[float, ...]:
+    """The mean create time the metrics have seen on this host, if any: the demand
+    policy's first guess until the pool has measured creates of its own."""
+    histogram = metrics.load(settings.state_dir)["histograms"].get(
+        metrics.MACHINE_CREATE_SECONDS.key(None)
+    )
+    if not histogram or not histogram["count"]:
+        return ()
+    return (float(histogram["sum"]) / float(histogram["count"]),)
