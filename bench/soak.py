@@ -63,12 +63,14 @@ from soak_leaks import Leaks, find_leaks  # noqa: E402
 from soak_measure import WRAPPER, measured_runner, read_usage, usage_table  # noqa: E402
 from soak_reclaim import (  # noqa: E402
     RUNNER_GONE,
+    VERDICT,
     DeadRunner,
     Ownership,
     Removal,
     SweepTimer,
     WarmPool,
     harm,
+    live_verdicts,
     ownerships,
     reclaimed,
     run_dead_runner,
@@ -641,6 +643,13 @@ def report_reclaiming(outcomes: list[Outcome], reclaiming: Reclaiming) -> None:
         if "internal error" in run.text:
             at = run.text.index("internal error")
             print(f"    {run.by} sweep: ...{run.text[max(0, at - 300) : at + 1200]}")
+    owned = [o for outcome in outcomes for o in outcome.owned]
+    verdicts = sum(bool(VERDICT.search(line)) for run in timer.runs for _, line in run.lines)
+    live = live_verdicts(timer.runs, owned)
+    print(
+        f"sweep verdicts: {verdicts}, of which {sum(live.values())} on a live job's machine "
+        f"(at the verdict line): " + ", ".join(f"{verb} {n}" for verb, n in sorted(live.items()))
+    )
     reasons = Counter(f"{r.reason} ({r.by})" for r in reclaiming.removed)
     print(f"sweep removals: {len(reclaiming.removed)}")
     for reason, n in sorted(reasons.items(), key=lambda item: -item[1]):

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ REMOVING = re.compile(r"\] (?P<machine>\S+): removing \((?P<reason>.*)\)$")
 JOB_DIR_REMOVING = re.compile(
     r"\] job state \S*/jobs/(?P<job>[0-9]+): removing \((?P<reason>.*)\)$"
 )
-VERDICT = re.compile(r"\] (\S+|job state \S+): (removing|keeping|would remove) \(")
+VERDICT = re.compile(r"\] (?P<what>\S+|job state \S+): (?P<verb>removing|keeping|would remove) \(")
 REMOVED = re.compile(r"Removed machine (?P<machine>\S+) in (?P<seconds>[0-9.]+)s")
 # A removal of an existing machine that docker-machine refused (then forced).
 RM_FAILED = re.compile(r"Removing (?P<machine>\S+) failed \(attempt|machine (?P<m>\S+) could not")
@@ -163,6 +164,22 @@ def removals(lines: list[tuple[float, str]], started: float, by: str) -> list[Re
         if VERDICT.search(line):
             last_verdict = at
     return found
+
+
+def live_verdicts(runs: list[SweepRun], owned: list[Ownership]) -> Counter[str]:
+    """How often a sweep judged a machine while a job owning it was live, by verdict:
+    how much of the sweeper's work the soak put to the test."""
+    by_machine: dict[str, list[Ownership]] = {}
+    for o in owned:
+        for machine in o.machines:
+            by_machine.setdefault(machine, []).append(o)
+    verbs: Counter[str] = Counter()
+    for run in runs:
+        for at, line in run.lines:
+            verdict = VERDICT.search(line)
+            if verdict and any(o.start < at < o.end for o in by_machine.get(verdict["what"], [])):
+                verbs[verdict["verb"]] += 1
+    return verbs
 
 
 def harm(removed: list[Removal], owned: list[Ownership]) -> list[tuple[Removal, Ownership, bool]]:
