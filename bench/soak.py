@@ -26,8 +26,9 @@ job was live (bench/soak_reclaim.py says how): "live jobs whose machine was
 removed" counts the jobs hit by a removal while live, and the jobs that ended
 in a system failure they were not planned to (a lost_vm job's is planned).
 
-After the last job the timer stops, the pool service is stopped (SIGTERM: it
-drains its idle machines), the dead runners' own temp dirs are removed (they
+After the last job, once the timer's sweeps reclaimed every dead runner's
+machine (or RECLAIM_WAIT passed), the timer stops, the pool service is stopped
+(SIGTERM: it drains its idle machines), the dead runners' own temp dirs are removed (they
 are the runners' business, not the driver's), one last sweep runs, and then
 nothing may be left: machines, job state dirs, VM processes, namespaces,
 driver processes (anything whose command line names this world, or `-m
@@ -413,8 +414,8 @@ class Reclaiming:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=96)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1)
     default_mix = "success=40,failed=20,cancelled=20,lost_vm=20,runner_dies=10"
     parser.add_argument(
