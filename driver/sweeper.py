@@ -67,7 +67,7 @@ class Facts:
     """What is known about one machine at one moment."""
 
     name: str
-    listed: str  # docker-machine ls's state, or "" (not listed: missing plugin, broken)
+    listed: str  # docker-machine ls's state (for `ls`; the sweep never asks: one API call each)
     has_entry: bool  # docker-machine's storage has it
     owner: str  # "job", "claim", "pool" or "none": which record names it
     job_id: int | None = None
@@ -116,6 +116,8 @@ def decide(f: Facts, settings: Settings) -> Verdict:
             f"claimed from the pool by job {f.job_id}, whose prepare died before taking it"
         )
     if f.owner == "none":
+        if not f.has_entry:
+            return keep("already gone")  # removed since the sweep listed it
         return remove("no record on this host names it")
     # A job's machine.
     status = f.gitlab or ""
@@ -384,8 +386,6 @@ def sweep(
         progress("another sweep is running on this state dir; nothing to do")
         return report
     try:
-        with contextlib.suppress(DriverError):  # for reports only; entries are read directly
-            pass_.listed = dm.list(name_pattern(settings))
         for name in pass_.names():
             _sweep_one(pass_, name, dry_run, progress, report)
         _sweep_job_dirs(pass_, dry_run, progress)

@@ -9,9 +9,11 @@ hooks, never by sleeps.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -175,7 +177,7 @@ class FakeMachines:
     def __init__(self, storage: Path) -> None:
         self.storage = storage
         self.removed: list[str] = []
-        self.on_list: Callable[[], None] = lambda: None
+        self.on_entries: Callable[[], None] = lambda: None
 
     def add(self, name: str) -> None:
         (self.storage / "machines" / name).mkdir(parents=True, exist_ok=True)
@@ -186,6 +188,7 @@ class FakeMachines:
     def entries(self, pattern: str) -> list[str]:
         import re
 
+        self.on_entries()
         folder = self.storage / "machines"
         names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
         return sorted(n for n in names if re.fullmatch(pattern, n))
@@ -194,7 +197,6 @@ class FakeMachines:
         return self.entry_dir(name).is_dir()
 
     def list(self, pattern: str) -> dict[str, str]:
-        self.on_list()  # the slow `ls`: other processes act meanwhile
         return {name: "Error" for name in self.entries(pattern)}
 
     def remove(self, name: str, *, force: bool, timeout: float) -> Result:
@@ -239,9 +241,28 @@ def ready_pool_machine(state: StateDir, dm: FakeMachines, name: str) -> None:
     state.mark_ready(name)
 
 
-def test_a_claim_during_the_slow_ls_is_never_destroyed(tmp_path: Path) -> None:
-    """Sweep vs claim: the machine is ready in the pool when the sweep starts; a job
-    claims it while `ls` runs; the sweeper must see the job, not "no owner"."""
+def after_the_look(monkeypatch: pytest.MonkeyPatch, name: str, action: Callable[[], None]) -> None:
+    """Run ``action`` right after the sweep's first, unlocked look at ``name``: the
+    window in which other processes change what the sweep saw."""
+    look = sweeper.Sweep.facts
+    done: list[bool] = []
+
+    def facts_then_act(self: sweeper.Sweep, machine: str, **kwargs: Any) -> sweeper.Facts:
+        seen = look(self, machine, **kwargs)
+        if machine == name and not kwargs.get("locked") and not done:
+            done.append(True)
+            action()
+        return seen
+
+    monkeypatch.setattr(sweeper.Sweep, "facts", facts_then_act)
+
+
+def test_a_claim_right_after_the_sweeps_look_is_never_destroyed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sweep vs claim: the machine is ready in the pool when the sweep looks; a job
+    claims it before the sweep acts. Ready machines are never candidates, and a
+    claim wins over a withdrawal or loses, never both."""
     settings, state, dm = world(tmp_path)
     ready_pool_machine(state, dm, "gmd-p0000abcd")
 
@@ -252,10 +273,34 @@ def test_a_claim_during_the_slow_ls_is_never_destroyed(tmp_path: Path) -> None:
         state.release_claims(42)
         state.forget_pool(taken.name)
 
-    dm.on_list = job_claims_it
+    after_the_look(monkeypatch, "gmd-p0000abcd", job_claims_it)
     said = run_sweep(settings, dm)
     assert dm.removed == [], said
     assert state.job(42).load().machine == "gmd-p0000abcd"
+
+
+def test_a_record_written_after_the_sweeps_look_saves_the_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sweep vs job create: when the sweep looks, no record names gmd-42 (a removal
+    candidate); its prepare records it before the sweep takes the locks. The
+    re-check under the job's lock sees the record and keeps the machine."""
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-42")
+    after_the_look(monkeypatch, "gmd-42", lambda: live_job(state, 42, "gmd-42"))
+    said = run_sweep(settings, dm)
+    assert dm.removed == [], said
+    assert any("gmd-42: keeping" in line for line in said), said
+
+
+def test_a_machine_removed_since_the_sweep_listed_it_is_not_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, _state, dm = world(tmp_path)
+    dm.add("gmd-43")
+    after_the_look(monkeypatch, "gmd-43", lambda: shutil.rmtree(dm.entry_dir("gmd-43")))
+    said = run_sweep(settings, dm)
+    assert "0 removed" in said[-1], said
 
 
 def test_a_claim_racing_the_removal_of_a_withdrawn_machine_gets_nothing(tmp_path: Path) -> None:
@@ -328,7 +373,7 @@ def test_two_sweeps_at_once_do_not_both_act(tmp_path: Path) -> None:
     settings, _, dm = world(tmp_path)
     dm.add("gmd-9")  # no record: proof
     inner: list[list[str]] = []
-    dm.on_list = lambda: inner.append(run_sweep(settings, FakeMachines(dm.storage)))
+    dm.on_entries = lambda: inner.append(run_sweep(settings, FakeMachines(dm.storage)))
     run_sweep(settings, dm)
     assert "another sweep is running" in inner[0][0]
     assert dm.removed == ["gmd-9"]
