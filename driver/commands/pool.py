@@ -52,7 +52,11 @@ def serve(settings: Settings) -> int:
         _sweep_once(settings)
     except DriverError as e:
         log.warn(f"pool: the start-up sweep failed, going on without it: {e}")
-    log.say(f"pool: keeping {settings.pool.idle_count} machine(s) ready (Ctrl-C or SIGTERM stops)")
+    if settings.pool.policy == "demand":
+        keeping = f"ready machines for {settings.pool.hit_rate_target:.1%} of jobs (policy demand)"
+    else:
+        keeping = f"{settings.pool.idle_count} machine(s) ready"
+    log.say(f"pool: keeping {keeping} (Ctrl-C or SIGTERM stops)")
     service.run(stop)
     log.say("pool: stopped")
     return 0
@@ -100,13 +104,15 @@ def status(settings: Settings, *, as_json: bool) -> int:
         service = json.loads(state.pool_status_file.read_text())
     except (OSError, ValueError):
         service = {}
-    target = current_target(settings.pool, datetime.now().astimezone())
+    target = current_target(settings.pool, datetime.now().astimezone()).idle_count
+    if settings.pool.policy == "demand":  # the service's own figure: it follows the jobs
+        target = int(service.get("idle_wanted", 0))
     report: dict[str, Any] = {
         "service": {
             "running": bool(service) and now - float(service.get("updated", 0)) < 30,
             **service,
         },
-        "target_idle": target.idle_count,
+        "target_idle": target,
         "counts": machine_counts(state),
         "machines": machines,
     }
@@ -117,7 +123,7 @@ def status(settings: Settings, *, as_json: bool) -> int:
     print(f"service: {'running, pid ' + str(service.get('pid')) if running else 'not running'}")
     counts = report["counts"]
     print("machines: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    print(f"target idle now: {target.idle_count}")
+    print(f"target idle now: {target}")
     for m in machines:
         idle = f", idle {m['idle_seconds']}s" if m["idle_seconds"] is not None else ""
         print(f"  {m['name']}  {m['state']}  age {m['age_seconds']}s{idle}")

@@ -175,3 +175,36 @@ def test_the_replay_and_the_service_agree_on_which_jobs_find_a_machine(env: Env)
     assert abs(real_hits - simulated_hits) <= TOLERANCE, (real, simulated)
     assert disagreements <= TOLERANCE, (real, simulated)
     env.assert_nothing_left()
+
+
+def test_the_demand_policy_grows_the_pool_from_the_jobs_it_sees(env: Env) -> None:
+    env.configure(pool={"policy": "demand", "idle_count": 0, "demand_window": 600})
+    service = subprocess.Popen(
+        [*driver_argv(), "--config", str(env.config_path), "pool", "run"],
+        env=env.process_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(3)
+        assert idle(env) == 0  # no job seen yet: nothing to be ready for
+        threads = [
+            threading.Thread(target=lambda: env.run_job(Job(script=["true"])), daemon=True)
+            for _ in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        # A fan-out of three came: the pool now keeps machines ready for the next one.
+        wait_idle(env, 1, timeout=120)
+        status = json.loads(env.driver("pool", "status", "--json").stdout)
+        assert status["target_idle"] >= 1
+        assert status["service"]["idle_wanted"] >= 1
+    finally:
+        service.send_signal(signal.SIGTERM)
+        out, _ = service.communicate(timeout=180)
+    assert "keeping ready machines for 95.0% of jobs (policy demand)" in out, out
+    assert "pool: stopped" in out, out
+    env.assert_nothing_left()
