@@ -12,7 +12,7 @@ import time
 from typing import NamedTuple
 
 from .common import MachineError, info
-from .store import Store, settings, write_plain
+from .store import Store, locked, settings, write_plain
 
 # Go makes an RSA-2048 key for the CA and for the client certificate: ~0.3 s on average,
 # with a long tail. How long each one takes decides which of several concurrent first
@@ -68,25 +68,31 @@ def bootstrap_certs(store: Store) -> None:
     make a CA and write it; each then loads whichever CA is on disk (usually its own)
     to sign its client certificate. The CA written last and the client certificate
     written last rarely belong together, every create exits 0, and nothing says so.
+    (Go looks at or writes a pair of files microseconds apart; the double, slower and
+    often preempted, does each such step under `paired` so that it never tears a pair.)
     """
     os.makedirs(store.certs, mode=0o700, exist_ok=True)
     ca, ca_key = store.cert("ca.pem"), store.cert("ca-key.pem")
     client_cert, client_key = store.cert("cert.pem"), store.cert("key.pem")
     try:
-        if not os.path.exists(ca):
+        with paired(store):
+            make_ca, ca_key_exists = not os.path.exists(ca), os.path.exists(ca_key)
+        if make_ca:
             info(f"Creating CA: {ca}")
-            if os.path.exists(ca_key):
+            if ca_key_exists:
                 raise CertError("certificate authority key already exists")
             try:
                 generate_ca(store, ca, ca_key)
             except CertError as exc:
                 raise CertError(f"Generating CA certificate failed: {exc}") from None
-        if not os.path.exists(client_cert):
+        with paired(store):
+            make_client, key_exists = not os.path.exists(client_cert), os.path.exists(client_key)
+        if make_client:
             info(f"Creating client certificate: {client_cert}")
-            if os.path.exists(client_key):
+            if key_exists:
                 raise CertError("client key already exists")
             try:
-                authority = load_ca(ca, ca_key)  # GenerateCert loads the CA first...
+                authority = load_ca(store, ca, ca_key)  # GenerateCert loads the CA first...
                 keygen_pause(store)  # ...then makes the key
                 key = new_key()
                 cert = sign(
@@ -94,8 +100,9 @@ def bootstrap_certs(store: Store) -> None:
                 )
             except CertError as exc:
                 raise CertError(f"Generating client certificate failed: {exc}") from None
-            write_plain(client_cert, cert, 0o644)
-            write_plain(client_key, key, 0o600)
+            with paired(store):
+                write_plain(client_cert, cert, 0o644)
+                write_plain(client_key, key, 0o600)
     except CertError as exc:
         raise MachineError(f"Error generating certificates: {exc}") from None
 
@@ -110,8 +117,14 @@ def generate_ca(store: Store, cert_path: str, key_path: str) -> None:
          "-days", "1080", "-addext", usage],
         key,
     )  # fmt: skip
-    write_plain(cert_path, cert, 0o644)
-    write_plain(key_path, key, 0o600)
+    with paired(store):
+        write_plain(cert_path, cert, 0o644)
+        write_plain(key_path, key, 0o600)
+
+
+def paired(store: Store) -> contextlib.AbstractContextManager[None]:
+    """One look at, or one write of, a certificate and its key (see bootstrap_certs)."""
+    return locked(store.path("double.lock"))
 
 
 class Authority(NamedTuple):
@@ -121,17 +134,18 @@ class Authority(NamedTuple):
     key: bytes
 
 
-def load_ca(cert_path: str, key_path: str) -> Authority:
+def load_ca(store: Store, cert_path: str, key_path: str) -> Authority:
     loaded = []
-    for path, what in ((cert_path, "certificate"), (key_path, "key")):
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise CertError(f"open {path}: no such file or directory") from None
+    with paired(store):
+        for path in (cert_path, key_path):
+            try:
+                with open(path, "rb") as f:
+                    loaded.append(f.read())
+            except FileNotFoundError:
+                raise CertError(f"open {path}: no such file or directory") from None
+    for data, what in zip(loaded, ("certificate", "key"), strict=True):
         if b"-----BEGIN" not in data:
             raise CertError(f"tls: failed to find any PEM data in {what} input")
-        loaded.append(data)
     return Authority(*loaded)
 
 
@@ -174,7 +188,7 @@ def provision_certs(store: Store, name: str, ip: str, sans: list[str]) -> None:
         "basicConstraints=critical,CA:FALSE",
     ]
     try:
-        authority = load_ca(store.cert("ca.pem"), store.cert("ca-key.pem"))
+        authority = load_ca(store, store.cert("ca.pem"), store.cert("ca-key.pem"))
         key = new_key()
         cert = sign(authority, key, f"{username()}.{name}", extensions)
     except CertError as exc:
