@@ -71,6 +71,22 @@ def test_vms_have_private_dirs_and_own_addresses(fast: Machine) -> None:
 
 @root_only
 @needs_dockerd
+def test_the_engine_does_not_inherit_the_creators_environment(
+    machine: Machine, tmp_path: Path
+) -> None:
+    """A real VM's services never see the environment of whoever ran `create` (a
+    runner's TMPDIR, say, which is gone once its job ends)."""
+    creator = {**os.environ, "TMPDIR": str(tmp_path), "GMD_CREATOR_ONLY": "1"}
+    machine.ok("create", "-d", "local", "vm", env=creator)
+    pid = Path(machine.storage, "vms", "vm", "docker", "pid").read_text().strip()
+    names = {v.split(b"=")[0] for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")}
+    assert b"PATH" in names
+    assert b"GMD_CREATOR_ONLY" not in names and b"TMPDIR" not in names
+    machine.ok("rm", "-y", "vm")
+
+
+@root_only
+@needs_dockerd
 def test_engine_answers_inside_the_vm(machine: Machine) -> None:
     started = time.monotonic()
     machine.ok("create", "-d", "local", "--engine-label", "role=ci", "vm")

@@ -32,6 +32,9 @@ PRIVATE_DIRS = (
     ("/usr/local/bin", "755"),  # where the driver installs gitlab-runner: never the host's
 )
 MS_NOSUID, MS_NODEV, MS_BIND = 2, 4, 4096
+# What a VM's init hands its services: nothing of the process that created the VM (a
+# runner's TMPDIR, gone when its job ends, made the VM's dockerd fail a later exec).
+VM_ENVIRONMENT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
 def private_mounts(mdir: str) -> None:
@@ -227,6 +230,8 @@ def vm_init_main(mdir: str) -> int:
     import selectors  # noqa: F401  (imported before /tmp and /run are covered)
 
     ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    os.environ.clear()
+    os.environ.update(VM_ENVIRONMENT)
     init = VmInit(mdir)
     if init.vm["mode"] == "netns":
         private_mounts(mdir)
