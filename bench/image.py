@@ -6,7 +6,9 @@ In one run, side by side, medians of --repeat interleaved runs:
   - `run` of an empty stage in a shell-mode job and in an image-mode job (busybox image):
     the per-stage overhead of image mode (target: at most 150 ms more at the median);
   - the time from prepare's start to the first line of the user script, with a warm-pool
-    hit and the image pre-pulled ([pool] images, helper_image): target under 2.5 s.
+    hit and the image pre-pulled ([pool] images, helper_image): target under 2.5 s;
+  - the image pull time per job (a job's image not in [pool] images) without and with the
+    pool learning the images recent jobs ran ([image] pool_recent_images 0, then 3).
 Images come from a registry on a test host of the double (tests/images.py).
 """
 
@@ -27,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests import images  # noqa: E402
 from tests.runner import Job  # noqa: E402
-from tests.world import destroy_world, driver_argv, new_world  # noqa: E402
+from tests.world import Env, destroy_world, driver_argv, new_world  # noqa: E402
 
 DRIVER = [str(Path(sys.executable).parent / "gitlab-machine-driver")]
 MARK = "first-line-of-the-user-script"
@@ -39,10 +41,51 @@ def timed_run(argv: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+def start_pool(world: Env) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*driver_argv(), "--config", str(world.config_path), "pool", "run"],
+        env=world.process_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_pool(service: subprocess.Popen[bytes]) -> None:
+    service.send_signal(signal.SIGTERM)  # drain_on_stop: its machines go with it
+    try:
+        service.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.kill(service.pid, signal.SIGKILL)
+        service.wait()
+
+
+def pull_seconds(world: Env, job: Job, image: str) -> float | None:
+    """How long the job's prepare spent pulling `image`, from its log lines' arrival:
+    "Pulling docker image X" to "Using docker image <id> for X"; 0 if found locally."""
+    arrivals: list[tuple[float, str]] = []
+
+    def on_log(text: str) -> None:
+        now = time.monotonic()
+        arrivals.extend((now, line) for line in text.splitlines())
+
+    result = world.runner().new_run(job, on_log=on_log).run()
+    if result.outcome != "success" or "from the warm pool" not in result.job_log:
+        print(result.describe())
+        return None
+    began = [at for at, line in arrivals if f"Pulling docker image {image} ..." in line]
+    done = [at for at, line in arrivals if "Using docker image sha256:" in line and image in line]
+    if not began:
+        return 0.0  # "Using locally found image": the pool had pulled it
+    return done[0] - began[0]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=5, help="jobs timed to their first line")
+    parser.add_argument(
+        "--learn-jobs", type=int, default=4, help="jobs timed for pulls, without and with"
+    )
     args = parser.parse_args()
 
     registry_world = new_world()
@@ -53,7 +96,7 @@ def main() -> int:
         registry.start("u", "p", [i for i in images.test_images() if "web" not in i.name])
         busybox = f"{registry.open}/ci/busybox:1"
         world.configure(
-            machine={"engine_env": ["TMPDIR=/tmp"], "engine_insecure_registry": ["10.213.0.0/16"]},
+            machine={"engine_insecure_registry": ["10.213.0.0/16"]},
             image={
                 "mode": "container",
                 "helper_image": f"{registry.open}/ci/helper:1",
@@ -66,12 +109,7 @@ def main() -> int:
                 "images": [busybox],
             },
         )
-        service = subprocess.Popen(
-            [*driver_argv(), "--config", str(world.config_path), "pool", "run"],
-            env=world.process_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        service = start_pool(world)
 
         def wait_ready(count: int) -> None:
             deadline = time.monotonic() + 300
@@ -119,6 +157,21 @@ def main() -> int:
         shell_job.cleanup()
         image_job.cleanup()
 
+        # --- a job's image pull, without and with the pool learning recent jobs' images
+        bash = f"{registry.open}/ci/bash:1"  # not in [pool] images
+        pulls: dict[str, list[float]] = {}
+        for label, learned in (("without learning", 0), ("with learning", 3)):
+            stop_pool(service)
+            world.configure(image={"pool_recent_images": learned}, pool={"images": []})
+            service = start_pool(world)
+            pulls[label] = []
+            for _ in range(args.learn_jobs):
+                wait_ready(2)
+                seconds = pull_seconds(world, Job(image=bash, script=["true"]), bash)
+                if seconds is None:
+                    return 1
+                pulls[label].append(seconds)
+
         med = {name: statistics.median(s) * 1000 for name, s in samples.items()}
         print(f"{'run of an empty stage':<28} {'median ms':>10} {'p90 ms':>8}")
         for name, values in samples.items():
@@ -131,13 +184,14 @@ def main() -> int:
             f"max {max(firsts):5.2f} s over {len(firsts)} jobs, pool hit, image pre-pulled "
             "(target < 2.5 s)"
         )
+        for label, values in pulls.items():
+            print(
+                f"image pull per job, {label + ':':<18} median {statistics.median(values):5.2f} s "
+                f"({', '.join(f'{v:.2f}' for v in values)}) over {len(values)} jobs"
+            )
     finally:
         if service is not None:
-            service.send_signal(signal.SIGTERM)
-            try:
-                service.wait(timeout=180)
-            except subprocess.TimeoutExpired:
-                os.kill(service.pid, signal.SIGKILL)
+            stop_pool(service)
         registry.stop()
         destroy_world(world)
         destroy_world(registry_world)

@@ -462,6 +462,9 @@ class JobDir(MachineDir):
 # --- the whole dir ----------------------------------------------------------------------------
 
 
+IMAGE_USAGE_BYTES = 256 * 1024  # a few thousand jobs' image names
+
+
 class StateDir:
     """The layout of the state dir, and every read and write of its records."""
 
@@ -529,6 +532,42 @@ class StateDir:
     def pool_lock(self, name: str) -> Lock:
         """Held by the pool service while it creates the machine, and by whoever removes it."""
         return Lock(self.locks / f"pool-{name}.lock")
+
+    # --- images recent jobs used (image mode): the pool pre-pulls the most used
+
+    @property
+    def image_usage_file(self) -> Path:
+        return self.pool_root / "image-usage.jsonl"
+
+    def note_images(self, images: list[str], at: float | None = None) -> None:
+        """One line per job: when, and the images it ran. Appended by each prepare (one
+        O_APPEND write: lines never interleave); past IMAGE_USAGE_BYTES the older half
+        goes. A hint for the pool, never a reason to fail a job."""
+        line = json.dumps({"at": time.time() if at is None else at, "images": images}) + "\n"
+        with contextlib.suppress(OSError, DriverError):
+            self.pool_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.image_usage_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode())
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            if size > IMAGE_USAGE_BYTES:
+                lines = self.image_usage_file.read_text().splitlines(keepends=True)
+                write_private(self.image_usage_file, "".join(lines[len(lines) // 2 :]))
+
+    def image_usage(self) -> list[tuple[float, list[str]]]:
+        """(when, images) of each noted job, oldest first; damaged lines are skipped."""
+        try:
+            text = self.image_usage_file.read_text()
+        except OSError:
+            return []
+        usage = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                entry = json.loads(line)
+                usage.append((float(entry["at"]), [str(i) for i in entry["images"]]))
+        return usage
 
     def _marker(self, kind: str, name: str) -> Path:
         return self.pool_root / kind / name

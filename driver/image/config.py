@@ -71,6 +71,10 @@ class ImageSettings(_Section):
     # credentials, as the runner user's ~/.docker/config.json is for the docker executor.
     auth_config_file: Path | None = None
     pull_timeout: Annotated[float, Field(gt=0)] = 600.0
+    # The warm pool also pulls this many of the images recent jobs ran most (within
+    # pool_recent_window seconds) into each new machine; 0: only [pool] images and these.
+    pool_recent_images: Annotated[int, Field(ge=0)] = 3
+    pool_recent_window: Annotated[float, Field(gt=0)] = 86400.0
 
     @field_validator("volumes")
     @classmethod

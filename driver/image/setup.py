@@ -9,13 +9,16 @@ and records their names in ``<job dir>/image.json`` for ``run``.
 The build and helper containers run a "keeper": the image's ENTRYPOINT (or
 the job's ``entrypoint:``) with ``sh -c <keeper>`` as its arguments, as the
 docker executor passes ``sh -c <detect shell>``; the keeper prints its PID and
-waits on the container's open stdin. Each stage is then one ``docker exec``
-into the running container (see driver/stages/run.py), and a cancel stops
-every process in the container but PID 1 and the keeper.
+waits for stages on a FIFO in its channel dir, a VM dir bound into the container
+(driver/image/stage.py). Each stage's pipes are FIFOs there too (made by the
+VM-side wrapper in driver/stages/run.py): no ``docker exec`` per stage, which
+would cost more than the rest of the stage. A cancel stops every process in the
+container but PID 1 and the keeper.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,29 +34,60 @@ from driver.image import aliases, auth, policy
 from driver.image.config import ImageSettings, PullPolicy, parse_volume
 from driver.image.payload import Credential, ImageSpec, ImageVariable
 from driver.image.policy import ImageRefused
-from driver.image.stage import IMAGE_FILE
+from driver.image.stage import CHANNEL_MOUNT, IMAGE_FILE, channel_dir
 
 Say = Callable[[str], None]
+InVm = Callable[[str, float, bool], str]
 
 HELPER_REPOSITORY = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper"
 # `docker info` architecture -> the helper image's tag (gitlab-runner's helperimage).
 HELPER_ARCH = {"amd64": "x86_64", "aarch64": "arm64", "armv6l": "arm", "armv7l": "arm"}
 DOCKER_SOCKET = "/var/run/docker.sock"
 KEEPER_MARK = "gmd-keeper"
-# Waits on the container's stdin, which stays open (stdin_open) and never delivers.
-KEEPER = f'echo "{KEEPER_MARK} $$"; read -r _'
+# The docker executor's detect script: the first shell found reads the stage from stdin.
+DETECT_SHELL = (
+    "for s in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/local/bin/sh /usr/bin/sh "
+    "/bin/sh /busybox/sh; do if [ -x $s ]; then exec $s; fi; done; "
+    "echo shell not found >&2; exit 1"
+)
+
+
+def keeper(channel: str = CHANNEL_MOUNT) -> str:
+    """Run each stage whose token arrives on <channel>/ctl, one at a time (POSIX sh).
+
+    The stage runs in a foreground subshell, not `&`: an asynchronous list would start
+    with SIGINT and SIGQUIT ignored, for good. Its FIFOs open first (the wrapper in the
+    VM waits for "started" on rc to know they are open), then its exit code is written
+    to rc. No channel (not bound): wait on the container's stdin, which never delivers.
+    """
+    return (
+        f'echo "{KEEPER_MARK} $$"; d={channel}\n'
+        'while [ -p "$d/ctl" ]; do\n'
+        '  IFS= read -r t < "$d/ctl" || continue\n'
+        '  case $t in "" | *[!0-9a-f]*) continue;; esac\n'
+        "  c=$d/$t\n"
+        '  (exec 9> "$c.rc" < "$c.in" > "$c.out" 2> "$c.err"; echo started >&9\n'
+        f"   (exec 9>&-; {DETECT_SHELL}); echo $? >&9)\n"
+        "done\n"
+        "read -r _\n"
+    )
+
+
+KEEPER = keeper()
 # The helper image has gitlab-runner-helper; the runner's scripts call gitlab-runner.
+# umask 0000 as the helper's gitlab-runner-build sets it: a non-root build image can
+# write to the clone, caches and artifacts.
 HELPER_KEEPER = (
     "command -v gitlab-runner >/dev/null 2>&1 || { h=$(command -v gitlab-runner-helper) && "
-    'mkdir -p /usr/local/bin && ln -sf "$h" /usr/local/bin/gitlab-runner; }; ' + KEEPER
+    'mkdir -p /usr/local/bin && ln -sf "$h" /usr/local/bin/gitlab-runner; }; umask 0000; ' + KEEPER
 )
 KEEPER_TIMEOUT = 30.0
 MAX_HEALTH_PORTS = 20
 HEALTHCHECK_PORT_VARIABLE = "HEALTHCHECK_TCP_PORT"
 DEBUG_SERVICES_VARIABLE = "CI_DEBUG_SERVICES"
 SERVICE_LOG_BYTES = 64 * 1024
-# API 1.41 (Docker 20.10) for `platform` on create; newer engines are spoken to at 1.43.
-MIN_API, MAX_API = "1.41", "1.43"
+# API 1.41 (Docker 20.10) for `platform` on create; newer engines speak it too.
+API = "1.41"
 _JOB_FAULT = re.compile(
     r"not found|manifest unknown|pull access denied|unauthorized|authentication required|"
     r"no basic auth credentials|denied|invalid reference format|repository name must",
@@ -189,6 +223,7 @@ def plan(settings: ImageSettings, say: Say, payload: Any = None) -> Plan | None:
                 f"{runner_version!r}) to pick its helper image",
                 hint="set [image] helper_image in the driver's config",
             )
+    warm_up()  # the SDK loads while the machine is claimed or created
     return Plan(
         build=build,
         services=services,
@@ -290,47 +325,80 @@ def with_tag(image: str) -> str:
 
 
 def _connect(engine: Engine, timeout: float, ready_timeout: float) -> Any:
-    """An API client at the engine's newest API version we know; waits for the engine."""
+    """One API client at a fixed API version (no version negotiation: a round trip and a
+    second TLS handshake saved on every prepare); waits for the engine to answer."""
     import docker
     from requests.exceptions import RequestException
 
     tls = docker.tls.TLSConfig(
         client_cert=(engine.client_cert, engine.client_key), ca_cert=engine.ca_cert, verify=True
     )
-
-    def client(version: str) -> Any:
-        api = docker.APIClient(base_url=engine.url, tls=tls, timeout=int(timeout), version=version)
-        # Neither a CA bundle nor a proxy from our environment belongs between us and the VM.
-        api.trust_env = False
-        return api
-
+    api = docker.APIClient(base_url=engine.url, tls=tls, timeout=int(timeout), version=API)
+    # Neither a CA bundle nor a proxy from our environment belongs between us and the VM.
+    api.trust_env = False
     deadline = time.monotonic() + ready_timeout
     while True:
-        probe = client("1.24")
         try:
-            spoken = str(probe.version().get("ApiVersion", MIN_API))
-            break
-        except (docker.errors.DockerException, RequestException, OSError) as e:
-            if time.monotonic() > deadline:
+            api.ping()
+            return api
+        except docker.errors.APIError as e:
+            api.close()
+            if "too new" in str(e) or e.status_code == 400:
                 raise DriverError(
-                    f"the VM's Docker engine at {engine.url} did not answer within "
-                    f"{ready_timeout:g}s: {_first(e)}",
-                    hint="image mode needs the engine docker-machine set up in the VM",
+                    f"the VM's Docker engine does not speak API {API}: {_first(e)}; image "
+                    "mode needs Docker 20.10 or newer",
+                    hint="provision VMs with a newer Docker ([machine] engine_install_url)",
                 ) from None
-            time.sleep(0.5)
-        finally:
-            probe.close()
-    if _version(spoken) < _version(MIN_API):
-        raise DriverError(
-            f"the VM's Docker engine speaks API {spoken}; image mode needs {MIN_API} "
-            "(Docker 20.10) or newer",
-            hint="provision VMs with a newer Docker ([machine] engine_install_url)",
-        )
-    return client(min(spoken, MAX_API, key=_version))
+            failure: Exception = e
+        except (docker.errors.DockerException, RequestException, OSError) as e:
+            failure = e
+        if time.monotonic() > deadline:
+            api.close()
+            raise DriverError(
+                f"the VM's Docker engine at {engine.url} did not answer within "
+                f"{ready_timeout:g}s: {_first(failure)}",
+                hint="image mode needs the engine docker-machine set up in the VM",
+            )
+        time.sleep(0.5)
 
 
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(".") if part.isdigit())
+def warm_up() -> None:
+    """Import the docker SDK in the background (a third of a second, more on a busy host)
+    while prepare claims or creates the machine; `_connect` then finds it imported."""
+    import threading
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # the real import, in _connect, will say why
+            import docker  # noqa: F401
+
+    threading.Thread(target=load, name="docker-sdk-import", daemon=True).start()
+
+
+def _together(*calls: Callable[[], Any]) -> list[Any]:
+    """Run the calls at once (each mostly waits on the engine or ssh); their results in
+    order, or the first failure in that order once all have ended."""
+    import threading
+
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    def run(index: int, call: Callable[[], Any]) -> None:
+        try:
+            results[index] = call()
+        except BaseException as e:  # handed to the caller below
+            errors[index] = e
+
+    threads = [
+        threading.Thread(target=run, args=(i, call), daemon=True) for i, call in enumerate(calls)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()  # interruptible: a cancel's SIGTERM still raises in this thread
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
 
 
 class Starter:
@@ -517,15 +585,15 @@ class Starter:
                 )
             time.sleep(0.05)
 
-    def start(self, wait_ports: Callable[[str, float], str]) -> dict[str, Any]:
+    def start(self, in_vm: InVm) -> dict[str, Any]:
         """Everything on the engine; returns what image.json records.
 
-        ``wait_ports(remote command, timeout)`` runs a bash command in the VM.
+        ``in_vm(remote command, timeout, check)`` runs a command in the VM (its stdout).
         """
         self.api = _connect(self.engine, self.settings.pull_timeout, self.ready_timeout)
         try:
-            record = self._containers()
-            self._wait_for_services(record["services"], wait_ports)
+            record = self._containers(in_vm)
+            self._wait_for_services(record["services"], in_vm)
             if self.plan.debug_services:
                 for name, label in record["services"]:
                     for line in service_logs(self.api, name).splitlines():
@@ -534,7 +602,10 @@ class Starter:
         finally:
             self.api.close()
 
-    def _containers(self) -> dict[str, Any]:
+    def _containers(self, in_vm: InVm) -> dict[str, Any]:
+        """Two rounds, each all at once: images, channels and network; then containers."""
+        from functools import partial
+
         api, job = self.api, self.plan
         if not job.helper_image:
             arch = str(api.info().get("Architecture", "amd64"))
@@ -542,60 +613,79 @@ class Starter:
                 f"{HELPER_REPOSITORY}:{HELPER_ARCH.get(arch, arch)}-v{job.runner_version}"
             )
         self.say(f"Using docker image {job.build.image} for the job's scripts")
-        self.ensure_image(job.helper_image, job.helper_policies, "")
-        self.ensure_image(job.build.image, job.build.policies, job.build.platform)
-        api.create_network(
-            self.network,
-            driver="bridge",
-            labels={"gitlab-machine-driver.machine": self.machine},
+        helper, build = f"{self.machine}-helper", f"{self.machine}-build"
+        # An image used twice in a job is pulled once, under its first use's policy.
+        images: dict[str, tuple[str, list[PullPolicy], str]] = {}
+        uses = [
+            (job.helper_image, job.helper_policies, ""),
+            (job.build.image, job.build.policies, job.build.platform),
+        ]
+        uses += [(s.image, s.policies, s.platform) for s in job.services]
+        for image, policies, platform in uses:
+            images.setdefault(with_tag(image), (image, policies, platform))
+        _together(
+            *(partial(self.ensure_image, *use) for use in images.values()),
+            partial(make_channels, in_vm, [helper, build]),
+            partial(
+                api.create_network,
+                self.network,
+                driver="bridge",
+                labels={"gitlab-machine-driver.machine": self.machine},
+            ),
         )
-        services = []
-        for index, service in enumerate(job.services):
-            self.ensure_image(service.image, service.policies, service.platform)
-            name = f"{self.machine}-svc-{index}"
+        services = [(f"{self.machine}-svc-{i}", s) for i, s in enumerate(job.services)]
+        for _, service in services:
             self.say(f"Starting service {service.name}...")
-            self._create(
-                name,
-                service,
-                service.command,
-                binds=self._binds(),
-                network_aliases=service.aliases,
-                elevated=True,
-            )
-            services.append((name, service))
         binds = self._binds()
-        helper = self._create(
-            f"{self.machine}-helper",
-            ContainerPlan(image=job.helper_image, policies=[]),
-            ["sh", "-c", HELPER_KEEPER],
-            binds=binds,
-            network_aliases=[],
-            elevated=False,
-        )
+        build_binds = [*binds, channel_bind(build)]
         if self.settings.docker_socket:  # the VM's own engine: the VM is the boundary
-            binds = [*binds, f"{DOCKER_SOCKET}:{DOCKER_SOCKET}"]
-        build = self._create(
-            f"{self.machine}-build",
-            job.build,
-            ["sh", "-c", KEEPER],
-            binds=binds,
-            network_aliases=["build"],
-            elevated=True,
+            build_binds.append(f"{DOCKER_SOCKET}:{DOCKER_SOCKET}")
+        _together(
+            *(
+                partial(
+                    self._create,
+                    name,
+                    service,
+                    service.command,
+                    binds=binds,
+                    network_aliases=service.aliases,
+                    elevated=True,
+                )
+                for name, service in services
+            ),
+            partial(
+                self._create,
+                helper,
+                ContainerPlan(image=job.helper_image, policies=[]),
+                ["sh", "-c", HELPER_KEEPER],
+                binds=[*binds, channel_bind(helper)],
+                network_aliases=[],
+                elevated=False,
+            ),
+            partial(
+                self._create,
+                build,
+                job.build,
+                ["sh", "-c", KEEPER],
+                binds=build_binds,
+                network_aliases=["build"],
+                elevated=True,
+            ),
         )
-        keepers = {helper: self._keeper_pid(helper), build: self._keeper_pid(build)}
+        helper_pid, build_pid = _together(
+            partial(self._keeper_pid, helper), partial(self._keeper_pid, build)
+        )
         return {
             "build": build,
             "helper": helper,
-            "keepers": keepers,
+            "keepers": {helper: helper_pid, build: build_pid},
             "services": [[name, "-".join(s.aliases)] for name, s in services],
             "debug_services": job.debug_services,
         }
 
     # --- services' health, from the VM (container addresses are only reachable there)
 
-    def _wait_for_services(
-        self, services: list[list[str]], wait_ports: Callable[[str, float], str]
-    ) -> None:
+    def _wait_for_services(self, services: list[list[str]], in_vm: InVm) -> None:
         timeout = self.settings.wait_for_services_timeout
         if not services or timeout < 0:
             return
@@ -605,7 +695,7 @@ class Starter:
             return
         self.say(f"Waiting for services to be up and running (timeout {timeout:g} seconds)...")
         entries = " ".join(f"{i}:{ip}:{','.join(map(str, ports))}" for i, ip, ports in targets)
-        output = wait_ports(f"bash -c '{WAIT_PORTS}' gmd-wait {int(timeout)} {entries}", timeout)
+        output = in_vm(f"bash -c '{WAIT_PORTS}' gmd-wait {int(timeout)} {entries}", timeout, False)
         up = {int(line.split()[1]) for line in output.splitlines() if line.startswith("up ")}
         for index, ip, ports in targets:
             if index in up:
@@ -634,6 +724,21 @@ class Starter:
             if ports and network.get("IPAddress"):
                 targets.append((index, network["IPAddress"], ports[:MAX_HEALTH_PORTS]))
         return targets
+
+
+def make_channels(in_vm: InVm, containers: Sequence[str]) -> None:
+    """Each keeper's channel dir in the VM, owned by the SSH user: 0711, so nobody but
+    that user lists the stage tokens in it, with the keeper's `ctl` FIFO."""
+    dirs = [channel_dir(name) for name in containers]
+    in_vm(
+        " && ".join(f"rm -rf {d} && mkdir -m 711 {d} && mkfifo -m 644 {d}/ctl" for d in dirs),
+        30.0,
+        True,
+    )
+
+
+def channel_bind(container: str) -> str:
+    return f"{channel_dir(container)}:{CHANNEL_MOUNT}:ro"
 
 
 def service_logs(api: Any, name: str, limit: int = SERVICE_LOG_BYTES) -> str:
@@ -680,6 +785,7 @@ def start(
     for the engine's URL when the address does not hold it yet.
     """
     from driver import ssh
+    from driver.state import StateDir
 
     step = time.monotonic()
     engine = Engine(
@@ -699,10 +805,21 @@ def start(
         warn=warn,
     )
 
-    def run_in_vm(command: str, timeout: float) -> str:
-        return str(ssh.run(job_dir, command, timeout=timeout + 15, check=False).stdout)
+    def run_in_vm(command: str, timeout: float, check: bool) -> str:
+        return str(
+            ssh.run(
+                job_dir,
+                command,
+                timeout=timeout + 15,
+                check=check,
+                what="preparing the job's containers in the VM",
+            ).stdout
+        )
 
     starter.ready_timeout = settings.docker.ready_timeout
     record = starter.start(run_in_vm)
     write_record(Path(job_dir.path), record)
+    # What this job ran: the pool learns the most used and pulls them (driver/image/learn).
+    used = [job_plan.helper_image, job_plan.build.image, *(s.image for s in job_plan.services)]
+    StateDir(Path(settings.state_dir)).note_images(list(dict.fromkeys(map(with_tag, used))))
     say(f"Job containers are up ({time.monotonic() - step:.2f}s)")

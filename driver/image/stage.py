@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from driver.state import JobDir
 
 IMAGE_FILE = "image.json"
+# Where a container's keeper takes its stages: a dir in the VM (made by prepare), bound
+# read-only into the container at CHANNEL_MOUNT. FIFOs on a read-only mount still open
+# for writing, so the container cannot add files there.
+CHANNEL_DIR = "/tmp/gmd-channel-{container}"
+CHANNEL_MOUNT = "/.gitlab-machine-driver"
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -22,8 +27,12 @@ def is_user_stage(stage: str) -> bool:
     return stage in ("build_script", "after_script") or stage.startswith("step_")
 
 
+def channel_dir(container: str) -> str:
+    return CHANNEL_DIR.format(container=container)
+
+
 def wrapper_args(job_dir: JobDir, stage: str) -> str:
-    """The VM-side wrapper's "<container> <role> <keeper pid>"; "" in shell mode."""
+    """The VM-side wrapper's "<container> <keeper pid> <channel dir>"; "" in shell mode."""
     try:
         f = open(job_dir.path / IMAGE_FILE, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -38,4 +47,4 @@ def wrapper_args(job_dir: JobDir, stage: str) -> str:
     # They go into the remote command line: names the driver made, checked anyway.
     if not container or not set(container) <= _SAFE:
         raise ValueError(f"unexpected container name {container!r} in {IMAGE_FILE}")
-    return f"{container} {role} {keeper}"
+    return f"{container} {keeper} {channel_dir(container)}"

@@ -17,6 +17,7 @@ from driver import limits, log, metrics, provision, ssh
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.image.config import pool_images
+from driver.image.learn import prepull, recent_images
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.settings import PoolSettings, Settings
 from driver.state import JobPhase, Lock, PoolPhase, PoolRecord, StateDir, pid_alive, write_private
@@ -240,6 +241,20 @@ class PoolService:
                 images=[*self.settings.pool.images, *pool_images(self.settings.image)],
                 registry_auth=_registry_auth(self.settings.pool),
             )
+            # And the images recent jobs ran most; best effort (some need a job's token).
+            learned = [
+                i for i in recent_images(self.settings.image, self.state)
+                if i not in self.settings.pool.images
+            ]  # fmt: skip
+            if learned:
+                pulled = prepull(
+                    name,
+                    record.address,
+                    learned,
+                    _registry_auth(self.settings.pool),
+                    lambda image, why: self.log.info("pool_image_skipped", image=image, why=why),
+                )
+                self.log.info("pool_images_learned", images=pulled)
             ssh.stop_master(where)  # the job opens its own; an idle master would only linger
             record.ready_at = time.time()
             self.state.save_pool(record)

@@ -26,22 +26,30 @@ if TYPE_CHECKING:
 
 # Runs in the VM. Reads "<size>\n<script>gmd-end\n" from stdin into a private
 # file and runs it in its own process group (job control on just for the
-# start, so no job notices reach the log) with stdin from /dev/null (a job command
-# reading stdin cannot eat the script); the trailer proves the script arrived
-# whole. Our stdin stays open while the driver's `run` lives; when it closes
-# (cancel, or `run` was killed) the stage's processes get SIGTERM, then SIGKILL
-# after the grace. ssh's own failures exit 255, so a script's real 255 is also
-# written to a marker file the driver can ask for; every failure of the wrapper
-# itself exits 255 without that marker. Few programs run here: each costs time
-# on every stage. No single quotes in here: it is sent single-quoted.
-# Image mode (driver/image) passes a container, its role and its keeper's PID: the script
-# then goes, as the docker executor sends it, to the stdin of the first shell found in the
-# container (one docker exec), and a stop signals every process in it but PID 1 and the
-# keeper. A container that is gone is reported like a lost machine, with its own reason.
+# start) with stdin from /dev/null (a job command reading stdin cannot eat the
+# script); the trailer proves the script arrived whole. bash's own stderr goes to
+# /dev/null once the script is in, so a job notice ("[1]+ Done") never reaches the
+# log; the stage's stderr goes to fd 3. Our stdin stays open while the driver's `run`
+# lives; when it closes (cancel, or `run` was killed) the stage's processes get
+# SIGTERM, then SIGKILL after the grace, and the wrapper waits for that to finish.
+# ssh's own failures exit 255, so a script's real 255 is also written to a marker
+# file the driver can ask for; every failure of the wrapper itself exits 255
+# without that marker. Few programs run here: each costs time on every stage. No
+# single quotes in here: it is sent single-quoted.
+# Image mode (driver/image) passes the stage's container, its keeper's PID and the
+# keeper's channel dir (bound into the container). No docker exec per stage (it costs
+# more than the rest of a stage): four FIFOs are made in the channel dir, the stage's
+# token is written to the keeper's `ctl` FIFO, and the keeper (setup.KEEPER, in the
+# container) opens them and answers "started" on `rc` before it runs the first shell
+# found, as the docker executor's detect script does, with the script on its stdin;
+# its exit code follows on `rc`. A stop signals every process in the container but
+# PID 1 and the keeper (a docker exec: only on cancel). A keeper that does not answer
+# or a stage that ends without an exit code is reported like a lost machine, with the
+# container's state as the reason.
 WRAPPER = r"""
 umask 077
-grace=$1 token=$2 ctr=$3 role=$4 keeper=$5 dir=${TMPDIR:-/tmp}
-script=$dir/gmd-stage.$token
+grace=$1 token=$2 ctr=$3 keeper=$4 chan=$5 dir=${TMPDIR:-/tmp}
+script=$dir/gmd-stage.$token stopping=$dir/gmd-stop.$token
 IFS= read -r size || exit 255
 set -C
 : > "$script" || exit 255
@@ -51,39 +59,59 @@ IFS= read -r end
 if [ "$end" != gmd-end ]; then
   rm -f "$script"; echo "the stage script arrived incomplete" >&2; exit 255
 fi
-set -m
+exec 3>&2 2>/dev/null
+lost() {
+  running=$(docker inspect -f "{{.State.Running}}" "$ctr")
+  if [ "$running" != true ]; then
+    set -- "the job container $ctr is not running (it stopped or was removed)"
+  fi
+  echo "$1" > "$dir/gmd-rc.$token"
+  rm -f "$script" "$stopping" "$c".*
+  exit 255
+}
 if [ -z "$ctr" ]; then
-  bash "$script" < /dev/null &
+  set -m
+  bash "$script" < /dev/null 2>&3 3>&- &
+  pid=$!
+  set +m
 else
-  detect="for s in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/local/bin/sh /usr/bin/sh"
-  detect="$detect /bin/sh /busybox/sh; do if [ -x \$s ]; then exec \$s; fi; done"
-  detect="$detect; echo shell not found >&2; exit 1"
-  if [ "$role" = helper ]; then detect="umask 0000; $detect"; fi
-  docker exec -i "$ctr" sh -c "$detect" < "$script" &
+  c=$chan/$token
+  mkfifo -m 644 "$c.in" && mkfifo -m 622 "$c.out" "$c.err" "$c.rc" ||
+    lost "the job container $ctr: cannot make the stage pipes in $chan"
+  exec 5<> "$c.rc"
+  set -m
+  (cat "$script" > "$c.in" & cat "$c.err" >&3 & cat "$c.out"; wait) &
+  pid=$!
+  set +m
+  echo "$token" > "$chan/ctl" &
+  sender=$!
+  if ! IFS= read -r -t 30 -u 5 started; then
+    kill $sender; kill -KILL -- -$pid
+    lost "the job container $ctr did not take the stage within 30s (see: docker logs $ctr)"
+  fi
+  exec 6< "$c.rc" 5<&-
+  rm -f "$c".*
 fi
-pid=$!
-set +m
 stop() {
   if [ -n "$ctr" ]; then
     k="for d in /proc/[0-9]*; do p=\${d#/proc/}; case \$p in 1|$keeper|\$\$) ;;"
     docker exec -u 0 "$ctr" sh -c "$k *) kill -$1 \$p 2>/dev/null;; esac; done"
+    if [ $1 = TERM ]; then return; fi
   fi
   kill -$1 -- -$pid
 }
-(read -r _; stop TERM; sleep "$grace"; stop KILL) <&0 >/dev/null 2>&1 &
+(read -r _; : > "$stopping"; stop TERM; sleep "$grace"; stop KILL) <&0 >/dev/null 2>&1 &
 watchdog=$!
 wait $pid
 rc=$?
-kill $watchdog 2>/dev/null
+if [ -n "$ctr" ]; then IFS= read -r -u 6 rc; fi
+if [ -e "$stopping" ]; then wait $watchdog; rm -f "$script" "$stopping"; exit 255; fi
+kill $watchdog
 rm -f "$script"
-if [ -n "$ctr" ] && [ $rc -ne 0 ]; then
-  running=$(docker inspect -f "{{.State.Running}}" "$ctr" 2>/dev/null)
-  if [ "$running" != true ]; then
-    echo "the job container $ctr is not running (it stopped or was removed)" > "$dir/gmd-rc.$token"
-    exit 255
-  fi
-fi
-if [ $rc -eq 255 ]; then echo 255 > "$dir/gmd-rc.$token"; fi
+case $rc in
+  "" | *[!0-9]*) lost "the job container $ctr: the stage shell ended without an exit code";;
+  255) echo 255 > "$dir/gmd-rc.$token";;
+esac
 exit $rc
 """
 TRAILER = b"gmd-end\n"

@@ -43,8 +43,7 @@ def registry() -> Iterator[images.Registry]:
 
 def image_world(env: Env, registry: images.Registry, **image: Any) -> None:
     env.configure(
-        # TMPDIR: the double's dockerd would inherit the runner's temp dir, gone by then.
-        machine={"engine_env": ["TMPDIR=/tmp"], "engine_insecure_registry": ["10.213.0.0/16"]},
+        machine={"engine_insecure_registry": ["10.213.0.0/16"]},
         image={
             "mode": "container",
             "helper_image": f"{registry.open}/ci/helper:1",
@@ -277,4 +276,40 @@ def test_a_sigkilled_run_still_stops_the_build_in_the_container(
     )
     assert "BUILD-STOPPED" in probe.stdout, probe.stdout + probe.stderr
     prepared.cleanup()
+    env.assert_nothing_left()
+
+
+def test_the_pool_learns_the_images_recent_jobs_ran(env: Env, registry: images.Registry) -> None:
+    image_world(env, registry, pool_recent_images=2)
+    env.configure(pool={"idle_count": 1, "check_interval": 0.5, "drain_on_stop": True})
+    bash = f"{registry.open}/ci/bash:1"  # in no [pool] images: the first job pulls it
+    service = subprocess.Popen(
+        [*driver_argv(), "--config", str(env.config_path), "pool", "run"],
+        env=env.process_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def pool_hit(job: Job) -> str:
+        deadline = time.monotonic() + 180
+        while not list((env.state_dir / "pool" / "ready").glob("*")):
+            assert service.poll() is None
+            assert time.monotonic() < deadline, env.driver("pool", "status").stdout
+            time.sleep(0.5)
+        result = env.run_job(job)
+        assert result.outcome == "success", result.describe()
+        assert "from the warm pool" in result.job_log
+        return result.job_log
+
+    try:
+        first = pool_hit(Job(image=bash, script=["echo first"]))
+        assert f"Pulling docker image {bash} ..." in first
+        # The machine readied while the first job ran may predate what it learned.
+        second = pool_hit(Job(image=bash, script=["echo second"]))
+        third = pool_hit(Job(image=bash, script=["echo third"]))
+        assert f"Using locally found image {bash}" in second + third
+        assert f"Pulling docker image {bash} ..." not in third
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=180)
     env.assert_nothing_left()

@@ -1,0 +1,201 @@
+"""Image mode's stage path without Docker: the VM-side wrapper (driver/stages/run.py)
+talking to a container's keeper (driver/image/setup.py) through its channel dir.
+
+The "container" is a keeper process run by a POSIX sh (dash, busybox sh) on this
+host, and every process started under it (they carry CONTAINER_MARK in their
+environment, as a container's processes share its PID namespace even when their
+parent dies); a stand-in `docker` answers `inspect` from a file and does the
+cancel's `exec -u 0 ... kill` on those processes only, sparing the keeper.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from driver.image.setup import keeper
+from driver.stages.run import PROBE, TRAILER, WRAPPER
+
+SHELLS = [
+    pytest.param(
+        ["dash"], id="dash", marks=pytest.mark.skipif(not shutil.which("dash"), reason="no dash")
+    ),
+    pytest.param(
+        ["busybox", "sh"],
+        id="busybox",
+        marks=pytest.mark.skipif(not shutil.which("busybox"), reason="no busybox"),
+    ),
+]
+
+CONTAINER_MARK = "GMD_TEST_CONTAINER"
+FAKE_DOCKER = f"""#!{sys.executable}
+import os, re, signal, sys
+here = os.path.dirname(os.path.abspath(__file__))
+args = sys.argv[1:]
+if args[0] == "inspect":
+    print(open(os.path.join(here, "running")).read().strip())
+elif args[0] == "exec":
+    keeper = int(open(os.path.join(here, "keeper")).read())
+    mark = ("{CONTAINER_MARK}=" + here).encode()
+    sig = getattr(signal, "SIG" + re.search(r"kill -(\\w+)", args[-1]).group(1))
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in (keeper, os.getpid()):
+            continue
+        try:
+            with open(f"/proc/{{entry}}/environ", "rb") as f:
+                if mark in f.read().split(b"\\0"):
+                    os.kill(int(entry), sig)
+        except OSError:
+            pass
+"""
+
+
+@dataclass
+class Container:
+    tmp: Path  # the VM's TMPDIR
+    channel: Path
+    bin: Path
+    keeper: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        """The container stops: all its processes die at once."""
+        self.keeper.kill()
+        self.keeper.wait()
+        subprocess.run([str(self.bin / "docker"), "exec", "kill -KILL"], check=True)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "TMPDIR": str(self.tmp), "PATH": f"{self.bin}:{os.environ['PATH']}"}
+
+    def start_stage(self, script: bytes, grace: float = 1) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            ["bash", "-c", WRAPPER, "gmd-stage", str(grace), "0123abcd", "ctr",
+             str(self.keeper.pid), str(self.channel)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env(),
+        )  # fmt: skip
+        assert proc.stdin
+        proc.stdin.write(b"%d\n" % len(script) + script + TRAILER)
+        proc.stdin.flush()
+        return proc
+
+    def run_stage(self, script: bytes) -> tuple[int, bytes, bytes]:
+        proc = self.start_stage(script)
+        proc.wait(timeout=30)  # stdin open until the stage ends, as `run` keeps it
+        out, err = proc.communicate(timeout=30)
+        return proc.returncode, out, err
+
+    def probe(self) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            ["bash", "-c", PROBE, "gmd-probe", "0123abcd"], capture_output=True, env=self.env()
+        )
+
+
+@pytest.fixture(params=SHELLS)
+def container(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Container]:
+    tmp, channel, bin_dir = tmp_path / "tmp", tmp_path / "channel", tmp_path / "bin"
+    for d in (tmp, bin_dir):
+        d.mkdir()
+    channel.mkdir(mode=0o711)
+    os.mkfifo(channel / "ctl", 0o644)
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER)
+    docker.chmod(0o755)
+    (bin_dir / "running").write_text("true\n")
+    proc = subprocess.Popen(
+        [*request.param, "-c", keeper(str(channel))],
+        stdin=subprocess.PIPE,  # open and silent, as the container's stdin
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, CONTAINER_MARK: str(bin_dir)},
+    )
+    (bin_dir / "keeper").write_text(str(proc.pid))
+    box = Container(tmp, channel, bin_dir, proc)
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+def test_exit_code_and_streams_pass_through(container: Container) -> None:
+    rc, out, err = container.run_stage(b"echo out; echo err >&2; exit 42\n")
+    assert (rc, out, err) == (42, b"out\n", b"err\n")
+    # Nothing left: not the script in the VM's temp dir, no FIFO but the keeper's own.
+    assert list(container.tmp.iterdir()) == []
+    assert [p.name for p in container.channel.iterdir()] == ["ctl"]
+    rc, out, _ = container.run_stage(b"echo second stage\n")  # the keeper takes the next
+    assert (rc, out) == (0, b"second stage\n")
+
+
+def test_a_real_255_is_told_apart_from_a_lost_container(container: Container) -> None:
+    rc, _, _ = container.run_stage(b"exit 255\n")
+    assert rc == 255
+    assert container.probe().stdout.strip() == b"255"
+
+
+def test_the_stage_may_trap_sigint(container: Container) -> None:
+    # An asynchronous list in sh starts with SIGINT ignored, beyond a trap's reach.
+    rc, out, _ = container.run_stage(b"sh -c 'kill -INT $$; echo ignored'; echo rc=$?\n")
+    assert (rc, out) == (0, b"rc=130\n")
+
+
+def test_the_channel_is_private_to_the_vm_user_and_the_container(container: Container) -> None:
+    proc = container.start_stage(b"sleep 1\n")
+    deadline = time.monotonic() + 10
+    while not list(container.tmp.iterdir()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert stat.S_IMODE(container.channel.stat().st_mode) == 0o711  # nobody lists tokens
+    proc.wait(timeout=30)
+    proc.communicate()
+
+
+def test_closing_stdin_stops_the_stage_even_if_it_ignores_sigterm(container: Container) -> None:
+    pidfile = container.tmp.parent / "child.pid"
+    proc = container.start_stage(
+        f"trap '' TERM; sleep 300 & echo $! > {pidfile}; wait\n".encode(), grace=1
+    )
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    assert proc.stdin
+    proc.stdin.close()  # what happens when the driver's run is cancelled or killed
+    proc.wait(timeout=15)
+    deadline = time.monotonic() + 10
+    while _alive(child):
+        assert time.monotonic() < deadline, "the stage's child survived"
+        time.sleep(0.05)
+    assert container.keeper.poll() is None  # the keeper lives on for after_script
+    rc, out, _ = container.run_stage(b"echo next\n")
+    assert (rc, out) == (0, b"next\n")
+
+
+def test_a_container_that_stops_mid_stage_is_a_lost_container(container: Container) -> None:
+    proc = container.start_stage(b"echo begun; sleep 300\n")
+    assert proc.stdout
+    assert proc.stdout.readline() == b"begun\n"
+    (container.bin / "running").write_text("false\n")
+    container.stop()  # its processes die, the pipes close
+    proc.wait(timeout=30)
+    assert proc.returncode == 255
+    assert b"the job container ctr is not running" in container.probe().stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
