@@ -594,10 +594,8 @@ class Starter:
         try:
             record = self._containers(in_vm)
             self._wait_for_services(record["services"], in_vm)
-            if self.plan.debug_services:
-                for name, label in record["services"]:
-                    for line in service_logs(self.api, name).splitlines():
-                        self.say(f"[service:{label}] {line}")
+            # CI_DEBUG_SERVICES: every stage follows the services' output into the job log
+            # (driver/stages/run.py), the first from their start.
             return record
         finally:
             self.api.close()

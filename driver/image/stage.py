@@ -32,7 +32,8 @@ def channel_dir(container: str) -> str:
 
 
 def wrapper_args(job_dir: JobDir, stage: str) -> str:
-    """The VM-side wrapper's "<container> <keeper pid> <channel dir>"; "" in shell mode."""
+    """The VM-side wrapper's "<container> <keeper pid> <channel dir> [<services>]"; "" in
+    shell mode."""
     try:
         f = open(job_dir.path / IMAGE_FILE, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -47,4 +48,13 @@ def wrapper_args(job_dir: JobDir, stage: str) -> str:
     # They go into the remote command line: names the driver made, checked anyway.
     if not container or not set(container) <= _SAFE:
         raise ValueError(f"unexpected container name {container!r} in {IMAGE_FILE}")
-    return f"{container} {keeper} {channel_dir(container)}"
+    args = f"{container} {keeper} {channel_dir(container)}"
+    if record.get("debug_services") and record.get("services"):
+        # CI_DEBUG_SERVICES: the services whose output the stage follows, with their labels
+        # (the job's aliases: only the characters safe on a command line are kept).
+        args += " " + ",".join(
+            f"{name}={''.join(ch if ch in _SAFE else '_' for ch in label)}"
+            for name, label in record["services"]
+            if name and set(name) <= _SAFE
+        )
+    return args

@@ -45,11 +45,13 @@ if TYPE_CHECKING:
 # its exit code follows on `rc`. A stop signals every process in the container but
 # PID 1 and the keeper (a docker exec: only on cancel). A keeper that does not answer
 # or a stage that ends without an exit code is reported like a lost machine, with the
-# container's state as the reason.
+# container's state as the reason. With CI_DEBUG_SERVICES, "<container>=<label>,..." of
+# the services: their output is followed into the job log while the stage runs, from the
+# last line an earlier stage showed (its timestamp is kept in the VM), so none is lost.
 WRAPPER = r"""
 umask 077
-grace=$1 token=$2 ctr=$3 keeper=$4 chan=$5 dir=${TMPDIR:-/tmp}
-script=$dir/gmd-stage.$token stopping=$dir/gmd-stop.$token
+grace=$1 token=$2 ctr=$3 keeper=$4 chan=$5 services=$6 dir=${TMPDIR:-/tmp}
+script=$dir/gmd-stage.$token stopping=$dir/gmd-stop.$token marks=$dir/gmd-services-shown
 IFS= read -r size || exit 255
 set -C
 : > "$script" || exit 255
@@ -60,7 +62,27 @@ if [ "$end" != gmd-end ]; then
   rm -f "$script"; echo "the stage script arrived incomplete" >&2; exit 255
 fi
 exec 3>&2 2>/dev/null
+follow() {
+  for s in ${services//,/ }; do
+    n=${s%%=*}
+    since=$(cat "$marks.$n")
+    set -m
+    (docker logs -f -t ${since:+--since "$since"} "$n" 2>&1 | while IFS= read -r l; do
+      ts=${l%% *}
+      if [ "$ts" != "$since" ]; then
+        printf "[service:%s] %s\n" "${s#*=}" "${l#* }"; echo "$ts" > "$marks.$n"
+      fi
+    done >&3) &
+    followers="$followers $!"
+    set +m
+  done
+}
+unfollow() {
+  for f in $followers; do kill -- -$f; done
+  followers=
+}
 lost() {
+  unfollow
   running=$(docker inspect -f "{{.State.Running}}" "$ctr")
   if [ "$running" != true ]; then
     set -- "the job container $ctr is not running (it stopped or was removed)"
@@ -91,6 +113,7 @@ else
   fi
   exec 6< "$c.rc" 5<&-
   rm -f "$c".*
+  if [ -n "$services" ]; then follow; fi
 fi
 stop() {
   if [ -n "$ctr" ]; then
@@ -104,7 +127,7 @@ stop() {
 watchdog=$!
 wait $pid
 rc=$?
-if [ -n "$ctr" ]; then IFS= read -r -u 6 rc; fi
+if [ -n "$ctr" ]; then IFS= read -r -u 6 rc; unfollow; fi
 if [ -e "$stopping" ]; then wait $watchdog; rm -f "$script" "$stopping"; exit 255; fi
 kill $watchdog
 rm -f "$script"

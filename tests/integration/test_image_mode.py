@@ -140,8 +140,8 @@ def test_services_are_reached_by_their_aliases(env: Env, registry: images.Regist
             # Exposes nothing; told to be checked on a port nobody listens on.
             Service(
                 f"{registry.open}/ci/busybox:1",
-                alias="quiet",
-                command=["sleep", "600"],
+                alias="ticker",
+                command=["sh", "-c", "i=0; while sleep 0.2; do i=$((i+1)); echo tick-$i; done"],
                 variables=[Variable("HEALTHCHECK_TCP_PORT", "9999")],
             ),
         ],
@@ -149,13 +149,25 @@ def test_services_are_reached_by_their_aliases(env: Env, registry: images.Regist
             "wget -qO- http://web:8080/",
             "wget -qO- http://www:8080/",
             f"wget -qO- http://{registry.host}-ci-web:8080/",
+            "sleep 2",
         ],
     )
     result = env.run_job(job)
     assert result.outcome == "success", result.describe()
     assert result.stage("build_script").stdout.count("hello from the web service") == 3
     assert "Waiting for services to be up and running (timeout 5 seconds)" in result.job_log
-    assert "[service:" in result.job_log and "svc-says hello-test-job" in result.job_log
+    # CI_DEBUG_SERVICES: their output followed while the stages run, labelled with their
+    # aliases as the docker executor does, each line once.
+    web = f"[service:{registry.host}__ci__web-{registry.host}-ci-web-web-www] "
+    assert f"{web}svc-says hello-test-job" in result.job_log
+    build = result.stage("build_script")
+    assert "-ticker] tick-" in build.stdout + build.stderr
+    ticks = [
+        int(line.rsplit("tick-", 1)[1])
+        for line in result.job_log.splitlines()
+        if line.startswith("[service:") and "-ticker] tick-" in line
+    ]
+    assert ticks == list(range(1, len(ticks) + 1)) and len(ticks) >= 10
     # The silent one is only a warning, naming it.
     assert "probably didn't start properly" in result.job_log
     assert f"gmdt-{job.id}-svc-1" in result.job_log

@@ -43,6 +43,20 @@ here = os.path.dirname(os.path.abspath(__file__))
 args = sys.argv[1:]
 if args[0] == "inspect":
     print(open(os.path.join(here, "running")).read().strip())
+elif args[0] == "logs":  # logs -f -t [--since T] NAME: "tick N" every 0.1 s from the start
+    import time
+    name, since = args[-1], args[args.index("--since") + 1] if "--since" in args else ""
+    start_file = os.path.join(here, "started-" + name)
+    if not os.path.exists(start_file):
+        open(start_file, "w").write(str(time.time_ns()))
+    start = int(open(start_file).read())
+    for i in range(100000):
+        at = start + i * 100_000_000
+        while time.time_ns() < at:
+            time.sleep(0.01)
+        stamp = f"{{at:020d}}"
+        if stamp >= since:
+            print(f"{{stamp}} tick {{i}}", flush=True)
 elif args[0] == "exec":
     keeper = int(open(os.path.join(here, "keeper")).read())
     mark = ("{CONTAINER_MARK}=" + here).encode()
@@ -75,10 +89,12 @@ class Container:
     def env(self) -> dict[str, str]:
         return {**os.environ, "TMPDIR": str(self.tmp), "PATH": f"{self.bin}:{os.environ['PATH']}"}
 
-    def start_stage(self, script: bytes, grace: float = 1) -> subprocess.Popen[bytes]:
+    def start_stage(
+        self, script: bytes, grace: float = 1, services: str = ""
+    ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             ["bash", "-c", WRAPPER, "gmd-stage", str(grace), "0123abcd", "ctr",
-             str(self.keeper.pid), str(self.channel)],
+             str(self.keeper.pid), str(self.channel), services],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -89,8 +105,8 @@ class Container:
         proc.stdin.flush()
         return proc
 
-    def run_stage(self, script: bytes) -> tuple[int, bytes, bytes]:
-        proc = self.start_stage(script)
+    def run_stage(self, script: bytes, services: str = "") -> tuple[int, bytes, bytes]:
+        proc = self.start_stage(script, services=services)
         proc.wait(timeout=30)  # stdin open until the stage ends, as `run` keeps it
         out, err = proc.communicate(timeout=30)
         return proc.returncode, out, err
@@ -199,3 +215,21 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_debug_services_follows_their_output_during_each_stage(container: Container) -> None:
+    services = "svc-0=db,svc-1=web-www"
+    shown: list[str] = []
+    for script in (b"sleep 1; echo done\n", b"true\n", b"true\n", b"sleep 1; echo done\n"):
+        rc, _, err = container.run_stage(script, services=services)
+        assert rc == 0
+        shown += err.decode().splitlines()
+    assert subprocess.run(["pgrep", "-f", f"{container.bin}/docker logs"]).returncode == 1
+    # Prefixed as the docker executor does; every line once, none lost between stages
+    # (the short stages may end before their followers show anything).
+    for label in ("db", "web-www"):
+        ticks = [int(line.split()[-1]) for line in shown if line.startswith(f"[service:{label}]")]
+        assert ticks == list(range(len(ticks))), ticks
+        assert len(ticks) >= 15  # two one-second stages at ten lines a second, and more
+    # Without CI_DEBUG_SERVICES nothing is followed.
+    assert container.run_stage(b"sleep 0.5\n") == (0, b"", b"")
