@@ -176,20 +176,26 @@ class DockerMachine:
         finally:
             self.remove(scratch_name, force=True, timeout=self.call_timeout)
 
-    def inspect(self, name: str) -> MachineInfo | None:
-        """The machine's details, or None if docker-machine has no such machine."""
+    def _read(self, command: str, name: str) -> process.Result:
+        """A call that only reads the machine's entry, retried while docker-machine is
+        rewriting it (its saves are not atomic: the file is missing for a moment)."""
         for attempt in range(TRANSIENT_RETRIES + 1):
             result = process.run(
-                self._argv("inspect", name),
+                self._argv(command, name),
                 timeout=self.call_timeout,
                 env=self.env,
                 check=False,
-                what=f"docker-machine inspect {name}",
+                what=f"docker-machine {command} {name}",
             )
             if result.exit_code == 0 or not _TRANSIENT_READ.search(result.output):
                 break
             if attempt < TRANSIENT_RETRIES:
-                time.sleep(0.1 * (attempt + 1))  # docker-machine is rewriting the entry
+                time.sleep(0.1 * (attempt + 1))
+        return result
+
+    def inspect(self, name: str) -> MachineInfo | None:
+        """The machine's details, or None if docker-machine has no such machine."""
+        result = self._read("inspect", name)
         if result.exit_code != 0:
             if _MISSING.search(result.output):
                 return None
@@ -211,18 +217,7 @@ class DockerMachine:
 
     def url(self, name: str) -> str:
         """The Docker engine's URL, as docker-machine reports it (its port is the driver's)."""
-        for attempt in range(TRANSIENT_RETRIES + 1):
-            result = process.run(
-                self._argv("url", name),
-                timeout=self.call_timeout,
-                env=self.env,
-                check=False,
-                what=f"docker-machine url {name}",
-            )
-            if result.exit_code == 0 or not _TRANSIENT_READ.search(result.output):
-                break
-            if attempt < TRANSIENT_RETRIES:
-                time.sleep(0.1 * (attempt + 1))
+        result = self._read("url", name)
         url = result.stdout.strip()
         if result.exit_code != 0 or not url.startswith("tcp://"):
             raise CommandError(

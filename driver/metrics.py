@@ -22,6 +22,7 @@ from filelock import FileLock, Timeout
 from driver.state import write_private
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric as Family
 
 PREFIX = "gitlab_machine_driver"
@@ -253,3 +254,20 @@ def families(state_dir: Path, machines: Mapping[str, int]) -> Iterator[Family]:
                 [labels[k] for k in histogram.labels], buckets, sum_value=hist["sum"]
             )
         yield hfamily
+
+
+def registry(state_dir: Path) -> CollectorRegistry:
+    """A registry that reads the state dir's figures and live machine counts at each
+    collection: for the pool service's /metrics and the textfile alike."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.registry import Collector
+
+    from driver.state import StateDir, machine_counts
+
+    class FromStateDir(Collector):
+        def collect(self) -> Iterator[Family]:
+            return families(state_dir, machine_counts(StateDir(state_dir)))
+
+    collected = CollectorRegistry()
+    collected.register(FromStateDir())
+    return collected

@@ -12,11 +12,9 @@ node_exporter never reads half a file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from driver import metrics
 from driver.settings import Settings, load_settings
-from driver.state import StateDir, machine_counts
 
 
 def write_from_config(config_path: str | Path | None) -> None:
@@ -26,14 +24,6 @@ def write_from_config(config_path: str | Path | None) -> None:
 
 
 def write(settings: Settings, path: Path) -> None:
-    from prometheus_client import CollectorRegistry, write_to_textfile
-    from prometheus_client.registry import Collector
+    from prometheus_client import write_to_textfile
 
-    class FromStateDir(Collector):
-        def collect(self) -> Any:
-            counts = machine_counts(StateDir(settings.state_dir))
-            return metrics.families(settings.state_dir, counts)
-
-    registry = CollectorRegistry()
-    registry.register(FromStateDir())
-    write_to_textfile(str(path), registry)
+    write_to_textfile(str(path), metrics.registry(settings.state_dir))

@@ -70,15 +70,8 @@ def _sweep_once(settings: Settings) -> None:
 
 def _serve_metrics(settings: Settings, service: PoolService) -> None:
     from prometheus_client import start_http_server
-    from prometheus_client.registry import Collector, CollectorRegistry
 
-    class FromStateDir(Collector):
-        def collect(self) -> Any:
-            counts = machine_counts(StateDir(settings.state_dir))
-            return metrics.families(settings.state_dir, counts)
-
-    registry = CollectorRegistry()
-    registry.register(FromStateDir())
+    registry = metrics.registry(settings.state_dir)
     host, _, port = settings.pool.metrics_address.rpartition(":")
     start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
     log.say(f"pool: Prometheus metrics on http://{host or '127.0.0.1'}:{port}/metrics")
