@@ -39,7 +39,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from driver.errors import DriverError, JobError
 
@@ -250,7 +250,23 @@ class Address:
         return cls(**_known(cls, data)) if isinstance(data, dict) else cls()
 
 
-class JobRecord:
+class MachineRecord:
+    """A record naming a machine and its address, stored as JSON."""
+
+    address: Address
+
+    def to_json(self) -> str:
+        return json.dumps({**vars(self), "address": vars(self.address)}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return cls(**{**_known(cls, data), "address": Address.from_dict(data.get("address"))})
+
+
+class JobRecord(MachineRecord):
     """This host's record of one job and its machine (``jobs/<id>/state.json``).
 
     Written before the machine exists, so a prepare killed half-way still leaves
@@ -308,18 +324,8 @@ class JobRecord:
             return False
         return all(process_start_time(pid) != started for pid, started in self.owners)
 
-    def to_json(self) -> str:
-        return json.dumps({**vars(self), "address": vars(self.address)}, indent=2) + "\n"
 
-    @classmethod
-    def from_json(cls, text: str) -> JobRecord:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return cls(**{**_known(cls, data), "address": Address.from_dict(data.get("address"))})
-
-
-class PoolRecord:
+class PoolRecord(MachineRecord):
     """A warm-pool machine (``pool/machines/<name>/info.json``), saved before it exists."""
 
     def __init__(
@@ -336,16 +342,6 @@ class PoolRecord:
         self.created = created
         self.ready_at = ready_at
         self.creator_pid = creator_pid
-
-    def to_json(self) -> str:
-        return json.dumps({**vars(self), "address": vars(self.address)}) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> PoolRecord:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return cls(**{**_known(cls, data), "address": Address.from_dict(data.get("address"))})
 
 
 # --- one machine's files ------------------------------------------------------------------------
