@@ -81,6 +81,7 @@ sys.path.insert(0, str(ROOT))
 
 from driver.commands.migrate import migrate  # noqa: E402
 from driver.pool.control import (  # noqa: E402
+    DemandPolicy,
     Observation,
     Policy,
     PoolController,
@@ -542,6 +543,18 @@ def demand(target: float, args: argparse.Namespace) -> PoolSettings:
     ).pool
 
 
+class TrueRate(DemandPolicy):
+    """The demand policy told the standard trace's true fan-out rate at every moment:
+    not a policy anyone can run, but the bound of what estimating the rate can give."""
+
+    def __init__(self, pool: PoolSettings, peak_per_hour: float) -> None:
+        super().__init__(pool)
+        self.peak = peak_per_hour / 3600.0
+
+    def fanout_rate(self, now: float) -> float:
+        return self.peak * week_level(now - WEEK_START)
+
+
 class Bench:
     def __init__(self, trace: Trace, args: argparse.Namespace) -> None:
         self.trace, self.args = trace, args
@@ -549,7 +562,7 @@ class Bench:
         self.limits = LimitSettings()
         self.cache: dict[str, Result] = {}
 
-    def run(self, label: str, pool: PoolSettings) -> Result:
+    def run(self, label: str, pool: PoolSettings, policy: Policy | None = None) -> Result:
         if label not in self.cache:
             replay = Replay(
                 self.trace,
@@ -559,6 +572,7 @@ class Bench:
                 creates=self.creates,
                 claim_seconds=self.args.claim_seconds,
                 tick=self.args.tick,
+                policy=policy,
             )
             self.cache[label] = result = replay.run(label)
             if self.args.verbose:
@@ -582,6 +596,23 @@ class Bench:
                 best = result
             if best is not None and result.idle_seconds > 1.5 * best.idle_seconds:
                 break
+        return best
+
+    def best_periods(self, hit: float) -> Result | None:
+        """The cheapest pair (working hours, other hours) of idle counts reaching `hit`."""
+        best: Result | None = None
+        for off in range(0, self.args.search_max):
+
+            def peak_n(n: int, off: int = off) -> tuple[str, PoolSettings]:
+                return f"{n} 8:00-18:00 mon-fri, else {off}", with_periods(n, off, self.args)
+
+            found = self.lowest_reaching(self.args.search_max, peak_n, hit)
+            if found is None:
+                continue
+            if best is None or found.idle_seconds < best.idle_seconds:
+                best = found
+            elif found.idle_seconds > 1.2 * best.idle_seconds:
+                break  # more idle machines off-hours only cost more from here on
         return best
 
     def lowest_reaching(
@@ -689,6 +720,11 @@ def main() -> int:
     parser.add_argument("--fanout", type=int, default=20)
     parser.add_argument("--fanout-rounds", type=int, default=200)
     parser.add_argument("--verbose", action="store_true", help="print each replay as it ends")
+    parser.add_argument(
+        "--frontier",
+        action="store_true",
+        help="also compare every --targets run with the best periods reaching its hit rate",
+    )
     args = parser.parse_args()
 
     trace = read_trace(args.trace, args, args.seed) if args.trace else working_week(args, args.seed)
@@ -716,19 +752,7 @@ def main() -> int:
         return f"idle_count {n}", fixed(n, args)
 
     best_fixed = bench.lowest_reaching(args.search_max, fixed_n, hit)
-    best_periods: Result | None = None
-    for off in range(0, args.search_max):
-
-        def peak_n(n: int, off: int = off) -> tuple[str, PoolSettings]:
-            return f"{n} 8:00-18:00 mon-fri, else {off}", with_periods(n, off, args)
-
-        found = bench.lowest_reaching(args.search_max, peak_n, hit)
-        if found is None:
-            continue
-        if best_periods is None or found.idle_seconds < best_periods.idle_seconds:
-            best_periods = found
-        elif found.idle_seconds > 1.2 * best_periods.idle_seconds:
-            break  # more idle machines off-hours only cost more from here on
+    best_periods = bench.best_periods(hit)
     best_scaled = bench.cheapest(
         [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
         lambda f: (f"IdleScaleFactor {f:g}", scaled(f, args)),
@@ -748,6 +772,12 @@ def main() -> int:
             rows.append((name, found))
     shown = {r.label: r for r in [*demands.values(), compared] if r is not None}
     rows += [("demand (this driver)", shown[label]) for label in sorted(shown)]
+    bound: Result | None = None
+    if compared is not None and not args.trace:
+        aim = float(compared.label.split()[-1])
+        told = TrueRate(demand(aim, args), args.peak_pipelines)
+        bound = bench.run(f"hit_rate_target {aim:g}, true rate", demand(aim, args), told)
+        rows.append(("demand told the true rate (a bound)", bound))
     print()
     print(
         f"docker+machine settings: the cheapest of those searched reaching {100 * hit:.1f}% "
@@ -774,6 +804,33 @@ def main() -> int:
             f"reaching that ({best_periods.label}, {100 * best_periods.hit_rate:.1f}%): "
             f"{compared.idle_per_job:.0f} vs {best_periods.idle_per_job:.0f} s (target: 40% fewer)"
         )
+
+    if bound is not None:
+        other = bench.best_periods(bound.hit_rate)
+        if other is not None:
+            fewer = 1 - bound.idle_seconds / other.idle_seconds
+            print(
+                f"(bound: told the true rate, the demand policy reaches "
+                f"{100 * bound.hit_rate:.1f}% with {bound.idle_per_job:.0f} idle s per job; "
+                f"the best idle_count with periods reaching that ({other.label}): "
+                f"{other.idle_per_job:.0f} s, so {100 * fewer:.0f}% fewer)"
+            )
+
+    if args.frontier:
+        print()
+        for result in sorted(demands.values(), key=lambda r: r.hit_rate):
+            other = bench.best_periods(result.hit_rate)
+            if other is None:
+                print(f"{result.label}: no idle_count with periods searched reaches it")
+                continue
+            fewer = 1 - result.idle_seconds / other.idle_seconds
+            print(
+                f"{result.label}: {100 * result.hit_rate:.1f}% of jobs, "
+                f"{result.idle_per_job:.0f} idle s per job; the best idle_count with periods "
+                f"reaching that ({other.label}, {100 * other.hit_rate:.1f}%): "
+                f"{other.idle_per_job:.0f} s, so {100 * fewer:.0f}% fewer"
+            )
+        print()
 
     p95_create = percentile([j.create for j in trace.jobs], 95)
     for max_creating in (0, max(1, args.fanout - 4)):
