@@ -202,6 +202,13 @@ def parser() -> argparse.ArgumentParser:
         "saying why for each; run it from gitlab-machine-driver-sweep@<config>.timer.",
     )
     sweep.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    sweep.add_argument(
+        "--forget",
+        metavar="MACHINE",
+        action="append",
+        default=[],
+        help="drop the tombstone of a force-removed MACHINE you deleted in the cloud by hand",
+    )
     ls = command(
         sub,
         "ls",

@@ -10,6 +10,7 @@ from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.log import say
 from driver.settings import Settings, config_path, load_settings
+from driver.state import StateDir
 
 
 def main(args: argparse.Namespace) -> int:
@@ -17,6 +18,8 @@ def main(args: argparse.Namespace) -> int:
     # The sweeper removes machines: never by another config's view of this state dir.
     state_owner.claim(settings, config_path(args.config_path))
     log.setup(settings.log_path, stage="sweep")
+    if args.forget:
+        return forget(settings, args.forget)
     report = run_sweep(settings, dry_run=args.dry_run, progress=say)
     problem = report.configuration_problem
     if problem:
@@ -37,3 +40,18 @@ def run_sweep(
     if report.configuration_problem:
         log.get().error("sweep_unknown_answers", problem=report.configuration_problem)
     return report
+
+
+def forget(settings: Settings, names: list[str]) -> int:
+    """The admin deleted these VMs in the cloud: stop retrying and counting them."""
+    state = StateDir(settings.state_dir)
+    for name in names:
+        if name not in state.tombstones():
+            raise DriverError(
+                f"there is no tombstone of {name!r}",
+                hint="`gitlab-machine-driver ls` lists them (state force-removed)",
+            )
+        state.exhume(name)
+        log.get().warning("tombstone_forgotten", machine=name)
+        say(f"{name}: tombstone dropped; it no longer counts as possibly orphaned")
+    return 0

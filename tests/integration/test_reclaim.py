@@ -207,3 +207,24 @@ def test_a_retried_prepare_pins_the_new_machine_afresh(env: Env) -> None:
     assert "host key pinned" in again.stdout
     held.cleanup()
     env.assert_nothing_left_but_runner_temp()
+
+
+def test_a_machine_whose_driver_plugin_is_gone_is_still_seen_and_reclaimed(env: Env) -> None:
+    """`ls --filter` leaves such a machine out and `rm -y` fails on it; the sweeper reads
+    the storage itself, force-removes it once proven dead, and keeps a tombstone
+    (the VM may still run where the plugin could have deleted it)."""
+    held = env.runner().prepare_only(Job())
+    assert held.ok
+    name = env.machines()[0]
+    double.make_driver_missing(str(env.storage), name)
+    (env.state_dir / "jobs").rename(env.base / "jobs-elsewhere")  # no record names it now
+    swept = env.driver("sweep")
+    assert swept.returncode == 0, swept.stderr
+    assert f"{name}: removing (no record on this host names it)" in swept.stdout
+    assert not (env.storage / "machines" / name).exists()
+    assert "tombstone" in env.driver("ls").stdout
+    # The admin deletes it in the cloud (the double's is gone already), then says so.
+    forgot = env.driver("sweep", "--forget", name)
+    assert forgot.returncode == 0, forgot.stderr
+    assert "tombstone" not in env.driver("ls").stdout
+    env.assert_nothing_left_but_runner_temp()

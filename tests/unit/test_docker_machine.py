@@ -108,3 +108,24 @@ def test_cloud_instances_carry_owner_and_job_tags_beside_the_admins(tmp_path: Pa
         "--amazonec2-tags=team,ci,gitlab-machine-driver-owner,gmd,gitlab-machine-driver-job,9"
     ]
     assert make(tmp_path, driver="generic").create_argv("gmd-9", {"job": "9"})[-1] == "gmd-9"
+
+
+def test_a_read_racing_docker_machines_rewrite_of_an_entry_is_retried(tmp_path: Path) -> None:
+    """docker-machine deletes config.json, then renames the new one into place: a
+    reader in between fails once. That is not "no such machine"."""
+    seen = tmp_path / "seen"
+    fake = tmp_path / "dm"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'if [ ! -e {seen} ]; then touch {seen}; echo "open {tmp_path}/machines/gmd-1/'
+        'config.json: no such file or directory" >&2; exit 1; fi\n'
+        'echo "tcp://10.0.0.5:2999"\n'
+    )
+    fake.chmod(0o755)
+    dm = DockerMachine(
+        settings.parse_settings(
+            {"docker_machine": {"program": str(fake), "storage_path": str(tmp_path)}}
+        )
+    )
+    assert dm.url("gmd-1") == "tcp://10.0.0.5:2999"
+    assert seen.exists()
