@@ -12,8 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from driver.image.payload import Credential, ImageSpec
 
-from driver.image.payload import Credential, ImageSpec
-
 
 class Payload(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -30,19 +28,12 @@ class Variable(Payload):
     public: bool = False  # predefined and .gitlab-ci.yml variables; not project settings
     masked: bool = False
     file: bool = False
-    public: bool = False  # predefined and .gitlab-ci.yml variables; not project settings
-    masked: bool = False
-    file: bool = False
 
 
 class JobResponse(Payload):
     id: int = Field(gt=0)
     job_info: JobInfo
     variables: list[Variable] = []
-    # Image mode (driver/image): what the job runs in, beside what, pulled with what.
-    image: ImageSpec | None = None
-    services: list[ImageSpec] | None = None
-    credentials: list[Credential] | None = None
     # Image mode (driver/image): what the job runs in, beside what, pulled with what.
     image: ImageSpec | None = None
     services: list[ImageSpec] | None = None
