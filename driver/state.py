@@ -156,11 +156,12 @@ class Lock:
 
 
 def process_start_time(pid: int) -> int:
-    """The kernel's start time of ``pid`` (0 if none): tells a live process from a reused pid."""
+    """The kernel's start time of ``pid``, 0 if it is gone: tells a live process from a
+    reused pid. A zombie (exited, not yet reaped by its parent) is gone too."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[19])
+        return 0 if fields[0] in ("Z", "X") else int(fields[19])
     except (OSError, IndexError, ValueError):
         return 0
 

@@ -247,3 +247,15 @@ def test_a_permission_problem_is_reported_with_the_fix(
     assert "Permission denied (/var/lib/gmd/locks/capacity.lock)" in err
     assert "owns the state dir" in err
     assert not isinstance(DriverError("x"), OSError)
+
+
+def test_a_runner_that_exited_but_was_not_reaped_yet_is_gone() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = process_start_time(child.pid)
+    assert started
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.01)  # exited; we (its parent) have not reaped it: a zombie
+    assert record(owners=[[child.pid, started]], boot_id=boot_id()).runner_gone()
+    child.wait()
