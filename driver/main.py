@@ -10,7 +10,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from driver import NAME, __version__, contract
@@ -78,9 +77,10 @@ def _tell(text: str) -> None:
 RUNNER_STAGES = ("config", "prepare", "run", "cleanup")
 
 
-@dataclass
 class StdoutEnding:
-    exit_code: int = 0  # an operator's `... | head` is a normal end; a stage's is not
+    # Not a dataclass: importing dataclasses costs `run` more than its whole own work.
+    def __init__(self) -> None:
+        self.exit_code = 0  # an operator's `... | head` is a normal end; a stage's is not
 
 
 @contextmanager
@@ -323,13 +323,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-@dataclass(frozen=True)
 class RunStage:
-    """`[--config PATH] run SCRIPT STAGE`: the runner's call once per stage."""
+    """`[--config PATH] run SCRIPT STAGE`: the runner's call once per stage.
 
-    config_path: str | None
-    script: str
-    stage: str
+    A plain class: a dataclass or NamedTuple costs every stage milliseconds to define.
+    """
+
+    __slots__ = ("config_path", "script", "stage")
+
+    def __init__(self, config_path: str | None, script: str, stage: str) -> None:
+        self.config_path = config_path
+        self.script = script
+        self.stage = stage
 
 
 def run_stage_args(argv: list[str]) -> RunStage | None:
@@ -349,7 +354,8 @@ def run_stage_args(argv: list[str]) -> RunStage | None:
     return None
 
 
-Command = Callable[["argparse.Namespace"], int]
+if TYPE_CHECKING:
+    Command = Callable[[argparse.Namespace], int]
 
 
 def command(name: str) -> Command:
