@@ -16,8 +16,10 @@ host files (`docker import`ed and pushed on the registry's host):
 from __future__ import annotations
 
 import crypt  # bcrypt for the registry's htpasswd; deprecated, still in 3.11
+import fcntl
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -29,6 +31,9 @@ from pathlib import Path
 from tests.world import Env
 
 FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+# Who needs forwarding on, and its value before the first of them: test sessions and
+# benches overlap on one host, and one restoring it under another cut that one's pulls.
+FORWARD_USERS = Path("/tmp/gmd-tests-ip-forward.json")
 REGISTRY_CONFIG = """version: 0.1
 storage:
   filesystem:
@@ -187,7 +192,7 @@ class Registry:
     env: Env
     host: str = ""
     ssh: list[str] | None = None
-    forward: str = ""
+    forwarding: bool = False
 
     @property
     def open(self) -> str:
@@ -198,8 +203,8 @@ class Registry:
         return f"{self.host}:5001"
 
     def start(self, user: str, password: str, images: list[Image]) -> None:
-        self.forward = FORWARD.read_text()
-        FORWARD.write_text("1\n")  # machines reach each other through the host
+        forwarding(True)  # machines reach each other through the host
+        self.forwarding = True
         self.dm("create", "--driver", "local", "registry-host")
         info = json.loads(self.dm("inspect", "registry-host"))["Driver"]
         self.host = info["IPAddress"]
@@ -259,8 +264,40 @@ class Registry:
         assert done.returncode == 0, f"{command}\n{done.stdout}{done.stderr}"
 
     def stop(self) -> None:
-        if self.forward:
-            FORWARD.write_text(self.forward)
+        if self.forwarding:
+            forwarding(False)
+            self.forwarding = False
+
+
+def forwarding(on: bool) -> None:
+    """IP forwarding on while any live process of ours needs it; then as it was."""
+    with open(FORWARD_USERS.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            users = json.loads(FORWARD_USERS.read_text())
+        except (OSError, ValueError):
+            users = {"saved": FORWARD.read_text(), "pids": []}
+        live = [pid for pid in users["pids"] if _alive(pid)]
+        pids = [pid for pid in live if pid != os.getpid()]
+        if on:
+            if not live:  # the first user: what to restore after the last
+                users["saved"] = FORWARD.read_text()
+            pids.append(os.getpid())
+            FORWARD.write_text("1\n")
+        elif not pids:
+            FORWARD.write_text(users["saved"])
+        users["pids"] = pids
+        FORWARD_USERS.write_text(json.dumps(users))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def shlex_quote(text: str) -> str:

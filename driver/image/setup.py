@@ -45,9 +45,11 @@ HELPER_ARCH = {"amd64": "x86_64", "aarch64": "arm64", "armv6l": "arm", "armv7l":
 DOCKER_SOCKET = "/var/run/docker.sock"
 KEEPER_MARK = "gmd-keeper"
 # The docker executor's detect script: the first shell found reads the stage from stdin.
+# Through setsid where the image has it: the stage gets its own process group, so a
+# script's `kill 0` (a common cleanup trap) cannot take the keeper with it.
 DETECT_SHELL = (
     "for s in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/local/bin/sh /usr/bin/sh "
-    "/bin/sh /busybox/sh; do if [ -x $s ]; then exec $s; fi; done; "
+    "/bin/sh /busybox/sh; do if [ -x $s ]; then exec $g $s; fi; done; "
     "echo shell not found >&2; exit 1"
 )
 
@@ -61,7 +63,8 @@ def keeper(channel: str = CHANNEL_MOUNT) -> str:
     to rc. No channel (not bound): wait on the container's stdin, which never delivers.
     """
     return (
-        f'echo "{KEEPER_MARK} $$"; d={channel}\n'
+        f'echo "{KEEPER_MARK} $$"; d={channel} g=\n'
+        "if command -v setsid >/dev/null 2>&1; then g=setsid; fi\n"
         'while [ -p "$d/ctl" ]; do\n'
         '  IFS= read -r t < "$d/ctl" || continue\n'
         '  case $t in "" | *[!0-9a-f]*) continue;; esac\n'

@@ -42,6 +42,7 @@ def registry() -> Iterator[images.Registry]:
 
 
 def image_world(env: Env, registry: images.Registry, **image: Any) -> None:
+    images.forwarding(True)  # again: a session that started before ours may have ended
     env.configure(
         machine={"engine_insecure_registry": ["10.213.0.0/16"]},
         image={

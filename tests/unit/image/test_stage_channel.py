@@ -133,6 +133,7 @@ def container(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Contai
         stdin=subprocess.PIPE,  # open and silent, as the container's stdin
         stdout=subprocess.DEVNULL,
         env={**os.environ, CONTAINER_MARK: str(bin_dir)},
+        start_new_session=True,  # as a container's processes, apart from ours
     )
     (bin_dir / "keeper").write_text(str(proc.pid))
     box = Container(tmp, channel, bin_dir, proc)
@@ -233,3 +234,11 @@ def test_debug_services_follows_their_output_during_each_stage(container: Contai
         assert len(ticks) >= 15  # two one-second stages at ten lines a second, and more
     # Without CI_DEBUG_SERVICES nothing is followed.
     assert container.run_stage(b"sleep 0.5\n") == (0, b"", b"")
+
+
+def test_a_stage_killing_its_process_group_spares_the_keeper(container: Container) -> None:
+    # A common cleanup idiom: it must end the stage's own processes only.
+    rc, out, _ = container.run_stage(b"trap 'kill 0' EXIT; sleep 300 & echo bye\n")
+    assert (rc, out) == (143, b"bye\n")
+    assert container.keeper.poll() is None
+    assert container.run_stage(b"echo next\n") == (0, b"next\n", b"")
