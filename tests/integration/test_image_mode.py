@@ -326,3 +326,20 @@ def test_the_pool_learns_the_images_recent_jobs_ran(env: Env, registry: images.R
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=180)
     env.assert_nothing_left()
+
+
+def test_a_non_root_user_runs_the_stages_and_writes_the_clone(
+    env: Env, registry: images.Registry
+) -> None:
+    image_world(env, registry)
+    job = Job(
+        image=f"{registry.open}/ci/busybox:1",
+        image_docker={"user": "1000"},
+        script=["id -u", "echo made-by-the-build > built.txt", "cat built.txt"],
+    )
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    build = result.stage("build_script").stdout
+    assert "\n1000\n" in build  # the stage ran as the job's user, through the keeper
+    assert "made-by-the-build" in build  # the helper's umask 0000 left the clone writable
+    env.assert_nothing_left()
