@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -568,6 +569,49 @@ class Starter:
         api.start(container["Id"])
         return name
 
+    def _create_helper(self, name: str, image: str) -> str:
+        return self._create(
+            name,
+            ContainerPlan(image=image, policies=[]),
+            ["sh", "-c", HELPER_KEEPER],
+            binds=[*self._binds(), channel_bind(name)],
+            network_aliases=[],
+            elevated=False,
+        )
+
+    def _network(self) -> None:
+        """The per-job network, unless the pool made it (one name, one network)."""
+        from docker.errors import NotFound
+
+        try:
+            self.api.inspect_network(self.network)
+        except NotFound:
+            self.api.create_network(
+                self.network,
+                driver="bridge",
+                labels={"gitlab-machine-driver.machine": self.machine},
+            )
+
+    def _pooled_helper(self, name: str) -> str:
+        """The image id of a helper the pool started, if it is running what this job's
+        would run (image, command, binds); "" if none. A stale one is removed."""
+        from docker.errors import NotFound
+
+        try:
+            info = self.api.inspect_container(name)
+        except NotFound:
+            return ""
+        same = (
+            info["State"].get("Running")
+            and info["Config"].get("Image") == with_tag(self.plan.helper_image)
+            and info["Config"].get("Cmd") == ["sh", "-c", HELPER_KEEPER]
+            and info["HostConfig"].get("Binds") == [*self._binds(), channel_bind(name)]
+        )
+        if same:
+            return str(info["Image"])
+        self.api.remove_container(name, force=True)
+        return ""
+
     def _keeper_pid(self, name: str) -> int:
         """The keeper's PID in its container, which it prints first thing."""
         deadline = time.monotonic() + KEEPER_TIMEOUT
@@ -605,8 +649,6 @@ class Starter:
 
     def _containers(self, in_vm: InVm) -> dict[str, Any]:
         """Two rounds, each all at once: images, channels and network; then containers."""
-        from functools import partial
-
         api, job = self.api, self.plan
         if not job.helper_image:
             arch = str(api.info().get("Architecture", "amd64"))
@@ -624,16 +666,18 @@ class Starter:
         uses += [(s.image, s.policies, s.platform) for s in job.services]
         for image, policies, platform in uses:
             images.setdefault(with_tag(image), (image, policies, platform))
+        pooled = self._pooled_helper(helper)  # the pool may have started it already
         _together(
             *(partial(self.ensure_image, *use) for use in images.values()),
-            partial(make_channels, in_vm, [helper, build]),
-            partial(
-                api.create_network,
-                self.network,
-                driver="bridge",
-                labels={"gitlab-machine-driver.machine": self.machine},
-            ),
+            partial(make_channels, in_vm, [build] if pooled else [helper, build]),
+            partial(self._network),
         )
+        if pooled and pooled != api.inspect_image(with_tag(job.helper_image))["Id"]:
+            api.remove_container(helper, force=True)  # pulled anew since: start it afresh
+            make_channels(in_vm, [helper])
+            pooled = ""
+        if pooled:
+            self.say(f"Using the helper container the warm pool started ({helper})")
         services = [(f"{self.machine}-svc-{i}", s) for i, s in enumerate(job.services)]
         for _, service in services:
             self.say(f"Starting service {service.name}...")
@@ -654,15 +698,7 @@ class Starter:
                 )
                 for name, service in services
             ),
-            partial(
-                self._create,
-                helper,
-                ContainerPlan(image=job.helper_image, policies=[]),
-                ["sh", "-c", HELPER_KEEPER],
-                binds=[*binds, channel_bind(helper)],
-                network_aliases=[],
-                elevated=False,
-            ),
+            *([] if pooled else [partial(self._create_helper, helper, job.helper_image)]),
             partial(
                 self._create,
                 build,
@@ -725,6 +761,57 @@ class Starter:
             if ports and network.get("IPAddress"):
                 targets.append((index, network["IPAddress"], ports[:MAX_HEALTH_PORTS]))
         return targets
+
+
+def prestart_helper(
+    settings: Any, machine_dir: Any, address: Any, machine: str, url: Callable[[], str]
+) -> bool:
+    """The pool's part: a ready machine's per-job network, helper channel and helper
+    container, started before a job takes it (none of it depends on the job when
+    [image] helper_image names an image without variables). Prepare checks it is still
+    what the job would start, else starts its own. False: nothing to do here."""
+    from driver import ssh
+
+    image = settings.image
+    if not image.container_mode or not image.helper_image or "$" in image.helper_image:
+        return False
+    engine = Engine(
+        address.engine_url or url(), address.ca_cert, address.client_cert, address.client_key
+    )
+    helper = image.helper_image
+    plan = Plan(
+        build=ContainerPlan(image=helper, policies=[]),
+        services=[],
+        helper_image=helper,
+        helper_policies=[],
+        runner_version="",
+        variables={},
+        credentials=[],
+        debug_services=False,
+    )
+    starter = Starter(
+        image,
+        plan,
+        machine=machine,
+        engine=engine,
+        builds_dir=settings.builds_dir,
+        cache_dir=settings.cache_dir,
+        say=lambda _: None,
+        warn=lambda _: None,
+    )
+
+    def in_vm(command: str, timeout: float, check: bool) -> str:
+        return str(ssh.run(machine_dir, command, timeout=timeout + 15, check=check).stdout)
+
+    starter.api = _connect(engine, image.pull_timeout, settings.docker.ready_timeout)
+    try:
+        name = f"{machine}-helper"
+        _together(partial(make_channels, in_vm, [name]), starter._network)
+        starter._create_helper(name, helper)
+        starter._keeper_pid(name)
+    finally:
+        starter.api.close()
+    return True
 
 
 def make_channels(in_vm: InVm, containers: Sequence[str]) -> None:

@@ -18,6 +18,7 @@ from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.image.config import pool_images
 from driver.image.learn import prepull, recent_images
+from driver.image.setup import prestart_helper
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.settings import PoolSettings, Settings
 from driver.state import JobPhase, Lock, PoolPhase, PoolRecord, StateDir, pid_alive, write_private
@@ -255,6 +256,14 @@ class PoolService:
                     lambda image, why: self.log.info("pool_image_skipped", image=image, why=why),
                 )
                 self.log.info("pool_images_learned", images=pulled)
+            # Image mode: the job's helper container started ahead (prepare checks it).
+            try:
+                if prestart_helper(
+                    self.settings, where, record.address, name, lambda: self.dm.url(name)
+                ):
+                    self.log.info("pool_helper_started")
+            except Exception as e:  # the job starts its own then
+                self.log.warning("pool_helper_not_started", error=str(e)[:300])
             ssh.stop_master(where)  # the job opens its own; an idle master would only linger
             record.ready_at = time.time()
             self.state.save_pool(record)

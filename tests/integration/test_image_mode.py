@@ -322,6 +322,11 @@ def test_the_pool_learns_the_images_recent_jobs_ran(env: Env, registry: images.R
         third = pool_hit(Job(image=bash, script=["echo third"]))
         assert f"Using locally found image {bash}" in second + third
         assert f"Pulling docker image {bash} ..." not in third
+        # The pool started the helper container too ([image] helper_image is set), and
+        # the runner's stages run in it.
+        fourth = pool_hit(Job(image=bash, script=["cat .emulated-checkout"], artifacts=True))
+        assert "Using the helper container the warm pool started" in third + fourth
+        assert "helper stand-in: artifacts-uploader" in fourth
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=180)

@@ -1,0 +1,108 @@
+"""A helper container the warm pool started is used only if it is what the job would start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from docker.errors import NotFound
+
+from driver.image import setup
+from driver.image.config import ImageSettings
+
+HELPER = "reg.example.com/ci/helper:1"
+MACHINE = "gmd-p1234"
+NAME = f"{MACHINE}-helper"
+
+
+class FakeEngine:
+    """Answers inspect_container from one container record; records removals."""
+
+    def __init__(self, container: dict[str, Any] | None) -> None:
+        self.container = container
+        self.removed: list[str] = []
+
+    def inspect_container(self, name: str) -> dict[str, Any]:
+        if self.container is None:
+            raise NotFound("no such container")
+        return self.container
+
+    def remove_container(self, name: str, force: bool = False) -> None:
+        self.removed.append(name)
+
+
+def starter(volumes: list[str] | None = None) -> setup.Starter:
+    settings = ImageSettings(mode="container", helper_image=HELPER, volumes=volumes or [])
+    plan = setup.Plan(
+        build=setup.ContainerPlan(image="ruby:3", policies=[]),
+        services=[],
+        helper_image=HELPER,
+        helper_policies=[],
+        runner_version="",
+        variables={},
+        credentials=[],
+        debug_services=False,
+    )
+    engine = setup.Engine("tcp://10.0.0.1:2376", "ca", "cert", "key")
+    return setup.Starter(
+        settings,
+        plan,
+        machine=MACHINE,
+        engine=engine,
+        builds_dir="/builds",
+        cache_dir="/cache",
+        say=print,
+        warn=print,
+    )
+
+
+def pooled(**changes: Any) -> dict[str, Any]:
+    """The record of a helper as prestart_helper starts it, with `changes`."""
+    container: dict[str, Any] = {
+        "Image": "sha256:abc",
+        "State": {"Running": True},
+        "Config": {"Image": HELPER, "Cmd": ["sh", "-c", setup.HELPER_KEEPER]},
+        "HostConfig": {
+            "Binds": ["/builds:/builds:rw", "/cache:/cache:rw", setup.channel_bind(NAME)]
+        },
+    }
+    for section, value in changes.items():
+        container[section] = {**container[section], **value}
+    return container
+
+
+def test_a_matching_running_helper_is_used() -> None:
+    job = starter()
+    job.api = FakeEngine(pooled())
+    assert job._pooled_helper(NAME) == "sha256:abc"
+    assert job.api.removed == []
+
+
+def test_no_helper_from_the_pool_means_none() -> None:
+    job = starter()
+    job.api = FakeEngine(None)
+    assert job._pooled_helper(NAME) == ""
+    assert job.api.removed == []
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"State": {"Running": False}},
+        {"Config": {"Image": "reg.example.com/ci/helper:2"}},  # the admin changed it since
+        {"Config": {"Cmd": ["sh", "-c", "an older driver's keeper"]}},
+    ],
+    ids=["stopped", "other-image", "other-keeper"],
+)
+def test_a_helper_that_differs_is_removed_and_not_used(changes: dict[str, Any]) -> None:
+    job = starter()
+    job.api = FakeEngine(pooled(**changes))
+    assert job._pooled_helper(NAME) == ""
+    assert job.api.removed == [NAME]
+
+
+def test_other_volumes_since_the_pool_started_it_mean_a_new_helper() -> None:
+    job = starter(volumes=["/srv/data:/data:ro"])
+    job.api = FakeEngine(pooled())
+    assert job._pooled_helper(NAME) == ""
+    assert job.api.removed == [NAME]
