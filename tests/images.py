@@ -286,6 +286,8 @@ def forwarding(on: bool) -> None:
             FORWARD.write_text("1\n")
         elif not pids:
             FORWARD.write_text(users["saved"])
+            FORWARD_USERS.unlink(missing_ok=True)  # the last one out: nothing left behind
+            return
         users["pids"] = pids
         FORWARD_USERS.write_text(json.dumps(users))
 
