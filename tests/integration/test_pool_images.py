@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.images import forwarding
 from tests.runner import Job
 from tests.world import Env, driver_argv
 
@@ -25,7 +26,6 @@ pytestmark = pytest.mark.skipif(
     or shutil.which("docker-registry") is None,
     reason="needs root, docker.io and docker-registry",
 )
-FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 REGISTRY_CONFIG = """version: 0.1
 storage:
   filesystem:
@@ -49,8 +49,7 @@ def dm(env: Env, *args: str) -> str:
 @pytest.fixture
 def registry(env: Env) -> Iterator[str]:
     """A registry on its own test host (a machine of the double), holding one image."""
-    forward = FORWARD.read_text()
-    FORWARD.write_text("1\n")  # machines reach each other through the host
+    forwarding(True)  # machines reach each other through the host (shared with other tests)
     try:
         dm(env, "create", "--driver", "local", "registry-host")
         info = json.loads(dm(env, "inspect", "registry-host"))["Driver"]
@@ -90,7 +89,7 @@ def registry(env: Env) -> Iterator[str]:
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
         yield f"{info['IPAddress']}:5000/ci/tiny:1"
     finally:
-        FORWARD.write_text(forward)
+        forwarding(False)
 
 
 def test_pool_machines_come_with_the_configured_images(env: Env, registry: str) -> None:
