@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     with job_dir.locked(timeout=60):
         job_dir.create()
         ssh.check_control_path(job_dir)
-        _remove_machines(stage, dm, say)
+        _remove_machines(stage, dm, say, why="left over from an earlier attempt")
         try:
             source = "pool" if settings.pool.enabled and _from_pool(stage, dm) else "create"
             if source == "create":
@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
             # before saying anything (the job log may be a closed pipe by now).
             signals.ignore_termination()
             ssh.stop_master(job_dir)
-            _remove_machines(stage, dm, log.to_admin_log)
+            _remove_machines(stage, dm, log.to_admin_log, why="its prepare failed")
             job_dir.remove()
             reason = e.message if isinstance(e, DriverError) else type(e).__name__
             say(f"Preparing failed ({reason.splitlines()[0]}); its machine was removed")
@@ -94,7 +94,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remove_machines(stage: Stage, dm: DockerMachine, progress: provision.Progress) -> None:
+def _remove_machines(
+    stage: Stage, dm: DockerMachine, progress: provision.Progress, *, why: str
+) -> None:
     """Every machine this job may hold: its own name, the one its record names (an earlier
     attempt's, or a pool machine), and pool machines it claimed but never took over."""
     names = {stage.machine}
@@ -104,7 +106,7 @@ def _remove_machines(stage: Stage, dm: DockerMachine, progress: provision.Progre
     names.update(stage.state.release_claims(stage.job.id))
     for name in sorted(names):
         if dm.exists(name):
-            progress(f"Removing machine {name} left over from an earlier attempt...")
+            progress(f"Removing machine {name} ({why})...")
             provision.destroy(dm, name, stage.settings, progress)
         stage.state.forget_pool(name)
     stage.job_dir.state_file.unlink(missing_ok=True)
