@@ -88,6 +88,7 @@ from driver.pool.control import (  # noqa: E402
     ReadyMachine,
     make_policy,
 )
+from driver.pool.lookahead import Lookahead  # noqa: E402
 from driver.settings import LimitSettings, PoolSettings, parse_settings  # noqa: E402
 
 WEEK = 7 * 86400.0
@@ -119,6 +120,9 @@ class TraceJob:
     arrival: float  # seconds from the start of the week
     duration: float  # seconds the job runs
     create: float  # seconds its own create takes, if it misses
+    pipeline: int = -1  # the pipeline it belongs to (-1: unknown), and its stage there
+    stage: int = 0
+    runs: bool = True  # False: a stage after a failed one, skipped (announced, never ran)
 
 
 @dataclass(frozen=True)
@@ -168,18 +172,34 @@ def working_week(args: argparse.Namespace, seed: int) -> Trace:
         if rng.random() > week_level(t):
             continue
         pipelines += 1
-        size = min(
-            args.fanout_max,
-            math.ceil(rng.lognormvariate(math.log(args.fanout_median), args.fanout_sigma)),
-        )
-        for _ in range(size):
-            arrival = t + rng.uniform(0.0, args.pickup)
-            jobs.append(TraceJob(arrival, durations.draw(rng), creates.draw(rng)))
+        stages = rng.randint(1, args.stages) if args.stages > 1 else 1
+        start, runs = t, True
+        for stage in range(stages):
+            median = args.first_stage_median if stage == 0 and stages > 1 else args.fanout_median
+            size = min(
+                args.fanout_max,
+                math.ceil(rng.lognormvariate(math.log(median), args.fanout_sigma)),
+            )
+            end = start
+            for _ in range(size):
+                arrival = start + rng.uniform(0.0, args.pickup)
+                job = TraceJob(
+                    arrival, durations.draw(rng), creates.draw(rng), pipelines, stage, runs
+                )
+                jobs.append(job)
+                end = max(end, arrival + args.claim_seconds + job.duration)
+            # The next stage starts when this one ends (as if every job found a machine);
+            # after a failed stage its jobs are skipped: announced, never run.
+            if runs and stages > 1 and rng.random() < args.stage_failure:
+                runs = False
+            start = end
     jobs.sort(key=lambda j: j.arrival)
+    ran = sum(j.runs for j in jobs)
     return Trace(
-        jobs,
+        [j for j in jobs if j.runs or j.pipeline >= 0],
         WEEK,
-        f"working week, seed {seed}: {pipelines} pipelines, {len(jobs)} jobs",
+        f"working week, seed {seed}: {pipelines} pipelines, {ran} jobs"
+        + (f" (and {len(jobs) - ran} skipped after a failed stage)" if ran < len(jobs) else ""),
     )
 
 
@@ -193,28 +213,40 @@ def read_trace(path: Path, args: argparse.Namespace, seed: int) -> Trace:
                 continue
             try:
                 arrival, duration = float(row[0]), float(row[1])
+                pipeline = int(row[2]) if len(row) > 2 and row[2] else -1
+                stage = int(row[3]) if len(row) > 3 and row[3] else 0
+                runs = row[4].strip() != "0" if len(row) > 4 else True
             except (ValueError, IndexError):
                 if number == 1:
                     continue  # a header
                 raise SystemExit(
-                    f"{path}:{number}: expected 'arrival seconds,duration seconds', got {row!r}"
+                    f"{path}:{number}: expected 'arrival seconds,duration seconds"
+                    f"[,pipeline,stage,runs]', got {row!r}"
                 ) from None
             if arrival < 0 or duration < 0:
                 raise SystemExit(f"{path}:{number}: negative time in {row!r}")
-            jobs.append(TraceJob(arrival, duration, creates.draw(rng)))
+            jobs.append(TraceJob(arrival, duration, creates.draw(rng), pipeline, stage, runs))
     if not jobs:
         raise SystemExit(f"{path}: no jobs in it")
     jobs.sort(key=lambda j: j.arrival)
     length = max(WEEK, jobs[-1].arrival)
-    return Trace(jobs, length, f"{path.name}: {len(jobs)} jobs")
+    return Trace(jobs, length, f"{path.name}: {sum(j.runs for j in jobs)} jobs")
 
 
 def write_trace(trace: Trace, path: Path) -> None:
     with path.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["arrival_seconds", "duration_seconds"])
+        out.writerow(["arrival_seconds", "duration_seconds", "pipeline", "stage", "runs"])
         for job in trace.jobs:
-            out.writerow([f"{job.arrival:.3f}", f"{job.duration:.3f}"])
+            out.writerow(
+                [
+                    f"{job.arrival:.3f}",
+                    f"{job.duration:.3f}",
+                    job.pipeline,
+                    job.stage,
+                    int(job.runs),
+                ]
+            )
 
 
 # --- the simulation
@@ -232,6 +264,7 @@ class PoolVM:
 @dataclass
 class JobRun:
     job: TraceJob
+    number: int  # its place in the trace: the job id the lookahead knows it by
     hit: bool = False
     create_started: float | None = None
     prepared: float | None = None  # prepare seconds
@@ -303,7 +336,7 @@ class Result:
 class Replay:
     """One policy over one trace: events on a heap, the controller every `tick` seconds."""
 
-    ARRIVE, POOL_READY, JOB_CREATED, JOB_DONE = 3, 1, 2, 0  # order at equal times
+    ARRIVE, POOL_READY, JOB_CREATED, JOB_DONE, SKIPPED = 3, 1, 2, 0, 4  # order at equal times
 
     def __init__(
         self,
@@ -338,6 +371,14 @@ class Replay:
         self.created_seconds: list[float] = []
         self.runs: list[JobRun] = []
         self.wanted_sum = 0.0
+        # Each stage's jobs, announced when the stage before it starts (as the pool
+        # service learns them from GitLab when it sees the first job of that stage).
+        self.lookahead = Lookahead()
+        self.stages: dict[tuple[int, int], list[int]] = {}
+        for number, job in enumerate(trace.jobs):
+            if job.pipeline >= 0:
+                self.stages.setdefault((job.pipeline, job.stage), []).append(number)
+        self.announced: set[tuple[int, int]] = set()
         self.ticks = 0
         self.controller = PoolController(
             pool,
@@ -402,6 +443,13 @@ class Replay:
         self._at(self.now + run.job.create, self.JOB_CREATED, run)
 
     def _arrive(self, run: JobRun) -> None:
+        job = run.job
+        if job.pipeline >= 0 and (job.pipeline, job.stage + 1) not in self.announced:
+            self.announced.add((job.pipeline, job.stage + 1))
+            self.lookahead.announce(
+                self.stages.get((job.pipeline, job.stage + 1), ()), WEEK_START + self.now
+            )
+        self.lookahead.arrived(run.number, WEEK_START + self.now, hit=bool(self.ready))
         self.runs.append(run)
         if self.ready:
             machine = self.ready.pop(0)  # the longest idle, as PoolStore.claim takes it
@@ -437,8 +485,11 @@ class Replay:
         elif kind == self.JOB_DONE:
             self.job_machines -= 1
             self._admit_waiting()
+        elif kind == self.SKIPPED:
+            self.lookahead.withdraw([data])
 
     def _step(self) -> None:
+        expected, leads, announced_hits, announced_misses = self.lookahead.report()
         obs = Observation(
             ready=tuple(self.ready),
             creating=self.pool_creating,
@@ -449,6 +500,10 @@ class Replay:
             machines=self.machines,
             job_creates=self.job_creates,
             waiting=len(self.waiting),
+            expected=expected,
+            leads=leads,
+            announced_hits=announced_hits,
+            announced_misses=announced_misses,
         )
         self.hits = self.misses = 0
         self.created_seconds = []
@@ -459,11 +514,14 @@ class Replay:
 
     def run(self, label: str) -> Result:
         started = time.perf_counter()
-        for job in self.trace.jobs:
-            self._at(job.arrival, self.ARRIVE, JobRun(job))
+        for number, job in enumerate(self.trace.jobs):
+            if job.runs:
+                self._at(job.arrival, self.ARRIVE, JobRun(job, number))
+            else:  # GitLab marks it skipped when the stage before it ends
+                self._at(job.arrival, self.SKIPPED, number)
         next_tick = 0.0
-        while self.events:
-            when = self.events[0][0]
+        while self.events or next_tick <= self.trace.length:
+            when = self.events[0][0] if self.events else math.inf
             if next_tick <= when and next_tick <= self.trace.length:
                 self.now = next_tick
                 self._step()
@@ -704,6 +762,18 @@ def main() -> int:
     parser.add_argument("--fanout-median", type=float, default=2.0)
     parser.add_argument("--fanout-sigma", type=float, default=1.0)
     parser.add_argument("--fanout-max", type=int, default=64)
+    parser.add_argument(
+        "--stages", type=int, default=3, help="each pipeline has 1 to this many stages"
+    )
+    parser.add_argument(
+        "--first-stage-median",
+        type=float,
+        default=1.0,
+        help="--fanout-median of a staged pipeline's first stage",
+    )
+    parser.add_argument(
+        "--stage-failure", type=float, default=0.1, help="share of stages that fail"
+    )
     parser.add_argument("--pickup", type=float, default=5.0, help="seconds to pick up a fan-out")
     parser.add_argument("--job-median", type=float, default=300.0)
     parser.add_argument("--job-p95", type=float, default=1200.0)

@@ -59,6 +59,13 @@ class Observation:
     machines: int = 0  # every machine the driver owns on the host ([limits] max_machines)
     job_creates: int = 0  # jobs' own creates in flight ([limits] max_creating)
     waiting: int = 0  # jobs waiting for capacity to create their own machine
+    # Jobs known to be coming (driver.pool.lookahead): when each was announced; the
+    # announced-to-arrival seconds measured since the last step; and how many of
+    # `hits` and `misses` had been announced.
+    expected: Sequence[float] = ()
+    leads: Sequence[float] = ()
+    announced_hits: int = 0
+    announced_misses: int = 0
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,13 @@ class DemandPolicy:
     weighted by its jobs) is the target, the expected share at one moment
     being 1 - E[(N - S)+] / E[N]. The model's estimates lag a changing rate,
     so it aims above the target by as much as the jobs of that week fell short.
+
+    Jobs announced ahead (a pipeline's next stage, driver.pool.lookahead) are
+    not guessed but known: the policy adds one machine for each, started so it
+    is ready when the job is likely to come (the announcement plus a short
+    lead, less a long create, both from what it measured), and leaves them out
+    of the fan-out model. The allowance then aims the unannounced jobs at
+    what, with the announced ones' hits, makes `hit_rate_target` of all jobs.
     """
 
     RATE_EVENTS = 8
@@ -147,6 +161,8 @@ class DemandPolicy:
     SMALLEST_ALLOWANCE, LARGEST_ALLOWANCE = 1e-5, 0.5
     HIGHEST_AIM = 0.999
     AIM_GAIN = 3.0
+    LEADS_KEPT, LEADS_NEEDED = 200, 10  # announced-to-arrival times remembered, and trusted
+    LEAD_QUANTILE, CREATE_QUANTILE = 0.05, 0.9  # an early arrival, a slow create
 
     def __init__(self, pool: PoolSettings, create_seconds: float = DEFAULT_CREATE_SECONDS) -> None:
         self.pool = pool
@@ -156,10 +172,12 @@ class DemandPolicy:
         self.sizes: deque[int] = deque(maxlen=self.SIZES_KEPT)  # and its jobs
         self.last_arrival = -math.inf
         self.creates: deque[float] = deque([create_seconds], maxlen=self.CREATES_KEPT)
+        self.leads: deque[float] = deque(maxlen=self.LEADS_KEPT)
         self.measured = False  # the prior above goes at the first measured create
-        # Every 10 minutes: the fan-out rate, and the jobs that found a machine or not.
-        self.history: deque[tuple[float, int, int]] = deque(maxlen=self.HISTORY_KEPT)
-        self.hits = self.misses = 0  # since the last sample
+        # Every 10 minutes: the fan-out rate, the jobs that found a machine or not, and
+        # of them the announced ones.
+        self.history: deque[tuple[float, int, int, int, int]] = deque(maxlen=self.HISTORY_KEPT)
+        self.hits = self.misses = self.announced_hits = self.announced_misses = 0
         self.next_sample = -math.inf
         self.allowance = 1.0 - self.target
         self.aim = self.target
@@ -174,10 +192,14 @@ class DemandPolicy:
                 self.creates.clear()
                 self.measured = True
             self.creates.append(seconds)
-        arrived = obs.hits + obs.misses
+        self.leads.extend(obs.leads)
+        # Announced jobs are known, not guessed: the fan-out model learns from the others.
+        arrived = obs.hits + obs.misses - obs.announced_hits - obs.announced_misses
         self.hits += obs.hits
         self.misses += obs.misses
-        if arrived:
+        self.announced_hits += obs.announced_hits
+        self.announced_misses += obs.announced_misses
+        if arrived > 0:
             if now - self.last_arrival <= BURST_GAP and self.sizes:
                 self.sizes[-1] += arrived  # the same fan-out, seen over two steps
             else:
@@ -185,8 +207,16 @@ class DemandPolicy:
                 self.sizes.append(arrived)
             self.last_arrival = now
         if now >= self.next_sample:
-            self.history.append((self.fanout_rate(now), self.hits, self.misses))
-            self.hits = self.misses = 0
+            self.history.append(
+                (
+                    self.fanout_rate(now),
+                    self.hits,
+                    self.misses,
+                    self.announced_hits,
+                    self.announced_misses,
+                )
+            )
+            self.hits = self.misses = self.announced_hits = self.announced_misses = 0
             self.next_sample = now + self.HISTORY_EVERY
         if not self.sizes:
             return
@@ -200,12 +230,16 @@ class DemandPolicy:
             self.next_refresh = now + self.REFRESH_EVERY
             self.next_calibration = now
         if now >= self.next_calibration and self.model is not None:
-            hits = sum(h for _, h, _ in self.history)
-            jobs = hits + sum(m for _, _, m in self.history)
+            hits = sum(h for _, h, _, _, _ in self.history)
+            jobs = hits + sum(m for _, _, m, _, _ in self.history)
+            announced_hits = sum(a for _, _, _, a, _ in self.history)
+            announced = announced_hits + sum(a for _, _, _, _, a in self.history)
+            # What the unannounced jobs must reach for target of all jobs.
+            base = self.target
+            if jobs > announced:
+                base = (self.target * jobs - announced_hits) / (jobs - announced)
             shortfall = self.target - hits / jobs if jobs else 0.0
-            self.aim = min(
-                self.HIGHEST_AIM, max(self.target, self.target + self.AIM_GAIN * shortfall)
-            )
+            self.aim = min(self.HIGHEST_AIM, max(0.0, base, base + self.AIM_GAIN * shortfall))
             self.allowance = self.calibrate(self.model, self.aim)
             self.next_calibration = now + self.RECALIBRATE_EVERY
 
@@ -228,7 +262,7 @@ class DemandPolicy:
     def calibrate(self, model: ArrivalModel, aim: float) -> float:
         """The allowance whose expected hit rate over the remembered week is `aim`."""
         weights: dict[int, float] = {}
-        for rate, _, _ in self.history:
+        for rate, *_ in self.history:
             bucket = self._bucket(rate)
             if bucket is not None:
                 weights[bucket] = weights.get(bucket, 0.0) + rate
@@ -252,10 +286,21 @@ class DemandPolicy:
         return math.exp(low)
 
     def wanted(self, now: float, obs: Observation) -> int:
+        delay = self.announced_start_delay()
+        due = sum(1 for announced in obs.expected if now - announced >= delay)
         bucket = self._bucket(self.fanout_rate(now))
         if bucket is None or self.model is None:
-            return 0
-        return self.model.tails(math.exp(bucket * self.RATE_STEP)).stock(self.allowance)
+            return due
+        return due + self.model.tails(math.exp(bucket * self.RATE_STEP)).stock(self.allowance)
+
+    def announced_start_delay(self) -> float:
+        """Seconds after its announcement a job's machine is started: an early lead less
+        a slow create, once enough leads were measured to tell (before: at once)."""
+        if len(self.leads) < self.LEADS_NEEDED:
+            return 0.0
+        lead = _quantile(sorted(self.leads), self.LEAD_QUANTILE)
+        create = _quantile(sorted(self.creates), self.CREATE_QUANTILE)
+        return max(0.0, lead - create)
 
     def idle_time(self, now: float) -> float:
         return self.pool.idle_time
@@ -331,6 +376,10 @@ def jobs_within(
 ) -> int:
     """The smallest S with P(N > S) <= allowance (N: jobs arriving within one lead time)."""
     return ArrivalModel(sizes, leads).tails(fanouts_per_second).stock(allowance)
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _quantile_points(ordered: Sequence[float], points: int) -> list[float]:

@@ -284,7 +284,7 @@ def test_the_allowance_is_calibrated_so_the_expected_hit_rate_is_the_target() ->
         """The share of the remembered jobs that the model expects to find a machine."""
         weighted = [
             (rate, model.tails(math.exp(round(math.log(rate) / 0.05) * 0.05)))
-            for rate, _, _ in policy.history
+            for rate, *_ in policy.history
             if rate > 0
         ]
         total = sum(rate for rate, _ in weighted)

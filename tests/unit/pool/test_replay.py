@@ -42,6 +42,9 @@ def args(**overrides: float) -> argparse.Namespace:
         "idle_time": 600.0,
         "demand_window": 1800.0,
         "scale_max": 60,
+        "stages": 3,
+        "first_stage_median": 1.0,
+        "stage_failure": 0.1,
     }
     return argparse.Namespace(**(values | overrides))
 
@@ -89,6 +92,43 @@ def test_the_replay_is_deterministic_for_a_seed(replay: ModuleType) -> None:
     assert (first.hit_rate, first.idle_seconds) == (second.hit_rate, second.idle_seconds)
 
 
+def test_a_pipelines_next_stage_finds_machines_made_when_it_was_announced(
+    replay: ModuleType,
+) -> None:
+    # One build job, then 5 test jobs 10 minutes later; the pool has no history.
+    build = (3600.0, 590.0, 80.0)
+    tests = [(4200.0 + i, 300.0, 80.0) for i in range(5)]
+
+    def staged(pipeline: int) -> Any:
+        jobs = [replay.TraceJob(*build, pipeline, 0)]
+        jobs += [replay.TraceJob(*job, pipeline, 1) for job in tests]
+        return replay.Trace(jobs, 86400.0, "test")
+
+    seen = run(replay, staged(1), replay.demand(0.95, args()), LimitSettings())
+    unseen = run(replay, staged(-1), replay.demand(0.95, args()), LimitSettings())
+    assert [r.hit for r in seen.runs] == [False] + [True] * 5
+    # Unannounced, they find at most what the policy keeps for unforeseen jobs.
+    assert sum(r.hit for r in unseen.runs) <= 2
+    # docker+machine's IdleCount knows nothing of stages: with none idle, all miss.
+    assert run(replay, staged(1), replay.fixed(0, args()), LimitSettings()).hit_rate == 0
+
+
+def test_a_skipped_stage_withdraws_its_announced_jobs(replay: ModuleType) -> None:
+    build = replay.TraceJob(3600.0, 290.0, 80.0, 1, 0)
+    skipped = [replay.TraceJob(3900.0, 300.0, 80.0, 1, 1, False) for _ in range(3)]
+    result = run(
+        replay,
+        replay.Trace([build, *skipped], 86400.0, "test"),
+        replay.demand(0.95, args()),
+        LimitSettings(),
+    )
+    assert len(result.runs) == 1  # the skipped jobs never ran
+    # Their 3 machines (and one kept for unforeseen jobs) were made, then removed unused
+    # once idle past idle_time: nothing stays for jobs that will not come.
+    assert len(result.vms) >= 3
+    assert result.never_used == len(result.vms)
+
+
 def test_periods_reach_the_pool_as_migrate_carries_them(replay: ModuleType) -> None:
     pool = replay.with_periods(12, 2, args())
     assert pool.idle_count == 2
@@ -101,6 +141,11 @@ def test_a_csv_trace_is_read_and_a_bad_line_named(replay: ModuleType, tmp_path: 
     good.write_text("arrival_seconds,duration_seconds\n10,300\n5,60\n")
     trace = replay.read_trace(good, args(), 1)
     assert [(j.arrival, j.duration) for j in trace.jobs] == [(5.0, 60.0), (10.0, 300.0)]
+    staged = tmp_path / "staged.csv"
+    replay.write_trace(replay.working_week(args(), 2), staged)
+    again = replay.read_trace(staged, args(), 2)
+    first = [(j.pipeline, j.stage, j.runs) for j in replay.working_week(args(), 2).jobs]
+    assert [(j.pipeline, j.stage, j.runs) for j in again.jobs] == first
     bad = tmp_path / "bad.csv"
     bad.write_text("10,300\nsoon,300\n")
     with pytest.raises(SystemExit, match=r"bad.csv:2: expected 'arrival seconds,duration"):
