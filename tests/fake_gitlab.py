@@ -3,7 +3,8 @@
 GET /api/v4/projects/:project/jobs/:job with a PRIVATE-TOKEN header:
 200 with the job's JSON, 404 for a job it does not know, 401 for a bad token.
 For doctor also /version, /user, and /projects/:project/jobs (200 for a project
-the token may read, else 404).
+the token may read, else 404). For the pool's lookahead
+/projects/:project/pipelines/:pipeline/jobs: the jobs set in `pipelines`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from types import TracebackType
 
 JOB_PATH = re.compile(r"^/api/v4/projects/(\d+)/jobs/(\d+)$")
 JOBS_PATH = re.compile(r"^/api/v4/projects/(\d+)/jobs$")
+PIPELINE_JOBS_PATH = re.compile(r"^/api/v4/projects/(\d+)/pipelines/(\d+)/jobs$")
 
 
 class FakeGitLab:
@@ -25,6 +27,8 @@ class FakeGitLab:
         self.requests: list[str] = []
         # Projects the token may read besides those of `jobs` (for GET .../projects/:id/jobs).
         self.projects: set[int] = set()
+        # (project, pipeline) -> its jobs, as GitLab lists them: id, status, stage, tag_list.
+        self.pipelines: dict[tuple[int, int], list[dict[str, object]]] = {}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,6 +41,12 @@ class FakeGitLab:
                     return self._reply(200, {"version": "16.11.0-fake", "revision": "0"})
                 if path == "/api/v4/user":
                     return self._reply(200, {"id": 1, "username": "sweeper"})
+                pipeline = PIPELINE_JOBS_PATH.match(path)
+                if pipeline:
+                    key = (int(pipeline[1]), int(pipeline[2]))
+                    if key not in fake.pipelines:
+                        return self._reply(404, {"message": "404 Not found"})
+                    return self._reply(200, list(fake.pipelines[key]))
                 listing = JOBS_PATH.match(path)
                 if listing:
                     project = int(listing[1])

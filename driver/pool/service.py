@@ -20,8 +20,19 @@ from driver.image.config import pool_images
 from driver.image.learn import prepull, recent_images
 from driver.image.setup import prestart_helper
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
+from driver.pool.lookahead import Lookahead
+from driver.pool.pipelines import ListJobs, PipelineWatch, gitlab_list_jobs
 from driver.settings import PoolSettings, Settings
-from driver.state import JobPhase, Lock, PoolPhase, PoolRecord, StateDir, pid_alive, write_private
+from driver.state import (
+    JobPhase,
+    JobRecord,
+    Lock,
+    PoolPhase,
+    PoolRecord,
+    StateDir,
+    pid_alive,
+    write_private,
+)
 
 
 def pool_name(settings: Settings) -> str:
@@ -31,7 +42,7 @@ def pool_name(settings: Settings) -> str:
 class PoolService:
     """Keeps the pool at its target; one thread per create or removal in flight."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, list_jobs: ListJobs | None = None) -> None:
         self.settings = settings
         self.state = StateDir(settings.state_dir)
         self.dm = DockerMachine(settings)
@@ -53,6 +64,17 @@ class PoolService:
         )
         self.claims_seen: tuple[float, float] | None = None  # the hit and miss counters
         self.create_measured: set[str] = set()  # ready machines whose create time was taken
+        # Jobs known to be coming: the next stage of the pipelines of the jobs here.
+        self.lookahead = Lookahead()
+        self.jobs_seen: set[int] = set()
+        self.pipelines: PipelineWatch | None = None
+        pool = settings.pool
+        if pool.policy == "demand" and pool.lookahead and settings.gitlab.configured:
+            self.pipelines = PipelineWatch(
+                self.lookahead,
+                list_jobs or gitlab_list_jobs(settings.gitlab),
+                lambda message: self.log.warning("pool_lookahead_failed", error=message),
+            )
 
     # --- lifecycle
 
@@ -153,6 +175,8 @@ class PoolService:
             if r is not None and r.phase == JobPhase.CREATING and pid_alive(r.prepare_pid)
         )
         hits, misses = self._claims_since_last()
+        self._watch_pipelines(records)
+        expected, leads, announced_hits, announced_misses = self.lookahead.report()
         with self.lock:
             creating = len(self.creating)
         observation = Observation(
@@ -165,8 +189,27 @@ class PoolService:
             machines=self.state.machines_owned()[0],
             job_creates=job_creates,
             waiting=max(0, waiting),
+            expected=expected,
+            leads=leads,
+            announced_hits=announced_hits,
+            announced_misses=announced_misses,
         )
         return observation, len(records)
+
+    def _watch_pipelines(self, records: dict[int, JobRecord | None]) -> None:
+        """Tell the pipeline watch of the jobs that came since the last tick, and let it
+        ask GitLab what their pipelines run next."""
+        if self.pipelines is None:
+            return
+        now = time.time()
+        for job_id, record in records.items():
+            if record is None or job_id in self.jobs_seen:
+                continue
+            self.jobs_seen.add(job_id)
+            hit = record.machine != self.settings.machine_name(job_id)  # a pool machine
+            self.pipelines.job_arrived(record.project_id, record.pipeline_id, job_id, now, hit)
+        self.jobs_seen &= set(records)
+        self.pipelines.poll(now)
 
     def _claims_since_last(self) -> tuple[int, int]:
         """Prepares that took a pool machine, and that found none, since the last tick."""

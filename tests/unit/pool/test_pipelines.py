@@ -1,0 +1,163 @@
+"""The pool's lookahead at GitLab: a pipeline's next stage, announced before it starts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from driver.pool.lookahead import Lookahead
+from driver.pool.pipelines import RECHECK, PipelineJob, PipelineWatch, gitlab_list_jobs
+from driver.pool.service import PoolService
+from driver.settings import GitLabSettings, parse_settings
+from driver.state import JobDir, JobPhase, JobRecord
+from tests.fake_gitlab import FakeGitLab
+
+TOKEN = "glpat-lookahead"
+
+
+def job(id: int, status: str, stage: str, tags: tuple[str, ...] = ("vm",)) -> PipelineJob:
+    return PipelineJob(id, status, stage, frozenset(tags))
+
+
+class Pipelines:
+    """GitLab's answers, changed by the test; every call counted."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, list[PipelineJob]] = {}
+        self.calls = 0
+        self.down = False
+
+    def __call__(self, project_id: int, pipeline_id: int) -> list[PipelineJob]:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("GitLab did not answer")
+        return self.jobs[pipeline_id]
+
+
+def watch() -> tuple[PipelineWatch, Lookahead, Pipelines, list[str]]:
+    lookahead, gitlab, warnings = Lookahead(), Pipelines(), list[str]()
+    return PipelineWatch(lookahead, gitlab, warnings.append), lookahead, gitlab, warnings
+
+
+def test_only_the_next_stage_with_our_tags_is_announced() -> None:
+    pipelines, lookahead, gitlab, _ = watch()
+    gitlab.jobs[7] = [
+        job(1, "running", "build"),
+        *(job(i, "created", "test") for i in (2, 3, 4)),
+        job(5, "created", "test", ("windows",)),  # another runner's
+        job(6, "created", "deploy"),  # after the tests: not yet
+        job(8, "manual", "deploy"),
+    ]
+    pipelines.job_arrived(40, 7, 1, now=100.0, hit=True)
+    pipelines.poll(100.0)
+    assert sorted(lookahead.expected) == [2, 3, 4]
+
+
+def test_jobs_that_will_not_come_are_withdrawn_and_the_following_stage_comes_next() -> None:
+    pipelines, lookahead, gitlab, _ = watch()
+    gitlab.jobs[7] = [
+        job(1, "running", "build"),
+        job(2, "created", "test"),
+        job(3, "created", "test"),
+        job(6, "created", "deploy"),
+    ]
+    pipelines.job_arrived(40, 7, 1, now=100.0, hit=True)
+    pipelines.poll(100.0)
+    # Job 2 comes here; job 3 is canceled.
+    gitlab.jobs[7] = [
+        job(1, "success", "build"),
+        job(2, "running", "test"),
+        job(3, "canceled", "test"),
+        job(6, "created", "deploy"),
+    ]
+    pipelines.job_arrived(40, 7, 2, now=700.0, hit=True)
+    pipelines.poll(700.0)
+    assert sorted(lookahead.expected) == [6]
+    _, leads, hits, misses = lookahead.report()
+    assert leads == (600.0,) and (hits, misses) == (1, 0)
+
+
+def test_a_failed_stage_withdraws_what_it_announced_at_the_next_look() -> None:
+    pipelines, lookahead, gitlab, _ = watch()
+    gitlab.jobs[7] = [job(1, "running", "build"), job(2, "created", "test")]
+    pipelines.job_arrived(40, 7, 1, now=100.0, hit=True)
+    pipelines.poll(100.0)
+    gitlab.jobs[7] = [job(1, "failed", "build"), job(2, "skipped", "test")]
+    pipelines.poll(100.0 + RECHECK / 2)
+    assert lookahead.expected == {2: 100.0}  # not looked at again yet
+    pipelines.poll(100.0 + RECHECK)
+    assert lookahead.expected == {}
+    calls = gitlab.calls
+    pipelines.poll(100.0 + 10 * RECHECK)
+    assert gitlab.calls == calls  # nothing left to watch in that pipeline
+
+
+def test_gitlab_failing_costs_the_lookahead_only_and_is_said_once() -> None:
+    pipelines, lookahead, gitlab, warnings = watch()
+    gitlab.down = True
+    for n in range(3):
+        pipelines.job_arrived(40, 7 + n, 1 + n, now=100.0, hit=False)
+    pipelines.poll(100.0)
+    pipelines.poll(100.0 + RECHECK)
+    assert lookahead.expected == {}
+    assert len(warnings) == 1 and "pipeline 7" in warnings[0]
+
+
+@pytest.fixture
+def gitlab() -> Iterator[FakeGitLab]:
+    with FakeGitLab(TOKEN) as fake:
+        yield fake
+
+
+def test_the_pipeline_jobs_are_read_from_gitlab(gitlab: FakeGitLab, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    gitlab.pipelines[(40, 7)] = [
+        {"id": 1, "status": "running", "stage": "build", "tag_list": ["vm"]},
+        {"id": 2, "status": "created", "stage": "test", "tag_list": []},
+    ]
+    list_jobs = gitlab_list_jobs(GitLabSettings(url=gitlab.url, token_file=token))
+    assert list_jobs(40, 7) == [
+        PipelineJob(1, "running", "build", frozenset({"vm"})),
+        PipelineJob(2, "created", "test", frozenset()),
+    ]
+
+
+def test_the_pool_service_wants_machines_for_the_next_stage_of_a_job_here(
+    gitlab: FakeGitLab, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    gitlab.pipelines[(40, 7)] = [
+        {"id": 101, "status": "running", "stage": "build", "tag_list": ["vm"]},
+        *(
+            {"id": i, "status": "created", "stage": "test", "tag_list": ["vm"]}
+            for i in range(102, 107)
+        ),
+    ]
+    state = tmp_path / "state"
+    settings = parse_settings(
+        {
+            "state_dir": str(state),
+            "pool": {"policy": "demand"},
+            "gitlab": {"url": gitlab.url, "token_file": str(token)},
+        }
+    )
+    job_dir = JobDir(state, 101)
+    job_dir.create()
+    job_dir.save(
+        JobRecord(
+            job_id=101, project_id=40, pipeline_id=7, machine="gmd-p0a1b2c3d", phase=JobPhase.READY
+        )
+    )
+    service = PoolService(settings)
+    observation, _ = service.observe()
+    assert len(observation.expected) == 5
+    decision = service.controller.policy.wanted(time.time(), observation)
+    assert decision >= 5
+    # Without [gitlab] the service cannot know: nothing is expected.
+    blind = PoolService(parse_settings({"state_dir": str(state), "pool": {"policy": "demand"}}))
+    assert blind.observe()[0].expected == ()
