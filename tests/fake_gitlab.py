@@ -29,6 +29,8 @@ class FakeGitLab:
         self.projects: set[int] = set()
         # (project, pipeline) -> its jobs, as GitLab lists them: id, status, stage, tag_list.
         self.pipelines: dict[tuple[int, int], list[dict[str, object]]] = {}
+        # project -> its finished jobs, listed by GET .../projects/:id/jobs (name, duration).
+        self.finished: dict[int, list[dict[str, object]]] = {}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,6 +52,8 @@ class FakeGitLab:
                 listing = JOBS_PATH.match(path)
                 if listing:
                     project = int(listing[1])
+                    if project in fake.finished:
+                        return self._reply(200, list(fake.finished[project]))
                     if project in fake.projects or any(p == project for p, _ in fake.jobs):
                         return self._reply(200, [])
                     return self._reply(404, {"message": "404 Project Not Found"})

@@ -23,6 +23,7 @@ never starts a create that a waiting job could have started instead.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from driver.pool.lookahead import NOTHING_AHEAD, Expected, Report
 from driver.pool.schedule import Target, current_target
 from driver.settings import LimitSettings, PoolSettings
 
@@ -59,13 +61,9 @@ class Observation:
     machines: int = 0  # every machine the driver owns on the host ([limits] max_machines)
     job_creates: int = 0  # jobs' own creates in flight ([limits] max_creating)
     waiting: int = 0  # jobs waiting for capacity to create their own machine
-    # Jobs known to be coming (driver.pool.lookahead): when each was announced; the
-    # announced-to-arrival seconds measured since the last step; and how many of
-    # `hits` and `misses` had been announced.
-    expected: Sequence[float] = ()
-    leads: Sequence[float] = ()
-    announced_hits: int = 0
-    announced_misses: int = 0
+    # Jobs known to be coming, and what the announced ones did since the last step
+    # (driver.pool.lookahead); its hits and misses are among `hits` and `misses`.
+    ahead: Report = NOTHING_AHEAD
 
 
 @dataclass(frozen=True)
@@ -162,7 +160,8 @@ class DemandPolicy:
     HIGHEST_AIM = 0.999
     AIM_GAIN = 3.0
     LEADS_KEPT, LEADS_NEEDED = 200, 10  # announced-to-arrival times remembered, and trusted
-    LEAD_QUANTILE, CREATE_QUANTILE = 0.05, 0.9  # an early arrival, a slow create
+    CREATE_QUANTILE, ARRIVAL_RISK, DELAY_STEP = 0.9, 0.1, 5.0  # see announced_start_delay
+    ERROR_QUANTILE = 0.1  # how early a predicted arrival may come, see announced_due
 
     def __init__(self, pool: PoolSettings, create_seconds: float = DEFAULT_CREATE_SECONDS) -> None:
         self.pool = pool
@@ -173,6 +172,7 @@ class DemandPolicy:
         self.last_arrival = -math.inf
         self.creates: deque[float] = deque([create_seconds], maxlen=self.CREATES_KEPT)
         self.leads: deque[float] = deque(maxlen=self.LEADS_KEPT)
+        self.errors: deque[float] = deque(maxlen=self.LEADS_KEPT)  # arrival - prediction
         self.measured = False  # the prior above goes at the first measured create
         # Every 10 minutes: the fan-out rate, the jobs that found a machine or not, and
         # of them the announced ones.
@@ -192,13 +192,14 @@ class DemandPolicy:
                 self.creates.clear()
                 self.measured = True
             self.creates.append(seconds)
-        self.leads.extend(obs.leads)
+        self.leads.extend(obs.ahead.leads)
+        self.errors.extend(obs.ahead.errors)
         # Announced jobs are known, not guessed: the fan-out model learns from the others.
-        arrived = obs.hits + obs.misses - obs.announced_hits - obs.announced_misses
+        arrived = obs.hits + obs.misses - obs.ahead.hits - obs.ahead.misses
         self.hits += obs.hits
         self.misses += obs.misses
-        self.announced_hits += obs.announced_hits
-        self.announced_misses += obs.announced_misses
+        self.announced_hits += obs.ahead.hits
+        self.announced_misses += obs.ahead.misses
         if arrived > 0:
             if now - self.last_arrival <= BURST_GAP and self.sizes:
                 self.sizes[-1] += arrived  # the same fan-out, seen over two steps
@@ -286,21 +287,51 @@ class DemandPolicy:
         return math.exp(low)
 
     def wanted(self, now: float, obs: Observation) -> int:
-        delay = self.announced_start_delay()
-        due = sum(1 for announced in obs.expected if now - announced >= delay)
+        due = self.announced_due(now, obs.ahead.expected)
         bucket = self._bucket(self.fanout_rate(now))
         if bucket is None or self.model is None:
             return due
         return due + self.model.tails(math.exp(bucket * self.RATE_STEP)).stock(self.allowance)
 
+    def announced_due(self, now: float, expected: Sequence[Expected]) -> int:
+        """The announced jobs whose machines should be ready or on their way now.
+
+        A job with a predicted arrival gets its machine a slow create before it,
+        moved earlier by how early such predictions came true (once PREDICTIONS_NEEDED
+        were measured); one without, `announced_start_delay` after its announcement.
+        """
+        if not expected:
+            return 0
+        create = _quantile(sorted(self.creates), self.CREATE_QUANTILE)
+        early = math.nan
+        if len(self.errors) >= self.LEADS_NEEDED:
+            early = _quantile(sorted(self.errors), self.ERROR_QUANTILE)
+        delay = self.announced_start_delay()
+        due = 0
+        for job in expected:
+            if math.isnan(job.predicted) or math.isnan(early):
+                due += now >= job.announced + delay
+            else:
+                due += now >= job.predicted + early - create
+        return due
+
     def announced_start_delay(self) -> float:
-        """Seconds after its announcement a job's machine is started: an early lead less
-        a slow create, once enough leads were measured to tell (before: at once)."""
+        """Seconds after its announcement a job's machine is started: the first moment
+        a job not yet arrived has a chance of ARRIVAL_RISK to arrive within a slow
+        create, from the leads measured (before LEADS_NEEDED of them: at once)."""
         if len(self.leads) < self.LEADS_NEEDED:
             return 0.0
-        lead = _quantile(sorted(self.leads), self.LEAD_QUANTILE)
+        leads = sorted(self.leads)
         create = _quantile(sorted(self.creates), self.CREATE_QUANTILE)
-        return max(0.0, lead - create)
+        waited = 0.0
+        while True:
+            later = len(leads) - bisect.bisect_right(leads, waited)
+            if later < self.LEADS_NEEDED:
+                return waited  # too few ever came this late to tell: start it
+            within = bisect.bisect_right(leads, waited + create) - (len(leads) - later)
+            if within >= self.ARRIVAL_RISK * later:
+                return waited
+            waited += self.DELAY_STEP
 
     def idle_time(self, now: float) -> float:
         return self.pool.idle_time

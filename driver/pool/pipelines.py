@@ -10,19 +10,30 @@ come here: skipped after a failure, canceled, made manual, or taken by another
 runner. A job of the next stage arriving makes the pipeline's following stage
 the next one to announce.
 
+It also predicts when that stage starts: when the last of the jobs before it
+should end, each started (or starting now) and taking what its name's last
+successful runs in the project took (their median; GitLab's job list, read
+at most once per USUAL_KEPT seconds per project). Where a job's usual time is
+unknown there is no prediction, and the policy goes by the announcement alone.
+
 Only ever a hint: an error or a refused token costs the lookahead, never a job.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from driver.pool.lookahead import Lookahead
 from driver.settings import GitLabSettings
 
 RECHECK = 30.0  # seconds between two looks at a pipeline with jobs announced
+USUAL_KEPT = 3600.0  # seconds a project's usual job durations are kept before read again
+UNFINISHED = {"created", "pending", "waiting_for_resource", "preparing", "running"}
 WAITING = "created"  # GitLab's status of a job whose earlier stages have not ended
 STILL_COMING = {"created", "pending", "waiting_for_resource", "preparing", "scheduled"}
 
@@ -33,10 +44,18 @@ class PipelineJob:
     status: str
     stage: str
     tags: frozenset[str]
+    name: str = ""
+    started: float | None = None  # when it started running (clock seconds), if it did
 
 
 class ListJobs(Protocol):
     def __call__(self, project_id: int, pipeline_id: int) -> list[PipelineJob]: ...
+
+
+class UsualDurations(Protocol):
+    """A project's job names and what their recent successful runs took (seconds)."""
+
+    def __call__(self, project_id: int) -> dict[str, float]: ...
 
 
 @dataclass
@@ -51,12 +70,18 @@ class PipelineWatch:
     """Announces to `lookahead` the next stage of each pipeline a job of ours is in."""
 
     def __init__(
-        self, lookahead: Lookahead, list_jobs: ListJobs, warn: Callable[[str], None]
+        self,
+        lookahead: Lookahead,
+        list_jobs: ListJobs,
+        warn: Callable[[str], None],
+        usual_durations: UsualDurations | None = None,
     ) -> None:
         self.lookahead = lookahead
         self.list_jobs = list_jobs
+        self.usual_durations = usual_durations
         self.warn = warn
         self.pipelines: dict[int, Pipeline] = {}
+        self.usual: dict[int, tuple[float, dict[str, float]]] = {}  # project: (read at, usual)
         self.failing = False  # warn once per run of errors, not every tick
 
     def job_arrived(
@@ -103,10 +128,29 @@ class PipelineWatch:
         if not waiting:
             return
         # GitLab numbers a pipeline's jobs stage by stage: the lowest waiting is next.
-        next_stage = min(waiting, key=lambda job: job.id).stage
-        coming = [job.id for job in waiting if job.stage == next_stage]
-        self.lookahead.announce(coming, now)
+        first = min(waiting, key=lambda job: job.id)
+        coming = [job.id for job in waiting if job.stage == first.stage]
+        before = [job for job in jobs if job.id < first.id and job.status in UNFINISHED]
+        self.lookahead.announce(coming, now, self._predict(pipeline.project_id, before, now))
         pipeline.announced.update(coming)
+
+    def _predict(self, project_id: int, before: list[PipelineJob], now: float) -> float:
+        """When the jobs `before` should all have ended; NaN if that cannot be told."""
+        if not before or self.usual_durations is None:
+            return math.nan
+        read_at, usual = self.usual.get(project_id, (-math.inf, {}))
+        if now - read_at >= USUAL_KEPT:
+            try:
+                usual = self.usual_durations(project_id)
+            except Exception as e:  # a hint only
+                self.warn(f"cannot read the usual job durations of project {project_id}: {e}")
+                usual = {}
+            self.usual[project_id] = (now, usual)
+        if any(job.name not in usual for job in before):
+            return math.nan
+        return max(
+            (now if job.started is None else job.started) + usual[job.name] for job in before
+        )
 
 
 def gitlab_list_jobs(settings: GitLabSettings) -> ListJobs:
@@ -130,8 +174,44 @@ def gitlab_list_jobs(settings: GitLabSettings) -> ListJobs:
                 str(job.status),
                 str(job.stage),
                 frozenset(str(tag) for tag in (getattr(job, "tag_list", None) or ())),
+                str(getattr(job, "name", "")),
+                _timestamp(getattr(job, "started_at", None)),
             )
             for job in found
         ]
 
     return list_jobs
+
+
+def gitlab_usual_durations(settings: GitLabSettings) -> UsualDurations:
+    """The median duration of each job name over a project's last 100 successful jobs."""
+    import gitlab
+
+    client = gitlab.Gitlab(
+        settings.url,
+        private_token=settings.read_token() or None,
+        timeout=settings.timeout,
+        retry_transient_errors=False,
+    )
+
+    def usual_durations(project_id: int) -> dict[str, float]:
+        project = client.projects.get(project_id, lazy=True)
+        found: list[Any] = project.jobs.list(scope="success", per_page=100, get_all=False)
+        by_name: dict[str, list[float]] = {}
+        for job in found:
+            duration = getattr(job, "duration", None)
+            if isinstance(duration, int | float) and duration > 0:
+                by_name.setdefault(str(job.name), []).append(float(duration))
+        return {name: statistics.median(seconds) for name, seconds in by_name.items()}
+
+    return usual_durations
+
+
+def _timestamp(value: object) -> float | None:
+    """GitLab's ISO 8601 time (\"2026-12-01T10:00:00.000Z\") as clock seconds."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -21,7 +21,13 @@ from driver.image.learn import prepull, recent_images
 from driver.image.setup import prestart_helper
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.pool.lookahead import Lookahead
-from driver.pool.pipelines import ListJobs, PipelineWatch, gitlab_list_jobs
+from driver.pool.pipelines import (
+    ListJobs,
+    PipelineWatch,
+    UsualDurations,
+    gitlab_list_jobs,
+    gitlab_usual_durations,
+)
 from driver.settings import PoolSettings, Settings
 from driver.state import (
     JobPhase,
@@ -42,7 +48,12 @@ def pool_name(settings: Settings) -> str:
 class PoolService:
     """Keeps the pool at its target; one thread per create or removal in flight."""
 
-    def __init__(self, settings: Settings, list_jobs: ListJobs | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        list_jobs: ListJobs | None = None,
+        usual_durations: UsualDurations | None = None,
+    ) -> None:
         self.settings = settings
         self.state = StateDir(settings.state_dir)
         self.dm = DockerMachine(settings)
@@ -74,6 +85,7 @@ class PoolService:
                 self.lookahead,
                 list_jobs or gitlab_list_jobs(settings.gitlab),
                 lambda message: self.log.warning("pool_lookahead_failed", error=message),
+                usual_durations or gitlab_usual_durations(settings.gitlab),
             )
 
     # --- lifecycle
@@ -176,7 +188,6 @@ class PoolService:
         )
         hits, misses = self._claims_since_last()
         self._watch_pipelines(records)
-        expected, leads, announced_hits, announced_misses = self.lookahead.report()
         with self.lock:
             creating = len(self.creating)
         observation = Observation(
@@ -189,10 +200,7 @@ class PoolService:
             machines=self.state.machines_owned()[0],
             job_creates=job_creates,
             waiting=max(0, waiting),
-            expected=expected,
-            leads=leads,
-            announced_hits=announced_hits,
-            announced_misses=announced_misses,
+            ahead=self.lookahead.report(),
         )
         return observation, len(records)
 

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from driver.pool.control import DemandPolicy, Observation
-from driver.pool.lookahead import Lookahead
+from driver.pool.lookahead import Expected, Lookahead, Report
 from driver.settings import PoolSettings, parse_settings
+
+
+def ahead(
+    expected: list[Expected] | None = None,
+    leads: list[float] | None = None,
+    errors: list[float] | None = None,
+    hits: int = 0,
+) -> Report:
+    return Report(tuple(expected or ()), tuple(leads or ()), tuple(errors or ()), hits, 0)
 
 
 def demand_pool(target: float = 0.95) -> PoolSettings:
@@ -18,16 +27,26 @@ def test_an_announced_job_is_expected_until_it_arrives_and_its_lead_is_measured(
     assert ahead.arrived(11, now=400.0, hit=True)
     assert not ahead.arrived(99, now=400.0, hit=False)  # never announced
     ahead.withdraw([13])  # skipped after all
-    expected, leads, hits, misses = ahead.report()
-    assert expected == (100.0,)  # job 12 only
-    assert leads == (300.0,)
-    assert (hits, misses) == (1, 0)
-    assert ahead.report()[1:] == ((), 0, 0)  # reported once
+    report = ahead.report()
+    assert report.expected == (Expected(100.0),)  # job 12 only
+    assert report.leads == (300.0,)
+    assert (report.hits, report.misses) == (1, 0)
+    again = ahead.report()  # reported once
+    assert (again.leads, again.hits, again.misses) == ((), 0, 0)
+
+
+def test_a_predicted_arrival_measures_how_far_off_it_was() -> None:
+    ahead = Lookahead()
+    ahead.announce([1], now=100.0, predicted=500.0)
+    ahead.arrived(1, now=460.0, hit=False)
+    report = ahead.report()
+    assert report.errors == (-40.0,)  # 40 s early
+    assert (report.hits, report.misses) == (0, 1)
 
 
 def test_announced_jobs_get_machines_at_once_before_any_lead_is_known() -> None:
     policy = DemandPolicy(demand_pool(), create_seconds=90)
-    announced = Observation(ready=(), creating=0, in_use=0, expected=(1000.0,) * 5)
+    announced = Observation(ready=(), creating=0, in_use=0, ahead=ahead([Expected(1000.0)] * 5))
     policy.observe(1000.0, announced)
     assert policy.wanted(1000.0, announced) == 5
 
@@ -39,15 +58,39 @@ def test_announced_machines_start_a_slow_create_before_an_early_arrival() -> Non
         ready=(),
         creating=0,
         in_use=0,
-        leads=[600.0] * DemandPolicy.LEADS_NEEDED,
+        ahead=ahead(leads=[600.0] * DemandPolicy.LEADS_NEEDED),
         create_seconds=[90.0, 95.0, 100.0],
     )
     policy.observe(0.0, learned)
     delay = policy.announced_start_delay()
     assert 450 <= delay <= 520
-    fresh = Observation(ready=(), creating=0, in_use=0, expected=(1000.0, 1000.0))
+    fresh = Observation(ready=(), creating=0, in_use=0, ahead=ahead([Expected(1000.0)] * 2))
     assert policy.wanted(1000.0 + delay - 1, fresh) == 0
     assert policy.wanted(1000.0 + delay, fresh) == 2
+
+
+def test_a_predicted_arrival_gets_its_machine_a_slow_create_before_it() -> None:
+    policy = DemandPolicy(demand_pool(), create_seconds=90)
+    # Predictions came true up to 30 s early; creates took 90-100 s.
+    errors = [-30.0] + [0.0] * (DemandPolicy.LEADS_NEEDED - 1)
+    learned = Observation(
+        ready=(),
+        creating=0,
+        in_use=0,
+        ahead=ahead(errors=errors),
+        create_seconds=[90.0, 95.0, 100.0],
+    )
+    policy.observe(0.0, learned)
+    due_at = Observation(
+        ready=(), creating=0, in_use=0, ahead=ahead([Expected(1000.0, predicted=5000.0)])
+    )
+    early = -30.0 if DemandPolicy.ERROR_QUANTILE < 0.1 else 0.0
+    start = 5000.0 + early - 100.0
+    assert policy.wanted(start - 1, due_at) == 0
+    assert policy.wanted(start, due_at) == 1
+    # Before enough predictions were checked, it goes by the announcement (at once).
+    novice = DemandPolicy(demand_pool(), create_seconds=90)
+    assert novice.wanted(1000.0, due_at) == 1
 
 
 def test_announced_arrivals_do_not_count_as_unforeseen_fan_outs() -> None:
@@ -56,7 +99,7 @@ def test_announced_arrivals_do_not_count_as_unforeseen_fan_outs() -> None:
     for _ in range(30):  # a fan-out of 6 every 5 minutes, every job announced
         now += 300.0
         arrived = Observation(
-            ready=(), creating=0, in_use=0, hits=6, announced_hits=6, leads=[300.0] * 6
+            ready=(), creating=0, in_use=0, hits=6, ahead=ahead(leads=[300.0] * 6, hits=6)
         )
         policy.observe(now, arrived)
     assert policy.wanted(now, Observation(ready=(), creating=0, in_use=0)) == 0
@@ -77,7 +120,7 @@ def test_announced_hits_let_the_unannounced_jobs_aim_lower() -> None:
                     creating=0,
                     in_use=0,
                     hits=3 + announced,
-                    announced_hits=announced,
+                    ahead=ahead(hits=announced),
                 ),
             )
         return policy.wanted(now, Observation(ready=(), creating=0, in_use=0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from driver.pool.lookahead import Lookahead
-from driver.pool.pipelines import RECHECK, PipelineJob, PipelineWatch, gitlab_list_jobs
+from driver.pool.pipelines import (
+    RECHECK,
+    PipelineJob,
+    PipelineWatch,
+    gitlab_list_jobs,
+    gitlab_usual_durations,
+)
 from driver.pool.service import PoolService
 from driver.settings import GitLabSettings, parse_settings
 from driver.state import JobDir, JobPhase, JobRecord
@@ -18,8 +25,15 @@ from tests.fake_gitlab import FakeGitLab
 TOKEN = "glpat-lookahead"
 
 
-def job(id: int, status: str, stage: str, tags: tuple[str, ...] = ("vm",)) -> PipelineJob:
-    return PipelineJob(id, status, stage, frozenset(tags))
+def job(
+    id: int,
+    status: str,
+    stage: str,
+    tags: tuple[str, ...] = ("vm",),
+    name: str = "",
+    started: float | None = None,
+) -> PipelineJob:
+    return PipelineJob(id, status, stage, frozenset(tags), name or f"{stage}-{id}", started)
 
 
 class Pipelines:
@@ -37,9 +51,18 @@ class Pipelines:
         return self.jobs[pipeline_id]
 
 
-def watch() -> tuple[PipelineWatch, Lookahead, Pipelines, list[str]]:
+def watch(
+    usual: dict[str, float] | None = {},  # noqa: B006 (never changed)
+) -> tuple[PipelineWatch, Lookahead, Pipelines, list[str]]:
     lookahead, gitlab, warnings = Lookahead(), Pipelines(), list[str]()
-    return PipelineWatch(lookahead, gitlab, warnings.append), lookahead, gitlab, warnings
+
+    def usual_durations(project_id: int) -> dict[str, float]:
+        if usual is None:
+            raise ConnectionError("GitLab did not answer")
+        return usual
+
+    pipelines = PipelineWatch(lookahead, gitlab, warnings.append, usual_durations)
+    return pipelines, lookahead, gitlab, warnings
 
 
 def test_only_the_next_stage_with_our_tags_is_announced() -> None:
@@ -76,8 +99,8 @@ def test_jobs_that_will_not_come_are_withdrawn_and_the_following_stage_comes_nex
     pipelines.job_arrived(40, 7, 2, now=700.0, hit=True)
     pipelines.poll(700.0)
     assert sorted(lookahead.expected) == [6]
-    _, leads, hits, misses = lookahead.report()
-    assert leads == (600.0,) and (hits, misses) == (1, 0)
+    report = lookahead.report()
+    assert report.leads == (600.0,) and (report.hits, report.misses) == (1, 0)
 
 
 def test_a_failed_stage_withdraws_what_it_announced_at_the_next_look() -> None:
@@ -87,7 +110,7 @@ def test_a_failed_stage_withdraws_what_it_announced_at_the_next_look() -> None:
     pipelines.poll(100.0)
     gitlab.jobs[7] = [job(1, "failed", "build"), job(2, "skipped", "test")]
     pipelines.poll(100.0 + RECHECK / 2)
-    assert lookahead.expected == {2: 100.0}  # not looked at again yet
+    assert list(lookahead.expected) == [2]  # not looked at again yet
     pipelines.poll(100.0 + RECHECK)
     assert lookahead.expected == {}
     calls = gitlab.calls
@@ -106,6 +129,38 @@ def test_gitlab_failing_costs_the_lookahead_only_and_is_said_once() -> None:
     assert len(warnings) == 1 and "pipeline 7" in warnings[0]
 
 
+def test_the_next_stage_is_due_when_the_slowest_job_before_it_usually_ends() -> None:
+    pipelines, lookahead, gitlab, _ = watch({"build": 300.0, "lint": 60.0, "test": 500.0})
+    gitlab.jobs[7] = [
+        job(1, "running", "build", name="build", started=1000.0),
+        job(2, "success", "build", name="lint", started=1000.0),  # done: no longer waited for
+        job(3, "created", "test", name="test"),
+    ]
+    pipelines.job_arrived(40, 7, 1, now=1010.0, hit=True)
+    pipelines.poll(1010.0)
+    assert lookahead.expected[3].predicted == 1300.0  # build started at 1000, takes 300
+
+
+def test_no_prediction_when_a_job_before_has_no_history() -> None:
+    pipelines, lookahead, gitlab, warnings = watch({"build": 300.0})
+    gitlab.jobs[7] = [
+        job(1, "running", "build", name="build", started=1000.0),
+        job(2, "pending", "build", name="new-job"),  # never ran in this project
+        job(3, "created", "test", name="test"),
+    ]
+    pipelines.job_arrived(40, 7, 1, now=1010.0, hit=True)
+    pipelines.poll(1010.0)
+    assert math.isnan(lookahead.expected[3].predicted)
+    assert warnings == []
+    # And none when GitLab cannot tell the durations: said once, the job still announced.
+    pipelines, lookahead, gitlab, warnings = watch(None)
+    gitlab.jobs[7] = [job(1, "running", "build", started=1000.0), job(3, "created", "test")]
+    pipelines.job_arrived(40, 7, 1, now=1010.0, hit=True)
+    pipelines.poll(1010.0)
+    assert math.isnan(lookahead.expected[3].predicted)
+    assert len(warnings) == 1 and "usual job durations of project 40" in warnings[0]
+
+
 @pytest.fixture
 def gitlab() -> Iterator[FakeGitLab]:
     with FakeGitLab(TOKEN) as fake:
@@ -119,11 +174,18 @@ def test_the_pipeline_jobs_are_read_from_gitlab(gitlab: FakeGitLab, tmp_path: Pa
         {"id": 1, "status": "running", "stage": "build", "tag_list": ["vm"]},
         {"id": 2, "status": "created", "stage": "test", "tag_list": []},
     ]
-    list_jobs = gitlab_list_jobs(GitLabSettings(url=gitlab.url, token_file=token))
-    assert list_jobs(40, 7) == [
-        PipelineJob(1, "running", "build", frozenset({"vm"})),
-        PipelineJob(2, "created", "test", frozenset()),
+    gitlab.pipelines[(40, 7)][0]["name"] = "compile"
+    gitlab.pipelines[(40, 7)][0]["started_at"] = "2026-12-01T10:00:00.000Z"
+    gitlab.finished[40] = [
+        {"id": i, "name": "compile", "status": "success", "duration": seconds}
+        for i, seconds in enumerate([280.0, 300.0, 900.0])
     ]
+    settings = GitLabSettings(url=gitlab.url, token_file=token)
+    assert gitlab_list_jobs(settings)(40, 7) == [
+        PipelineJob(1, "running", "build", frozenset({"vm"}), "compile", 1796119200.0),
+        PipelineJob(2, "created", "test", frozenset(), "", None),
+    ]
+    assert gitlab_usual_durations(settings)(40) == {"compile": 300.0}  # the median
 
 
 def test_the_pool_service_wants_machines_for_the_next_stage_of_a_job_here(
@@ -138,6 +200,7 @@ def test_the_pool_service_wants_machines_for_the_next_stage_of_a_job_here(
             for i in range(102, 107)
         ),
     ]
+    gitlab.finished[40] = []  # no history: announced, not predicted
     state = tmp_path / "state"
     settings = parse_settings(
         {
@@ -155,9 +218,9 @@ def test_the_pool_service_wants_machines_for_the_next_stage_of_a_job_here(
     )
     service = PoolService(settings)
     observation, _ = service.observe()
-    assert len(observation.expected) == 5
+    assert len(observation.ahead.expected) == 5
     decision = service.controller.policy.wanted(time.time(), observation)
     assert decision >= 5
     # Without [gitlab] the service cannot know: nothing is expected.
     blind = PoolService(parse_settings({"state_dir": str(state), "pool": {"policy": "demand"}}))
-    assert blind.observe()[0].expected == ()
+    assert blind.observe()[0].ahead.expected == ()

@@ -45,6 +45,7 @@ def args(**overrides: float) -> argparse.Namespace:
         "stages": 3,
         "first_stage_median": 1.0,
         "stage_failure": 0.1,
+        "duration_spread": 0.3,
     }
     return argparse.Namespace(**(values | overrides))
 
