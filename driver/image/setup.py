@@ -58,10 +58,17 @@ DETECT_SHELL = (
 def keeper(channel: str = CHANNEL_MOUNT) -> str:
     """Run each stage whose token arrives on <channel>/ctl, one at a time (POSIX sh).
 
-    The stage runs in a foreground subshell, not `&`: an asynchronous list would start
-    with SIGINT and SIGQUIT ignored, for good. Its FIFOs open first (the wrapper in the
-    VM waits for "started" on rc to know they are open), then its exit code is written
-    to rc. No channel (not bound): wait on the container's stdin, which never delivers.
+    The stage runs in a foreground command substitution, not `&`: an asynchronous list
+    would start with SIGINT and SIGQUIT ignored, for good. Its FIFOs open first (the
+    wrapper in the VM waits for "started" on rc to know they are open), then its exit
+    code is written to rc. No channel (not bound): wait on the container's stdin, which
+    never delivers.
+
+    The substitution prints its PID (the stage's process group under setsid), then execs
+    the shell; once the shell exits, what is left in that group is killed, as docker
+    ends a container with its shell. Else a background process still holding the
+    stage's output keeps the stage open, even one the script's `trap 'kill 0' EXIT`
+    meant to end: bash loses a SIGTERM that reaches its forked child before the exec.
     """
     return (
         f'echo "{KEEPER_MARK} $$"; d={channel} g=\n'
@@ -70,8 +77,11 @@ def keeper(channel: str = CHANNEL_MOUNT) -> str:
         '  IFS= read -r t < "$d/ctl" || continue\n'
         '  case $t in "" | *[!0-9a-f]*) continue;; esac\n'
         "  c=$d/$t\n"
-        '  (exec 9> "$c.rc" < "$c.in" > "$c.out" 2> "$c.err"; echo started >&9\n'
-        f"   (exec 9>&-; {DETECT_SHELL}); echo $? >&9)\n"
+        '  (exec 9> "$c.rc" < "$c.in" 3> "$c.out" 2> "$c.err"; echo started >&9\n'
+        '   p=$(p=; read -r p _ 2>/dev/null < /proc/self/stat; echo "$p"\n'
+        f"     exec >&3 3>&- 9>&-; {DETECT_SHELL}); rc=$?\n"
+        '   if [ -n "$g" ] && [ -n "$p" ]; then kill -KILL -"$p" 2>/dev/null; fi\n'
+        "   echo $rc >&9)\n"
         "done\n"
         "read -r _\n"
     )
