@@ -117,6 +117,11 @@ def status(settings: Settings, *, as_json: bool) -> int:
     counts = report["counts"]
     print("machines: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"target idle now: {target}")
+    if service.get("jobs_announced"):
+        print(
+            "jobs announced by GitLab (the next stage of pipelines here): "
+            f"{service['jobs_announced']}"
+        )
     for m in machines:
         idle = f", idle {m['idle_seconds']}s" if m["idle_seconds"] is not None else ""
         print(f"  {m['name']}  {m['state']}  age {m['age_seconds']}s{idle}")

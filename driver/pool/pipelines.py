@@ -124,7 +124,11 @@ class PipelineWatch:
         }
         self.lookahead.withdraw(gone)
         pipeline.announced -= gone
-        waiting = [job for job in jobs if job.status == WAITING and job.tags in tags]
+        waiting = [
+            job
+            for job in jobs
+            if job.status == WAITING and job.tags in tags and job.id not in pipeline.ours
+        ]  # (one of ours still "created": GitLab's list lagging behind, it came already)
         if not waiting:
             return
         # GitLab numbers a pipeline's jobs stage by stage: the lowest waiting is next.

@@ -377,6 +377,7 @@ class PoolService:
                 "updated": time.time(),
                 "idle_wanted": wanted,
                 "in_use": in_use,
+                "jobs_announced": len(self.lookahead.expected),  # a pipeline's next stage
                 "creating": sorted(self.creating),
                 "removing": sorted(self.removing),
                 "errors": list(self.errors),

@@ -103,6 +103,16 @@ def test_jobs_that_will_not_come_are_withdrawn_and_the_following_stage_comes_nex
     assert report.leads == (600.0,) and (report.hits, report.misses) == (1, 0)
 
 
+def test_a_job_that_came_here_is_never_announced_again() -> None:
+    pipelines, lookahead, gitlab, _ = watch()
+    gitlab.jobs[7] = [job(1, "running", "build"), job(2, "created", "test")]
+    pipelines.job_arrived(40, 7, 1, now=100.0, hit=True)
+    pipelines.poll(100.0)
+    pipelines.job_arrived(40, 7, 2, now=400.0, hit=True)
+    pipelines.poll(400.0)  # GitLab's list still says "created": it lags behind
+    assert lookahead.expected == {}
+
+
 def test_a_failed_stage_withdraws_what_it_announced_at_the_next_look() -> None:
     pipelines, lookahead, gitlab, _ = watch()
     gitlab.jobs[7] = [job(1, "running", "build"), job(2, "created", "test")]

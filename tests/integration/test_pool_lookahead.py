@@ -1,0 +1,102 @@
+"""The pool's lookahead end to end: a build job runs, GitLab lists the pipeline's
+next stage as waiting, the pool service has machines ready for it, and the
+next stage's jobs start on them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.fake_gitlab import FakeGitLab
+from tests.runner import Job
+from tests.world import Env, destroy_world, driver_argv, new_world
+
+TOKEN = "glpat-lookahead-test"
+POOL = {
+    "policy": "demand",
+    "check_interval": 0.5,
+    "health_interval": 600,
+    "idle_time": 600,
+    "drain_on_stop": True,
+}
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    world = new_world(pool=POOL)
+    try:
+        yield world
+    finally:
+        destroy_world(world)
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def status(env: Env) -> dict[str, object]:
+    out = env.driver("pool", "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def test_the_next_stage_of_a_pipeline_finds_machines_made_for_it(env: Env) -> None:
+    build = Job(name="build", stage="build", script=["echo built"])
+    tests = [Job(name=f"test {n}", stage="test", script=["echo tested"]) for n in range(3)]
+    token_file = env.base / "gitlab-token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    with FakeGitLab(TOKEN) as gitlab:
+        gitlab.finished[build.project_id] = []
+        gitlab.pipelines[(build.project_id, build.pipeline_id)] = [
+            {
+                "id": build.id,
+                "status": "running",
+                "stage": "build",
+                "tag_list": [],
+                "name": "build",
+            },
+            *(
+                {"id": job.id, "status": "created", "stage": "test", "tag_list": [], "name": "t"}
+                for job in tests
+            ),
+        ]
+        env.configure(gitlab={"url": gitlab.url, "token_file": str(token_file)})
+        service = subprocess.Popen(
+            [*driver_argv(), "--config", str(env.config_path), "pool", "run"],
+            env=env.process_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            # The pool knows no job yet: the build job creates its own machine.
+            result = env.run_job(build)
+            assert result.outcome == "success", result.describe()
+            assert "No ready machine in the warm pool" in result.job_log
+            # GitLab says three test jobs wait for the build stage: three machines come.
+            wait_for(lambda: int(status(env)["counts"]["idle"]) >= 3)  # type: ignore[index]
+            assert status(env)["service"]["jobs_announced"] == 3  # type: ignore[index]
+            listed = gitlab.pipelines[(build.project_id, build.pipeline_id)]
+            listed[0]["status"] = "success"
+            for job in tests:
+                # GitLab lists a job it handed to the runner as running (and late, at times).
+                listed[1 + tests.index(job)]["status"] = "running"
+                result = env.run_job(job)
+                assert result.outcome == "success", result.describe()
+                assert "from the warm pool" in result.job_log
+            wait_for(lambda: status(env)["service"]["jobs_announced"] == 0)  # type: ignore[index]
+            asked = [r for r in gitlab.requests if "/pipelines/" in r]
+            assert asked, gitlab.requests
+        finally:
+            service.send_signal(signal.SIGTERM)
+            print(service.communicate(timeout=120)[0])  # shown if the test fails
+    env.assert_nothing_left()
