@@ -186,9 +186,7 @@ def working_week(args: argparse.Namespace, seed: int) -> Trace:
                 arrival = start + rng.uniform(0.0, args.pickup)
                 usual = durations.draw(rng)
                 duration = usual * rng.lognormvariate(0.0, args.duration_spread)
-                job = TraceJob(
-                    arrival, duration, creates.draw(rng), pipelines, stage, runs, usual
-                )
+                job = TraceJob(arrival, duration, creates.draw(rng), pipelines, stage, runs, usual)
                 jobs.append(job)
                 end = max(end, arrival + args.claim_seconds + job.duration)
             # The next stage starts when this one ends (as if every job found a machine);
@@ -361,6 +359,7 @@ class Replay:
         tick: float | None = None,
         policy: Policy | None = None,
         start_ready: int = 0,
+        lookahead: bool = True,
     ) -> None:
         self.trace = trace
         self.pool, self.limits = pool, limits
@@ -390,6 +389,7 @@ class Replay:
             if job.pipeline >= 0:
                 self.stages.setdefault((job.pipeline, job.stage), []).append(number)
         self.announced: set[tuple[int, int]] = set()
+        self.announcing = lookahead  # False: a pool that cannot ask GitLab (no [gitlab])
         self.ticks = 0
         self.controller = PoolController(
             pool,
@@ -455,18 +455,17 @@ class Replay:
 
     def _arrive(self, run: JobRun) -> None:
         job = run.job
-        if job.pipeline >= 0 and (job.pipeline, job.stage + 1) not in self.announced:
-            self.announced.add((job.pipeline, job.stage + 1))
-            # When this stage should end: its jobs' arrivals plus their usual durations.
+        next_stage = (job.pipeline, job.stage + 1)
+        if self.announcing and job.pipeline >= 0 and next_stage not in self.announced:
+            self.announced.add(next_stage)
+            # When this stage should end: its jobs' arrivals plus their usual durations
+            # (NaN, unknown, for a trace without them).
             ends = [
                 self.trace.jobs[n].arrival + self.claim_seconds + self.trace.jobs[n].usual
                 for n in self.stages[(job.pipeline, job.stage)]
             ]
-            self.lookahead.announce(
-                self.stages.get((job.pipeline, job.stage + 1), ()),
-                WEEK_START + self.now,
-                predicted=WEEK_START + max(ends),
-            )
+            end = math.nan if any(math.isnan(e) for e in ends) else WEEK_START + max(ends)
+            self.lookahead.announce(self.stages.get(next_stage, ()), WEEK_START + self.now, end)
         self.lookahead.arrived(run.number, WEEK_START + self.now, hit=bool(self.ready))
         self.runs.append(run)
         if self.ready:
@@ -646,6 +645,7 @@ class Bench:
                 claim_seconds=self.args.claim_seconds,
                 tick=self.args.tick,
                 policy=policy,
+                lookahead=not self.args.no_lookahead,
             )
             self.cache[label] = result = replay.run(label)
             if self.args.verbose:
@@ -811,6 +811,11 @@ def main() -> int:
     parser.add_argument("--fanout", type=int, default=20)
     parser.add_argument("--fanout-rounds", type=int, default=200)
     parser.add_argument("--verbose", action="store_true", help="print each replay as it ends")
+    parser.add_argument(
+        "--no-lookahead",
+        action="store_true",
+        help="the pool is not told of pipelines' next stages (no [gitlab] configured)",
+    )
     parser.add_argument(
         "--frontier",
         action="store_true",
