@@ -21,18 +21,36 @@ The standard trace (`working_week`), all parameters below as flags:
                by 9:30, a lunch dip 12:30-13:30, the evening ramp down) times
                --peak-pipelines per hour; Saturday and Sunday stay at WEEKEND
                of the peak. Time zone UTC; the week starts on a Monday 00:00.
-  fan-out      each pipeline starts ceil(X) jobs at once, X log-normal with
-               median --fanout-median and log-sd --fanout-sigma (heavy-tailed:
-               about 1 pipeline in 20 has more than 10 jobs), at most
-               --fanout-max; the runner picks them up over --pickup seconds.
-  durations    jobs: log-normal, median --job-median s, p95 --job-p95 s.
+  stages       each pipeline has 1 to --stages stages (uniformly); each
+               stage starts when the one before it ends; a stage fails with
+               --stage-failure, and the stages after it are skipped (their
+               jobs were announced, and never run). --stages 1: one stage.
+  fan-out      each stage starts ceil(X) jobs at once, X log-normal with
+               median --fanout-median (--first-stage-median for the first
+               stage of a pipeline with more) and log-sd --fanout-sigma
+               (heavy-tailed: about 1 stage in 20 of median 2 has more than
+               10 jobs), at most --fanout-max; the runner picks them up over
+               --pickup seconds.
+  durations    each job has a usual duration (what its past runs took, which
+               GitLab's job list tells), log-normal, median --job-median s,
+               p95 --job-p95 s; this run takes that times a log-normal of
+               median 1 and log-sd --duration-spread.
   creates      log-normal, median --create-median s, p95 --create-p95 s (each
                job has its own draw for when it misses, so every policy sees
                the same ones; pool creates draw from their own stream).
 
 A CSV trace has one job per line: arrival seconds from the start of the week
-(a Monday 00:00 UTC) and the job's duration in seconds (a header line and
-further columns are ignored); create times are drawn as above.
+(a Monday 00:00 UTC) and the job's duration in seconds, optionally followed
+by its pipeline id, its stage number (0, 1, ...), whether it ran (1, or 0
+for a skipped job) and its usual duration in seconds (a header line is
+skipped); create times are drawn as above.
+
+The lookahead: when the first job of a stage arrives, the pool is told of
+the next stage's jobs (as the pool service learns them from GitLab) and,
+where the trace knows the usual durations, of when that stage should start
+(the latest arrival plus usual duration of this stage's jobs); skipped jobs
+are withdrawn when the stage before them ends. docker+machine's policies
+ignore it; --no-lookahead keeps it from the demand policy too.
 
 Policies, side by side on the same trace:
 
