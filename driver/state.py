@@ -484,6 +484,11 @@ class StateDir:
         return self.pool_root / "status.json"
 
     @property
+    def pool_memory_file(self) -> Path:
+        """What the pool's policy learned (driver.pool.control), kept across restarts."""
+        return self.pool_root / "policy-memory.json"
+
+    @property
     def owner_file(self) -> Path:
         """driver.state_owner: one config's [machine] settings per state dir."""
         return self.root / "owner.json"

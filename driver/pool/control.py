@@ -29,7 +29,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from driver.pool.lookahead import NOTHING_AHEAD, Expected, Report
 from driver.pool.schedule import Target, current_target
@@ -84,6 +84,12 @@ class Policy(Protocol):
     def idle_time(self, now: float) -> float:
         """Seconds a machine beyond `wanted` may stay idle before it is removed."""
 
+    def memory(self) -> dict[str, Any]:
+        """What it learned, as JSON, for the next start of the service."""
+
+    def recall(self, memory: dict[str, Any], now: float) -> None:
+        """Take back what `memory` gave; what is older than a week is let go."""
+
 
 class IdleCountPolicy:
     """docker+machine's model: IdleCount (creating machines count), periods, IdleScaleFactor."""
@@ -109,6 +115,12 @@ class IdleCountPolicy:
 
     def idle_time(self, now: float) -> float:
         return self.target(now).idle_time
+
+    def memory(self) -> dict[str, Any]:
+        return {}  # nothing learned: its settings say it all
+
+    def recall(self, memory: dict[str, Any], now: float) -> None:
+        pass
 
 
 class DemandPolicy:
@@ -335,6 +347,52 @@ class DemandPolicy:
 
     def idle_time(self, now: float) -> float:
         return self.pool.idle_time
+
+    MEMORY_VERSION = 1
+
+    def memory(self) -> dict[str, Any]:
+        return {
+            "version": self.MEMORY_VERSION,
+            "starts": list(self.starts),
+            "sizes": list(self.sizes),
+            "creates": list(self.creates) if self.measured else [],
+            "leads": list(self.leads),
+            "errors": list(self.errors),
+            "history": [list(sample) for sample in self.history],
+            "history_until": self.next_sample - self.HISTORY_EVERY if self.history else 0.0,
+        }
+
+    def recall(self, memory: dict[str, Any], now: float) -> None:
+        """A service restarted (an upgrade, a reboot) goes on from what it had learned
+        instead of a week of learning again. Anything malformed raises (ValueError,
+        TypeError, KeyError): the caller starts afresh then."""
+        if memory.get("version") != self.MEMORY_VERSION:
+            raise ValueError(f"memory version {memory.get('version')!r}")
+        week = self.HISTORY_EVERY * self.HISTORY_KEPT
+        fanouts = [
+            (float(start), int(size))
+            for start, size in zip(memory["starts"], memory["sizes"], strict=True)
+            if now - week < float(start) <= now and int(size) > 0
+        ]
+        history = [
+            (float(r), int(h), int(m), int(ah), int(am)) for r, h, m, ah, am in memory["history"]
+        ]
+        # The samples are 10 minutes apart, the newest taken at history_until: keep
+        # those of the last week.
+        newest = float(memory["history_until"])
+        keep = sum(1 for i in range(len(history)) if newest - i * self.HISTORY_EVERY > now - week)
+        self.starts.extend(start for start, _ in fanouts)
+        self.sizes.extend(size for _, size in fanouts)
+        if self.starts:
+            self.last_arrival = self.starts[-1]
+        creates = [float(c) for c in memory["creates"] if float(c) > 0]
+        if creates:
+            self.creates.clear()
+            self.creates.extend(creates)
+            self.measured = True
+        self.leads.extend(float(lead) for lead in memory["leads"])
+        self.errors.extend(float(error) for error in memory["errors"])
+        self.history.extend(history[len(history) - keep :])
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ from driver.state import (
     write_private,
 )
 
+REMEMBER_EVERY = 600.0  # seconds between two saves of what the policy learned
+
 
 def pool_name(settings: Settings) -> str:
     return f"{settings.machine.name_prefix}-p{secrets.token_hex(4)}"
@@ -64,6 +66,7 @@ class PoolService:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.last_health = 0.0
+        self.last_remembered = time.time()
         # The control loop's decisions (driver.pool.control), on the real clock.
         self.controller = PoolController(
             settings.pool,
@@ -107,6 +110,7 @@ class PoolService:
     def run(self, stop: threading.Event) -> None:
         with self.only_instance():
             self.adopt()
+            self.recall()
             while not stop.is_set():
                 self.tick(time.time())
                 stop.wait(self.settings.pool.check_interval)
@@ -137,6 +141,7 @@ class PoolService:
 
     def shutdown(self) -> None:
         self.stopping.set()
+        self.remember()
         if self.settings.pool.drain_on_stop:
             for name in self.state.ready():
                 if self.state.withdraw(name):
@@ -153,6 +158,33 @@ class PoolService:
             )
             self.log.error("pool_stopped_unfinished", machines=left)
 
+    # --- what the policy learned, across restarts
+
+    def recall(self) -> None:
+        """Go on from what the policy had learned before this start, if it can be read."""
+        path = self.state.pool_memory_file
+        try:
+            memory = json.loads(path.read_text())
+            self.controller.policy.recall(memory, time.time())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            # A hint only: a torn or foreign file costs the learning, never the pool.
+            self.log.warning("pool_memory_unreadable", path=str(path), error=str(e)[:200])
+            return
+        self.log.info("pool_memory_recalled", path=str(path))
+
+    def remember(self) -> None:
+        self.last_remembered = time.time()
+        memory = self.controller.policy.memory()
+        if not memory:
+            return
+        try:
+            self.state.pool_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private(self.state.pool_memory_file, json.dumps(memory))
+        except (OSError, DriverError) as e:  # a full disk, say: the pool goes on
+            self.log.warning("pool_memory_not_saved", error=str(e))
+
     # --- the loop
 
     def tick(self, now: float) -> None:
@@ -165,6 +197,8 @@ class PoolService:
                 if machine and not self._healthy(machine) and self.state.withdraw(name):
                     self._start(functools.partial(self._remove, name, "failed its health check"))
         self.write_status(decision.wanted, in_use)
+        if now - self.last_remembered >= REMEMBER_EVERY:
+            self.remember()
 
     def observe(self) -> tuple[Observation, int]:
         """What the controller needs from the state dir now; and the machines in use."""

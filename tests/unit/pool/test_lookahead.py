@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from driver.pool.control import DemandPolicy, Observation
 from driver.pool.lookahead import Expected, Lookahead, Report
 from driver.settings import PoolSettings, parse_settings
@@ -127,3 +131,32 @@ def test_announced_hits_let_the_unannounced_jobs_aim_lower() -> None:
 
     # With half the jobs announced (and found ready), the others need 90%, not 95%.
     assert stock(0.5) < stock(0.0)
+
+
+def test_what_the_demand_policy_learned_survives_a_restart() -> None:
+    empty = Observation(ready=(), creating=0, in_use=0)
+    policy = DemandPolicy(demand_pool(), create_seconds=90)
+    now = 1_000_000.0
+    for _ in range(200):  # a fan-out of 4 every 3 minutes, creates of 60 s
+        now += 180.0
+        policy.observe(
+            now, Observation(ready=(), creating=0, in_use=0, hits=4, create_seconds=[60.0])
+        )
+    memory = json.loads(json.dumps(policy.memory()))  # through the file, as the service does
+
+    restarted = DemandPolicy(demand_pool(), create_seconds=90)
+    restarted.recall(memory, now + 60)
+    restarted.observe(now + 60, empty)
+    assert restarted.wanted(now + 60, empty) == policy.wanted(now + 60, empty) > 0
+    # A week later nothing it knew of the fan-outs is current: it starts afresh.
+    stale = DemandPolicy(demand_pool(), create_seconds=90)
+    stale.recall(memory, now + 8 * 86400)
+    assert len(stale.sizes) == 0 and len(stale.history) == 0
+    assert list(stale.creates) == [60.0] * DemandPolicy.CREATES_KEPT  # create times stay
+
+
+def test_a_memory_of_another_version_or_shape_is_refused() -> None:
+    policy = DemandPolicy(demand_pool())
+    for memory in ({"version": 99}, {"version": 1, "starts": [1.0]}, {"version": 1, "starts": "x"}):
+        with pytest.raises((ValueError, TypeError, KeyError)):
+            policy.recall(memory, 0.0)
