@@ -373,6 +373,22 @@ def check_gitlab(context: Context) -> str:
     return f"{settings.gitlab.url} (GitLab {version}), token reads the jobs of {checked}"
 
 
+def check_pool_lookahead(context: Context) -> str:
+    """Whether the pool can have machines ready for each pipeline's next stage."""
+    pool, gitlab = context.settings.pool, context.settings.gitlab
+    if pool.policy != "demand":
+        return f"off (policy {pool.policy}: docker+machine's model knows no stages)"
+    if not pool.lookahead:
+        return "off ([pool] lookahead = false)"
+    if not gitlab.configured:
+        raise Advice(
+            "off: [gitlab] is not set, so the demand policy must guess every pipeline's "
+            "next stage instead of asking GitLab for it",
+            hint="set [gitlab] url and token_file (a token with read_api)",
+        )
+    return f"on: the pool service asks {gitlab.url} for the next stage of pipelines here"
+
+
 def doctor_job_id() -> int:
     """A job id no real job has (see DOCTOR_JOB_IDS), random so two doctors never meet."""
     low, high = DOCTOR_JOB_IDS
@@ -426,4 +442,5 @@ CHECKS: list[tuple[str, Check]] = [
     ("gitlab-runner binary", check_runner_binary),
     ("metrics textfile", check_metrics_textfile),
     ("GitLab API", check_gitlab),
+    ("pool lookahead", check_pool_lookahead),
 ]

@@ -327,3 +327,19 @@ def test_a_metrics_textfile_node_exporter_cannot_get_is_named(
     code, out = run_doctor(capsys, make_config(tmp_path, metrics={"textfile": str(wrong)}))
     assert code == 0
     assert "does not end in .prom: node_exporter ignores it" in line(out, "metrics textfile")
+
+
+def test_the_pool_lookahead_is_said_on_or_off_and_why(tmp_path: Path) -> None:
+    def lookahead(config: Mapping[str, object]) -> str:
+        context = doctor.Context(settings.parse_settings(dict(config)), tmp_path / "config.toml")
+        return doctor.check_pool_lookahead(context)
+
+    assert lookahead({}).startswith("off (policy idle_count")
+    demand = {"pool": {"policy": "demand"}}
+    with pytest.raises(doctor.Advice, match=r"\[gitlab\] is not set") as advice:
+        lookahead(demand)
+    assert "read_api" in advice.value.hint
+    gitlab = {"url": "https://gitlab.example.com", "token": "t"}
+    assert lookahead({**demand, "gitlab": gitlab}).startswith("on: ")
+    off = {"pool": {"policy": "demand", "lookahead": False}, "gitlab": gitlab}
+    assert lookahead(off) == "off ([pool] lookahead = false)"
