@@ -509,8 +509,16 @@ class Replay:
             vm: PoolVM = data
             vm.ready_at = self.now
             self.pool_creating -= 1
-            self.ready.append(ReadyMachine(vm.name, WEEK_START + self.now))
             self.created_seconds.append(self.now - vm.started)
+            if self.waiting:  # a job waiting for capacity takes it, as prepare does
+                run = self.waiting.pop(0)
+                vm.claimed_at = self.now
+                run.machine = vm.name
+                run.prepared = self.now - run.job.arrival + self.claim_seconds
+                self.job_machines += 1
+                self._at(self.now + self.claim_seconds + run.job.duration, self.JOB_DONE, run)
+            else:
+                self.ready.append(ReadyMachine(vm.name, WEEK_START + self.now))
             self._admit_waiting()
         elif kind == self.JOB_CREATED:
             run: JobRun = data

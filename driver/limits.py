@@ -49,10 +49,13 @@ def claim_slot(
     *,
     exclude_job: int | None = None,
     wait: bool = True,
+    instead: Callable[[], bool] | None = None,
 ) -> bool:
     """Wait until one more machine may be created, then `claim()` it under the capacity lock.
 
     With ``wait=False`` (the pool: jobs come first) give up at once; False then.
+    While it waits, ``instead()`` (a job: take a pool machine that became ready) is
+    tried before each pause, outside the lock; when it returns True, so is False here.
 
     Jobs and the warm pool go through here alike, so two creators can never
     both take the last slot; ``claim`` must write the record that makes the
@@ -75,6 +78,8 @@ def claim_slot(
                 claim()
                 return True
         if not wait:
+            return False
+        if instead is not None and instead():
             return False
         if reason.split(":")[0] != reported:
             progress(f"Waiting for capacity: {reason}")

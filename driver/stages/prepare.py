@@ -57,14 +57,19 @@ def main(args: argparse.Namespace) -> int:
                 record = new_record(settings, stage.job, name)
                 # Saved before the machine exists: a prepare killed mid-create leaves
                 # cleanup and the sweeper a name.
-                limits.claim_slot(
+                # While it waits for capacity, a pool machine that becomes ready is
+                # its: the slot it waits for may be the one that machine holds.
+                if limits.claim_slot(
                     stage.state,
                     settings.limits,
                     claim=lambda: job_dir.save(record),
                     progress=say,
                     exclude_job=stage.job.id,
-                )
-                _create(settings, dm, job_dir, record)
+                    instead=lambda: settings.pool.enabled and _from_pool(stage, dm, again=True),
+                ):
+                    _create(settings, dm, job_dir, record)
+                else:
+                    source = "pool"
             if image_plan is not None:  # image mode: the job's containers, on its machine
                 ready = job_dir.load()
                 image_setup.start(
@@ -134,13 +139,20 @@ def _create(settings: Settings, dm: DockerMachine, job_dir: JobDir, record: JobR
     job_dir.save(record)
 
 
-def _from_pool(stage: Stage, dm: DockerMachine) -> bool:
-    """Take a ready machine from the warm pool; False if there is none (create one then)."""
+def _from_pool(stage: Stage, dm: DockerMachine, again: bool = False) -> bool:
+    """Take a ready machine from the warm pool; False if there is none (create one then).
+
+    `again`: a job that missed, looking again while it waits for capacity; its miss
+    was counted and said already.
+    """
     settings, state, job_dir = stage.settings, stage.state, stage.job_dir
     pooled = state.claim(stage.job.id)
-    metrics.count(settings.state_dir, metrics.POOL_CLAIMS, {"result": "hit" if pooled else "miss"})
+    if not again:
+        found = "hit" if pooled else "miss"
+        metrics.count(settings.state_dir, metrics.POOL_CLAIMS, {"result": found})
     if pooled is None:
-        say("No ready machine in the warm pool: creating one for this job")
+        if not again:
+            say("No ready machine in the warm pool: creating one for this job")
         return False
     timer = log.Timer()
     record = new_record(settings, stage.job, pooled.name)

@@ -123,6 +123,26 @@ def test_jobs_run_when_the_service_is_down(env: Env) -> None:
     env.assert_nothing_left()
 
 
+def test_a_job_waiting_for_capacity_takes_the_pool_machine_that_holds_it(env: Env) -> None:
+    # One machine allowed: the pool's create in flight holds the only slot when the job
+    # comes. The job must not wait for a slot that machine will never give back.
+    env.configure(pool={"idle_count": 1}, limits={"max_machines": 1, "wait_timeout": 60})
+    env.faults(create_delay=5)
+    service = start_pool(env)
+    try:
+        wait_for(lambda: bool(status(env)["service"].get("creating")))  # type: ignore[attr-defined]
+        result = env.run_job(Job(script=['echo "on $(hostname)"']))
+        assert result.outcome == "success", result.describe()
+        assert "No ready machine in the warm pool" in result.job_log
+        assert "Waiting for capacity: 1 of 1 machines in use" in result.job_log
+        assert "from the warm pool" in result.job_log
+        # At once, not after a failed attempt the runner retried (the slot never came).
+        assert "Preparation failed" not in result.job_log
+    finally:
+        stop_pool(service)
+    env.assert_nothing_left()
+
+
 def test_a_restarted_service_adopts_ready_machines_and_drains_on_stop(env: Env) -> None:
     env.configure(pool={"drain_on_stop": False})
     service = start_pool(env)

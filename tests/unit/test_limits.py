@@ -72,6 +72,25 @@ def test_a_slot_freed_while_waiting_is_taken(tmp_path: Path) -> None:
     assert time.monotonic() - start < 5
 
 
+def test_while_waiting_it_is_served_otherwise_when_instead_says_so(tmp_path: Path) -> None:
+    add_job(tmp_path, 1, "ready", 0)
+    looks: list[int] = []
+
+    def pool_machine_ready() -> bool:  # ready at the third look
+        looks.append(1)
+        return len(looks) == 3
+
+    claimed: list[bool] = []
+    got_slot = limits.claim_slot(
+        StateDir(tmp_path),
+        LimitSettings(max_machines=1, wait_timeout=30),
+        claim=lambda: claimed.append(True),
+        progress=lambda _: None,
+        instead=pool_machine_ready,
+    )
+    assert (got_slot, claimed, len(looks)) == (False, [], 3)
+
+
 def test_claims_never_exceed_the_cap_under_contention(tmp_path: Path) -> None:
     results: list[str] = []
 

@@ -82,6 +82,23 @@ def test_a_job_waits_for_capacity_when_the_limits_say_so(replay: ModuleType) -> 
     assert result.runs[1].prepared == pytest.approx(680.0 - 101.0 + 80.0)
 
 
+def test_a_job_waiting_for_capacity_takes_the_pool_machine_that_becomes_ready(
+    replay: ModuleType,
+) -> None:
+    # One machine allowed, the pool's create holds it: the job takes that machine.
+    trace = day(replay, [(1.0, 300.0, 80.0)])
+    limits = LimitSettings(max_machines=1)
+    creates = replay.LogNormal(90.0, 240.0)
+    simulation = replay.Replay(
+        trace, replay.fixed(1, args()), limits, seed=1, creates=creates, claim_seconds=1.0
+    )
+    result = simulation.run("x")
+    (only,) = result.runs
+    assert not only.hit  # it came before the machine was ready
+    assert only.machine == "p0"
+    assert only.prepared == pytest.approx(result.vms[0].ready_at - 1.0 + 1.0)
+
+
 def test_the_replay_is_deterministic_for_a_seed(replay: ModuleType) -> None:
     a = replay.working_week(args(), 3)
     b = replay.working_week(args(), 3)
