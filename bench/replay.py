@@ -511,12 +511,13 @@ class Replay:
             self.pool_creating -= 1
             self.created_seconds.append(self.now - vm.started)
             if self.waiting:  # a job waiting for capacity takes it, as prepare does
-                run = self.waiting.pop(0)
+                waiter = self.waiting.pop(0)
                 vm.claimed_at = self.now
-                run.machine = vm.name
-                run.prepared = self.now - run.job.arrival + self.claim_seconds
+                waiter.machine = vm.name
+                waiter.prepared = self.now - waiter.job.arrival + self.claim_seconds
                 self.job_machines += 1
-                self._at(self.now + self.claim_seconds + run.job.duration, self.JOB_DONE, run)
+                done = self.now + self.claim_seconds + waiter.job.duration
+                self._at(done, self.JOB_DONE, waiter)
             else:
                 self.ready.append(ReadyMachine(vm.name, WEEK_START + self.now))
             self._admit_waiting()
