@@ -3,12 +3,12 @@
 When a job of pipeline P starts here, the jobs of P's next stage already exist
 at GitLab in status "created", waiting for this stage to end. The pool
 service (with `policy = "demand"` and `[gitlab]` configured) lists P's jobs
-once, announces the next stage's jobs that carry the same tags as a job this
-runner took (those it is likely to get too) to the Lookahead, and looks again
-every RECHECK seconds while any is announced, to withdraw those that will not
-come here: skipped after a failure, canceled, made manual, or taken by another
-runner. A job of the next stage arriving makes the pipeline's following stage
-the next one to announce.
+once, announces to the Lookahead the next stage's jobs this runner could take
+(their tags all among those of the jobs it took, or none if it took an
+untagged one), and looks again every RECHECK seconds while any is announced,
+to withdraw those that will not come here: skipped after a failure, canceled,
+made manual, or taken by another runner. A job of the next stage arriving
+makes the pipeline's following stage the next one to announce.
 
 It also predicts when that stage starts: when the last of the jobs before it
 should end, each started (or starting now) and taking what its name's last
@@ -116,7 +116,15 @@ class PipelineWatch:
 
     def _update(self, pipeline: Pipeline, jobs: Iterable[PipelineJob], now: float) -> None:
         jobs = list(jobs)
-        tags = {job.tags for job in jobs if job.id in pipeline.ours}
+        ours = [job.tags for job in jobs if job.id in pipeline.ours]
+        # GitLab gives a runner the jobs whose tags it all has; this runner has at least
+        # the tags of the jobs it took, and takes untagged jobs if it took one.
+        runner_tags = frozenset().union(*ours)
+        untagged = frozenset() in ours
+
+        def could_be_ours(tags: frozenset[str]) -> bool:
+            return tags <= runner_tags if tags else untagged
+
         gone = {
             job.id
             for job in jobs
@@ -127,7 +135,7 @@ class PipelineWatch:
         waiting = [
             job
             for job in jobs
-            if job.status == WAITING and job.tags in tags and job.id not in pipeline.ours
+            if job.status == WAITING and could_be_ours(job.tags) and job.id not in pipeline.ours
         ]  # (one of ours still "created": GitLab's list lagging behind, it came already)
         if not waiting:
             return

@@ -79,6 +79,19 @@ def test_only_the_next_stage_with_our_tags_is_announced() -> None:
     assert sorted(lookahead.expected) == [2, 3, 4]
 
 
+def test_a_job_whose_tags_this_runner_has_is_announced_others_not() -> None:
+    pipelines, lookahead, gitlab, _ = watch()
+    gitlab.jobs[7] = [
+        job(1, "running", "build", ("docker", "linux")),
+        job(2, "created", "test", ("docker",)),  # a subset of what this runner has
+        job(3, "created", "test", ("docker", "gpu")),  # gpu: not known to be here
+        job(4, "created", "test", ()),  # untagged: this runner took none such
+    ]
+    pipelines.job_arrived(40, 7, 1, now=100.0, hit=True)
+    pipelines.poll(100.0)
+    assert sorted(lookahead.expected) == [2]
+
+
 def test_jobs_that_will_not_come_are_withdrawn_and_the_following_stage_comes_next() -> None:
     pipelines, lookahead, gitlab, _ = watch()
     gitlab.jobs[7] = [
