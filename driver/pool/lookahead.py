@@ -18,6 +18,7 @@ on what it reports.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -45,48 +46,56 @@ NOTHING_AHEAD = Report((), (), (), 0, 0)
 
 
 class Lookahead:
-    """Announced jobs not yet arrived, and what arrived since the last report."""
+    """Announced jobs not yet arrived, and what arrived since the last report.
+
+    Thread-safe: the pool service announces from the thread that asks GitLab.
+    """
 
     def __init__(self) -> None:
         self.expected: dict[int, Expected] = {}  # by job id
         self.leads: list[float] = []
         self.errors: list[float] = []
         self.hits = self.misses = 0
+        self.lock = threading.Lock()
 
     def announce(self, job_ids: Iterable[int], now: float, predicted: float = math.nan) -> None:
         """Jobs known to be coming; announced again, they keep their first announcement
         and take the newest prediction."""
-        for job_id in job_ids:
-            known = self.expected.get(job_id)
-            announced = now if known is None else known.announced
-            self.expected[job_id] = Expected(announced, predicted)
+        with self.lock:
+            for job_id in job_ids:
+                known = self.expected.get(job_id)
+                announced = now if known is None else known.announced
+                self.expected[job_id] = Expected(announced, predicted)
 
     def withdraw(self, job_ids: Iterable[int]) -> None:
         """Jobs that will not come after all (skipped, canceled, taken by another runner)."""
-        for job_id in job_ids:
-            self.expected.pop(job_id, None)
+        with self.lock:
+            for job_id in job_ids:
+                self.expected.pop(job_id, None)
 
     def arrived(self, job_id: int, now: float, hit: bool) -> bool:
         """A job arrived; True if it had been announced."""
-        known = self.expected.pop(job_id, None)
-        if known is None:
-            return False
-        self.leads.append(now - known.announced)
-        if not math.isnan(known.predicted):
-            self.errors.append(now - known.predicted)
-        if hit:
-            self.hits += 1
-        else:
-            self.misses += 1
-        return True
+        with self.lock:
+            known = self.expected.pop(job_id, None)
+            if known is None:
+                return False
+            self.leads.append(now - known.announced)
+            if not math.isnan(known.predicted):
+                self.errors.append(now - known.predicted)
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+            return True
 
     def report(self) -> Report:
-        report = Report(
-            tuple(self.expected.values()),
-            tuple(self.leads),
-            tuple(self.errors),
-            self.hits,
-            self.misses,
-        )
-        self.leads, self.errors, self.hits, self.misses = [], [], 0, 0
-        return report
+        with self.lock:
+            report = Report(
+                tuple(self.expected.values()),
+                tuple(self.leads),
+                tuple(self.errors),
+                self.hits,
+                self.misses,
+            )
+            self.leads, self.errors, self.hits, self.misses = [], [], 0, 0
+            return report

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -83,6 +84,9 @@ class PipelineWatch:
         self.pipelines: dict[int, Pipeline] = {}
         self.usual: dict[int, tuple[float, dict[str, float]]] = {}  # project: (read at, usual)
         self.failing = False  # warn once per run of errors, not every tick
+        # The pool's loop tells of arrivals while `poll` may be waiting on GitLab in
+        # another thread: GitLab is asked outside this lock, never holding the loop.
+        self.lock = threading.Lock()
 
     def job_arrived(
         self, project_id: int, pipeline_id: int | None, job_id: int, now: float, hit: bool
@@ -90,31 +94,61 @@ class PipelineWatch:
         self.lookahead.arrived(job_id, now, hit)
         if pipeline_id is None:
             return
-        pipeline = self.pipelines.setdefault(pipeline_id, Pipeline(project_id))
-        pipeline.ours.add(job_id)
-        pipeline.announced.discard(job_id)
-        pipeline.look_at = now  # its next stage may be the one after this job's
+        with self.lock:
+            pipeline = self.pipelines.setdefault(pipeline_id, Pipeline(project_id))
+            pipeline.ours.add(job_id)
+            pipeline.announced.discard(job_id)
+            pipeline.look_at = now  # its next stage may be the one after this job's
 
     def poll(self, now: float) -> None:
-        for pipeline_id, pipeline in list(self.pipelines.items()):
-            if now < pipeline.look_at:
-                continue
+        with self.lock:
+            due = [(i, p.project_id) for i, p in self.pipelines.items() if now >= p.look_at]
+        for pipeline_id, project_id in due:
             try:
-                jobs = self.list_jobs(pipeline.project_id, pipeline_id)
+                jobs = self.list_jobs(project_id, pipeline_id)
             except Exception as e:  # a hint only: the next look may do better
                 if not self.failing:
                     self.warn(f"cannot list the jobs of pipeline {pipeline_id}: {str(e)[:200]}")
                 self.failing = True
-                pipeline.look_at = now + RECHECK
-                continue
-            self.failing = False
-            self._update(pipeline, jobs, now)
-            if pipeline.announced:
-                pipeline.look_at = now + RECHECK
-            else:  # nothing more to watch until another of its jobs comes here
-                del self.pipelines[pipeline_id]
+                jobs = None
+            usual = self._usual(project_id, now) if jobs else {}
+            with self.lock:
+                pipeline = self.pipelines.get(pipeline_id)
+                if pipeline is None:
+                    continue
+                # A job of it that came meanwhile asks for a look at once.
+                arrived_meanwhile = pipeline.look_at > now
+                if jobs is not None:
+                    self.failing = False
+                    self._update(pipeline, jobs, now, usual)
+                if arrived_meanwhile:
+                    continue
+                if pipeline.announced or jobs is None:
+                    pipeline.look_at = now + RECHECK
+                else:  # nothing more to watch until another of its jobs comes here
+                    del self.pipelines[pipeline_id]
 
-    def _update(self, pipeline: Pipeline, jobs: Iterable[PipelineJob], now: float) -> None:
+    def _usual(self, project_id: int, now: float) -> dict[str, float]:
+        """The project's usual job durations, read again once they are USUAL_KEPT old."""
+        if self.usual_durations is None:
+            return {}
+        read_at, usual = self.usual.get(project_id, (-math.inf, {}))
+        if now - read_at >= USUAL_KEPT:
+            try:
+                usual = self.usual_durations(project_id)
+            except Exception as e:  # a hint only
+                self.warn(f"cannot read the usual job durations of project {project_id}: {e}")
+                usual = {}
+            self.usual[project_id] = (now, usual)
+        return usual
+
+    def _update(
+        self,
+        pipeline: Pipeline,
+        jobs: Iterable[PipelineJob],
+        now: float,
+        usual: dict[str, float],
+    ) -> None:
         jobs = list(jobs)
         ours = [job.tags for job in jobs if job.id in pipeline.ours]
         # GitLab gives a runner the jobs whose tags it all has; this runner has at least
@@ -143,26 +177,15 @@ class PipelineWatch:
         first = min(waiting, key=lambda job: job.id)
         coming = [job.id for job in waiting if job.stage == first.stage]
         before = [job for job in jobs if job.id < first.id and job.status in UNFINISHED]
-        self.lookahead.announce(coming, now, self._predict(pipeline.project_id, before, now))
+        self.lookahead.announce(coming, now, _predict(before, usual, now))
         pipeline.announced.update(coming)
 
-    def _predict(self, project_id: int, before: list[PipelineJob], now: float) -> float:
-        """When the jobs `before` should all have ended; NaN if that cannot be told."""
-        if not before or self.usual_durations is None:
-            return math.nan
-        read_at, usual = self.usual.get(project_id, (-math.inf, {}))
-        if now - read_at >= USUAL_KEPT:
-            try:
-                usual = self.usual_durations(project_id)
-            except Exception as e:  # a hint only
-                self.warn(f"cannot read the usual job durations of project {project_id}: {e}")
-                usual = {}
-            self.usual[project_id] = (now, usual)
-        if any(job.name not in usual for job in before):
-            return math.nan
-        return max(
-            (now if job.started is None else job.started) + usual[job.name] for job in before
-        )
+
+def _predict(before: list[PipelineJob], usual: dict[str, float], now: float) -> float:
+    """When the jobs `before` should all have ended; NaN if that cannot be told."""
+    if not before or any(job.name not in usual for job in before):
+        return math.nan
+    return max((now if job.started is None else job.started) + usual[job.name] for job in before)
 
 
 def gitlab_list_jobs(settings: GitLabSettings) -> ListJobs:

@@ -82,6 +82,7 @@ class PoolService:
         self.lookahead = Lookahead()
         self.jobs_seen: set[int] = set()
         self.pipelines: PipelineWatch | None = None
+        self.polling = threading.Event()  # a look at GitLab is in flight
         pool = settings.pool
         if pool.policy == "demand" and pool.lookahead and settings.gitlab.configured:
             self.pipelines = PipelineWatch(
@@ -251,7 +252,18 @@ class PoolService:
             hit = record.machine != self.settings.machine_name(job_id)  # a pool machine
             self.pipelines.job_arrived(record.project_id, record.pipeline_id, job_id, now, hit)
         self.jobs_seen &= set(records)
-        self.pipelines.poll(now)
+        # GitLab is asked in a thread of its own: a slow GitLab never holds the pool's loop.
+        if not self.polling.is_set():
+            self.polling.set()
+            self._start(functools.partial(self._poll_pipelines, self.pipelines, now))
+
+    def _poll_pipelines(self, pipelines: PipelineWatch, now: float) -> None:
+        try:
+            pipelines.poll(now)
+        except Exception as e:  # a hint only; said, never raised
+            self.log.warning("pool_lookahead_failed", error=str(e)[:300])
+        finally:
+            self.polling.clear()
 
     def _claims_since_last(self) -> tuple[int, int]:
         """Prepares that took a pool machine, and that found none, since the last tick."""

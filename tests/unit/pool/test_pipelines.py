@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,45 @@ def test_no_prediction_when_a_job_before_has_no_history() -> None:
     assert len(warnings) == 1 and "usual job durations of project 40" in warnings[0]
 
 
+def wait_until(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30  # a hang detector, not a speed target
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_gitlab_that_hangs_never_holds_the_pools_loop(tmp_path: Path) -> None:
+    answer = threading.Event()
+
+    def hanging(project_id: int, pipeline_id: int) -> list[PipelineJob]:
+        answer.wait()
+        return [job(1, "running", "build"), job(2, "created", "test")]
+
+    settings = parse_settings(
+        {
+            "state_dir": str(tmp_path),
+            "pool": {"policy": "demand"},
+            "gitlab": {"url": "https://gitlab.example.com", "token": TOKEN},
+        }
+    )
+    job_dir = JobDir(tmp_path, 1)
+    job_dir.create()
+    job_dir.save(JobRecord(job_id=1, project_id=40, pipeline_id=7, machine="gmd-1"))
+    service = PoolService(settings, list_jobs=hanging, usual_durations=lambda project: {})
+
+    def three_ticks() -> None:
+        for _ in range(3):
+            service.tick(time.time())
+
+    loop = threading.Thread(target=three_ticks)
+    loop.start()
+    loop.join(timeout=30)
+    assert not loop.is_alive()  # three ticks while GitLab has not answered
+    answer.set()
+    wait_until(lambda: not service.polling.is_set())
+    assert len(service.observe()[0].ahead.expected) == 1
+
+
 @pytest.fixture
 def gitlab() -> Iterator[FakeGitLab]:
     with FakeGitLab(TOKEN) as fake:
@@ -240,6 +280,8 @@ def test_the_pool_service_wants_machines_for_the_next_stage_of_a_job_here(
         )
     )
     service = PoolService(settings)
+    service.observe()  # sees the job, and asks GitLab in a thread of its own
+    wait_until(lambda: not service.polling.is_set())
     observation, _ = service.observe()
     assert len(observation.ahead.expected) == 5
     decision = service.controller.policy.wanted(time.time(), observation)
