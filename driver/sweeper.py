@@ -210,6 +210,11 @@ class Sweep:
             record = records[job_id]
             assert record is not None
             job_dir = state.job(job_id)
+            busy = not locked and self._held(job_dir.lock())
+            stage_running = self._stage_running(job_dir)
+            # GitLab is asked only when its answer can decide: a held lock or a running
+            # stage keeps the machine whatever it says.
+            ask = record.phase == JobPhase.READY and not busy and not stage_running
             return Facts(
                 name=name,
                 listed=listed,
@@ -218,12 +223,10 @@ class Sweep:
                 job_id=job_id,
                 project_id=record.project_id,
                 phase=record.phase,
-                busy=not locked and self._held(job_dir.lock()),
-                stage_running=self._stage_running(job_dir),
+                busy=busy,
+                stage_running=stage_running,
                 runner_gone=record.runner_gone(),
-                gitlab=self.ask(record.project_id, job_id)
-                if record.phase == JobPhase.READY
-                else None,
+                gitlab=self.ask(record.project_id, job_id) if ask else None,
                 taken_age=now - record.taken_at if record.taken_at else self._entry_age(name, now),
                 last_stage_age=job_dir.last_stage_age(now),
                 kept_for=max(0.0, record.kept_until - now),

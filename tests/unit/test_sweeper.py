@@ -369,6 +369,25 @@ def test_a_running_stage_protects_its_machine(tmp_path: Path) -> None:
     stage.release()
 
 
+def test_gitlab_is_not_asked_about_a_machine_a_running_stage_keeps(tmp_path: Path) -> None:
+    settings, state, dm = world(tmp_path)
+    for job_id in (8, 9):
+        dm.add(f"gmd-{job_id}")
+        live_job(state, job_id, f"gmd-{job_id}")
+    stage = state.job(8).stage_lock()
+    assert stage.try_acquire()  # job 8's `run` is in a stage
+    asked: list[int] = []
+
+    def job_status(project_id: int, job_id: int) -> str:
+        asked.append(job_id)
+        return "running"
+
+    sweeper.sweep(dm, settings, job_status, dry_run=False, progress=lambda _: None)  # type: ignore[arg-type]
+    stage.release()
+    assert asked == [9]  # job 9 only: nothing GitLab says could have removed gmd-8
+    assert dm.removed == []
+
+
 def test_two_sweeps_at_once_do_not_both_act(tmp_path: Path) -> None:
     settings, _, dm = world(tmp_path)
     dm.add("gmd-9")  # no record: proof
