@@ -34,6 +34,9 @@ from driver.settings import GitLabSettings
 
 RECHECK = 30.0  # seconds between two looks at a pipeline with jobs announced
 USUAL_KEPT = 3600.0  # seconds a project's usual job durations are kept before read again
+# A pipeline none of whose jobs came here for this long is no longer watched, and what
+# it announced is withdrawn: GitLab down for hours must not keep machines for it.
+WATCHED_AT_MOST = 3 * 3600.0
 UNFINISHED = {"created", "pending", "waiting_for_resource", "preparing", "running"}
 WAITING = "created"  # GitLab's status of a job whose earlier stages have not ended
 STILL_COMING = {"created", "pending", "waiting_for_resource", "preparing", "scheduled"}
@@ -65,6 +68,7 @@ class Pipeline:
     ours: set[int] = field(default_factory=set)  # its jobs that came to this runner
     announced: set[int] = field(default_factory=set)
     look_at: float = 0.0  # when to list its jobs next
+    last_arrival: float = 0.0  # when a job of it last came here
 
 
 class PipelineWatch:
@@ -99,9 +103,14 @@ class PipelineWatch:
             pipeline.ours.add(job_id)
             pipeline.announced.discard(job_id)
             pipeline.look_at = now  # its next stage may be the one after this job's
+            pipeline.last_arrival = now
 
     def poll(self, now: float) -> None:
         with self.lock:
+            for pipeline_id, old in list(self.pipelines.items()):
+                if now - old.last_arrival > WATCHED_AT_MOST:
+                    self.lookahead.withdraw(old.announced)
+                    del self.pipelines[pipeline_id]
             due = [(i, p.project_id) for i, p in self.pipelines.items() if now >= p.look_at]
         for pipeline_id, project_id in due:
             try:

@@ -13,6 +13,7 @@ import pytest
 from driver.pool.lookahead import Lookahead
 from driver.pool.pipelines import (
     RECHECK,
+    WATCHED_AT_MOST,
     PipelineJob,
     PipelineWatch,
     gitlab_list_jobs,
@@ -222,6 +223,19 @@ def test_a_gitlab_that_hangs_never_holds_the_pools_loop(tmp_path: Path) -> None:
     answer.set()
     wait_until(lambda: not service.polling.is_set())
     assert len(service.observe()[0].ahead.expected) == 1
+
+
+def test_a_pipeline_gitlab_cannot_tell_about_for_hours_is_let_go() -> None:
+    pipelines, lookahead, gitlab, _ = watch()
+    gitlab.jobs[7] = [job(1, "running", "build"), job(2, "created", "test")]
+    pipelines.job_arrived(40, 7, 1, now=100.0, hit=True)
+    pipelines.poll(100.0)
+    gitlab.down = True  # and stays down
+    for now in range(130, 100 + int(WATCHED_AT_MOST), int(RECHECK)):
+        pipelines.poll(float(now))
+    assert list(lookahead.expected) == [2]  # still believed to come
+    pipelines.poll(100.0 + WATCHED_AT_MOST + 1)
+    assert lookahead.expected == {} and pipelines.pipelines == {}
 
 
 @pytest.fixture
