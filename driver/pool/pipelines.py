@@ -50,6 +50,7 @@ class PipelineJob:
     tags: frozenset[str]
     name: str = ""
     started: float | None = None  # when it started running (clock seconds), if it did
+    allow_failure: bool = False
 
 
 class ListJobs(Protocol):
@@ -186,6 +187,10 @@ class PipelineWatch:
         first = min(waiting, key=lambda job: job.id)
         coming = [job.id for job in waiting if job.stage == first.stage]
         before = [job for job in jobs if job.id < first.id and job.status in UNFINISHED]
+        if any(
+            job.id < first.id and job.status == "manual" and not job.allow_failure for job in jobs
+        ):
+            return  # the stage waits for someone to start a manual job: maybe never
         self.lookahead.announce(coming, now, _predict(before, usual, now))
         pipeline.announced.update(coming)
 
@@ -220,6 +225,7 @@ def gitlab_list_jobs(settings: GitLabSettings) -> ListJobs:
                 frozenset(str(tag) for tag in (getattr(job, "tag_list", None) or ())),
                 str(getattr(job, "name", "")),
                 _timestamp(getattr(job, "started_at", None)),
+                bool(getattr(job, "allow_failure", False)),
             )
             for job in found
         ]

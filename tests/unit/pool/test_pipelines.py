@@ -225,6 +225,25 @@ def test_a_gitlab_that_hangs_never_holds_the_pools_loop(tmp_path: Path) -> None:
     assert len(service.observe()[0].ahead.expected) == 1
 
 
+def test_a_stage_behind_a_blocking_manual_job_is_not_announced() -> None:
+    pipelines, lookahead, gitlab, _ = watch()
+    gitlab.jobs[7] = [
+        job(1, "running", "build"),
+        PipelineJob(2, "manual", "approve", frozenset({"vm"}), "approve", None, False),
+        job(3, "created", "deploy"),
+    ]
+    pipelines.job_arrived(40, 7, 1, now=100.0, hit=True)
+    pipelines.poll(100.0)
+    assert lookahead.expected == {}  # it waits for a person, maybe for ever
+    # A manual job that may fail (GitLab's default for `when: manual`) blocks nothing.
+    gitlab.jobs[7][1] = PipelineJob(
+        2, "manual", "approve", frozenset({"vm"}), "approve", None, True
+    )
+    pipelines.job_arrived(40, 7, 1, now=200.0, hit=True)
+    pipelines.poll(200.0)
+    assert list(lookahead.expected) == [3]
+
+
 def test_a_pipeline_gitlab_cannot_tell_about_for_hours_is_let_go() -> None:
     pipelines, lookahead, gitlab, _ = watch()
     gitlab.jobs[7] = [job(1, "running", "build"), job(2, "created", "test")]
@@ -249,7 +268,7 @@ def test_the_pipeline_jobs_are_read_from_gitlab(gitlab: FakeGitLab, tmp_path: Pa
     token.write_text(TOKEN)
     gitlab.pipelines[(40, 7)] = [
         {"id": 1, "status": "running", "stage": "build", "tag_list": ["vm"]},
-        {"id": 2, "status": "created", "stage": "test", "tag_list": []},
+        {"id": 2, "status": "created", "stage": "test", "tag_list": [], "allow_failure": True},
     ]
     gitlab.pipelines[(40, 7)][0]["name"] = "compile"
     gitlab.pipelines[(40, 7)][0]["started_at"] = "2026-12-01T10:00:00.000Z"
@@ -259,8 +278,8 @@ def test_the_pipeline_jobs_are_read_from_gitlab(gitlab: FakeGitLab, tmp_path: Pa
     ]
     settings = GitLabSettings(url=gitlab.url, token_file=token)
     assert gitlab_list_jobs(settings)(40, 7) == [
-        PipelineJob(1, "running", "build", frozenset({"vm"}), "compile", 1796119200.0),
-        PipelineJob(2, "created", "test", frozenset(), "", None),
+        PipelineJob(1, "running", "build", frozenset({"vm"}), "compile", 1796119200.0, False),
+        PipelineJob(2, "created", "test", frozenset(), "", None, True),
     ]
     assert gitlab_usual_durations(settings)(40) == {"compile": 300.0}  # the median
 
