@@ -14,6 +14,7 @@ the metrics talk to each other only through this module::
       pool/claimed/<name>@<job id>            taken by that job's prepare, being handed over
       pool/withdrawn/<name>                   taken out of the ready set, being removed
       pool/status.json                        the pool service's last status
+      pool/policy-memory.json                 what the demand policy learned
       tombstones/<name>/                      a force-removed machine's docker-machine entry
       locks/                                  flock files: job-<id>, pool-<name>, capacity, ...
       metrics.json, create-rate.json
