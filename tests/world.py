@@ -8,12 +8,15 @@ docker-machine storage and the driver's state, and leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +139,22 @@ class Env:
             stdin=subprocess.DEVNULL,
         )
 
+    def start_pool(self) -> subprocess.Popen[str]:
+        """`pool run` on this world's config, as an operator or systemd starts it."""
+        return subprocess.Popen(
+            [*driver_argv(), "--config", str(self.config_path), "pool", "run"],
+            env=self.process_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def pool_status(self) -> dict[str, Any]:
+        """What `pool status --json` says."""
+        out = self.driver("pool", "status", "--json")
+        assert out.returncode == 0, out.stderr
+        return dict(json.loads(out.stdout))
+
     def machines(self) -> list[str]:
         return double.machine_names(str(self.storage))
 
@@ -214,6 +233,21 @@ def new_world(**settings: Any) -> Env:
         )
     )
     return world
+
+
+def stop_pool(service: subprocess.Popen[str], timeout: float = 120) -> str:
+    """SIGTERM, as systemd stops it; its output."""
+    service.send_signal(signal.SIGTERM)
+    out, _ = service.communicate(timeout=timeout)
+    return out
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
+    """Until `check()` holds; a hang detector, not a speed target."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
 
 
 def destroy_world(world: Env) -> None:

@@ -3,17 +3,14 @@ serves one job and is destroyed, jobs run whether the service is up or not."""
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.runner import Job
-from tests.world import Env, destroy_world, driver_argv, new_world
+from tests.world import Env, destroy_world, new_world, stop_pool, wait_for
 
 POOL = {
     "idle_count": 2,
@@ -33,50 +30,21 @@ def env() -> Iterator[Env]:
         destroy_world(world)
 
 
-def start_pool(env: Env) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*driver_argv(), "--config", str(env.config_path), "pool", "run"],
-        env=env.process_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def stop_pool(service: subprocess.Popen[str]) -> str:
-    service.send_signal(signal.SIGTERM)
-    out, _ = service.communicate(timeout=120)
-    return out
-
-
-def status(env: Env) -> dict[str, object]:
-    out = env.driver("pool", "status", "--json")
-    assert out.returncode == 0, out.stderr
-    return dict(json.loads(out.stdout))
-
-
 def idle(env: Env) -> int:
-    counts = status(env)["counts"]
+    counts = env.pool_status()["counts"]
     assert isinstance(counts, dict)
     return int(counts["idle"])
 
 
 def machine_names(env: Env) -> list[str]:
     """The machines `pool status` lists."""
-    machines = status(env)["machines"]
+    machines = env.pool_status()["machines"]
     assert isinstance(machines, list)
     return [str(m["name"]) for m in machines]
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
-
 def test_a_job_takes_a_ready_machine_and_the_pool_replaces_it(env: Env) -> None:
-    service = start_pool(env)
+    service = env.start_pool()
     try:
         wait_for(lambda: idle(env) == 2)
         ready_before = set(machine_names(env))
@@ -98,7 +66,7 @@ def test_a_job_takes_a_ready_machine_and_the_pool_replaces_it(env: Env) -> None:
 
 def test_two_jobs_at_once_never_share_a_machine(env: Env) -> None:
     env.configure(pool={"idle_count": 1})
-    service = start_pool(env)
+    service = env.start_pool()
     try:
         wait_for(lambda: idle(env) == 1)
         jobs = [Job(script=['echo "on $(hostname)"']) for _ in range(2)]
@@ -128,9 +96,9 @@ def test_a_job_waiting_for_capacity_takes_the_pool_machine_that_holds_it(env: En
     # comes. The job must not wait for a slot that machine will never give back.
     env.configure(pool={"idle_count": 1}, limits={"max_machines": 1, "wait_timeout": 60})
     env.faults(create_delay=5)
-    service = start_pool(env)
+    service = env.start_pool()
     try:
-        wait_for(lambda: bool(status(env)["service"].get("creating")))  # type: ignore[attr-defined]
+        wait_for(lambda: bool(env.pool_status()["service"].get("creating")))
         result = env.run_job(Job(script=['echo "on $(hostname)"']))
         assert result.outcome == "success", result.describe()
         assert "No ready machine in the warm pool" in result.job_log
@@ -145,13 +113,13 @@ def test_a_job_waiting_for_capacity_takes_the_pool_machine_that_holds_it(env: En
 
 def test_a_restarted_service_adopts_ready_machines_and_drains_on_stop(env: Env) -> None:
     env.configure(pool={"drain_on_stop": False})
-    service = start_pool(env)
+    service = env.start_pool()
     wait_for(lambda: idle(env) == 2)
     first = set(machine_names(env))
     stop_pool(service)
     assert set(env.machines()) == first  # kept across a restart (drain is off)
     env.configure(pool={"drain_on_stop": True})
-    service = start_pool(env)
+    service = env.start_pool()
     time.sleep(3)
     assert set(machine_names(env)) == first
     stop_pool(service)
@@ -163,7 +131,7 @@ def test_an_unhealthy_idle_machine_is_replaced(env: Env) -> None:
     from tests.doubles import docker_machine as double
 
     env.configure(pool={"idle_count": 1})
-    service = start_pool(env)
+    service = env.start_pool()
     try:
         wait_for(lambda: idle(env) == 1)
         (sick,) = machine_names(env)
@@ -175,7 +143,7 @@ def test_an_unhealthy_idle_machine_is_replaced(env: Env) -> None:
 
 
 def test_sweep_leaves_the_pool_alone_and_status_reports(env: Env) -> None:
-    service = start_pool(env)
+    service = env.start_pool()
     try:
         wait_for(lambda: idle(env) == 2)
         swept = env.driver("sweep")

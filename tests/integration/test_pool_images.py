@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tarfile
 import time
@@ -18,7 +17,7 @@ import pytest
 
 from tests.images import forwarding
 from tests.runner import Job
-from tests.world import Env, driver_argv
+from tests.world import Env, stop_pool
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0
@@ -98,13 +97,7 @@ def test_pool_machines_come_with_the_configured_images(env: Env, registry: str) 
         docker={"check": True},
         pool={"idle_count": 1, "check_interval": 0.5, "drain_on_stop": True, "images": [registry]},
     )
-    service = subprocess.Popen(
-        [*driver_argv(), "--config", str(env.config_path), "pool", "run"],
-        env=env.process_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    service = env.start_pool()
     try:
         deadline = time.monotonic() + 120
         while not list((env.state_dir / "pool" / "ready").glob("*")):
@@ -117,5 +110,4 @@ def test_pool_machines_come_with_the_configured_images(env: Env, registry: str) 
         assert "from the warm pool" in result.job_log
         assert f"image {registry}" in result.job_log  # there before the job asked for it
     finally:
-        service.send_signal(signal.SIGTERM)
-        service.communicate(timeout=120)
+        stop_pool(service)

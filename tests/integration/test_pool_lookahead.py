@@ -4,17 +4,13 @@ next stage's jobs start on them."""
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.fake_gitlab import FakeGitLab
 from tests.runner import Job
-from tests.world import Env, destroy_world, driver_argv, new_world
+from tests.world import Env, destroy_world, new_world, stop_pool, wait_for
 
 TOKEN = "glpat-lookahead-test"
 POOL = {
@@ -33,19 +29,6 @@ def env() -> Iterator[Env]:
         yield world
     finally:
         destroy_world(world)
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
-
-def status(env: Env) -> dict[str, object]:
-    out = env.driver("pool", "status", "--json")
-    assert out.returncode == 0, out.stderr
-    return dict(json.loads(out.stdout))
 
 
 def test_the_next_stage_of_a_pipeline_finds_machines_made_for_it(env: Env) -> None:
@@ -70,21 +53,15 @@ def test_the_next_stage_of_a_pipeline_finds_machines_made_for_it(env: Env) -> No
             ),
         ]
         env.configure(gitlab={"url": gitlab.url, "token_file": str(token_file)})
-        service = subprocess.Popen(
-            [*driver_argv(), "--config", str(env.config_path), "pool", "run"],
-            env=env.process_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        service = env.start_pool()
         try:
             # The pool knows no job yet: the build job creates its own machine.
             result = env.run_job(build)
             assert result.outcome == "success", result.describe()
             assert "No ready machine in the warm pool" in result.job_log
             # GitLab says three test jobs wait for the build stage: three machines come.
-            wait_for(lambda: int(status(env)["counts"]["idle"]) >= 3)  # type: ignore[index]
-            assert status(env)["service"]["jobs_announced"] == 3  # type: ignore[index]
+            wait_for(lambda: int(env.pool_status()["counts"]["idle"]) >= 3, timeout=90)
+            assert env.pool_status()["service"]["jobs_announced"] == 3
             listed = gitlab.pipelines[(build.project_id, build.pipeline_id)]
             listed[0]["status"] = "success"
             for job in tests:
@@ -93,10 +70,9 @@ def test_the_next_stage_of_a_pipeline_finds_machines_made_for_it(env: Env) -> No
                 result = env.run_job(job)
                 assert result.outcome == "success", result.describe()
                 assert "from the warm pool" in result.job_log
-            wait_for(lambda: status(env)["service"]["jobs_announced"] == 0)  # type: ignore[index]
+            wait_for(lambda: env.pool_status()["service"]["jobs_announced"] == 0)
             asked = [r for r in gitlab.requests if "/pipelines/" in r]
             assert asked, gitlab.requests
         finally:
-            service.send_signal(signal.SIGTERM)
-            print(service.communicate(timeout=120)[0])  # shown if the test fails
+            print(stop_pool(service))  # shown if the test fails
     env.assert_nothing_left()

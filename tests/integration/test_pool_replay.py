@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -26,7 +24,7 @@ import pytest
 
 from driver.state import StateDir
 from tests.runner import Job, JobResult
-from tests.world import Env, destroy_world, driver_argv, new_world
+from tests.world import Env, destroy_world, new_world, stop_pool
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "replay.py"
 CREATE_DELAY = 8.0  # seconds each create of the double sleeps first
@@ -150,21 +148,14 @@ def replay_of(create_seconds: float) -> list[tuple[float, bool]]:
 def test_the_replay_and_the_service_agree_on_which_jobs_find_a_machine(env: Env) -> None:
     # Certificates first (as on a host that has made machines), then slow creates.
     env.faults(create_delay=CREATE_DELAY)
-    service = subprocess.Popen(
-        [*driver_argv(), "--config", str(env.config_path), "pool", "run"],
-        env=env.process_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    service = env.start_pool()
     try:
         wait_idle(env, 2, timeout=120)
         measured = pool_create_seconds(env)
         assert measured, "the pool's records hold no create times"
         real = run_for_real(env)
     finally:
-        service.send_signal(signal.SIGTERM)
-        out, _ = service.communicate(timeout=180)
+        out = stop_pool(service, timeout=180)
     assert "pool: stopped" in out, out
     simulated = replay_of(sum(measured) / len(measured))
 
@@ -179,13 +170,7 @@ def test_the_replay_and_the_service_agree_on_which_jobs_find_a_machine(env: Env)
 
 def test_the_demand_policy_grows_the_pool_from_the_jobs_it_sees(env: Env) -> None:
     env.configure(pool={"policy": "demand", "idle_count": 0, "demand_window": 600})
-    service = subprocess.Popen(
-        [*driver_argv(), "--config", str(env.config_path), "pool", "run"],
-        env=env.process_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    service = env.start_pool()
     try:
         time.sleep(3)
         assert idle(env) == 0  # no job seen yet: nothing to be ready for
@@ -203,8 +188,7 @@ def test_the_demand_policy_grows_the_pool_from_the_jobs_it_sees(env: Env) -> Non
         assert status["target_idle"] >= 1
         assert status["service"]["idle_wanted"] >= 1
     finally:
-        service.send_signal(signal.SIGTERM)
-        out, _ = service.communicate(timeout=180)
+        out = stop_pool(service, timeout=180)
     assert "keeping ready machines for 95.0% of jobs (policy demand)" in out, out
     assert "pool: stopped" in out, out
     env.assert_nothing_left()
