@@ -154,9 +154,8 @@ class DemandPolicy:
 
     Jobs announced ahead (a pipeline's next stage, driver.pool.lookahead) are
     not guessed but known: the policy adds one machine for each, started so it
-    is ready when the job is likely to come (the announcement plus a short
-    lead, less a long create, both from what it measured), and leaves them out
-    of the fan-out model. The allowance then aims the unannounced jobs at
+    is ready when the job is likely to come (see `announced_due`), and leaves
+    them out of the fan-out model. The allowance then aims the unannounced jobs at
     what, with the announced ones' hits, makes `hit_rate_target` of all jobs.
     """
 
@@ -309,8 +308,8 @@ class DemandPolicy:
         """The announced jobs whose machines should be ready or on their way now.
 
         A job with a predicted arrival gets its machine a slow create before it,
-        moved earlier by how early such predictions came true (once PREDICTIONS_NEEDED
-        were measured); one without, `announced_start_delay` after its announcement.
+        moved earlier by how early such predictions came true (once LEADS_NEEDED were
+        checked); one without, `announced_start_delay` after its announcement.
         """
         if not expected:
             return 0

@@ -9,24 +9,20 @@ must agree: the whole figure of merit of bench/replay.py rests on it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from driver.state import StateDir
+from tests.benches import load_replay
 from tests.runner import Job, JobResult
 from tests.world import Env, destroy_world, new_world, stop_pool
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "replay.py"
 CREATE_DELAY = 8.0  # seconds each create of the double sleeps first
 POOL = {
     "idle_count": 2,
@@ -53,15 +49,6 @@ def env() -> Iterator[Env]:
         yield world
     finally:
         destroy_world(world)
-
-
-def load_replay() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("replay_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["replay_bench"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class Constant:

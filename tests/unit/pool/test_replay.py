@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -12,18 +10,12 @@ from typing import Any
 import pytest
 
 from driver.settings import LimitSettings
-
-BENCH = Path(__file__).resolve().parents[3] / "bench" / "replay.py"
+from tests.benches import load_replay
 
 
 @pytest.fixture(scope="module")
 def replay() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("replay_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["replay_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_replay()
 
 
 def args(**overrides: float) -> argparse.Namespace:
