@@ -38,6 +38,9 @@ class JobResponse(Payload):
     image: ImageSpec | None = None
     services: list[ImageSpec] | None = None
     credentials: list[Credential] | None = None
+    # `secrets:` (Vault and friends), by variable name; the values reach only the
+    # environment, resolved by the runner.
+    secrets: dict[str, object] | None = None
 
 
 @dataclass(frozen=True)

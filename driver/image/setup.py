@@ -23,13 +23,13 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from driver.contract import RESPONSE_FILE_ENV
+from driver.contract import JOB_VARIABLE_PREFIX, RESPONSE_FILE_ENV
 from driver.errors import DriverError, JobError
 from driver.image import aliases, auth, policy
 from driver.image.config import ImageSettings, PullPolicy, parse_volume
@@ -186,17 +186,20 @@ def load_payload(path: str | None = None) -> Any:
         raise JobError(f"cannot read the job's image and services from {path}: {e}") from None
 
 
-def plan(settings: ImageSettings, say: Say, payload: Any = None) -> Plan | None:
-    """What this job runs in, checked against the admin's lists; None: the VM's shell."""
+def plan(
+    settings: ImageSettings,
+    say: Say,
+    payload: Any = None,
+    environ: Mapping[str, str] | None = None,
+) -> Plan | None:
+    """What this job runs in, checked against the admin's lists; None: the VM's shell.
+
+    ``payload``: the parsed response file; ``environ``: the runner's environment.
+    """
     if not settings.container_mode:
         return None
     payload = payload if payload is not None else load_payload()
-    variables: dict[str, str] = {}
-    public: dict[str, str] = {}
-    for var in payload.variables:
-        variables[var.key] = var.value
-        if var.public and not var.masked and not var.file:
-            public[var.key] = var.value
+    variables, public = job_variables(payload, os.environ if environ is None else environ)
     spec: ImageSpec = payload.image or ImageSpec()
     requested_services = [s for s in payload.services or [] if s.name]
     name = spec.name or settings.default
@@ -224,6 +227,8 @@ def plan(settings: ImageSettings, say: Say, payload: Any = None) -> Plan | None:
         environment=public,
     )
     services = _plan_services(settings, requested_services, public, variables, say)
+    # The runner's version reaches a driver only in its environment (never in the
+    # payload): the default helper is the runner's own version, as on docker.
     runner_version = variables.get("CI_RUNNER_VERSION", "")
     helper = settings.helper_image
     if helper:
@@ -233,9 +238,10 @@ def plan(settings: ImageSettings, say: Say, payload: Any = None) -> Plan | None:
         helper_policies = ["if-not-present"]
         if not re.fullmatch(r"\d+\.\d+\.\d+", runner_version):
             raise DriverError(
-                f"cannot tell gitlab-runner's version (CI_RUNNER_VERSION is "
+                f"cannot tell gitlab-runner's version (CUSTOM_ENV_CI_RUNNER_VERSION is "
                 f"{runner_version!r}) to pick its helper image",
-                hint="set [image] helper_image in the driver's config",
+                hint="gitlab-runner sets it for every stage; when running a stage by hand, "
+                "export it, or set [image] helper_image in the driver's config",
             )
     warm_up()  # the SDK loads while the machine is claimed or created
     return Plan(
@@ -248,6 +254,37 @@ def plan(settings: ImageSettings, say: Say, payload: Any = None) -> Plan | None:
         credentials=list(payload.credentials or []),
         debug_services=variables.get(DEBUG_SERVICES_VARIABLE, "").lower() in ("true", "1"),
     )
+
+
+def job_variables(
+    payload: Any, environ: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(all, public): the job's variables as the runner resolved them for this job.
+
+    The payload holds what GitLab sent; the runner adds its own (its version,
+    ``[[runners]] environment``, CI_PROJECT_DIR, feature flags, ...) to the
+    environment only, as ``CUSTOM_ENV_*``, where each key holds its final value.
+    "public" is what the docker executor gives services: the payload's public
+    variables, and the runner's own (all internal); never masked or file ones, nor a
+    ``secrets:`` value (those are only in the environment too).
+    """
+    prefix = JOB_VARIABLE_PREFIX
+    flags = {var.key: var for var in payload.variables}
+    secrets = set(payload.secrets or {})
+    variables = {var.key: var.value for var in payload.variables}
+    public = {
+        var.key: var.value
+        for var in payload.variables
+        if var.public and not var.masked and not var.file
+    }
+    for name, value in environ.items():
+        if not name.startswith(prefix) or name == prefix + "CI_JOB_SERVICES":
+            continue
+        key = name[len(prefix) :]
+        variables[key] = value
+        if key not in secrets and (key not in flags or key in public):
+            public[key] = value
+    return variables, public
 
 
 def _plan_services(

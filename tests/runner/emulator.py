@@ -93,6 +93,9 @@ class CustomExecutorConfig:
     # a number gives up after that long and reports a system failure.
     pipe_close_timeout: float | None = 10.0
     runner_hostname: str = field(default_factory=socket.gethostname)
+    # `[[runners]] environment`, and the runner's own version (CI_RUNNER_VERSION).
+    environment: list[str] = field(default_factory=list)
+    runner_version: str = "17.9.0"
     concurrent_id: int = 0
     short_token: str = "t3stTok3n"
     # Parent of the per-job temp dirs (the runner's own TMPDIR); None: the default.
@@ -488,6 +491,8 @@ class JobRun:
             hostname=self.config.runner_hostname,
             concurrent_id=self.config.concurrent_id,
             short_token=self.config.short_token,
+            runner_version=self.config.runner_version,
+            environment=tuple(self.config.environment),
         )
 
     def _prepare(self) -> tuple[_Attempt | None, _Failure | None]:

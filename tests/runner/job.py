@@ -197,6 +197,16 @@ class BuildContext:
     short_token: str = "t3stTok3n"
     runner_description: str = "gitlab-runner emulation"
     runner_version: str = "17.9.0"
+    runner_revision: str = "c6b7e7a1"
+    runner_tags: tuple[str, ...] = ()
+    # `[[runners]] environment`: "KEY=VALUE" entries, added to every job's variables.
+    environment: tuple[str, ...] = ()
+    # Resolved feature flags the runner exports (a few of them; all are FF_*=true|false).
+    feature_flags: tuple[tuple[str, str], ...] = (
+        ("FF_NETWORK_PER_BUILD", "false"),
+        ("FF_USE_FASTZIP", "false"),
+        ("FF_SCRIPT_SECTIONS", "false"),
+    )
 
     def project_dir(self, job: Job) -> str | None:
         if self.builds_dir is None:
@@ -212,7 +222,7 @@ class BuildContext:
 
 
 def predefined_variables(job: Job, ctx: BuildContext) -> list[Variable]:
-    """The CI_* variables GitLab sends plus those the runner adds."""
+    """The CI_* variables GitLab computes and sends in the payload's `variables`."""
     host = job.server_url.split("://", 1)[-1].rstrip("/")
     project_url = f"{job.server_url}/{job.project_path}"
     repo_url = job.repo_url or f"https://gitlab-ci-token:{job.token}@{host}/{job.project_path}.git"
@@ -244,31 +254,62 @@ def predefined_variables(job: Job, ctx: BuildContext) -> list[Variable]:
         Variable("GITLAB_USER_LOGIN", "emulated-user"),
         Variable("GITLAB_CI", "true"),
         Variable("CI", "true"),
-        Variable("CI_SERVER", "yes"),
-        # Added by the runner, not GitLab.
+        # GitLab knows the runner that picked the job (gitlab: Ci::Runner#predefined_variables).
         Variable("CI_RUNNER_ID", str(ctx.runner_id)),
-        Variable("CI_RUNNER_SHORT_TOKEN", ctx.short_token),
         Variable("CI_RUNNER_DESCRIPTION", ctx.runner_description),
-        Variable("CI_RUNNER_VERSION", ctx.runner_version),
-        Variable("CI_RUNNER_EXECUTABLE_ARCH", "linux/amd64"),
-        Variable("CI_CONCURRENT_ID", str(ctx.concurrent_id)),
-        Variable("CI_CONCURRENT_PROJECT_ID", str(ctx.concurrent_id)),
+        Variable("CI_RUNNER_TAGS", json.dumps(list(ctx.runner_tags))),
     ]
-    project_dir = ctx.project_dir(job)
-    if ctx.builds_dir is not None and project_dir is not None:
-        result.append(Variable("CI_BUILDS_DIR", ctx.builds_dir))
-        result.append(Variable("CI_PROJECT_DIR", project_dir))
-    if job.image:
-        result.append(Variable("CI_JOB_IMAGE", job.image))
     if job.registry:
         result.append(Variable("CI_REGISTRY", job.registry))
         result.append(Variable("CI_REGISTRY_IMAGE", f"{job.registry}/{job.project_path}"))
     return result
 
 
-def job_variables(job: Job, ctx: BuildContext) -> list[Variable]:
-    """All variables in payload order: predefined first, the job's own after."""
+def runner_variables(job: Job, ctx: BuildContext) -> tuple[list[Variable], list[Variable]]:
+    """What gitlab-runner adds itself (`Build.GetAllVariables`): never in the payload,
+    only in the environment (CUSTOM_ENV_*) and the scripts' exports.
+
+    Returned as (before, after) the payload's variables, the order GetAllVariables
+    appends them in: `[[runners]] environment`, the default, feature-flag and TLS
+    variables come before GitLab's (a job variable of the same name wins); the
+    shared-environment flag and the runner's version after them
+    (shared/custom-executor.md, "What is in JOB_RESPONSE_FILE").
+    """
+    before = [
+        Variable(key, value, public=True)
+        for key, _, value in (entry.partition("=") for entry in ctx.environment)
+    ]
+    before.append(Variable("CI_RUNNER_SHORT_TOKEN", ctx.short_token))
+    project_dir = ctx.project_dir(job)
+    if ctx.builds_dir is not None and project_dir is not None:
+        before.append(Variable("CI_BUILDS_DIR", ctx.builds_dir))
+        before.append(Variable("CI_PROJECT_DIR", project_dir))
+    before += [
+        Variable("CI_CONCURRENT_ID", str(ctx.concurrent_id)),
+        Variable("CI_CONCURRENT_PROJECT_ID", str(ctx.concurrent_id)),
+        Variable("CI_SERVER", "yes"),
+    ]
+    before += [Variable(key, value) for key, value in ctx.feature_flags]
+    if job.image:
+        before.append(Variable("CI_JOB_IMAGE", job.image))
+    after = [
+        Variable("CI_SHARED_ENVIRONMENT", "true"),
+        Variable("CI_RUNNER_VERSION", ctx.runner_version),
+        Variable("CI_RUNNER_REVISION", ctx.runner_revision),
+        Variable("CI_RUNNER_EXECUTABLE_ARCH", "linux/amd64"),
+    ]
+    return before, after
+
+
+def payload_variables(job: Job, ctx: BuildContext) -> list[Variable]:
+    """The payload's `variables`, exactly as GitLab sends them: predefined, then the job's."""
     return predefined_variables(job, ctx) + list(job.variables)
+
+
+def job_variables(job: Job, ctx: BuildContext) -> list[Variable]:
+    """Every variable the runner gives executables and scripts, later entries winning."""
+    before, after = runner_variables(job, ctx)
+    return before + payload_variables(job, ctx) + after
 
 
 def services_json(job: Job) -> str:
@@ -298,8 +339,8 @@ def services_json(job: Job) -> str:
 def job_payload(job: Job, ctx: BuildContext) -> dict[str, Any]:
     """The job response as GitLab sends it; the runner writes it to response.json.
 
-    It is written before config_exec runs, so CI_BUILDS_DIR and CI_PROJECT_DIR
-    are among its variables only when the TOML builds_dir is set.
+    gitlab-runner writes it unchanged (executors/custom/custom.go
+    createJobResponseFile): none of the runner's own variables are in it.
     """
     steps: list[dict[str, Any]] = [
         {
@@ -342,7 +383,7 @@ def job_payload(job: Job, ctx: BuildContext) -> dict[str, Any]:
             "depth": 20,
         },
         "runner_info": {"timeout": int(job.timeout), "runner_session_url": ""},
-        "variables": [v.payload() for v in job_variables(job, ctx)],
+        "variables": [v.payload() for v in payload_variables(job, ctx)],
         "steps": steps,
         "image": _image_payload(job),
         "services": [s.payload() for s in job.service_specs()],

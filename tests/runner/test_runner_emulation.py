@@ -48,7 +48,8 @@ WATCHED = ["TMPDIR", "BUILD_FAILURE_EXIT_CODE", "SYSTEM_FAILURE_EXIT_CODE", "BUI
 
 def log(entry):
     entry.update(pid=os.getpid(), pgid=os.getpgrp(), cwd=os.getcwd(), stdin=sys.stdin.read(),
-                 env={k: env.get(k) for k in WATCHED},
+                 env={**{k: env.get(k) for k in WATCHED},
+                      **{k: v for k, v in env.items() if k.startswith("CUSTOM_ENV_")}},
                  response_mode=os.stat(env["JOB_RESPONSE_FILE"]).st_mode & 0o7777,
                  tmpdir_mode=os.stat(env["TMPDIR"]).st_mode & 0o7777)
     with open(os.path.join(STATE, f"calls-{JOB_ID}.jsonl"), "a") as f:
@@ -277,6 +278,49 @@ def test_response_file_is_the_job_payload(driver: FakeDriver) -> None:
         assert key in variables
     assert prepared.cleanup() is not None
     assert not Path(prepared.temp_dir).exists()
+
+
+# What gitlab-runner adds itself (its version, `[[runners]] environment`, the project
+# dir, ...) reaches a driver only as CUSTOM_ENV_*: the response file is the job exactly
+# as GitLab sent it (shared/custom-executor.md, "What is in JOB_RESPONSE_FILE";
+# executors/custom/custom.go createJobResponseFile, common/build.go GetAllVariables).
+RUNNER_ADDED = (
+    "CI_RUNNER_VERSION",
+    "CI_RUNNER_REVISION",
+    "CI_RUNNER_EXECUTABLE_ARCH",
+    "CI_RUNNER_SHORT_TOKEN",
+    "CI_PROJECT_DIR",
+    "CI_BUILDS_DIR",
+    "CI_CONCURRENT_ID",
+    "CI_CONCURRENT_PROJECT_ID",
+    "CI_SERVER",
+    "CI_SHARED_ENVIRONMENT",
+    "CI_JOB_IMAGE",
+    "FF_NETWORK_PER_BUILD",
+    "FROM_RUNNER_ENVIRONMENT",
+)
+
+
+def test_runner_added_variables_reach_the_environment_never_the_payload(
+    driver: FakeDriver,
+) -> None:
+    job = Job(image="ruby:3.2", variables=[Variable("FROM_JOB", "job")])
+    emulator = driver.emulator(environment=["FROM_RUNNER_ENVIRONMENT=admin", "FROM_JOB=runner"])
+    prepared = emulator.prepare_only(job)
+    assert prepared.ok and prepared.temp_dir is not None
+    payload = json.loads((Path(prepared.temp_dir) / "response.json").read_text())
+    in_payload = {v["key"] for v in payload["variables"]}
+    assert not in_payload & set(RUNNER_ADDED), "the runner writes GitLab's payload unchanged"
+    assert {"CI_JOB_ID", "CI_RUNNER_ID", "CI_RUNNER_DESCRIPTION", "FROM_JOB"} <= in_payload
+    prepare = driver.calls(job, "prepare")[0]["env"]
+    for key in RUNNER_ADDED:
+        assert prepare.get("CUSTOM_ENV_" + key), key
+    assert prepare["CUSTOM_ENV_CI_RUNNER_VERSION"] == "17.9.0"
+    assert prepare["CUSTOM_ENV_FROM_RUNNER_ENVIRONMENT"] == "admin"
+    assert prepare["CUSTOM_ENV_CI_JOB_IMAGE"] == "ruby:3.2"
+    # A job variable wins over `[[runners]] environment` of the same name.
+    assert prepare["CUSTOM_ENV_FROM_JOB"] == "job"
+    assert prepared.cleanup() is not None
 
 
 def test_stdout_and_stderr_are_kept_apart_per_stage(driver: FakeDriver) -> None:

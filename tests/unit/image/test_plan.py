@@ -11,7 +11,7 @@ from driver.image.config import ImageSettings
 from driver.image.policy import ImageRefused
 from driver.payload import JobResponse
 from tests.runner import BuildContext, Job, Service, Variable
-from tests.runner.job import job_payload
+from tests.runner.job import job_payload, job_variables
 
 CTX = BuildContext(builds_dir="/builds", cache_dir="/cache", hostname="runner")
 
@@ -20,10 +20,15 @@ def payload(job: Job) -> Any:
     return JobResponse.model_validate(job_payload(job, CTX))
 
 
+def environ(job: Job) -> dict[str, str]:
+    """What the runner gives the driver's executables: every variable as CUSTOM_ENV_*."""
+    return {"CUSTOM_ENV_" + v.key: v.value for v in job_variables(job, CTX)}
+
+
 def plan(job: Job, **image: Any) -> setup.Plan | None:
     said: list[str] = []
     settings = ImageSettings(mode="container", **image)
-    return setup.plan(settings, said.append, payload(job))
+    return setup.plan(settings, said.append, payload(job), environ(job))
 
 
 def test_shell_mode_plans_nothing_whatever_the_job_asks() -> None:
@@ -81,8 +86,34 @@ def test_services_get_aliases_expanded_variables_and_admin_limits() -> None:
         plan(job, allowed_services=["postgres:*"])
 
 
-def test_the_default_helper_needs_the_runners_version() -> None:
-    job = Job(image="ruby:3.2", variables=[Variable("CI_RUNNER_VERSION", "dev")])
+def test_the_default_helper_is_the_runners_version_from_the_environment() -> None:
+    # gitlab-runner never puts its version in the payload: only CUSTOM_ENV_CI_RUNNER_VERSION.
+    job = Job(image="ruby:3.2")
+    assert "CI_RUNNER_VERSION" not in {v.key for v in payload(job).variables}
+    got = plan(job)
+    assert got is not None and got.runner_version == "17.9.0"
+    settings = ImageSettings(mode="container")
+    with pytest.raises(Exception, match=r"CUSTOM_ENV_CI_RUNNER_VERSION is ''"):
+        setup.plan(settings, print, payload(job), {})  # a stage run by hand, say
+    dev = {**environ(job), "CUSTOM_ENV_CI_RUNNER_VERSION": "dev"}  # a runner built from source
     with pytest.raises(Exception, match=r"set \[image\] helper_image"):
-        plan(job)
-    assert plan(job, helper_image="helper:${CI_RUNNER_VERSION}").helper_image == "helper:dev"  # type: ignore[union-attr]
+        setup.plan(settings, print, payload(job), dev)
+    versioned = ImageSettings(mode="container", helper_image="helper:${CI_RUNNER_VERSION}")
+    got = setup.plan(versioned, print, payload(job), dev)
+    assert got is not None and got.helper_image == "helper:dev"
+
+
+def test_services_get_the_runners_variables_but_no_secret() -> None:
+    # The docker executor gives services the public and internal variables
+    # (common/build.go GetServiceVariables): the runner's own are internal.
+    job = Job(
+        image="ruby:3.2",
+        services=["postgres:16"],
+        variables=[Variable("SECRET", "s3cret", masked=True, public=False)],
+    )
+    got = plan(job)
+    assert got is not None
+    env = got.services[0].environment
+    assert env["CI_PROJECT_DIR"] == "/builds/group/project"
+    assert env["CI_RUNNER_VERSION"] == "17.9.0" and env["CI_JOB_NAME"] == "test-job"
+    assert "SECRET" not in env and "CI_JOB_TOKEN" not in env

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -117,8 +118,13 @@ class Container:
         )
 
 
-@pytest.fixture(params=SHELLS)
-def container(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Container]:
+# A container's processes start with every signal at its default disposition, whatever
+# the test runner ignored: a non-interactive shell's background job ignores SIGINT and
+# SIGQUIT, and a child inherits that (`env --default-signal` undoes it, coreutils 8.31+).
+AS_IN_A_CONTAINER = ["env", "--default-signal"]
+
+
+def start_container(shell: list[str], tmp_path: Path) -> Container:
     tmp, channel, bin_dir = tmp_path / "tmp", tmp_path / "channel", tmp_path / "bin"
     for d in (tmp, bin_dir):
         d.mkdir()
@@ -129,16 +135,43 @@ def container(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Contai
     docker.chmod(0o755)
     (bin_dir / "running").write_text("true\n")
     proc = subprocess.Popen(
-        [*request.param, "-c", keeper(str(channel))],
+        [*AS_IN_A_CONTAINER, *shell, "-c", keeper(str(channel))],
         stdin=subprocess.PIPE,  # open and silent, as the container's stdin
         stdout=subprocess.DEVNULL,
         env={**os.environ, CONTAINER_MARK: str(bin_dir)},
         start_new_session=True,  # as a container's processes, apart from ours
     )
     (bin_dir / "keeper").write_text(str(proc.pid))
-    box = Container(tmp, channel, bin_dir, proc)
+    return Container(tmp, channel, bin_dir, proc)
+
+
+@pytest.fixture(params=SHELLS)
+def container(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Container]:
+    box = start_container(request.param, tmp_path)
     try:
         yield box
+    finally:
+        box.stop()
+
+
+def _ignored_signals(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+    return int(line.split()[1], 16)
+
+
+def test_the_keeper_starts_as_a_containers_process_whatever_the_suite_ignores(
+    tmp_path: Path,
+) -> None:
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under `make test &`
+    try:
+        box = start_container(["sh"], tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    try:
+        rc, out, _ = box.run_stage(b"sh -c 'kill -INT $$; echo ignored'; echo rc=$?\n")
+        assert (rc, out) == (0, b"rc=130\n")
+        assert _ignored_signals(box.keeper.pid) == 0  # the keeper has run a stage: it is sh
     finally:
         box.stop()
 
