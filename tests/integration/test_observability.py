@@ -64,7 +64,7 @@ def test_secrets_stay_out_of_logs_argv_and_files(env: Env) -> None:
         done.set()
         watcher.join()
     assert result.outcome == "success", result.describe()
-    assert "has-the-key" in result.job_log
+    assert "has-the-key" in result.lines()
     assert seen_on_argv == []
     assert readable_by_others == set()
     assert {"state.json", "ssh_config", "known_hosts", "cm", "stage.lock"} <= seen_files

@@ -26,7 +26,15 @@ from .emulator import (
     PreparedJob,
     RunnerEmulator,
 )
-from .job import BuildContext, Job, Service, Variable, render_script, shell_quote
+from .job import (
+    BuildContext,
+    Job,
+    Service,
+    Variable,
+    output_lines,
+    render_script,
+    shell_quote,
+)
 
 __all__ = [
     "BuildContext",
@@ -40,6 +48,7 @@ __all__ = [
     "RunnerEmulator",
     "Service",
     "Variable",
+    "output_lines",
     "render_script",
     "shell_quote",
 ]

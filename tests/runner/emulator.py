@@ -38,6 +38,7 @@ from .job import (
     archive_cache_stage,
     job_payload,
     job_variables,
+    output_lines,
     render_script,
     services_json,
     stage_title,
@@ -180,6 +181,13 @@ class JobResult:
             if record.kind == "run" and record.stage == name:
                 return record
         raise KeyError(f"stage {name!r} did not run; ran: {self.stages_run}")
+
+    def lines(self, stage: str | None = None) -> list[str]:
+        """Whole output lines of the job log, or of one stage's stdout and stderr."""
+        if stage is None:
+            return output_lines(self.job_log)
+        record = self.stage(stage)
+        return output_lines(record.stdout) + output_lines(record.stderr)
 
     def describe(self) -> str:
         """A summary to put in assertion messages."""

@@ -461,6 +461,19 @@ def _cache_payload(job: Job) -> list[dict[str, Any]]:
     ]
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def output_lines(text: str) -> list[str]:
+    """Whole lines of a job log or a stage's output, colour codes and CRs removed.
+
+    Check a job's output against these, never with a substring test on the log: the
+    runner echoes each command before it runs it (`$ echo marker`), so "marker" is
+    in the log whether or not the command printed it.
+    """
+    return [_ANSI_ESCAPE.sub("", line).rstrip("\r") for line in text.splitlines()]
+
+
 # ------------------------------------------------------------- shell quoting
 
 
