@@ -17,8 +17,8 @@ from driver import limits, log, metrics, provision, ssh
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.image.config import pool_images
+from driver.image.containers import prestart_helper
 from driver.image.learn import prepull, recent_images
-from driver.image.setup import prestart_helper
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.pool.lookahead import Lookahead
 from driver.pool.pipelines import (

@@ -15,7 +15,9 @@ import time
 from driver import limits, log, metrics, provision, signals, ssh, state_owner
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
-from driver.image import setup as image_setup
+from driver.image import containers
+from driver.image.engine import warm_up
+from driver.image.plan import plan as plan_containers
 from driver.log import say
 from driver.payload import Job
 from driver.settings import Settings, config_path
@@ -46,7 +48,9 @@ def main(args: argparse.Namespace) -> int:
     state_owner.claim(settings, config_path(args.config_path))
     dm = stage.docker_machine()
     total = log.Timer()
-    image_plan = image_setup.plan(settings.image, say)  # a refused image costs no machine
+    image_plan = plan_containers(settings.image, say)  # a refused image costs no machine
+    if image_plan is not None:
+        warm_up()  # the SDK loads while the machine is claimed or created
     with job_dir.locked(timeout=60):
         job_dir.create()
         ssh.check_control_path(job_dir)
@@ -72,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
                     source = "pool"
             if image_plan is not None:  # image mode: the job's containers, on its machine
                 ready = job_dir.load()
-                image_setup.start(
+                containers.start(
                     settings,
                     job_dir,
                     image_plan,

@@ -39,9 +39,9 @@ if TYPE_CHECKING:
 # Image mode (driver/image) passes the stage's container, its keeper's PID and the
 # keeper's channel dir (bound into the container). No docker exec per stage (it costs
 # more than the rest of a stage): four FIFOs are made in the channel dir, the stage's
-# token is written to the keeper's `ctl` FIFO, and the keeper (setup.KEEPER, in the
-# container) opens them and answers "started" on `rc` before it runs the first shell
-# found, as the docker executor's detect script does, with the script on its stdin;
+# token is written to the keeper's `ctl` FIFO, and the keeper (driver/image/sh/keeper.sh,
+# in the container) opens them and answers "started" on `rc` before it runs the first
+# shell found, as the docker executor's detect script does, with the script on its stdin;
 # its exit code follows on `rc`. A stop signals every process in the container but
 # PID 1 and the keeper (a docker exec: only on cancel). A keeper that does not answer
 # or a stage that ends without an exit code is reported like a lost machine, with the

@@ -91,6 +91,9 @@ def test_the_package_holds_command_config_and_units(deb: Path) -> None:
     )
     for unit in (*UNITS, "gitlab-machine-driver-sweep@.timer"):
         assert f"./lib/systemd/system/{unit}" in entries
+    # Image mode's shell programs are package data, read when the driver imports them.
+    shipped = {Path(e).name for e in entries if "/site-packages/driver/image/sh/" in e}
+    assert {p.name for p in (ROOT / "driver" / "image" / "sh").glob("*.sh")} <= shipped
     conffiles = run("dpkg-deb", "-I", str(deb), "conffiles").stdout.split()
     assert "/etc/gitlab-machine-driver/config.toml" in conffiles
     depends = run("dpkg-deb", "-f", str(deb), "Depends").stdout

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from driver.image import setup
+from driver.image import plan as image_plan
 from driver.image.config import ImageSettings
 from driver.image.policy import ImageRefused
 from driver.payload import JobResponse
@@ -25,14 +25,14 @@ def environ(job: Job) -> dict[str, str]:
     return {"CUSTOM_ENV_" + v.key: v.value for v in job_variables(job, CTX)}
 
 
-def plan(job: Job, **image: Any) -> setup.Plan | None:
+def plan(job: Job, **image: Any) -> image_plan.Plan | None:
     said: list[str] = []
     settings = ImageSettings(mode="container", **image)
-    return setup.plan(settings, said.append, payload(job), environ(job))
+    return image_plan.plan(settings, said.append, payload(job), environ(job))
 
 
 def test_shell_mode_plans_nothing_whatever_the_job_asks() -> None:
-    assert setup.plan(ImageSettings(), print, payload(Job(image="ruby:3.2"))) is None
+    assert image_plan.plan(ImageSettings(), print, payload(Job(image="ruby:3.2"))) is None
 
 
 def test_the_default_image_serves_jobs_without_one_and_is_always_allowed() -> None:
@@ -94,12 +94,12 @@ def test_the_default_helper_is_the_runners_version_from_the_environment() -> Non
     assert got is not None and got.runner_version == "17.9.0"
     settings = ImageSettings(mode="container")
     with pytest.raises(Exception, match=r"CUSTOM_ENV_CI_RUNNER_VERSION is ''"):
-        setup.plan(settings, print, payload(job), {})  # a stage run by hand, say
+        image_plan.plan(settings, print, payload(job), {})  # a stage run by hand, say
     dev = {**environ(job), "CUSTOM_ENV_CI_RUNNER_VERSION": "dev"}  # a runner built from source
     with pytest.raises(Exception, match=r"set \[image\] helper_image"):
-        setup.plan(settings, print, payload(job), dev)
+        image_plan.plan(settings, print, payload(job), dev)
     versioned = ImageSettings(mode="container", helper_image="helper:${CI_RUNNER_VERSION}")
-    got = setup.plan(versioned, print, payload(job), dev)
+    got = image_plan.plan(versioned, print, payload(job), dev)
     assert got is not None and got.helper_image == "helper:dev"
 
 

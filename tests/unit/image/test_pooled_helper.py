@@ -7,8 +7,11 @@ from typing import Any
 import pytest
 from docker.errors import NotFound
 
-from driver.image import setup
 from driver.image.config import ImageSettings
+from driver.image.containers import Starter, channel_bind
+from driver.image.engine import Engine
+from driver.image.plan import ContainerPlan, Plan
+from driver.image.programs import HELPER_KEEPER
 
 HELPER = "reg.example.com/ci/helper:1"
 MACHINE = "gmd-p1234"
@@ -31,10 +34,10 @@ class FakeEngine:
         self.removed.append(name)
 
 
-def starter(volumes: list[str] | None = None) -> setup.Starter:
+def starter(volumes: list[str] | None = None) -> Starter:
     settings = ImageSettings(mode="container", helper_image=HELPER, volumes=volumes or [])
-    plan = setup.Plan(
-        build=setup.ContainerPlan(image="ruby:3", policies=[]),
+    plan = Plan(
+        build=ContainerPlan(image="ruby:3", policies=[]),
         services=[],
         helper_image=HELPER,
         helper_policies=[],
@@ -43,8 +46,8 @@ def starter(volumes: list[str] | None = None) -> setup.Starter:
         credentials=[],
         debug_services=False,
     )
-    engine = setup.Engine("tcp://10.0.0.1:2376", "ca", "cert", "key")
-    return setup.Starter(
+    engine = Engine("tcp://10.0.0.1:2376", "ca", "cert", "key")
+    return Starter(
         settings,
         plan,
         machine=MACHINE,
@@ -61,10 +64,8 @@ def pooled(**changes: Any) -> dict[str, Any]:
     container: dict[str, Any] = {
         "Image": "sha256:abc",
         "State": {"Running": True},
-        "Config": {"Image": HELPER, "Cmd": ["sh", "-c", setup.HELPER_KEEPER]},
-        "HostConfig": {
-            "Binds": ["/builds:/builds:rw", "/cache:/cache:rw", setup.channel_bind(NAME)]
-        },
+        "Config": {"Image": HELPER, "Cmd": ["sh", "-c", HELPER_KEEPER]},
+        "HostConfig": {"Binds": ["/builds:/builds:rw", "/cache:/cache:rw", channel_bind(NAME)]},
     }
     for section, value in changes.items():
         container[section] = {**container[section], **value}

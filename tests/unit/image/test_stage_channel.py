@@ -1,5 +1,5 @@
 """Image mode's stage path without Docker: the VM-side wrapper (driver/stages/run.py)
-talking to a container's keeper (driver/image/setup.py) through its channel dir.
+talking to a container's keeper (driver/image/sh/keeper.sh) through its channel dir.
 
 The "container" is a keeper process run by a POSIX sh (dash, busybox sh) on this
 host, and every process started under it (they carry CONTAINER_MARK in their
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from driver.image.setup import keeper
+from driver.image.programs import keeper
 from driver.stages.run import PROBE, TRAILER, WRAPPER
 
 SHELLS = [

@@ -1,0 +1,474 @@
+"""Prepare's start of a job's containers on its VM's engine, once the machine is ready.
+
+``start`` pulls the images (driver/image/pull.py, with the job's credentials,
+sent only to the engine), makes the per-job network, starts the services and
+waits for their ports, starts the helper and build containers and records their
+names in ``<job dir>/image.json`` for ``run``. ``prestart_helper`` is the warm
+pool's part: a ready machine's network and helper, before a job takes it.
+
+The build and helper containers run a "keeper" (driver/image/programs.py): the
+image's ENTRYPOINT (or the job's ``entrypoint:``) with ``sh -c <keeper>`` as its
+arguments, as the docker executor passes ``sh -c <detect shell>``; the keeper
+prints its PID and waits for stages on a FIFO in its channel dir, a VM dir bound
+into the container (driver/image/stage.py). Each stage's pipes are FIFOs there too
+(made by the VM-side wrapper in driver/stages/run.py): no ``docker exec`` per
+stage, which would cost more than the rest of the stage. A cancel stops every
+process in the container but PID 1 and the keeper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from driver import ssh
+from driver.image import auth
+from driver.image.config import ImageSettings, PullPolicy, parse_volume
+from driver.image.engine import Engine, connect, together
+from driver.image.plan import ContainerPlan, Plan, with_tag
+from driver.image.programs import HELPER_KEEPER, KEEPER, KEEPER_MARK, WAIT_PORTS
+from driver.image.pull import ImageUnavailable, Puller
+from driver.image.stage import CHANNEL_MOUNT, IMAGE_FILE, channel_dir
+from driver.settings import Settings
+from driver.state import Address, JobDir, MachineDir, StateDir
+
+Say = Callable[[str], None]
+InVm = Callable[[str, float, bool], str]
+
+HELPER_REPOSITORY = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper"
+# `docker info` architecture -> the helper image's tag (gitlab-runner's helperimage).
+HELPER_ARCH = {"amd64": "x86_64", "aarch64": "arm64", "armv6l": "arm", "armv7l": "arm"}
+DOCKER_SOCKET = "/var/run/docker.sock"
+KEEPER_TIMEOUT = 30.0
+MAX_HEALTH_PORTS = 20
+HEALTHCHECK_PORT_VARIABLE = "HEALTHCHECK_TCP_PORT"
+SERVICE_LOG_BYTES = 64 * 1024
+
+
+class Starter:
+    """One job's containers on its VM's engine."""
+
+    def __init__(
+        self,
+        settings: ImageSettings,
+        job_plan: Plan,
+        *,
+        machine: str,
+        engine: Engine,
+        builds_dir: str,
+        cache_dir: str,
+        say: Say,
+        warn: Say,
+    ) -> None:
+        self.settings = settings
+        self.plan = job_plan
+        self.machine = machine
+        self.engine = engine
+        self.builds_dir = builds_dir
+        self.cache_dir = cache_dir
+        self.say = say
+        self.warn = warn
+        self.network = f"{machine}-network"
+        self.images = Puller(
+            auth.collect(job_plan.variables, job_plan.credentials, settings.auth_config_file, warn),
+            machine=machine,
+            say=say,
+            warn=warn,
+        )
+        self.api: Any = None
+        self.ready_timeout = 120.0
+
+    # --- containers
+
+    def _binds(self) -> list[str]:
+        binds = [f"{self.builds_dir}:{self.builds_dir}:rw", f"{self.cache_dir}:{self.cache_dir}:rw"]
+        for volume in self.settings.volumes:
+            host, target, mode = parse_volume(volume)
+            if host is not None:
+                binds.append(f"{host}:{target}:{mode}")
+        return binds
+
+    def _anonymous_volumes(self) -> list[str]:
+        return [t for h, t, _ in map(parse_volume, self.settings.volumes) if h is None]
+
+    def _create(
+        self,
+        name: str,
+        spec: ContainerPlan,
+        command: list[str] | None,
+        *,
+        binds: list[str],
+        network_aliases: list[str],
+        elevated: bool,
+    ) -> str:
+        """``elevated``: the admin's privileged, cap_add and cap_drop apply (not the helper)."""
+        api = self.api
+        settings = self.settings
+        host_config = api.create_host_config(
+            binds=binds,
+            privileged=elevated and settings.privileged,
+            cap_add=list(settings.cap_add) if elevated and settings.cap_add else None,
+            cap_drop=list(settings.cap_drop) if elevated and settings.cap_drop else None,
+            network_mode=self.network,
+        )
+        networking = api.create_networking_config(
+            {self.network: api.create_endpoint_config(aliases=network_aliases or None)}
+        )
+        kwargs: dict[str, Any] = {}
+        if spec.entrypoint is not None:
+            kwargs["entrypoint"] = spec.entrypoint
+        container = api.create_container(
+            with_tag(spec.image),
+            command=command,
+            name=name,
+            hostname=self.machine,
+            user=spec.user or None,
+            environment=[f"{k}={v}" for k, v in spec.environment.items()],
+            stdin_open=True,
+            tty=False,
+            volumes=self._anonymous_volumes() or None,
+            labels={"gitlab-machine-driver.machine": self.machine},
+            host_config=host_config,
+            networking_config=networking,
+            platform=spec.platform or None,
+            **kwargs,
+        )
+        api.start(container["Id"])
+        return name
+
+    def _create_helper(self, name: str, image: str) -> str:
+        return self._create(
+            name,
+            ContainerPlan(image=image, policies=[]),
+            ["sh", "-c", HELPER_KEEPER],
+            binds=[*self._binds(), channel_bind(name)],
+            network_aliases=[],
+            elevated=False,
+        )
+
+    def _network(self) -> None:
+        """The per-job network, unless the pool made it (one name, one network)."""
+        from docker.errors import NotFound
+
+        try:
+            self.api.inspect_network(self.network)
+        except NotFound:
+            self.api.create_network(
+                self.network,
+                driver="bridge",
+                labels={"gitlab-machine-driver.machine": self.machine},
+            )
+
+    def _pooled_helper(self, name: str) -> str:
+        """The image id of a helper the pool started, if it is running what this job's
+        would run (image, command, binds); "" if none. A stale one is removed."""
+        from docker.errors import NotFound
+
+        try:
+            info = self.api.inspect_container(name)
+        except NotFound:
+            return ""
+        same = (
+            info["State"].get("Running")
+            and info["Config"].get("Image") == with_tag(self.plan.helper_image)
+            and info["Config"].get("Cmd") == ["sh", "-c", HELPER_KEEPER]
+            and info["HostConfig"].get("Binds") == [*self._binds(), channel_bind(name)]
+        )
+        if same:
+            return str(info["Image"])
+        self.api.remove_container(name, force=True)
+        return ""
+
+    def _keeper_pid(self, name: str) -> int:
+        """The keeper's PID in its container, which it prints first thing."""
+        deadline = time.monotonic() + KEEPER_TIMEOUT
+        while True:
+            logs = self.api.logs(name, stdout=True, stderr=True).decode("utf-8", "replace")
+            found = re.search(rf"^{KEEPER_MARK} (\d+)$", logs, re.MULTILINE)
+            if found:
+                return int(found.group(1))
+            state = self.api.inspect_container(name)["State"]
+            if not state.get("Running") or time.monotonic() > deadline:
+                why = "exited" if not state.get("Running") else "did not start its command"
+                raise ImageUnavailable(
+                    f"container {name} ({self.api.inspect_container(name)['Config']['Image']}) "
+                    f"{why} (exit code {state.get('ExitCode')}); its output:\n"
+                    + "\n".join(logs.splitlines()[-20:]),
+                    hint="the image needs `sh`, and its ENTRYPOINT must run its arguments "
+                    "(as on the docker executor); the job's `entrypoint:` can replace it",
+                )
+            time.sleep(0.05)
+
+    def start(self, in_vm: InVm) -> dict[str, Any]:
+        """Everything on the engine; returns what image.json records.
+
+        ``in_vm(remote command, timeout, check)`` runs a command in the VM (its stdout).
+        """
+        self.api = connect(self.engine, self.settings.pull_timeout, self.ready_timeout)
+        try:
+            record = self._containers(in_vm)
+            self._wait_for_services(record["services"], in_vm)
+            # CI_DEBUG_SERVICES: every stage follows the services' output into the job log
+            # (driver/stages/run.py), the first from their start.
+            return record
+        finally:
+            self.api.close()
+
+    def _containers(self, in_vm: InVm) -> dict[str, Any]:
+        """Two rounds, each all at once: images, channels and network; then containers."""
+        api, job = self.api, self.plan
+        if not job.helper_image:
+            arch = str(api.info().get("Architecture", "amd64"))
+            job.helper_image = (
+                f"{HELPER_REPOSITORY}:{HELPER_ARCH.get(arch, arch)}-v{job.runner_version}"
+            )
+        self.say(f"Using docker image {job.build.image} for the job's scripts")
+        helper, build = f"{self.machine}-helper", f"{self.machine}-build"
+        # An image used twice in a job is pulled once, under its first use's policy.
+        images: dict[str, tuple[str, list[PullPolicy], str]] = {}
+        uses = [
+            (job.helper_image, job.helper_policies, ""),
+            (job.build.image, job.build.policies, job.build.platform),
+        ]
+        uses += [(s.image, s.policies, s.platform) for s in job.services]
+        for image, policies, platform in uses:
+            images.setdefault(with_tag(image), (image, policies, platform))
+        pooled = self._pooled_helper(helper)  # the pool may have started it already
+        together(
+            *(partial(self.images.ensure, api, *use) for use in images.values()),
+            partial(make_channels, in_vm, [build] if pooled else [helper, build]),
+            partial(self._network),
+        )
+        if pooled and pooled != api.inspect_image(with_tag(job.helper_image))["Id"]:
+            api.remove_container(helper, force=True)  # pulled anew since: start it afresh
+            make_channels(in_vm, [helper])
+            pooled = ""
+        if pooled:
+            self.say(f"Using the helper container the warm pool started ({helper})")
+        services = [(f"{self.machine}-svc-{i}", s) for i, s in enumerate(job.services)]
+        for _, service in services:
+            self.say(f"Starting service {service.name}...")
+        binds = self._binds()
+        build_binds = [*binds, channel_bind(build)]
+        if self.settings.docker_socket:  # the VM's own engine: the VM is the boundary
+            build_binds.append(f"{DOCKER_SOCKET}:{DOCKER_SOCKET}")
+        together(
+            *(
+                partial(
+                    self._create,
+                    name,
+                    service,
+                    service.command,
+                    binds=binds,
+                    network_aliases=service.aliases,
+                    elevated=True,
+                )
+                for name, service in services
+            ),
+            *([] if pooled else [partial(self._create_helper, helper, job.helper_image)]),
+            partial(
+                self._create,
+                build,
+                job.build,
+                ["sh", "-c", KEEPER],
+                binds=build_binds,
+                network_aliases=["build"],
+                elevated=True,
+            ),
+        )
+        helper_pid, build_pid = together(
+            partial(self._keeper_pid, helper), partial(self._keeper_pid, build)
+        )
+        return {
+            "build": build,
+            "helper": helper,
+            "keepers": {helper: helper_pid, build: build_pid},
+            "services": [[name, "-".join(s.aliases)] for name, s in services],
+            "debug_services": job.debug_services,
+        }
+
+    # --- services' health, from the VM (container addresses are only reachable there)
+
+    def _wait_for_services(self, services: list[list[str]], in_vm: InVm) -> None:
+        timeout = self.settings.wait_for_services_timeout
+        if not services or timeout < 0:
+            return
+        timeout = timeout or 30.0
+        targets = self.health_targets(services)
+        if not targets:
+            return
+        self.say(f"Waiting for services to be up and running (timeout {timeout:g} seconds)...")
+        entries = " ".join(f"{i}:{ip}:{','.join(map(str, ports))}" for i, ip, ports in targets)
+        output = in_vm(f"bash -c '{WAIT_PORTS}' gmd-wait {int(timeout)} {entries}", timeout, False)
+        up = {int(line.split()[1]) for line in output.splitlines() if line.startswith("up ")}
+        for index, ip, ports in targets:
+            if index in up:
+                continue
+            name = services[index][0]
+            self.warn(
+                f"Service {name} probably didn't start properly.\n"
+                f"Health check error: no answer on {ip} port(s) "
+                f"{', '.join(map(str, ports))} within {timeout:g}s\n"
+                "Service container logs:\n" + service_logs(self.api, name).rstrip()
+            )
+
+    def health_targets(self, services: list[list[str]]) -> list[tuple[int, str, list[int]]]:
+        targets = []
+        for index, (name, _) in enumerate(services):
+            info = self.api.inspect_container(name)
+            if not info["State"].get("Running"):
+                continue
+            network = info["NetworkSettings"]["Networks"].get(self.network) or {}
+            env = dict(e.split("=", 1) for e in info["Config"].get("Env") or [] if "=" in e)
+            if env.get(HEALTHCHECK_PORT_VARIABLE, "").isdigit():
+                ports = [int(env[HEALTHCHECK_PORT_VARIABLE])]
+            else:
+                exposed = info["Config"].get("ExposedPorts") or {}
+                ports = sorted(int(p.split("/")[0]) for p in exposed if p.endswith("/tcp"))
+            if ports and network.get("IPAddress"):
+                targets.append((index, network["IPAddress"], ports[:MAX_HEALTH_PORTS]))
+        return targets
+
+
+def prestart_helper(
+    settings: Settings,
+    machine_dir: MachineDir,
+    address: Address,
+    machine: str,
+    url: Callable[[], str],
+) -> bool:
+    """The pool's part: a ready machine's per-job network, helper channel and helper
+    container, started before a job takes it (none of it depends on the job when
+    [image] helper_image names an image without variables). Prepare checks it is still
+    what the job would start, else starts its own. False: nothing to do here."""
+    image = settings.image
+    if not image.container_mode or not image.helper_image or "$" in image.helper_image:
+        return False
+    engine = _engine(address, url)
+    helper = image.helper_image
+    plan = Plan(
+        build=ContainerPlan(image=helper, policies=[]),
+        services=[],
+        helper_image=helper,
+        helper_policies=[],
+        runner_version="",
+        variables={},
+        credentials=[],
+        debug_services=False,
+    )
+    starter = Starter(
+        image,
+        plan,
+        machine=machine,
+        engine=engine,
+        builds_dir=settings.builds_dir,
+        cache_dir=settings.cache_dir,
+        say=lambda _: None,
+        warn=lambda _: None,
+    )
+
+    def in_vm(command: str, timeout: float, check: bool) -> str:
+        return str(ssh.run(machine_dir, command, timeout=timeout + 15, check=check).stdout)
+
+    starter.api = connect(engine, image.pull_timeout, settings.docker.ready_timeout)
+    try:
+        name = f"{machine}-helper"
+        together(partial(make_channels, in_vm, [name]), starter._network)
+        starter._create_helper(name, helper)
+        starter._keeper_pid(name)
+    finally:
+        starter.api.close()
+    return True
+
+
+def _engine(address: Address, url: Callable[[], str]) -> Engine:
+    return Engine(
+        url=address.engine_url or url(),
+        ca_cert=address.ca_cert,
+        client_cert=address.client_cert,
+        client_key=address.client_key,
+    )
+
+
+def make_channels(in_vm: InVm, containers: Sequence[str]) -> None:
+    """Each keeper's channel dir in the VM, owned by the SSH user: 0711, so nobody but
+    that user lists the stage tokens in it, with the keeper's `ctl` FIFO."""
+    dirs = [channel_dir(name) for name in containers]
+    in_vm(
+        " && ".join(f"rm -rf {d} && mkdir -m 711 {d} && mkfifo -m 644 {d}/ctl" for d in dirs),
+        30.0,
+        True,
+    )
+
+
+def channel_bind(container: str) -> str:
+    return f"{channel_dir(container)}:{CHANNEL_MOUNT}:ro"
+
+
+def service_logs(api: Any, name: str, limit: int = SERVICE_LOG_BYTES) -> str:
+    data: bytes = api.logs(name, stdout=True, stderr=True)
+    return data[-limit:].decode("utf-8", "replace")
+
+
+def write_record(job_dir: Path, record: dict[str, Any]) -> None:
+    """``<job dir>/image.json``, 0600, replaced atomically: `run` reads it every stage."""
+    path = job_dir / IMAGE_FILE
+    tmp = path.with_name(f".{IMAGE_FILE}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+
+
+def start(
+    settings: Settings,
+    job_dir: JobDir,
+    job_plan: Plan,
+    machine: str,
+    address: Address,
+    url: Callable[[], str],
+    say: Say,
+    warn: Say,
+) -> None:
+    """Prepare's call once the machine is ready: containers up, image.json written.
+
+    ``address``: the machine's engine URL and TLS files; ``url()`` asks docker-machine
+    for the engine's URL when the address does not hold it yet.
+    """
+    step = time.monotonic()
+    engine = _engine(address, url)
+    starter = Starter(
+        settings.image,
+        job_plan,
+        machine=machine,
+        engine=engine,
+        builds_dir=settings.builds_dir,
+        cache_dir=settings.cache_dir,
+        say=say,
+        warn=warn,
+    )
+
+    def run_in_vm(command: str, timeout: float, check: bool) -> str:
+        return str(
+            ssh.run(
+                job_dir,
+                command,
+                timeout=timeout + 15,
+                check=check,
+                what="preparing the job's containers in the VM",
+            ).stdout
+        )
+
+    starter.ready_timeout = settings.docker.ready_timeout
+    record = starter.start(run_in_vm)
+    write_record(job_dir.path, record)
+    # What this job ran: the pool learns the most used and pulls them (driver/image/learn).
+    used = [job_plan.helper_image, job_plan.build.image, *(s.image for s in job_plan.services)]
+    StateDir(Path(settings.state_dir)).note_images(list(dict.fromkeys(map(with_tag, used))))
+    say(f"Job containers are up ({time.monotonic() - step:.2f}s)")

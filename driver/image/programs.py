@@ -1,0 +1,62 @@
+"""The shell programs image mode runs in its containers and in the VM, from ``sh/``.
+
+``keeper.sh`` (POSIX sh) is what the build and helper containers run: it prints
+its PID and runs each stage whose token arrives on its channel dir's FIFO
+(driver/image/stage.py, the VM side in driver/stages/run.py); ``detect-shell.sh``
+is the docker executor's detect script it runs each stage with;
+``helper-prelude.sh`` goes before it in the helper. ``wait-ports.sh`` (bash) runs
+in the VM, where the services' addresses are reachable, and says which answer.
+
+The texts are sent as they are (``sh -c <text>``, ``bash -c '<text>'``): the pool
+compares a running helper's command with HELPER_KEEPER, so a change to these
+files restarts pooled helpers started before it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from driver.image.stage import CHANNEL_MOUNT
+
+SH = Path(__file__).parent / "sh"
+KEEPER_MARK = "gmd-keeper"
+
+
+def _read(name: str) -> str:
+    return (SH / name).read_text(encoding="utf-8")
+
+
+# The docker executor's detect script: the first shell found reads the stage from stdin.
+# Through setsid where the image has it ($g, set by the keeper): the stage gets its own
+# process group, so a script's `kill 0` (a common cleanup trap) cannot take the keeper.
+DETECT_SHELL = _read("detect-shell.sh").rstrip("\n")
+_KEEPER = _read("keeper.sh").replace("@MARK@", KEEPER_MARK).replace("@DETECT_SHELL@", DETECT_SHELL)
+
+
+def keeper(channel: str = CHANNEL_MOUNT) -> str:
+    """Run each stage whose token arrives on <channel>/ctl, one at a time (POSIX sh).
+
+    The stage runs in a foreground command substitution, not `&`: an asynchronous list
+    would start with SIGINT and SIGQUIT ignored, for good. Its FIFOs open first (the
+    wrapper in the VM waits for "started" on rc to know they are open), then its exit
+    code is written to rc. No channel (not bound): wait on the container's stdin, which
+    never delivers.
+
+    The substitution prints its PID (the stage's process group under setsid), then execs
+    the shell; once the shell exits, what is left in that group is killed, as docker
+    ends a container with its shell. Else a background process still holding the
+    stage's output keeps the stage open, even one the script's `trap 'kill 0' EXIT`
+    meant to end: bash loses a SIGTERM that reaches its forked child before the exec.
+    """
+    return _KEEPER.replace("@CHANNEL@", channel)
+
+
+KEEPER = keeper()
+# The helper image has gitlab-runner-helper; the runner's scripts call gitlab-runner.
+# umask 0000 as the helper's gitlab-runner-build sets it: a non-root build image can
+# write to the clone, caches and artifacts.
+HELPER_KEEPER = _read("helper-prelude.sh").rstrip("\n") + " " + KEEPER
+# For each "index:ip:port,port" print "up <index>" once any port accepts a connection;
+# stop at the deadline (the caller warns about the others). Sent single-quoted.
+WAIT_PORTS = _read("wait-ports.sh")
+assert "'" not in WAIT_PORTS, "wait-ports.sh is sent single-quoted"

@@ -1,0 +1,13 @@
+echo "@MARK@ $$"; d=@CHANNEL@ g=
+if command -v setsid >/dev/null 2>&1; then g=setsid; fi
+while [ -p "$d/ctl" ]; do
+  IFS= read -r t < "$d/ctl" || continue
+  case $t in "" | *[!0-9a-f]*) continue;; esac
+  c=$d/$t
+  (exec 9> "$c.rc" < "$c.in" 3> "$c.out" 2> "$c.err"; echo started >&9
+   p=$(p=; read -r p _ 2>/dev/null < /proc/self/stat; echo "$p"
+     exec >&3 3>&- 9>&-; @DETECT_SHELL@); rc=$?
+   if [ -n "$g" ] && [ -n "$p" ]; then kill -KILL -"$p" 2>/dev/null; fi
+   echo $rc >&9)
+done
+read -r _
