@@ -8,6 +8,7 @@ endpoint; each stage is one ``docker exec`` from the VM-side wrapper of ``run``.
 
 Modules: ``config`` (the admin's ``[image]`` section), ``payload`` (what the job
 asks for), ``policy`` (allow-lists, pull policies, users), ``aliases`` (service
-host names), ``auth`` (registry credentials), ``setup`` (prepare's work) and
+host names), ``auth`` (registry credentials), ``host_config`` (which container
+gets which of the admin's container options), ``setup`` (prepare's work) and
 ``stage`` (the lean per-stage lookup ``run`` imports).
 """
