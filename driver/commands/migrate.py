@@ -176,7 +176,11 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
     top["state_dir"] = str(state_dir)
     # [runners.docker]: jobs keep running in their image: (image mode, driver/image), whose
     # helper image does artifacts and caches; otherwise gitlab-runner must be in the VM.
-    image, image_notes = image_migration.from_runners_docker(runner.get("docker") or {})
+    image, image_notes = image_migration.from_runners_docker(
+        runner.get("docker") or {},
+        cache_dir=str(runner.get("cache_dir") or "/cache"),
+        builds_dir=str(runner.get("builds_dir") or "/builds"),
+    )
     runner_binary = "" if image else shutil.which("gitlab-runner") or RUNNER_BINARY
     if runner_binary:
         top["gitlab_runner_binary"] = runner_binary
@@ -268,8 +272,7 @@ def _no_equivalent(
         )
     else:
         notes.append("artifacts and cache: done by the helper image, as on docker+machine")
-    if runner.get("cache"):
-        notes.append("[runners.cache]: stays in config.toml and works unchanged")
+    notes += _machine_notes(machine) + _cache_notes(runner.get("cache"))
     notes.append(
         "[runners.machine] stays in config.toml, unused by the custom executor: delete it "
         "once the runner works"
@@ -277,6 +280,45 @@ def _no_equivalent(
         + "; machines docker+machine made are not this driver's: remove them with docker-machine"
     )
     return notes
+
+
+# [runners.machine] keys migrate() carries over or names in a note of its own.
+MACHINE_HANDLED = {
+    "MachineDriver",
+    "MachineName",
+    "MachineOptions",
+    "MaxGrowthRate",
+    "MaxBuilds",
+    "MaxRemovalAttempts",
+    "autoscaling",
+    "OffPeakPeriods",
+    "OffPeakIdleCount",
+    "OffPeakIdleTime",
+    "OffPeakTimezone",
+}
+COLD_CACHE = (
+    "caches will be cold on fresh VMs; configure a distributed cache (S3/GCS) in [runners.cache]"
+)
+
+
+def _machine_notes(machine: dict[str, Any]) -> list[str]:
+    handled = MACHINE_HANDLED | set(POOL_KEYS)
+    return [
+        f"[runners.machine] {key}: no equivalent in the driver; left out"
+        for key in sorted(set(machine) - handled)
+    ]
+
+
+def _cache_notes(cache: Any) -> list[str]:
+    """[runners.cache] stays gitlab-runner's: it makes the cache URLs the helper uses, with
+    any executor. Without a distributed cache every job starts cold: VMs are single-use."""
+    if not isinstance(cache, dict) or not cache.get("Type"):
+        return [f"WARNING: {'no' if not cache else 'no Type in'} [runners.cache]: {COLD_CACHE}"]
+    return [
+        f"[runners.cache] {', '.join(sorted(cache))}: not carried over, not needed: they stay "
+        "in config.toml, where gitlab-runner uses them unchanged (it makes the cache URLs "
+        "the job's helper uses)"
+    ]
 
 
 def _gitlab_hint(url: str, config_dir: Path, name: str) -> str:
@@ -412,7 +454,7 @@ def _show(m: Migration, written: list[str]) -> None:
         for variable in m.secrets:
             print(f"#   {variable}=<from MachineOptions>")
     print("# --- not carried over, or worth knowing ---")
-    for note in m.notes:
+    for note in sorted(m.notes, key=lambda n: not n.startswith("WARNING:")):
         print(f"# - {note}")
     print()
 
@@ -462,7 +504,12 @@ def _toml(top: dict[str, Any], sections: dict[str, dict[str, Any]], source: str)
 
 
 def _value(value: Any) -> str:
-    # JSON strings, numbers and arrays of them are valid TOML.
+    # JSON strings, numbers and booleans are valid TOML; tables are written inline.
+    if isinstance(value, dict):
+        pairs = ", ".join(f"{json.dumps(str(k))} = {_value(v)}" for k, v in value.items())
+        return f"{{ {pairs} }}" if pairs else "{}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(item) for item in value) + "]"
     return json.dumps(value)
 
 

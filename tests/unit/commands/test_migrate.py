@@ -271,3 +271,34 @@ def test_a_file_without_docker_machine_runners_says_so(
     path = tmp_path / "c.toml"
     path.write_text('[[runners]]\nname = "x"\nexecutor = "shell"\n')
     assert 'has no runner with executor = "docker+machine" to migrate' in run(capsys, path)
+
+
+def test_a_runner_without_a_distributed_cache_is_warned_of_cold_caches(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = run(capsys, FIXTURES / "mixed.toml")
+    assert (
+        "# - WARNING: no [runners.cache]: caches will be cold on fresh VMs; configure a "
+        "distributed cache (S3/GCS) in [runners.cache]" in out
+    )
+    out = run(capsys, FIXTURES / "two-clouds.toml")
+    assert "WARNING" not in out
+    assert "[runners.cache] Shared, Type, s3: not carried over, not needed: they stay in" in out
+
+
+def test_every_machine_key_not_carried_is_named() -> None:
+    runner = {
+        "name": "m",
+        "executor": "docker+machine",
+        "machine": {
+            "MachineDriver": "amazonec2",
+            "MaxBuilds": 1,
+            "IdleCount": 1,
+            "MachineOptionsWithName": ["x"],
+        },
+    }
+    notes = migrate.migrate(runner).notes
+    assert "[runners.machine] MachineOptionsWithName: no equivalent in the driver; left out" in (
+        notes
+    )
+    assert not any("IdleCount:" in n or "MachineDriver:" in n for n in notes)
