@@ -79,6 +79,7 @@ class Migration:
     env_path: Path
     notes: list[str] = field(default_factory=list)
     uses_pool: bool = False
+    enable_build_dir: bool = True  # the patch adds [runners.custom_build_dir] enabled = true
 
     def env_file_text(self) -> str:
         lines = [f"# Cloud credentials for runner {self.source!r}, read by docker-machine."]
@@ -111,7 +112,10 @@ def main(args: argparse.Namespace) -> int:
     for migration in migrations.values():
         _show(migration, written)
     print(f"# ===== {source}: the patch that makes these runners use the driver =====")
-    print("# Only the lines it changes: executor, and a [runners.custom] table per runner.")
+    print(
+        "# Only the lines it changes: executor, and a [runners.custom] table per runner "
+        "(and [runners.custom_build_dir], for GIT_CLONE_PATH)."
+    )
     print("# >>> patch begins")
     print(patch, end="")
     print("# <<< patch ends")
@@ -234,6 +238,8 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
     if image:  # jobs keep running in their image:, as on docker+machine
         sections["image"] = image
     notes += _no_equivalent(runner, machine, runner_binary, bool(secrets)) + image_notes
+    enable_build_dir, build_dir_note = _custom_build_dir(runner.get("custom_build_dir"))
+    notes += build_dir_note
 
     extra = _gitlab_hint(str(runner.get("url", "")), config_dir, name)
     text = _toml(top, sections, source=source) + extra
@@ -249,6 +255,7 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
         env_path=env_path,
         notes=notes,
         uses_pool=bool(pool),
+        enable_build_dir=enable_build_dir,
     )
 
 
@@ -299,6 +306,26 @@ MACHINE_HANDLED = {
 COLD_CACHE = (
     "caches will be cold on fresh VMs; configure a distributed cache (S3/GCS) in [runners.cache]"
 )
+
+
+def _custom_build_dir(table: Any) -> tuple[bool, list[str]]:
+    """Whether the patch enables [runners.custom_build_dir] (GIT_CLONE_PATH): the docker
+    executor allows it by default, the custom executor only with enabled = true."""
+    if table is None:
+        return True, []
+    enabled = table.get("enabled") if isinstance(table, dict) else None
+    if enabled is True:
+        return False, []
+    if enabled is False:
+        return False, [
+            "[runners.custom_build_dir] enabled = false: kept, so jobs setting GIT_CLONE_PATH "
+            "still fail"
+        ]
+    return False, [
+        "[runners.custom_build_dir] has no `enabled`: the docker executor's default is true, "
+        "the custom executor's false; add `enabled = true` to it by hand, or jobs setting "
+        "GIT_CLONE_PATH fail"
+    ]
 
 
 def _machine_notes(machine: dict[str, Any]) -> list[str]:
@@ -358,14 +385,18 @@ def _pool(machine: dict[str, Any]) -> dict[str, Any]:
     return pool
 
 
-def custom_table(config_path: Path) -> list[str]:
-    """The [runners.custom] table that replaces docker+machine for one runner."""
+def custom_table(config_path: Path, enable_build_dir: bool = True) -> list[str]:
+    """The [runners.custom] table that replaces docker+machine for one runner, and
+    [runners.custom_build_dir] enabled, as the docker executor has it by default."""
     lines = ["  [runners.custom]"]
     for stage in ("config", "prepare", "run", "cleanup"):
         lines.append(f'    {stage}_exec = "gitlab-machine-driver"')
         lines.append(f"    {stage}_args = {json.dumps(['--config', str(config_path), stage])}")
     lines.append("    prepare_exec_timeout = 1200  # creating a VM can take minutes")
     lines.append("    cleanup_exec_timeout = 900")
+    if enable_build_dir:
+        lines.append("  [runners.custom_build_dir]  # GIT_CLONE_PATH, allowed as on docker")
+        lines.append("    enabled = true")
     return lines
 
 
@@ -393,7 +424,9 @@ def runner_config_patch(text: str, migrations: dict[int, Migration], source: Pat
         last = max(
             i for i in range(start, end) if new[i].strip() and not new[i].lstrip().startswith("#")
         )
-        table = [line + "\n" for line in custom_table(migrations[index].config_path)]
+        migration = migrations[index]
+        table = custom_table(migration.config_path, migration.enable_build_dir)
+        table = [line + "\n" for line in table]
         new[last + 1 : last + 1] = table
         match = EXECUTOR_LINE.match(new[executor])
         assert match is not None
