@@ -79,6 +79,7 @@ class Migration:
     env_path: Path
     notes: list[str] = field(default_factory=list)
     uses_pool: bool = False
+    enable_build_dir: bool = True  # the patch adds [runners.custom_build_dir] enabled = true
 
     def env_file_text(self) -> str:
         lines = [f"# Cloud credentials for runner {self.source!r}, read by docker-machine."]
@@ -111,7 +112,10 @@ def main(args: argparse.Namespace) -> int:
     for migration in migrations.values():
         _show(migration, written)
     print(f"# ===== {source}: the patch that makes these runners use the driver =====")
-    print("# Only the lines it changes: executor, and a [runners.custom] table per runner.")
+    print(
+        "# Only the lines it changes: executor, and a [runners.custom] table per runner "
+        "(and [runners.custom_build_dir], for GIT_CLONE_PATH)."
+    )
     print("# >>> patch begins")
     print(patch, end="")
     print("# <<< patch ends")
@@ -176,7 +180,11 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
     top["state_dir"] = str(state_dir)
     # [runners.docker]: jobs keep running in their image: (image mode, driver/image), whose
     # helper image does artifacts and caches; otherwise gitlab-runner must be in the VM.
-    image, image_notes = image_migration.from_runners_docker(runner.get("docker") or {})
+    image, image_notes = image_migration.from_runners_docker(
+        runner.get("docker") or {},
+        cache_dir=str(runner.get("cache_dir") or "/cache"),
+        builds_dir=str(runner.get("builds_dir") or "/builds"),
+    )
     runner_binary = "" if image else shutil.which("gitlab-runner") or RUNNER_BINARY
     if runner_binary:
         top["gitlab_runner_binary"] = runner_binary
@@ -230,6 +238,8 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
     if image:  # jobs keep running in their image:, as on docker+machine
         sections["image"] = image
     notes += _no_equivalent(runner, machine, runner_binary, bool(secrets)) + image_notes
+    enable_build_dir, build_dir_note = _custom_build_dir(runner.get("custom_build_dir"))
+    notes += build_dir_note
 
     extra = _gitlab_hint(str(runner.get("url", "")), config_dir, name)
     text = _toml(top, sections, source=source) + extra
@@ -245,6 +255,7 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
         env_path=env_path,
         notes=notes,
         uses_pool=bool(pool),
+        enable_build_dir=enable_build_dir,
     )
 
 
@@ -268,8 +279,7 @@ def _no_equivalent(
         )
     else:
         notes.append("artifacts and cache: done by the helper image, as on docker+machine")
-    if runner.get("cache"):
-        notes.append("[runners.cache]: stays in config.toml and works unchanged")
+    notes += _machine_notes(machine) + _cache_notes(runner.get("cache"))
     notes.append(
         "[runners.machine] stays in config.toml, unused by the custom executor: delete it "
         "once the runner works"
@@ -277,6 +287,65 @@ def _no_equivalent(
         + "; machines docker+machine made are not this driver's: remove them with docker-machine"
     )
     return notes
+
+
+# [runners.machine] keys migrate() carries over or names in a note of its own.
+MACHINE_HANDLED = {
+    "MachineDriver",
+    "MachineName",
+    "MachineOptions",
+    "MaxGrowthRate",
+    "MaxBuilds",
+    "MaxRemovalAttempts",
+    "autoscaling",
+    "OffPeakPeriods",
+    "OffPeakIdleCount",
+    "OffPeakIdleTime",
+    "OffPeakTimezone",
+}
+COLD_CACHE = (
+    "caches will be cold on fresh VMs; configure a distributed cache (S3/GCS) in [runners.cache]"
+)
+
+
+def _custom_build_dir(table: Any) -> tuple[bool, list[str]]:
+    """Whether the patch enables [runners.custom_build_dir] (GIT_CLONE_PATH): the docker
+    executor allows it by default, the custom executor only with enabled = true."""
+    if table is None:
+        return True, []
+    enabled = table.get("enabled") if isinstance(table, dict) else None
+    if enabled is True:
+        return False, []
+    if enabled is False:
+        return False, [
+            "[runners.custom_build_dir] enabled = false: kept, so jobs setting GIT_CLONE_PATH "
+            "still fail"
+        ]
+    return False, [
+        "[runners.custom_build_dir] has no `enabled`: the docker executor's default is true, "
+        "the custom executor's false; add `enabled = true` to it by hand, or jobs setting "
+        "GIT_CLONE_PATH fail"
+    ]
+
+
+def _machine_notes(machine: dict[str, Any]) -> list[str]:
+    handled = MACHINE_HANDLED | set(POOL_KEYS)
+    return [
+        f"[runners.machine] {key}: no equivalent in the driver; left out"
+        for key in sorted(set(machine) - handled)
+    ]
+
+
+def _cache_notes(cache: Any) -> list[str]:
+    """[runners.cache] stays gitlab-runner's: it makes the cache URLs the helper uses, with
+    any executor. Without a distributed cache every job starts cold: VMs are single-use."""
+    if not isinstance(cache, dict) or not cache.get("Type"):
+        return [f"WARNING: {'no' if not cache else 'no Type in'} [runners.cache]: {COLD_CACHE}"]
+    return [
+        f"[runners.cache] {', '.join(sorted(cache))}: not carried over, not needed: they stay "
+        "in config.toml, where gitlab-runner uses them unchanged (it makes the cache URLs "
+        "the job's helper uses)"
+    ]
 
 
 def _gitlab_hint(url: str, config_dir: Path, name: str) -> str:
@@ -316,14 +385,18 @@ def _pool(machine: dict[str, Any]) -> dict[str, Any]:
     return pool
 
 
-def custom_table(config_path: Path) -> list[str]:
-    """The [runners.custom] table that replaces docker+machine for one runner."""
+def custom_table(config_path: Path, enable_build_dir: bool = True) -> list[str]:
+    """The [runners.custom] table that replaces docker+machine for one runner, and
+    [runners.custom_build_dir] enabled, as the docker executor has it by default."""
     lines = ["  [runners.custom]"]
     for stage in ("config", "prepare", "run", "cleanup"):
         lines.append(f'    {stage}_exec = "gitlab-machine-driver"')
         lines.append(f"    {stage}_args = {json.dumps(['--config', str(config_path), stage])}")
     lines.append("    prepare_exec_timeout = 1200  # creating a VM can take minutes")
     lines.append("    cleanup_exec_timeout = 900")
+    if enable_build_dir:
+        lines.append("  [runners.custom_build_dir]  # GIT_CLONE_PATH, allowed as on docker")
+        lines.append("    enabled = true")
     return lines
 
 
@@ -351,7 +424,9 @@ def runner_config_patch(text: str, migrations: dict[int, Migration], source: Pat
         last = max(
             i for i in range(start, end) if new[i].strip() and not new[i].lstrip().startswith("#")
         )
-        table = [line + "\n" for line in custom_table(migrations[index].config_path)]
+        migration = migrations[index]
+        table = custom_table(migration.config_path, migration.enable_build_dir)
+        table = [line + "\n" for line in table]
         new[last + 1 : last + 1] = table
         match = EXECUTOR_LINE.match(new[executor])
         assert match is not None
@@ -412,7 +487,7 @@ def _show(m: Migration, written: list[str]) -> None:
         for variable in m.secrets:
             print(f"#   {variable}=<from MachineOptions>")
     print("# --- not carried over, or worth knowing ---")
-    for note in m.notes:
+    for note in sorted(m.notes, key=lambda n: not n.startswith("WARNING:")):
         print(f"# - {note}")
     print()
 
@@ -462,7 +537,12 @@ def _toml(top: dict[str, Any], sections: dict[str, dict[str, Any]], source: str)
 
 
 def _value(value: Any) -> str:
-    # JSON strings, numbers and arrays of them are valid TOML.
+    # JSON strings, numbers and booleans are valid TOML; tables are written inline.
+    if isinstance(value, dict):
+        pairs = ", ".join(f"{json.dumps(str(k))} = {_value(v)}" for k, v in value.items())
+        return f"{{ {pairs} }}" if pairs else "{}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(item) for item in value) + "]"
     return json.dumps(value)
 
 

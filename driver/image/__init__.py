@@ -11,8 +11,9 @@ wrapper of ``run``, never a ``docker exec`` (only a cancel execs).
 Modules: ``config`` (the admin's ``[image]`` section), ``payload`` (what the job
 asks for), ``policy`` (allow-lists, pull policies, users), ``aliases`` (service
 host names), ``auth`` (registry credentials), ``plan`` (what a job runs in, before
-any machine), ``engine`` (the client of the VM's engine), ``pull`` (the job's
-images), ``containers`` (prepare's and the pool's start of the containers),
-``programs`` (the keeper and the other shell programs, from ``sh/``) and ``stage``
-(the lean per-stage lookup ``run`` imports).
+any machine), ``host_config`` (which container gets which of the admin's container
+options), ``engine`` (the client of the VM's engine), ``pull`` (the job's images),
+``containers`` (prepare's and the pool's start of the containers), ``programs`` (the
+keeper and the other shell programs, from ``sh/``) and ``stage`` (the lean per-stage
+lookup ``run`` imports).
 """

@@ -65,7 +65,7 @@ def apply_patch(config: Path, patch: str) -> dict[str, Any]:
 
 
 def without_migrated_keys(runner: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in runner.items() if k not in ("executor", "custom")}
+    return {k: v for k, v in runner.items() if k not in ("executor", "custom", "custom_build_dir")}
 
 
 @pytest.mark.parametrize("fixture", ["two-clouds.toml", "autoscale-aws.toml", "mixed.toml"])
@@ -91,6 +91,8 @@ def test_the_printed_patch_applies_and_changes_only_what_it_must(
             assert new["custom"]["run_exec"] == "gitlab-machine-driver"
             assert new["custom"]["run_args"] == ["--config", config_path, "run"]
             assert new["custom"]["prepare_args"] == ["--config", config_path, "prepare"]
+            # GIT_CLONE_PATH works as on the docker executor.
+            assert new["custom_build_dir"] == {"enabled": True}
         else:
             assert new == old
 
@@ -271,3 +273,56 @@ def test_a_file_without_docker_machine_runners_says_so(
     path = tmp_path / "c.toml"
     path.write_text('[[runners]]\nname = "x"\nexecutor = "shell"\n')
     assert 'has no runner with executor = "docker+machine" to migrate' in run(capsys, path)
+
+
+def test_git_clone_path_is_enabled_unless_the_admin_decided_otherwise(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    text = (FIXTURES / "mixed.toml").read_text()
+    config = tmp_path / "config.toml"
+    for table, enabled, note in [
+        ("", True, ""),
+        ("  [runners.custom_build_dir]\n    enabled = true\n", True, ""),
+        ("  [runners.custom_build_dir]\n    enabled = false\n", False, "enabled = false: kept"),
+        ("  [runners.custom_build_dir]\n", None, "add `enabled = true` to it by hand"),
+    ]:
+        config.write_text(text.replace("  [runners.machine]\n", table + "  [runners.machine]\n"))
+        out = run(capsys, config)
+        runner = apply_patch(config, printed_patch(out))["runners"][1]
+        assert runner["executor"] == "custom"
+        assert runner["custom_build_dir"].get("enabled") is enabled
+        if note:
+            assert note in out
+        else:
+            assert "# - [runners.custom_build_dir]" not in out
+
+
+def test_a_runner_without_a_distributed_cache_is_warned_of_cold_caches(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = run(capsys, FIXTURES / "mixed.toml")
+    assert (
+        "# - WARNING: no [runners.cache]: caches will be cold on fresh VMs; configure a "
+        "distributed cache (S3/GCS) in [runners.cache]" in out
+    )
+    out = run(capsys, FIXTURES / "two-clouds.toml")
+    assert "WARNING" not in out
+    assert "[runners.cache] Shared, Type, s3: not carried over, not needed: they stay in" in out
+
+
+def test_every_machine_key_not_carried_is_named() -> None:
+    runner = {
+        "name": "m",
+        "executor": "docker+machine",
+        "machine": {
+            "MachineDriver": "amazonec2",
+            "MaxBuilds": 1,
+            "IdleCount": 1,
+            "MachineOptionsWithName": ["x"],
+        },
+    }
+    notes = migrate.migrate(runner).notes
+    assert "[runners.machine] MachineOptionsWithName: no equivalent in the driver; left out" in (
+        notes
+    )
+    assert not any("IdleCount:" in n or "MachineDriver:" in n for n in notes)
