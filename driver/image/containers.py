@@ -31,6 +31,8 @@ from driver import ssh
 from driver.image import auth
 from driver.image.config import ImageSettings, PullPolicy, parse_volume
 from driver.image.engine import Engine, connect, together
+from driver.image.host_config import Role, network_options
+from driver.image.host_config import for_role as host_config_for
 from driver.image.plan import ContainerPlan, Plan, with_tag
 from driver.image.programs import HELPER_KEEPER, KEEPER, KEEPER_MARK, WAIT_PORTS
 from driver.image.pull import ImageUnavailable, Puller
@@ -105,17 +107,14 @@ class Starter:
         *,
         binds: list[str],
         network_aliases: list[str],
-        elevated: bool,
+        role: Role,
     ) -> str:
-        """``elevated``: the admin's privileged, cap_add and cap_drop apply (not the helper)."""
+        """``role``: which of the admin's container options apply (driver/image/host_config)."""
         api = self.api
-        settings = self.settings
         host_config = api.create_host_config(
             binds=binds,
-            privileged=elevated and settings.privileged,
-            cap_add=list(settings.cap_add) if elevated and settings.cap_add else None,
-            cap_drop=list(settings.cap_drop) if elevated and settings.cap_drop else None,
             network_mode=self.network,
+            **host_config_for(self.settings, role, image=spec.image),
         )
         networking = api.create_networking_config(
             {self.network: api.create_endpoint_config(aliases=network_aliases or None)}
@@ -149,7 +148,7 @@ class Starter:
             ["sh", "-c", HELPER_KEEPER],
             binds=[*self._binds(), channel_bind(name)],
             network_aliases=[],
-            elevated=False,
+            role="helper",
         )
 
     def _network(self) -> None:
@@ -163,6 +162,7 @@ class Starter:
                 self.network,
                 driver="bridge",
                 labels={"gitlab-machine-driver.machine": self.machine},
+                **network_options(self.settings),
             )
 
     def _pooled_helper(self, name: str) -> str:
@@ -267,7 +267,7 @@ class Starter:
                     service.command,
                     binds=binds,
                     network_aliases=service.aliases,
-                    elevated=True,
+                    role="service",
                 )
                 for name, service in services
             ),
@@ -279,7 +279,7 @@ class Starter:
                 ["sh", "-c", KEEPER],
                 binds=build_binds,
                 network_aliases=["build"],
-                elevated=True,
+                role="build",
             ),
         )
         helper_pid, build_pid = together(

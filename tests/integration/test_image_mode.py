@@ -348,3 +348,61 @@ def test_a_non_root_user_runs_the_stages_and_writes_the_clone(
     assert "1000" in build  # the stage ran as the job's user, through the keeper
     assert "made-by-the-build" in build  # the helper's umask 0000 left the clone writable
     env.assert_nothing_left()
+
+
+def test_the_runners_docker_options_reach_the_containers(
+    env: Env, registry: images.Registry
+) -> None:
+    """[runners.docker] keys migrants bring, each seen from inside the build container
+    (and shm_size, dns and extra_hosts from a service, which gets them too)."""
+    image_world(
+        env,
+        registry,
+        shm_size=128 * 1024 * 1024,
+        dns=["10.213.0.53"],
+        dns_search=["ci.example"],
+        extra_hosts=["artifacts.ci.example:10.213.0.99"],
+        tmpfs={"/scratch": "rw,size=16m"},
+        services_tmpfs={"/svc-scratch": "rw,size=8m"},
+        memory="256m",
+        cpus="1.5",
+        ulimit={"nofile": "1234:2345"},
+        sysctls={"net.ipv4.ip_unprivileged_port_start": "80"},
+        devices=["/dev/null:/dev/ci-null"],
+        network_mtu=1400,
+    )
+    job = Job(
+        image=f"{registry.open}/ci/busybox:1",
+        services=[Service(f"{registry.open}/ci/web:1", alias="web")],
+        script=[
+            "echo shm=$(df -k /dev/shm | awk 'NR==2 {print $2}')",
+            "grep -E '^(nameserver|search)' /etc/resolv.conf",
+            "grep -c artifacts.ci.example /etc/hosts | sed 's/^/hosts=/'",
+            "mount | grep -q ' /scratch type tmpfs' && echo tmpfs=yes",
+            "echo memory=$(cat /sys/fs/cgroup/memory.max)",
+            "echo cpu=$(cat /sys/fs/cgroup/cpu.max)",
+            "echo nofile=$(ulimit -n)",
+            "echo port_start=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start)",
+            "test -c /dev/ci-null && echo device=yes",
+            "echo mtu=$(cat /sys/class/net/eth0/mtu)",
+        ],
+    )
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    build = result.lines("build_script")
+    expected = [
+        f"shm={128 * 1024}",
+        "nameserver 10.213.0.53",
+        "search ci.example",
+        "hosts=1",
+        "tmpfs=yes",
+        f"memory={256 * 1024 * 1024}",
+        "cpu=150000 100000",
+        "nofile=1234",
+        "port_start=80",
+        "device=yes",
+        "mtu=1400",
+    ]
+    for line in expected:
+        assert line in build, (line, build)
+    env.assert_nothing_left()
