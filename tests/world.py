@@ -41,6 +41,8 @@ def toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table; keys quoted (a sysctl's has dots)
+        return "{" + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
@@ -49,7 +51,7 @@ def write_config(path: Path, settings: dict[str, Any]) -> None:
     for section, values in settings.items():
         if isinstance(values, dict):
             lines.append(f"[{section}]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+            lines += [f"{toml_value(k)} = {toml_value(v)}" for k, v in values.items()]
     path.write_text("\n".join(lines) + "\n")
 
 
