@@ -211,7 +211,8 @@ class Sweep:
             assert record is not None
             job_dir = state.job(job_id)
             busy = not locked and self._held(job_dir.lock())
-            stage_running = self._stage_running(job_dir)
+            # Locked: the sweep holds every stage lock of the job itself.
+            stage_running = not locked and self._stage_running(job_dir)
             # GitLab is asked only when its answer can decide: a held lock or a running
             # stage keeps the machine whatever it says.
             ask = record.phase == JobPhase.READY and not busy and not stage_running
@@ -278,8 +279,10 @@ class Sweep:
     @contextlib.contextmanager
     def holding(self, name: str) -> Iterator[bool]:
         """Hold every owner lock of ``name`` and every stage lock of its jobs, at once or
-        not at all (False: someone is working on it)."""
+        not at all (False: someone is working on it), until the removal is over: a stage
+        that starts meanwhile waits for its stage lock, and finds the job gone."""
         held: list[Lock] = []
+        stages: list[Lock] = []
         try:
             for lock in self.owner_locks(name):
                 if not lock.try_acquire():
@@ -289,12 +292,31 @@ class Sweep:
             if [lock.path for lock in self.owner_locks(name)] != [lock.path for lock in held]:
                 yield False  # a new owner appeared while we took the locks
                 return
+            for lock in self.stage_locks(held):
+                try:
+                    if not lock.try_acquire():
+                        yield False  # a stage runs
+                        return
+                except FileNotFoundError:
+                    continue  # no job dir, no stage
+                stages.append(lock)
             yield True
         finally:
+            for lock in stages:
+                lock.release()
             for lock in held:
                 lock.release(
                     remove=lock.path.name.startswith("job-") and not self._job_exists(lock)
                 )
+
+    def stage_locks(self, owner_locks: list[Lock]) -> list[Lock]:
+        """The stage locks (exclusive) of the jobs whose locks these are."""
+        locks = []
+        for lock in owner_locks:
+            job = lock.path.name.removeprefix("job-").removesuffix(".lock")
+            if lock.path.name.startswith("job-") and job.isdigit():
+                locks.append(Lock(self.state.job(int(job)).stage_lock_path, make_dir=False))
+        return locks
 
     def _job_exists(self, lock: Lock) -> bool:
         job = lock.path.name.removeprefix("job-").removesuffix(".lock")
@@ -456,13 +478,19 @@ def _sweep_job_dirs(pass_: Sweep, dry_run: bool, progress: Callable[[str], None]
         lock = job_dir.lock()
         if not lock.try_acquire():
             continue
+        stage = Lock(job_dir.stage_lock_path, make_dir=False)  # held through the removal
         try:
+            try:
+                if not stage.try_acquire():
+                    continue  # a stage runs
+            except FileNotFoundError:
+                continue  # gone meanwhile
             try:
                 record = job_dir.load()
             except DriverError:
                 record = None
             machine = record.machine if record else pass_.settings.machine_name(job_id)
-            if pass_.dm.exists(machine) or pass_._stage_running(job_dir):
+            if pass_.dm.exists(machine):
                 continue
             if record is None and job_dir.state_file.exists():
                 continue  # unreadable: its machine is decided above, by age
@@ -475,6 +503,7 @@ def _sweep_job_dirs(pass_: Sweep, dry_run: bool, progress: Callable[[str], None]
                 ssh.stop_master(job_dir)
                 job_dir.remove()
         finally:
+            stage.release()
             lock.release(remove=not job_dir.exists())
 
 

@@ -463,3 +463,27 @@ def test_lock_waiters_never_share_a_removed_lock(tmp_path: Path) -> None:
     first.release(remove=True)  # the holder removes the file while the waiter waits
     thread.join()
     assert got == ["waiter", "other refused"]
+
+
+def test_the_sweeper_holds_the_stage_lock_through_the_removal(tmp_path: Path) -> None:
+    """A stage that starts while the sweeper removes its machine finds the lock held
+    (and waits, then finds the job gone), never a machine being removed under it."""
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-15")
+    live_job(state, 15, "gmd-15")
+    record = state.job(15).load()
+    record.owners = [[2**22 + 7, 1]]  # its runner is gone: proof
+    state.job(15).save(record)
+    stage_could_start: list[bool] = []
+    remove = dm.remove
+
+    def remove_while_a_stage_tries(name: str, *, force: bool, timeout: float) -> Result:
+        stage = state.job(15).stage_lock()
+        stage_could_start.append(stage.try_acquire())
+        stage.release()
+        return remove(name, force=force, timeout=timeout)
+
+    dm.remove = remove_while_a_stage_tries  # type: ignore[method-assign]
+    run_sweep(settings, dm)
+    assert dm.removed == ["gmd-15"]
+    assert stage_could_start == [False]
