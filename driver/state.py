@@ -15,7 +15,7 @@ the metrics talk to each other only through this module::
       pool/withdrawn/<name>                   taken out of the ready set, being removed
       pool/status.json                        the pool service's last status
       pool/policy-memory.json                 what the demand policy learned
-      tombstones/<name>/                      a force-removed machine's docker-machine entry
+      tombstones/<name>@<id>/                 a force-removed VM's docker-machine entry (one per VM)
       locks/                                  flock files: job-<id>, pool-<name>, capacity, ...
       metrics.json, create-rate.json
       owner.json                              which config's [machine] settings use it
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import fcntl
 import json
 import os
@@ -43,6 +42,9 @@ from pathlib import Path
 from typing import Any, Self
 
 from driver.errors import DriverError, JobError
+from driver.files import rmtree as _rmtree
+from driver.files import write_private as write_private
+from driver.tombstones import Tombstone, Tombstones
 
 RECORD_FILE = "state.json"
 POOL_RECORD_FILE = "info.json"
@@ -681,34 +683,14 @@ class StateDir:
             self._marker(kind, name).unlink(missing_ok=True)
         _rmtree(self.pool_dir(name).path, ignore_errors=True)
 
-    # --- tombstones: machines whose entry was force-removed while the VM may still run
+    # --- tombstones (driver.tombstones): force-removed machines whose VM may still run
 
-    def tombstone_dir(self, name: str) -> Path:
-        return self.root / "tombstones" / name
+    @property
+    def graves(self) -> Tombstones:
+        return Tombstones(self.root)
 
-    def tombstones(self) -> list[str]:
-        folder = self.root / "tombstones"
-        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-
-    def bury(self, name: str, entry: Path, why: str) -> None:
-        """Keep a copy of ``entry`` (docker-machine's dir for the machine) to retry its removal."""
-        target = self.tombstone_dir(name)
-        target.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if entry.is_dir() and not (target / "entry").exists():
-            # Its regular files (config.json, keys, certificates) are the whole entry.
-            copy = target / "entry"
-            copy.mkdir(mode=0o700)
-            for item in entry.iterdir():
-                if item.is_file() and not item.is_symlink():
-                    with contextlib.suppress(OSError):
-                        _copy_file(item, copy / item.name)
-        meta = {"name": name, "since": time.time(), "why": why[-500:]}
-        with contextlib.suppress(OSError, ValueError):
-            meta = {**json.loads((target / "tombstone.json").read_text()), "why": why[-500:]}
-        write_private(target / "tombstone.json", json.dumps(meta) + "\n")
-
-    def exhume(self, name: str) -> None:
-        _rmtree(self.tombstone_dir(name), ignore_errors=True)
+    def tombstones(self) -> list[Tombstone]:
+        return self.graves.all()
 
     # --- what the limits count
 
@@ -736,18 +718,6 @@ class StateDir:
         return machines + len(self.tombstones()), creating
 
 
-def _rmtree(path: Path, ignore_errors: bool = True) -> None:
-    import shutil  # not at the top: `run` never removes anything, and shutil is slow to import
-
-    shutil.rmtree(path, ignore_errors=ignore_errors)
-
-
-def _copy_file(source: Path, target: Path) -> None:
-    import shutil
-
-    shutil.copy2(source, target)
-
-
 def machine_counts(state: StateDir) -> dict[str, int]:
     """Machines by state, for `pool status` and the machines gauge: one vocabulary."""
     counts = {"creating": 0, "idle": 0, "claimed": 0, "in_use": 0, "kept": 0, "removing": 0}
@@ -770,22 +740,3 @@ def machine_counts(state: StateDir) -> dict[str, int]:
             counts[by_pool_phase[phase]] += 1
     counts["orphaned"] = len(state.tombstones())
     return counts
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a 0600 file atomically: readers see the old or the new content, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if e.errno == errno.ENOSPC:
-            raise DriverError(
-                f"cannot write {path}: the disk is full",
-                hint=f"free space on the file system of {path.parent}",
-            ) from None
-        raise

@@ -27,6 +27,7 @@ parts of every create); a broken entry. Broken entries are removed with
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import time
@@ -40,6 +41,7 @@ from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.settings import Settings
 from driver.state import JobDir, JobPhase, Lock, PoolPhase, StateDir
+from driver.tombstones import Tombstone
 
 FINISHED = frozenset({"success", "failed", "canceled", "skipped", "manual"})
 ALIVE = frozenset(
@@ -262,6 +264,17 @@ class Sweep:
             busy = self._held(state.job(named_job).lock())
         return Facts(
             name=name, listed=listed, has_entry=has_entry, owner="none", job_id=named_job, busy=busy
+        )
+
+    def name_in_use(self, name: str) -> bool:
+        """Whether a record here names ``name``, or a job of that name has its dir."""
+        state = self.state
+        job = job_of(self.settings, name)
+        return bool(
+            state.jobs_using(name)
+            or state.claimer(name) is not None
+            or state.pool_phase(name) != PoolPhase.GONE
+            or (job is not None and state.job(job).exists())
         )
 
     def owner_locks(self, name: str) -> list[Lock]:
@@ -508,24 +521,57 @@ def _sweep_job_dirs(pass_: Sweep, dry_run: bool, progress: Callable[[str], None]
 
 
 def _retry_tombstones(pass_: Sweep, progress: Callable[[str], None], report: Report) -> None:
-    """Machines force-removed earlier may still run in the cloud: put their entry back
-    and ask docker-machine to remove them properly again."""
-    state, dm = pass_.state, pass_.dm
-    for name in state.tombstones():
-        entry = state.tombstone_dir(name) / "entry"
-        if dm.exists(name) or not entry.is_dir():
-            continue
-        shutil.copytree(entry, dm.entry_dir(name), symlinks=True)
-        result = dm.remove(name, force=False, timeout=pass_.settings.cleanup.remove_timeout)
+    """Machines force-removed earlier may still run in the cloud: put each one's entry
+    back and ask docker-machine to remove it properly again, under the locks any
+    removal of that name takes."""
+    for tombstone in pass_.state.tombstones():
+        _retry_tombstone(pass_, tombstone, progress)
+
+
+def _retry_tombstone(pass_: Sweep, tombstone: Tombstone, progress: Callable[[str], None]) -> None:
+    state, dm, name = pass_.state, pass_.dm, tombstone.name
+    if not tombstone.entry.is_dir():
+        return  # nothing to retry with: it counts until an admin forgets it
+    with pass_.holding(name) as held:
+        # Under the job lock of that name (or the pool lock): no prepare makes a machine
+        # of that name meanwhile. A name a record uses, or an entry of it, is someone's.
+        if not held or pass_.name_in_use(name) or dm.exists(name):
+            return
+        if not _restore(dm, name, tombstone):
+            return
+        timeout = pass_.settings.cleanup.remove_timeout
+        result = dm.remove(name, force=False, timeout=timeout)
         if result.exit_code == 0 and not dm.exists(name):
-            state.exhume(name)
+            state.graves.exhume(tombstone)
             metrics.count(pass_.settings.state_dir, metrics.MACHINE_REMOVALS, {"result": "clean"})
             progress(f"{name}: removed at last (it had been force-removed)")
-            log.get().info("tombstone_removed", machine=name)
-            continue
-        dm.remove(name, force=True, timeout=pass_.settings.cleanup.remove_timeout)
-        state.bury(name, entry, result.output)
+            log.get().info("tombstone_removed", machine=name, tombstone=tombstone.key)
+            return
+        # Force-remove only the entry put back just now, never another of that name.
+        if tombstone.same_vm(dm.entry_dir(name)):
+            dm.remove(name, force=True, timeout=timeout)
+        again = state.graves.bury(name, tombstone.entry, result.output)
+        if again.key != tombstone.key:  # one made by 0.1: now kept under its VM's key
+            state.graves.exhume(tombstone)
         progress(f"{name}: still cannot be removed; its tombstone stays: {result.output[-200:]}")
+
+
+def _restore(dm: DockerMachine, name: str, tombstone: Tombstone) -> bool:
+    """Put the tombstone's entry back, whole or not at all (False: the name is taken)."""
+    target = dm.entry_dir(name)
+    making = target.parent.parent / ".gmd-restore" / f"{name}.{os.getpid()}"
+    shutil.rmtree(making, ignore_errors=True)
+    making.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        shutil.copytree(tombstone.entry, making, symlinks=True)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.rename(making, target)
+    except OSError:
+        shutil.rmtree(making, ignore_errors=True)
+        if target.is_dir():
+            return False  # another entry of that name
+        raise
+    return True
 
 
 def gitlab_job_status(settings: Settings) -> JobStatus:

@@ -46,12 +46,14 @@ def forget(settings: Settings, names: list[str]) -> int:
     """The admin deleted these VMs in the cloud: stop retrying and counting them."""
     state = StateDir(settings.state_dir)
     for name in names:
-        if name not in state.tombstones():
+        found = state.graves.of(name)  # a machine's name: all its tombstones; or one's key
+        if not found:
             raise DriverError(
                 f"there is no tombstone of {name!r}",
                 hint="`gitlab-machine-driver ls` lists them (state force-removed)",
             )
-        state.exhume(name)
-        log.get().warning("tombstone_forgotten", machine=name)
-        say(f"{name}: tombstone dropped; it no longer counts as possibly orphaned")
+        for tombstone in found:
+            state.graves.exhume(tombstone)
+            log.get().warning("tombstone_forgotten", machine=tombstone.name, key=tombstone.key)
+            say(f"{tombstone.key}: tombstone dropped; it no longer counts as possibly orphaned")
     return 0

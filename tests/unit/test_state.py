@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from driver import tombstones
 from driver.errors import JobError
 from driver.main import error_handler
 from driver.state import (
@@ -168,14 +169,49 @@ def test_a_tombstone_keeps_the_entry_to_retry_and_counts(tmp_path: Path) -> None
     entry = tmp_path / "dm" / "machines" / "gmd-4"
     entry.mkdir(parents=True)
     (entry / "config.json").write_text('{"Driver": {"InstanceId": "i-0abc"}}')
-    state.bury("gmd-4", entry, "InternalError")
-    assert state.tombstones() == ["gmd-4"]
-    kept = state.tombstone_dir("gmd-4") / "entry" / "config.json"
-    assert "i-0abc" in kept.read_text()
+    tombstone = state.graves.bury("gmd-4", entry, "InternalError")
+    assert [t.name for t in state.tombstones()] == ["gmd-4"]
+    assert "i-0abc" in (tombstone.entry / "config.json").read_text()
     assert state.machines_owned() == (1, 0)
     assert machine_counts(state)["orphaned"] == 1
-    state.exhume("gmd-4")
+    state.graves.exhume(tombstone)
     assert state.tombstones() == []
+
+
+def test_each_vm_of_a_name_keeps_its_own_tombstone(tmp_path: Path) -> None:
+    """Two VMs of one name that could not be removed: both are remembered, each once."""
+    state = StateDir(tmp_path / "st")
+    entry = tmp_path / "dm" / "machines" / "gmd-4"
+    entry.mkdir(parents=True)
+    (entry / "config.json").write_text('{"Driver": {"InstanceId": "i-first"}}')
+    first = state.graves.bury("gmd-4", entry, "InternalError")
+    assert state.graves.bury("gmd-4", entry, "again") == first  # the same VM: one
+    (entry / "config.json").write_text('{"Driver": {"InstanceId": "i-second"}}')
+    second = state.graves.bury("gmd-4", entry, "InternalError")
+    assert len(state.tombstones()) == 2
+    assert state.machines_owned() == (2, 0)
+    state.graves.exhume(first)  # the first VM is removed at last
+    assert state.tombstones() == [second]
+    assert "i-second" in (second.entry / "config.json").read_text()
+
+
+def test_a_failed_copy_leaves_no_half_made_tombstone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = StateDir(tmp_path / "st")
+    entry = tmp_path / "dm" / "machines" / "gmd-4"
+    entry.mkdir(parents=True)
+    (entry / "config.json").write_text("{}")
+    (entry / "key.pem").write_text("k")
+
+    def disk_full(source: Path, target: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tombstones, "copy_file", disk_full)
+    with pytest.raises(OSError):
+        state.graves.bury("gmd-4", entry, "InternalError")
+    assert state.tombstones() == []
+    assert os.listdir(tmp_path / "st" / "tombstones") == []
 
 
 def test_a_lock_not_acquired_in_time_says_who_to_ask(tmp_path: Path) -> None:

@@ -487,3 +487,100 @@ def test_the_sweeper_holds_the_stage_lock_through_the_removal(tmp_path: Path) ->
     run_sweep(settings, dm)
     assert dm.removed == ["gmd-15"]
     assert stage_could_start == [False]
+
+
+# --- tombstones: retried under the locks of their name, one per VM ---------------------------
+
+
+class FailingRemovals(FakeMachines):
+    """`rm` fails (the cloud will not let go) for entries whose config.json says so;
+    `during_rm` runs inside each `rm` without -f: what other processes do meanwhile."""
+
+    def __init__(self, storage: Path) -> None:
+        super().__init__(storage)
+        self.during_rm: Callable[[str], None] = lambda name: None
+        self.forced: list[str] = []
+
+    def machine(self, name: str, cloud_id: str) -> None:
+        self.add(name)
+        (self.entry_dir(name) / "config.json").write_text(f'{{"InstanceId": "{cloud_id}"}}')
+
+    def remove(self, name: str, *, force: bool, timeout: float) -> Result:
+        if force:
+            self.forced.append(name)
+            return super().remove(name, force=force, timeout=timeout)
+        self.during_rm(name)
+        config = self.entry_dir(name) / "config.json"
+        if config.exists() and "stuck" in config.read_text():
+            return Result(["docker-machine", "rm", name], 1, "", "Error: InternalError")
+        return super().remove(name, force=force, timeout=timeout)
+
+
+def buried(state: StateDir, dm: FailingRemovals, name: str, cloud_id: str) -> None:
+    """A VM of ``name`` that could only be force-removed: its tombstone, no entry."""
+    dm.machine(name, cloud_id)
+    state.graves.bury(name, dm.entry_dir(name), "InternalError")
+    shutil.rmtree(dm.entry_dir(name))
+
+
+def test_a_tombstone_retry_never_removes_a_new_machine_of_that_name(tmp_path: Path) -> None:
+    """The runner retries prepare for job 42 while a sweep retries the tombstone of
+    gmd-42 and its `rm` hangs: the prepare must not replace the restored entry with
+    a new machine that the sweep's `rm -f` then removes."""
+    settings, state, _ = world(tmp_path)
+    dm = FailingRemovals(tmp_path / "dm")
+    buried(state, dm, "gmd-42", "i-old-stuck")
+
+    def retried_prepare(name: str) -> None:
+        lock = state.job(42).lock()
+        if not lock.try_acquire():
+            return  # it waits for the job's lock: it comes after the sweep
+        try:  # removes the entry as "left over", creates its own, runs a stage
+            shutil.rmtree(dm.entry_dir(name))
+            dm.machine(name, "i-new")
+            live_job(state, 42, name)
+        finally:
+            lock.release()
+
+    dm.during_rm = retried_prepare
+    run_sweep(settings, dm)
+    if state.job(42).exists():
+        assert dm.exists("gmd-42"), "the live job's new machine was removed"
+    assert len(state.tombstones()) == 1  # the old VM is still remembered
+
+
+def test_a_tombstone_retry_force_removes_only_the_entry_it_put_back(tmp_path: Path) -> None:
+    settings, state, _ = world(tmp_path)
+    dm = FailingRemovals(tmp_path / "dm")
+    buried(state, dm, "gmd-43", "i-old-stuck")
+
+    def another_entry_appears(name: str) -> None:
+        (dm.entry_dir(name) / "config.json").write_text('{"InstanceId": "i-other-stuck"}')
+
+    dm.during_rm = another_entry_appears
+    run_sweep(settings, dm)
+    assert dm.forced == []
+    assert dm.exists("gmd-43")
+
+
+def test_a_tombstone_retry_skips_a_name_a_record_uses(tmp_path: Path) -> None:
+    settings, state, _ = world(tmp_path)
+    dm = FailingRemovals(tmp_path / "dm")
+    buried(state, dm, "gmd-44", "i-old")
+    live_job(state, 44, "gmd-44", phase=JobPhase.CREATING)  # its prepare is about to create
+    with state.job(44).locked(timeout=1):
+        run_sweep(settings, dm)
+    assert dm.removed == [] and not dm.exists("gmd-44")
+    assert len(state.tombstones()) == 1
+
+
+def test_a_second_vm_of_a_name_is_not_forgotten_when_the_first_goes(tmp_path: Path) -> None:
+    settings, state, _ = world(tmp_path)
+    dm = FailingRemovals(tmp_path / "dm")
+    buried(state, dm, "gmd-45", "i-first")  # the cloud lets go of this one
+    buried(state, dm, "gmd-45", "i-second-stuck")
+    assert state.machines_owned()[0] == 2
+    said = run_sweep(settings, dm)
+    assert [t.name for t in state.tombstones()] == ["gmd-45"], said
+    assert "stuck" in (state.tombstones()[0].entry / "config.json").read_text()
+    assert state.machines_owned()[0] == 1
