@@ -393,6 +393,7 @@ class Report:
     orphaned: int = 0
     unknown_answers: list[str] = field(default_factory=list)
     tombstones: int = 0
+    tombstone_errors: int = 0
 
     @property
     def configuration_problem(self) -> str:
@@ -444,6 +445,11 @@ def sweep(
         + (
             f", {report.tombstones} tombstone(s) of force-removed machines"
             if report.tombstones
+            else ""
+        )
+        + (
+            f" ({report.tombstone_errors} could not be retried, see above)"
+            if report.tombstone_errors
             else ""
         )
     )
@@ -525,7 +531,14 @@ def _retry_tombstones(pass_: Sweep, progress: Callable[[str], None], report: Rep
     back and ask docker-machine to remove it properly again, under the locks any
     removal of that name takes."""
     for tombstone in pass_.state.tombstones():
-        _retry_tombstone(pass_, tombstone, progress)
+        try:
+            _retry_tombstone(pass_, tombstone, progress)
+        except (DriverError, OSError) as e:
+            # One VM the cloud will not let go of (a hung `rm`, a failed copy) never
+            # stops the retries of the others, nor the sweep: report it, go on.
+            report.tombstone_errors += 1
+            progress(f"{tombstone.name}: retrying its removal failed; its tombstone stays: {e}")
+            log.get().warning("tombstone_retry_failed", machine=tombstone.name, error=str(e))
 
 
 def _retry_tombstone(pass_: Sweep, tombstone: Tombstone, progress: Callable[[str], None]) -> None:
@@ -540,7 +553,14 @@ def _retry_tombstone(pass_: Sweep, tombstone: Tombstone, progress: Callable[[str
         if not _restore(dm, name, tombstone):
             return
         timeout = pass_.settings.cleanup.remove_timeout
-        result = dm.remove(name, force=False, timeout=timeout)
+        try:
+            result = dm.remove(name, force=False, timeout=timeout)
+        except BaseException:
+            # Timed out: the entry put back must not stay (it would count twice).
+            if tombstone.same_vm(dm.entry_dir(name)):
+                with contextlib.suppress(DriverError, OSError):
+                    dm.remove(name, force=True, timeout=timeout)
+            raise
         if result.exit_code == 0 and not dm.exists(name):
             state.graves.exhume(tombstone)
             metrics.count(pass_.settings.state_dir, metrics.MACHINE_REMOVALS, {"result": "clean"})

@@ -21,12 +21,15 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from driver import sweeper
+from driver.commands import sweep as sweep_command
+from driver.errors import CommandTimedOut
 from driver.process import Result
 from driver.settings import Settings, parse_settings
 from driver.state import (
     Address,
     JobPhase,
     JobRecord,
+    LockTimeout,
     PoolPhase,
     PoolRecord,
     StateDir,
@@ -584,3 +587,39 @@ def test_a_second_vm_of_a_name_is_not_forgotten_when_the_first_goes(tmp_path: Pa
     assert [t.name for t in state.tombstones()] == ["gmd-45"], said
     assert "stuck" in (state.tombstones()[0].entry / "config.json").read_text()
     assert state.machines_owned()[0] == 1
+
+
+class HangingRemovals(FailingRemovals):
+    def remove(self, name: str, *, force: bool, timeout: float) -> Result:
+        config = self.entry_dir(name) / "config.json"
+        if not force and config.exists() and "hang" in config.read_text():
+            raise CommandTimedOut(["docker-machine", "rm", "-y", name], timeout, "")
+        return super().remove(name, force=force, timeout=timeout)
+
+
+def test_a_tombstone_retry_that_raises_does_not_wedge_the_others(tmp_path: Path) -> None:
+    settings, state, _ = world(tmp_path)
+    dm = HangingRemovals(tmp_path / "dm")
+    buried(state, dm, "gmd-46", "i-hang")  # the cloud API hangs for this one
+    buried(state, dm, "gmd-47", "i-fine")
+    report = sweeper.sweep(dm, settings, None, dry_run=False, progress=lambda _: None)  # type: ignore[arg-type]
+    assert [t.name for t in state.tombstones()] == ["gmd-46"]
+    assert report.tombstone_errors == 1
+    assert not dm.exists("gmd-46")  # the entry put back does not stay to count twice
+
+
+def test_forget_waits_for_the_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forget during a retry would let the retry bury the VM again, or leave a
+    tombstone with no entry: it waits for the sweep lock."""
+    settings, state, _ = world(tmp_path)
+    dm = FailingRemovals(tmp_path / "dm")
+    buried(state, dm, "gmd-48", "i-old-stuck")
+    sweep_lock = state.lock("sweep")
+    assert sweep_lock.try_acquire()  # a sweep is retrying it
+    monkeypatch.setattr(sweep_command, "FORGET_WAIT", 0.05, raising=False)
+    with pytest.raises(LockTimeout):
+        sweep_command.forget(settings, ["gmd-48"])
+    assert len(state.tombstones()) == 1
+    sweep_lock.release()
+    sweep_command.forget(settings, ["gmd-48"])
+    assert state.tombstones() == []
