@@ -86,10 +86,13 @@ class PoolPhase(enum.StrEnum):
 class Lock:
     """An ``flock`` on a file; exclusive, or shared with ``shared=True``."""
 
-    def __init__(self, path: Path, *, shared: bool = False, make_dir: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, shared: bool = False, make_dir: bool = True, create: bool = True
+    ) -> None:
         self.path = path
         self.shared = shared
         self.make_dir = make_dir  # create the folder it lives in (not a job's: it may be gone)
+        self.create = create  # create the file (False: FileNotFoundError if it is missing)
         self.fd: int | None = None
 
     def try_acquire(self) -> bool:
@@ -97,9 +100,10 @@ class Lock:
         mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.create else 0)
+                fd = os.open(self.path, flags, 0o600)
             except FileNotFoundError:
-                if not self.make_dir:
+                if not self.make_dir or not self.create:
                     raise
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 continue
@@ -439,6 +443,15 @@ class JobDir(MachineDir):
             return now - self.stage_lock_path.stat().st_mtime
         except OSError:
             return None
+
+    def age(self, now: float) -> float | None:
+        """Seconds since anything here last changed (the dir, its record, a stage), or
+        None if it is gone: how long an unreadable record has lain untouched."""
+        times = []
+        for path in (self.path, self.state_file, self.stage_lock_path):
+            with contextlib.suppress(OSError):
+                times.append(path.stat().st_mtime)
+        return now - max(times) if times else None
 
     def save(self, record: JobRecord) -> None:
         write_private(self.state_file, record.to_json())

@@ -40,7 +40,7 @@ from driver import log, metrics, provision, ssh
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.settings import Settings
-from driver.state import JobDir, JobPhase, Lock, PoolPhase, StateDir
+from driver.state import JobDir, JobPhase, JobRecord, Lock, PoolPhase, StateDir
 from driver.tombstones import Tombstone
 
 FINISHED = frozenset({"success", "failed", "canceled", "skipped", "manual"})
@@ -120,6 +120,8 @@ def decide(f: Facts, settings: Settings) -> Verdict:
     if f.owner == "none":
         if not f.has_entry:
             return keep("already gone")  # removed since the sweep listed it
+        if not f.record_ok:
+            return keep("a job record here is unreadable and may name it; kept until max_age")
         return remove("no record on this host names it")
     # A job's machine.
     status = f.gitlab or ""
@@ -204,8 +206,9 @@ class Sweep:
                     owner="job",
                     job_id=named_job,
                     record_ok=False,
-                    taken_age=self._entry_age(name, now),
+                    taken_age=_youngest(self._entry_age(name, now), state.job(named_job).age(now)),
                     busy=not locked and self._held(state.job(named_job).lock()),
+                    stage_running=not locked and self._stage_running(state.job(named_job)),
                 )
         if users:
             job_id = users[0]
@@ -263,8 +266,22 @@ class Sweep:
         if not locked and named_job is not None:
             busy = self._held(state.job(named_job).lock())
         return Facts(
-            name=name, listed=listed, has_entry=has_entry, owner="none", job_id=named_job, busy=busy
+            name=name,
+            listed=listed,
+            has_entry=has_entry,
+            owner="none",
+            job_id=named_job,
+            busy=busy,
+            # An unreadable record younger than max_age may name it: no proof then.
+            record_ok=not self._young_unreadable(records, now),
         )
+
+    def _young_unreadable(self, records: dict[int, JobRecord | None], now: float) -> bool:
+        for job_id, record in records.items():
+            age = self.state.job(job_id).age(now) if record is None else None
+            if age is not None and age <= self.settings.sweeper.max_age:
+                return True
+        return False
 
     def name_in_use(self, name: str) -> bool:
         """Whether a record here names ``name``, or a job of that name has its dir."""
@@ -386,6 +403,11 @@ class Sweep:
         return clean
 
 
+def _youngest(*ages: float | None) -> float | None:
+    known = [age for age in ages if age is not None]
+    return min(known) if known else None
+
+
 @dataclass
 class Report:
     verdicts: list[Verdict] = field(default_factory=list)
@@ -394,6 +416,7 @@ class Report:
     unknown_answers: list[str] = field(default_factory=list)
     tombstones: int = 0
     tombstone_errors: int = 0
+    unreadable: int = 0  # job records that could not be read, reclaimed by age
 
     @property
     def configuration_problem(self) -> str:
@@ -427,7 +450,7 @@ def sweep(
     try:
         for name in pass_.names():
             _sweep_one(pass_, name, dry_run, progress, report)
-        _sweep_job_dirs(pass_, dry_run, progress)
+        _sweep_job_dirs(pass_, dry_run, progress, report)
         if not dry_run:
             _retry_tombstones(pass_, progress, report)
         report.tombstones = len(pass_.state.tombstones())
@@ -445,6 +468,11 @@ def sweep(
         + (
             f", {report.tombstones} tombstone(s) of force-removed machines"
             if report.tombstones
+            else ""
+        )
+        + (
+            f", {report.unreadable} unreadable job record(s) over max_age"
+            if report.unreadable
             else ""
         )
         + (
@@ -488,22 +516,26 @@ def _sweep_one(
     )
 
 
-def _sweep_job_dirs(pass_: Sweep, dry_run: bool, progress: Callable[[str], None]) -> None:
+def _sweep_job_dirs(
+    pass_: Sweep, dry_run: bool, progress: Callable[[str], None], report: Report
+) -> None:
     """Job dirs whose machine is gone, nobody holds, and no stage runs in: they only
-    block capacity, even while their runner lives."""
+    block capacity, even while their runner lives. So do unreadable records, once
+    untouched for max_age."""
     state = pass_.state
     for job_id in state.job_ids():
         job_dir = state.job(job_id)
         lock = job_dir.lock()
         if not lock.try_acquire():
             continue
-        stage = Lock(job_dir.stage_lock_path, make_dir=False)  # held through the removal
+        # Held through the removal. Not created: that would make an unreadable record's
+        # dir look young. Without the file no stage ever ran; one starting now finds the
+        # dir gone, or an unreadable record, or a machine that is gone.
+        stage = Lock(job_dir.stage_lock_path, make_dir=False, create=False)
         try:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 if not stage.try_acquire():
                     continue  # a stage runs
-            except FileNotFoundError:
-                continue  # gone meanwhile
             try:
                 record = job_dir.load()
             except DriverError:
@@ -511,13 +543,20 @@ def _sweep_job_dirs(pass_: Sweep, dry_run: bool, progress: Callable[[str], None]
             machine = record.machine if record else pass_.settings.machine_name(job_id)
             if pass_.dm.exists(machine):
                 continue
+            why = "its machine is gone"
             if record is None and job_dir.state_file.exists():
-                continue  # unreadable: its machine is decided above, by age
+                # Unreadable (a power cut, a newer version): it holds a slot until its dir
+                # is older than max_age with no lock and no stage held (both held here).
+                age = job_dir.age(time.time())
+                if age is None or age <= pass_.settings.sweeper.max_age:
+                    progress(f"job state {job_dir.path}: keeping (its record is unreadable)")
+                    continue
+                report.unreadable += 1
+                why = f"its record is unreadable, untouched for {age:.0f}s, over max_age"
             progress(
-                f"job state {job_dir.path}: {'would remove' if dry_run else 'removing'} "
-                "(its machine is gone)"
+                f"job state {job_dir.path}: {'would remove' if dry_run else 'removing'} ({why})"
             )
-            log.get().info("sweep_job_dir", job_id=job_id, machine=machine)
+            log.get().info("sweep_job_dir", job_id=job_id, machine=machine, reason=why)
             if not dry_run:
                 ssh.stop_master(job_dir)
                 job_dir.remove()

@@ -19,6 +19,7 @@ from driver.errors import JobError
 from driver.main import error_handler
 from driver.state import (
     Address,
+    JobDir,
     JobPhase,
     JobRecord,
     Lock,
@@ -294,3 +295,22 @@ def test_a_runner_that_exited_but_was_not_reaped_yet_is_gone() -> None:
         time.sleep(0.01)  # exited; we (its parent) have not reaped it: a zombie
     assert record(owners=[[child.pid, started]], boot_id=boot_id()).runner_gone()
     child.wait()
+
+
+def test_every_state_write_is_synced_file_and_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut right after a write leaves the old or the new record, never an empty
+    one: the file is synced before its rename, the directory after."""
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    job = JobDir(tmp_path / "st", 5)
+    job.create()
+    job.save(JobRecord(job_id=5, project_id=1, machine="gmd-5"))
+    assert synced == ["file", "dir"]

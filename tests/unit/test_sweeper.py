@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,8 @@ def facts(**overrides: object) -> sweeper.Facts:
         (facts(owner="claim", phase=PoolPhase.CLAIMED), True, "died before taking it"),
         (facts(owner="claim", phase=PoolPhase.CLAIMED, busy=True), False, "working on it"),
         (facts(owner="none"), True, "no record on this host names it"),
+        (facts(owner="none", record_ok=False), False, "unreadable and may name it"),
+        (facts(record_ok=False, taken_age=MAX_AGE + 1, stage_running=True), False, "a stage"),
     ],
 )
 def test_verdicts(tmp_path: Path, given: sweeper.Facts, remove: bool, reason: str) -> None:
@@ -104,8 +107,10 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
         return True
     if f.owner == "pool":
         return f.phase == PoolPhase.READY  # claimable
-    if f.owner != "job" or not f.record_ok:
-        return f.owner == "job"  # an unreadable record: maybe
+    if f.owner in ("job", "none") and not f.record_ok:
+        return True  # an unreadable record: it may name this machine, and be in use
+    if f.owner != "job":
+        return False
     if f.phase != JobPhase.READY:
         return False  # creating/created with its prepare gone never reaches a stage; kept
     if f.runner_gone:
@@ -118,6 +123,7 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
 @hsettings(max_examples=3000, deadline=None)
 @given(
     owner=st.sampled_from(["job", "pool", "claim", "none"]),
+    has_entry=st.booleans(),
     phase=st.sampled_from([*JobPhase, *PoolPhase]),
     record_ok=st.booleans(),
     busy=st.booleans(),
@@ -133,6 +139,7 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
 )
 def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
     owner: str,
+    has_entry: bool,
     phase: str,
     record_ok: bool,
     busy: bool,
@@ -146,6 +153,7 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
 ) -> None:
     f = facts(
         owner=owner,
+        has_entry=has_entry,
         phase=phase,
         record_ok=record_ok,
         busy=busy,
@@ -437,6 +445,10 @@ def test_one_broken_record_does_not_stop_the_sweep(tmp_path: Path) -> None:
     settings, state, dm = world(tmp_path)
     dm.add("gmd-13")
     dm.add("gmd-14")
+    live_job(state, 14, "gmd-14")
+    record = state.job(14).load()
+    record.owners = [[2**22 + 7, 1]]  # its runner is gone: proof
+    state.job(14).save(record)
     state.job(13).create()
     state.job(13).state_file.write_text("{trunc")
     said = run_sweep(settings, dm)
@@ -623,3 +635,57 @@ def test_forget_waits_for_the_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     sweep_lock.release()
     sweep_command.forget(settings, ["gmd-48"])
     assert state.tombstones() == []
+
+
+# --- unreadable records ----------------------------------------------------------------------
+
+
+def truncated_record(state: StateDir, job_id: int, age: float) -> None:
+    """A zero-length state.json, as a power cut leaves it, untouched for ``age`` seconds."""
+    job = state.job(job_id)
+    job.create()
+    job.state_file.write_text("")
+    then = time.time() - age
+    os.utime(job.state_file, (then, then))
+    os.utime(job.path, (then, then))
+
+
+def test_an_unreadable_record_gives_its_slot_back_after_max_age(tmp_path: Path) -> None:
+    settings, state, dm = world(tmp_path)
+    truncated_record(state, 20, age=MAX_AGE + 60)
+    assert state.machines_owned() == (1, 0)  # with max_machines = 1, every job waits
+    said = run_sweep(settings, dm)
+    assert not state.job(20).exists(), said
+    assert state.machines_owned() == (0, 0)
+    assert "1 unreadable job record(s)" in said[-1]
+
+
+def test_an_unreadable_record_is_kept_while_young_locked_or_in_a_stage(tmp_path: Path) -> None:
+    settings, state, dm = world(tmp_path)
+    truncated_record(state, 21, age=MAX_AGE - 60)
+    truncated_record(state, 22, age=MAX_AGE + 60)
+    truncated_record(state, 23, age=MAX_AGE + 60)
+    stage = state.job(23).stage_lock()
+    assert stage.try_acquire()
+    then = time.time() - MAX_AGE - 60  # a stage that has run for longer than max_age
+    for path in (state.job(23).stage_lock_path, state.job(23).path):
+        os.utime(path, (then, then))
+    with state.job(22).locked(timeout=1):
+        said = run_sweep(settings, dm)
+    stage.release()
+    assert state.job(21).exists() and state.job(22).exists() and state.job(23).exists(), said
+
+
+def test_a_young_unreadable_record_is_no_proof_that_no_record_names_a_machine(
+    tmp_path: Path,
+) -> None:
+    """The truncated record may be the one that names pool machine gmd-p000000aa,
+    taken over by its job: "no record names it" is not proven."""
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-p000000aa")
+    truncated_record(state, 24, age=60)
+    said = run_sweep(settings, dm)
+    assert dm.removed == [], said
+    truncated_record(state, 24, age=MAX_AGE + 60)
+    said = run_sweep(settings, dm)
+    assert dm.removed == ["gmd-p000000aa"], said
