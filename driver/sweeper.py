@@ -83,6 +83,7 @@ class Facts:
     taken_age: float | None = None  # seconds since a job took it (created or claimed it)
     last_stage_age: float | None = None
     kept_for: float = 0.0  # seconds it is still kept for inspection
+    failed: bool = False  # a stage failed and keep_failed_machines is on: its cleanup keeps it
     host: str = ""
 
 
@@ -133,7 +134,7 @@ def decide(f: Facts, settings: Settings) -> Verdict:
                 f"its job's record is unreadable and it is over max_age ({f.taken_age:.0f}s)"
             )
         return keep("its job's record is unreadable; kept until max_age")
-    if f.phase == JobPhase.KEPT:
+    if f.phase == JobPhase.KEPT or (f.failed and f.phase == JobPhase.READY):
         if f.kept_for > 0:
             return keep("kept for inspection after its job failed")
         return remove("kept for inspection, and its time is up")
@@ -235,7 +236,8 @@ class Sweep:
                 gitlab=self.ask(record.project_id, job_id) if ask else None,
                 taken_age=now - record.taken_at if record.taken_at else self._entry_age(name, now),
                 last_stage_age=job_dir.last_stage_age(now),
-                kept_for=max(0.0, record.kept_until - now),
+                kept_for=max(0.0, self._kept_until(job_dir, record) - now),
+                failed=self._failed(job_dir, record),
                 host=record.address.host,
             )
         claimer = state.claimer(name)
@@ -282,6 +284,19 @@ class Sweep:
             if age is not None and age <= self.settings.sweeper.max_age:
                 return True
         return False
+
+    def _failed(self, job_dir: JobDir, record: JobRecord) -> bool:
+        """A stage failed and its cleanup will keep the machine for inspection."""
+        keep = self.settings.debug.keep_failed_machines
+        return keep and record.phase == JobPhase.READY and job_dir.failed_marker.exists()
+
+    def _kept_until(self, job_dir: JobDir, record: JobRecord) -> float:
+        if not self._failed(job_dir, record):
+            return record.kept_until
+        try:  # as its cleanup will keep it: from when the stage failed
+            return job_dir.failed_marker.stat().st_mtime + self.settings.debug.keep_max_age
+        except OSError:
+            return record.kept_until
 
     def name_in_use(self, name: str) -> bool:
         """Whether a record here names ``name``, or a job of that name has its dir."""

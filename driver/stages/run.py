@@ -162,6 +162,10 @@ def run_stage(script: str, stage: str, config_path: str | None) -> int:
         return _run_held(script, stage, job_dir)
     finally:
         if stage_lock is not None:
+            # The last stage's time is when it ended: a long stage that just failed is
+            # not "no stage ran for grace" in the gap before its cleanup.
+            with contextlib.suppress(OSError):
+                os.utime(job_dir.stage_lock_path)
             stage_lock.release()
 
 

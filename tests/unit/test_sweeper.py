@@ -135,6 +135,7 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
     taken_age=st.one_of(st.none(), st.floats(0, MAX_AGE * 3)),
     last_stage_age=st.one_of(st.none(), st.floats(0, GRACE * 3)),
     kept_for=st.floats(0, 100),
+    failed=st.booleans(),
     listed=st.sampled_from(["Running", "Error", "Stopped", ""]),
 )
 def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
@@ -149,6 +150,7 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
     taken_age: float | None,
     last_stage_age: float | None,
     kept_for: float,
+    failed: bool,
     listed: str,
 ) -> None:
     f = facts(
@@ -163,6 +165,7 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
         taken_age=taken_age,
         last_stage_age=last_stage_age,
         kept_for=kept_for,
+        failed=failed,
         listed=listed,
     )
     verdict = sweeper.decide(f, SETTINGS)
@@ -174,6 +177,8 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
         assert gitlab not in sweeper.ALIVE
     if busy or stage_running or (owner == "pool" and phase == PoolPhase.READY):
         assert not verdict.remove
+    if owner == "job" and record_ok and failed and phase == JobPhase.READY and kept_for > 0:
+        assert not verdict.remove  # its cleanup keeps it for inspection
 
 
 SETTINGS = parse_settings({"sweeper": {"max_age": MAX_AGE, "grace": GRACE}})
@@ -689,3 +694,29 @@ def test_a_young_unreadable_record_is_no_proof_that_no_record_names_a_machine(
     truncated_record(state, 24, age=MAX_AGE + 60)
     said = run_sweep(settings, dm)
     assert dm.removed == ["gmd-p000000aa"], said
+
+
+def test_a_failed_job_kept_for_inspection_is_not_swept_before_its_cleanup(
+    tmp_path: Path,
+) -> None:
+    """keep_failed_machines: a stage failed, GitLab says "failed", the stage ended over
+    `grace` ago, and the runner has not run cleanup yet (which would mark it kept)."""
+    settings = parse_settings(
+        {
+            **config(tmp_path).model_dump(mode="json", include={"state_dir", "docker_machine"}),
+            "machine": {"name_prefix": "gmd"},
+            "sweeper": {"max_age": MAX_AGE, "grace": GRACE},
+            "debug": {"keep_failed_machines": True, "keep_max_age": 3600},
+        }
+    )
+    state, dm = StateDir(settings.state_dir), FakeMachines(tmp_path / "dm")
+    dm.add("gmd-30")
+    live_job(state, 30, "gmd-30")
+    state.job(30).failed_marker.write_text("build_script")
+    state.job(30).stage_lock_path.touch()
+    then = time.time() - GRACE - 60
+    os.utime(state.job(30).stage_lock_path, (then, then))
+    said: list[str] = []
+    sweeper.sweep(dm, settings, lambda p, j: "failed", dry_run=False, progress=said.append)  # type: ignore[arg-type]
+    assert dm.removed == [], said
+    assert any("kept for inspection" in line for line in said), said

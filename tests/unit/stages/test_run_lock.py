@@ -7,6 +7,8 @@ hooks on the lock, never by sleeps.
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,20 @@ def test_a_stage_does_not_run_while_the_sweeper_removes_its_machine(
     with pytest.raises(DriverError, match="the sweeper is removing"):
         run.run_stage("script", "build_script", None)
     sweeper.release()
+
+
+def test_the_stage_locks_time_is_when_the_stage_ended(
+    job: JobDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage that ran longer than the sweeper's grace, then failed: in the gap before
+    its cleanup, "no stage ran for grace" must not hold."""
+
+    def long_stage(script: str, name: str, job_dir: JobDir, record: JobRecord) -> int:
+        started = time.time() - 3600  # it started an hour ago
+        os.utime(job_dir.stage_lock_path, (started, started))
+        return 1
+
+    monkeypatch.setattr(run, "_run", long_stage)
+    run.run_stage("script", "build_script", None)
+    age = job.last_stage_age(time.time())
+    assert age is not None and age < 60
