@@ -189,6 +189,15 @@ def boot_id() -> str:
         return ""
 
 
+def pid_namespace() -> int:
+    """The inode of our PID namespace (0 if unknown): PIDs of another namespace (a runner
+    in a container, a sweeper on the host) name unrelated processes here."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def ancestors(pid: int | None = None) -> list[list[int]]:
     """[pid, start time] of every ancestor of ``pid`` (default: us), init excluded.
 
@@ -299,6 +308,7 @@ class JobRecord(MachineRecord):
         taken_at: float = 0.0,
         kept_until: float = 0.0,
         timings: dict[str, float] | None = None,
+        pid_ns: int = 0,
     ) -> None:
         self.job_id = job_id
         self.project_id = project_id
@@ -314,6 +324,7 @@ class JobRecord(MachineRecord):
         self.taken_at = taken_at  # when this job took the machine (created or claimed it)
         self.kept_until = kept_until
         self.timings = timings or {}
+        self.pid_ns = pid_ns  # the PID namespace the owners' PIDs are of (0: not recorded)
 
     def advance(self, phase: JobPhase) -> None:
         if phase not in JOB_TRANSITIONS[self.phase]:
@@ -324,13 +335,18 @@ class JobRecord(MachineRecord):
         """Proof that no runner will call a stage of this job again.
 
         True after a reboot, or when every process that started its prepare is gone.
-        Unknown owners (none recorded) are never proof.
+        Unknown owners (none recorded, or PIDs of a PID namespace other than ours, or
+        of one not recorded) are never proof.
         """
         if self.boot_id and boot_id() and self.boot_id != boot_id():
             return True
-        if not self.owners:
+        if not self.owners or not self.owners_visible():
             return False
         return all(process_start_time(pid) != started for pid, started in self.owners)
+
+    def owners_visible(self) -> bool:
+        """Whether the owners' PIDs are of our PID namespace, so /proc tells about them."""
+        return bool(self.pid_ns) and self.pid_ns == pid_namespace()
 
 
 class PoolRecord(MachineRecord):

@@ -79,6 +79,7 @@ class Facts:
     busy: bool = False  # an owner's lock is held (a stage, the pool service, a sweep)
     stage_running: bool = False
     runner_gone: bool = False
+    runner_unseen: bool = False  # its runner's PIDs are of another PID namespace: unknown
     gitlab: str | None = None  # the job's status at GitLab, "unknown (...)", or None
     taken_age: float | None = None  # seconds since a job took it (created or claimed it)
     last_stage_age: float | None = None
@@ -134,13 +135,16 @@ def decide(f: Facts, settings: Settings) -> Verdict:
                 f"its job's record is unreadable and it is over max_age ({f.taken_age:.0f}s)"
             )
         return keep("its job's record is unreadable; kept until max_age")
-    if f.phase == JobPhase.KEPT or (f.failed and f.phase == JobPhase.READY):
+    if f.phase == JobPhase.KEPT:
         if f.kept_for > 0:
             return keep("kept for inspection after its job failed")
         return remove("kept for inspection, and its time is up")
+    if f.failed and f.phase == JobPhase.READY and f.kept_for > 0:
+        # Its cleanup will keep it; once that time is up, the usual proofs apply.
+        return keep("kept for inspection after a stage failed (its cleanup has not run)")
     if f.phase in (JobPhase.CREATING, JobPhase.CREATED):
         return remove("left half-made: its prepare is gone, and no stage ever used it")
-    if f.runner_gone:
+    if f.runner_gone and not f.runner_unseen:
         return remove("the runner process that owned its job is gone")
     if status in FINISHED:
         if f.last_stage_age is not None and f.last_stage_age < sweeper.grace:
@@ -151,6 +155,8 @@ def decide(f: Facts, settings: Settings) -> Verdict:
             f"its job took it over max_age ago ({f.taken_age:.0f}s), and GitLab "
             + ("does not know its state" if status else "was not asked")
         )
+    if f.runner_unseen:
+        status = f"{status or 'GitLab not asked'}; its runner is in another PID namespace"
     return keep(f"its job may still be running ({status or 'GitLab not asked'})")
 
 
@@ -233,6 +239,7 @@ class Sweep:
                 busy=busy,
                 stage_running=stage_running,
                 runner_gone=record.runner_gone(),
+                runner_unseen=bool(record.owners) and not record.owners_visible(),
                 gitlab=self.ask(record.project_id, job_id) if ask else None,
                 taken_age=now - record.taken_at if record.taken_at else self._entry_age(name, now),
                 last_stage_age=job_dir.last_stage_age(now),

@@ -30,6 +30,7 @@ from driver.state import (
     ancestors,
     boot_id,
     machine_counts,
+    pid_namespace,
     process_start_time,
 )
 
@@ -95,13 +96,18 @@ def test_phases_only_move_forward(start: JobPhase, to: JobPhase, allowed: bool) 
 def test_the_runner_is_gone_only_when_every_process_above_prepare_is(tmp_path: Path) -> None:
     mine = ancestors()
     assert mine and mine[0][0] == os.getppid()
-    alive = record(owners=[[2**22 + 3, 99], *mine], boot_id=boot_id())  # a dead wrapper
+    alive = record(
+        owners=[[2**22 + 3, 99], *mine], boot_id=boot_id(), pid_ns=pid_namespace()
+    )  # a dead wrapper
     assert not alive.runner_gone()
-    assert record(owners=[[2**22 + 3, 99]], boot_id=boot_id()).runner_gone()
+    assert record(owners=[[2**22 + 3, 99]], boot_id=boot_id(), pid_ns=pid_namespace()).runner_gone()
     assert record(owners=mine, boot_id="another-boot").runner_gone()  # the host rebooted
-    assert not record(owners=[], boot_id=boot_id()).runner_gone()  # unknown is no proof
+    assert not record(
+        owners=[], boot_id=boot_id(), pid_ns=pid_namespace()
+    ).runner_gone()  # unknown is no proof
     # A reused pid is not the same process.
-    assert record(owners=[[os.getppid(), process_start_time(os.getppid()) + 1]]).runner_gone()
+    reused = [[os.getppid(), process_start_time(os.getppid()) + 1]]
+    assert record(owners=reused, pid_ns=pid_namespace()).runner_gone()
 
 
 def ready_machine(state: StateDir, name: str) -> None:
@@ -293,7 +299,9 @@ def test_a_runner_that_exited_but_was_not_reaped_yet_is_gone() -> None:
     while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
         assert time.monotonic() < deadline, "the child never exited"
         time.sleep(0.01)  # exited; we (its parent) have not reaped it: a zombie
-    assert record(owners=[[child.pid, started]], boot_id=boot_id()).runner_gone()
+    assert record(
+        owners=[[child.pid, started]], boot_id=boot_id(), pid_ns=pid_namespace()
+    ).runner_gone()
     child.wait()
 
 
@@ -314,3 +322,15 @@ def test_every_state_write_is_synced_file_and_directory(
     job.create()
     job.save(JobRecord(job_id=5, project_id=1, machine="gmd-5"))
     assert synced == ["file", "dir"]
+
+
+def test_owners_of_another_pid_namespace_are_never_proof(tmp_path: Path) -> None:
+    """A runner in the container image, a sweeper on the host (or the reverse): the
+    recorded PIDs name unrelated processes here."""
+    dead = [[2**22 + 3, 99]]  # no such process here
+    other = record(owners=dead, boot_id=boot_id(), pid_ns=pid_namespace() + 1)
+    assert not other.runner_gone()
+    assert not record(owners=dead, boot_id=boot_id()).runner_gone()  # not recorded: unknown
+    assert record(owners=dead, boot_id=boot_id(), pid_ns=pid_namespace()).runner_gone()
+    # A reboot is proof in any namespace: the boot id is the kernel's.
+    assert record(owners=dead, boot_id="another boot", pid_ns=pid_namespace() + 1).runner_gone()

@@ -36,6 +36,7 @@ from driver.state import (
     StateDir,
     ancestors,
     boot_id,
+    pid_namespace,
 )
 
 MAX_AGE, GRACE = 3600.0, 600.0
@@ -75,6 +76,7 @@ def facts(**overrides: object) -> sweeper.Facts:
         (facts(phase=JobPhase.CREATING, busy=True), False, "working on it"),
         (facts(listed="Error"), False, "may still be running"),  # Error during a create
         (facts(runner_gone=True), True, "runner process that owned its job is gone"),
+        (facts(runner_gone=True, runner_unseen=True), False, "another PID namespace"),
         (facts(gitlab="canceled"), True, "its job is canceled"),
         (facts(gitlab="success", last_stage_age=5.0), False, "a stage ran 5s ago"),
         (facts(gitlab="running", taken_age=MAX_AGE * 2), False, "its job is running"),
@@ -113,7 +115,7 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
         return False
     if f.phase != JobPhase.READY:
         return False  # creating/created with its prepare gone never reaches a stage; kept
-    if f.runner_gone:
+    if f.runner_gone and not f.runner_unseen:  # PIDs of another namespace prove nothing
         return False
     return f.gitlab not in sweeper.FINISHED or (
         f.last_stage_age is not None and f.last_stage_age < GRACE
@@ -129,6 +131,7 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
     busy=st.booleans(),
     stage_running=st.booleans(),
     runner_gone=st.booleans(),
+    runner_unseen=st.booleans(),
     gitlab=st.sampled_from(
         [None, *sweeper.FINISHED, *sweeper.ALIVE, "unknown (404)", "unknown (401)", "weird"]
     ),
@@ -146,6 +149,7 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
     busy: bool,
     stage_running: bool,
     runner_gone: bool,
+    runner_unseen: bool,
     gitlab: str | None,
     taken_age: float | None,
     last_stage_age: float | None,
@@ -161,6 +165,7 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
         busy=busy,
         stage_running=stage_running,
         runner_gone=runner_gone,
+        runner_unseen=runner_unseen,
         gitlab=gitlab,
         taken_age=taken_age,
         last_stage_age=last_stage_age,
@@ -245,6 +250,7 @@ def live_job(state: StateDir, job_id: int, machine: str, phase: str = JobPhase.R
             phase=phase,
             owners=ancestors(),  # this test process's chain: a live runner
             boot_id=boot_id(),
+            pid_ns=pid_namespace(),
             taken_at=1e12,
         )
     )
@@ -720,3 +726,16 @@ def test_a_failed_job_kept_for_inspection_is_not_swept_before_its_cleanup(
     sweeper.sweep(dm, settings, lambda p, j: "failed", dry_run=False, progress=said.append)  # type: ignore[arg-type]
     assert dm.removed == [], said
     assert any("kept for inspection" in line for line in said), said
+
+
+def test_a_runner_in_another_pid_namespace_is_not_taken_for_dead(tmp_path: Path) -> None:
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-32")
+    live_job(state, 32, "gmd-32")
+    record = state.job(32).load()
+    record.owners = [[2**22 + 7, 1]]  # no such process in *this* namespace
+    record.pid_ns = pid_namespace() + 1  # the runner's container
+    state.job(32).save(record)
+    said = run_sweep(settings, dm)
+    assert dm.removed == [], said
+    assert any("another PID namespace" in line for line in said), said
