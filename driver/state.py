@@ -189,6 +189,12 @@ def boot_id() -> str:
         return ""
 
 
+def boot_clock() -> float:
+    """Seconds since boot, suspend included (CLOCK_BOOTTIME): it never jumps with the wall
+    clock. Comparable only within one boot (see boot_id)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def pid_namespace() -> int:
     """The inode of our PID namespace (0 if unknown): PIDs of another namespace (a runner
     in a container, a sweeper on the host) name unrelated processes here."""
@@ -309,6 +315,7 @@ class JobRecord(MachineRecord):
         kept_until: float = 0.0,
         timings: dict[str, float] | None = None,
         pid_ns: int = 0,
+        taken_boot: float = 0.0,
     ) -> None:
         self.job_id = job_id
         self.project_id = project_id
@@ -325,6 +332,16 @@ class JobRecord(MachineRecord):
         self.kept_until = kept_until
         self.timings = timings or {}
         self.pid_ns = pid_ns  # the PID namespace the owners' PIDs are of (0: not recorded)
+        self.taken_boot = taken_boot  # boot_clock() when it was taken, in boot boot_id
+
+    def taken_age(self, now: float) -> float | None:
+        """Seconds since this job took its machine, from a clock that does not jump; None
+        (unknown) across a reboot. Records of earlier versions: by the wall clock."""
+        if self.taken_boot:
+            if not self.boot_id or self.boot_id != boot_id():
+                return None
+            return boot_clock() - self.taken_boot
+        return now - self.taken_at if self.taken_at else None
 
     def advance(self, phase: JobPhase) -> None:
         if phase not in JOB_TRANSITIONS[self.phase]:

@@ -241,7 +241,9 @@ class Sweep:
                 runner_gone=record.runner_gone(),
                 runner_unseen=bool(record.owners) and not record.owners_visible(),
                 gitlab=self.ask(record.project_id, job_id) if ask else None,
-                taken_age=now - record.taken_at if record.taken_at else self._entry_age(name, now),
+                taken_age=record.taken_age(now)
+                if record.taken_at or record.taken_boot
+                else self._entry_age(name, now),
                 last_stage_age=job_dir.last_stage_age(now),
                 kept_for=max(0.0, self._kept_until(job_dir, record) - now),
                 failed=self._failed(job_dir, record),

@@ -25,6 +25,7 @@ from driver.state import (
     JobPhase,
     JobRecord,
     ancestors,
+    boot_clock,
     boot_id,
     pid_namespace,
     write_private,
@@ -45,6 +46,7 @@ def new_record(settings: Settings, job: Job, machine: str) -> JobRecord:
         boot_id=boot_id(),
         pid_ns=pid_namespace(),
         taken_at=time.time(),
+        taken_boot=boot_clock(),
     )
 
 

@@ -35,6 +35,7 @@ from driver.state import (
     PoolRecord,
     StateDir,
     ancestors,
+    boot_clock,
     boot_id,
     pid_namespace,
 )
@@ -739,3 +740,21 @@ def test_a_runner_in_another_pid_namespace_is_not_taken_for_dead(tmp_path: Path)
     said = run_sweep(settings, dm)
     assert dm.removed == [], said
     assert any("another PID namespace" in line for line in said), said
+
+
+def test_a_wall_clock_step_gives_no_machine_the_age_proof(tmp_path: Path) -> None:
+    """The wall clock jumps forward by more than max_age (NTP after a cloud outage):
+    a job that took its machine 10 s ago is 10 s old, whatever time.time() says."""
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-33")
+    live_job(state, 33, "gmd-33")
+    record = state.job(33).load()
+    record.owners = []  # unknown owners: only the age could prove anything
+    record.taken_at = time.time() - 3 * MAX_AGE  # as the stepped wall clock sees it
+    record.taken_boot = boot_clock() - 10
+    state.job(33).save(record)
+    said = run_sweep(settings, dm)
+    assert dm.removed == [], said
+    # Across a reboot the age is unknown: no proof either (the reboot itself is).
+    record.boot_id, record.taken_boot = "another boot", 5.0
+    assert record.taken_age(time.time()) is None
