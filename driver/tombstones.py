@@ -13,20 +13,18 @@ gauge, `ls`) until the sweeper removes its VM properly, or an admin forgets it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from driver.files import copy_file, rmtree, write_private
 
 META_FILE = "tombstone.json"
 
 
-@dataclass(frozen=True)
-class Tombstone:
+class Tombstone(NamedTuple):  # not a dataclass: `run` imports this module, and must stay lean
     key: str  # its dir's name: <machine>@<fingerprint>; only <machine> if made by 0.1
     name: str  # the machine's name
     path: Path
@@ -49,6 +47,8 @@ class Tombstone:
 
 def fingerprint(entry: Path) -> str:
     """Of an entry's regular files, names and content ("" when it has none)."""
+    import hashlib
+
     digest = hashlib.sha256()
     found = False
     with contextlib.suppress(OSError):
