@@ -27,6 +27,7 @@ parts of every create); a broken entry. Broken entries are removed with
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -345,6 +346,7 @@ class Sweep:
                 yield False  # a new owner appeared while we took the locks
                 return
             for lock in self.stage_locks(held):
+                ran = lock.path.exists()
                 try:
                     if not lock.try_acquire():
                         yield False  # a stage runs
@@ -352,6 +354,8 @@ class Sweep:
                 except FileNotFoundError:
                     continue  # no job dir, no stage
                 stages.append(lock)
+                if not ran:  # made by us, not by a stage: its time is no stage's
+                    os.utime(lock.path, (0, 0))
             yield True
         finally:
             for lock in stages:

@@ -758,3 +758,14 @@ def test_a_wall_clock_step_gives_no_machine_the_age_proof(tmp_path: Path) -> Non
     # Across a reboot the age is unknown: no proof either (the reboot itself is).
     record.boot_id, record.taken_boot = "another boot", 5.0
     assert record.taken_age(time.time()) is None
+
+
+def test_the_sweeps_own_stage_lock_is_not_a_stage_that_ran(tmp_path: Path) -> None:
+    """No stage ever ran: the stage lock the sweep makes to hold must not read as a
+    stage that ran just now (its job, finished at GitLab, would be kept for grace)."""
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-34")
+    live_job(state, 34, "gmd-34")
+    said: list[str] = []
+    sweeper.sweep(dm, settings, lambda p, j: "success", dry_run=False, progress=said.append)  # type: ignore[arg-type]
+    assert dm.removed == ["gmd-34"], said
