@@ -91,5 +91,5 @@ def find_leaks(world: Env) -> Leaks:
         driver_processes=world_processes(world, set(vm_pids)),
         runner_temp=temp,
         pool_records=state.pool_names(),
-        tombstones=state.tombstones(),
+        tombstones=[t.key for t in state.tombstones()],
     )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
+from driver.errors import DriverError
 from driver.state import write_private
 
 if TYPE_CHECKING:
@@ -160,8 +161,10 @@ def _update(state_dir: Path, change: Callable[[Data], None]) -> None:
             data = load(state_dir)
             change(data)
             write_private(state_dir / FILE, json.dumps(data))
-    except (Timeout, OSError):
-        pass  # metrics must never fail a job
+    except (Timeout, OSError, DriverError, ValueError, TypeError):
+        # Metrics never fail their caller: a full disk (DriverError from the write), a
+        # held lock or a damaged file drops this one count, never a job or a removal.
+        pass
 
 
 def load(state_dir: Path) -> Data:

@@ -146,7 +146,17 @@ def destroy(
             time.sleep(min(2.0 * attempt, max(0.0, deadline - time.monotonic())))
     # Last resort: drop the entry so it stops blocking, and keep a tombstone (a copy of
     # the entry) so the sweeper can retry the real removal and the orphan keeps counting.
-    StateDir(settings.state_dir).bury(name, dm.entry_dir(name), last or "removal timed out")
+    try:
+        StateDir(settings.state_dir).graves.bury(name, dm.entry_dir(name), last or "timed out")
+    except (OSError, DriverError) as e:
+        # Without a tombstone the entry is the only trace of the VM: keep it (the
+        # sweeper retries it as a machine no record names).
+        log.warn(
+            f"machine {name} could not be removed, and its entry could not be kept as a "
+            f"tombstone ({e}); the entry stays. Last error: {last.strip()[-500:]}"
+        )
+        log.get().error("machine_not_removed", machine=name, error=last[-500:])
+        return False
     result = dm.remove(name, force=True, timeout=max(10.0, deadline - time.monotonic()))
     log.warn(
         f"machine {name} could not be removed cleanly; its entry was force-removed "

@@ -15,7 +15,7 @@ the metrics talk to each other only through this module::
       pool/withdrawn/<name>                   taken out of the ready set, being removed
       pool/status.json                        the pool service's last status
       pool/policy-memory.json                 what the demand policy learned
-      tombstones/<name>/                      a force-removed machine's docker-machine entry
+      tombstones/<name>@<id>/                 a force-removed VM's docker-machine entry (one per VM)
       locks/                                  flock files: job-<id>, pool-<name>, capacity, ...
       metrics.json, create-rate.json
       owner.json                              which config's [machine] settings use it
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import fcntl
 import json
 import os
@@ -43,6 +42,15 @@ from pathlib import Path
 from typing import Any, Self
 
 from driver.errors import DriverError, JobError
+from driver.files import rmtree as _rmtree
+from driver.files import write_private as write_private
+from driver.procs import ancestors as ancestors
+from driver.procs import boot_clock as boot_clock
+from driver.procs import boot_id as boot_id
+from driver.procs import pid_alive as pid_alive
+from driver.procs import pid_namespace as pid_namespace
+from driver.procs import process_start_time as process_start_time
+from driver.tombstones import Tombstone, Tombstones
 
 RECORD_FILE = "state.json"
 POOL_RECORD_FILE = "info.json"
@@ -84,10 +92,13 @@ class PoolPhase(enum.StrEnum):
 class Lock:
     """An ``flock`` on a file; exclusive, or shared with ``shared=True``."""
 
-    def __init__(self, path: Path, *, shared: bool = False, make_dir: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, shared: bool = False, make_dir: bool = True, create: bool = True
+    ) -> None:
         self.path = path
         self.shared = shared
         self.make_dir = make_dir  # create the folder it lives in (not a job's: it may be gone)
+        self.create = create  # create the file (False: FileNotFoundError if it is missing)
         self.fd: int | None = None
 
     def try_acquire(self) -> bool:
@@ -95,9 +106,10 @@ class Lock:
         mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.create else 0)
+                fd = os.open(self.path, flags, 0o600)
             except FileNotFoundError:
-                if not self.make_dir:
+                if not self.make_dir or not self.create:
                     raise
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 continue
@@ -153,61 +165,7 @@ class Lock:
             self.release()
 
 
-# --- who owns a job: the runner process, by its process chain ----------------------------------
-
-
-def process_start_time(pid: int) -> int:
-    """The kernel's start time of ``pid``, 0 if it is gone: tells a live process from a
-    reused pid. A zombie (exited, not yet reaped by its parent) is gone too."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return 0 if fields[0] in ("Z", "X") else int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _parent_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def ancestors(pid: int | None = None) -> list[list[int]]:
-    """[pid, start time] of every ancestor of ``pid`` (default: us), init excluded.
-
-    The runner is one of them, wherever it is in the chain: a short-lived wrapper
-    (`sudo`, `bash -c`, a script) may die while the runner lives on, so the job
-    counts as gone only when every one of them is gone.
-    """
-    chain: list[list[int]] = []
-    current = _parent_of(pid or os.getpid())
-    while current > 1 and len(chain) < 64:
-        chain.append([current, process_start_time(current)])
-        current = _parent_of(current)
-    return chain
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+# --- who owns a job: driver.procs (its process chain, boot, PID namespace) -------------------
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -293,6 +251,8 @@ class JobRecord(MachineRecord):
         taken_at: float = 0.0,
         kept_until: float = 0.0,
         timings: dict[str, float] | None = None,
+        pid_ns: int = 0,
+        taken_boot: float = 0.0,
     ) -> None:
         self.job_id = job_id
         self.project_id = project_id
@@ -308,6 +268,17 @@ class JobRecord(MachineRecord):
         self.taken_at = taken_at  # when this job took the machine (created or claimed it)
         self.kept_until = kept_until
         self.timings = timings or {}
+        self.pid_ns = pid_ns  # the PID namespace the owners' PIDs are of (0: not recorded)
+        self.taken_boot = taken_boot  # boot_clock() when it was taken, in boot boot_id
+
+    def taken_age(self, now: float) -> float | None:
+        """Seconds since this job took its machine, from a clock that does not jump; None
+        (unknown) across a reboot. Records of earlier versions: by the wall clock."""
+        if self.taken_boot:
+            if not self.boot_id or self.boot_id != boot_id():
+                return None
+            return boot_clock() - self.taken_boot
+        return now - self.taken_at if self.taken_at else None
 
     def advance(self, phase: JobPhase) -> None:
         if phase not in JOB_TRANSITIONS[self.phase]:
@@ -318,13 +289,18 @@ class JobRecord(MachineRecord):
         """Proof that no runner will call a stage of this job again.
 
         True after a reboot, or when every process that started its prepare is gone.
-        Unknown owners (none recorded) are never proof.
+        Unknown owners (none recorded, or PIDs of a PID namespace other than ours, or
+        of one not recorded) are never proof.
         """
         if self.boot_id and boot_id() and self.boot_id != boot_id():
             return True
-        if not self.owners:
+        if not self.owners or not self.owners_visible():
             return False
         return all(process_start_time(pid) != started for pid, started in self.owners)
+
+    def owners_visible(self) -> bool:
+        """Whether the owners' PIDs are of our PID namespace, so /proc tells about them."""
+        return bool(self.pid_ns) and self.pid_ns == pid_namespace()
 
 
 class PoolRecord(MachineRecord):
@@ -437,6 +413,15 @@ class JobDir(MachineDir):
             return now - self.stage_lock_path.stat().st_mtime
         except OSError:
             return None
+
+    def age(self, now: float) -> float | None:
+        """Seconds since anything here last changed (the dir, its record, a stage), or
+        None if it is gone: how long an unreadable record has lain untouched."""
+        times = []
+        for path in (self.path, self.state_file, self.stage_lock_path):
+            with contextlib.suppress(OSError):
+                times.append(path.stat().st_mtime)
+        return now - max(times) if times else None
 
     def save(self, record: JobRecord) -> None:
         write_private(self.state_file, record.to_json())
@@ -681,34 +666,14 @@ class StateDir:
             self._marker(kind, name).unlink(missing_ok=True)
         _rmtree(self.pool_dir(name).path, ignore_errors=True)
 
-    # --- tombstones: machines whose entry was force-removed while the VM may still run
+    # --- tombstones (driver.tombstones): force-removed machines whose VM may still run
 
-    def tombstone_dir(self, name: str) -> Path:
-        return self.root / "tombstones" / name
+    @property
+    def graves(self) -> Tombstones:
+        return Tombstones(self.root)
 
-    def tombstones(self) -> list[str]:
-        folder = self.root / "tombstones"
-        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-
-    def bury(self, name: str, entry: Path, why: str) -> None:
-        """Keep a copy of ``entry`` (docker-machine's dir for the machine) to retry its removal."""
-        target = self.tombstone_dir(name)
-        target.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if entry.is_dir() and not (target / "entry").exists():
-            # Its regular files (config.json, keys, certificates) are the whole entry.
-            copy = target / "entry"
-            copy.mkdir(mode=0o700)
-            for item in entry.iterdir():
-                if item.is_file() and not item.is_symlink():
-                    with contextlib.suppress(OSError):
-                        _copy_file(item, copy / item.name)
-        meta = {"name": name, "since": time.time(), "why": why[-500:]}
-        with contextlib.suppress(OSError, ValueError):
-            meta = {**json.loads((target / "tombstone.json").read_text()), "why": why[-500:]}
-        write_private(target / "tombstone.json", json.dumps(meta) + "\n")
-
-    def exhume(self, name: str) -> None:
-        _rmtree(self.tombstone_dir(name), ignore_errors=True)
+    def tombstones(self) -> list[Tombstone]:
+        return self.graves.all()
 
     # --- what the limits count
 
@@ -736,18 +701,6 @@ class StateDir:
         return machines + len(self.tombstones()), creating
 
 
-def _rmtree(path: Path, ignore_errors: bool = True) -> None:
-    import shutil  # not at the top: `run` never removes anything, and shutil is slow to import
-
-    shutil.rmtree(path, ignore_errors=ignore_errors)
-
-
-def _copy_file(source: Path, target: Path) -> None:
-    import shutil
-
-    shutil.copy2(source, target)
-
-
 def machine_counts(state: StateDir) -> dict[str, int]:
     """Machines by state, for `pool status` and the machines gauge: one vocabulary."""
     counts = {"creating": 0, "idle": 0, "claimed": 0, "in_use": 0, "kept": 0, "removing": 0}
@@ -770,22 +723,3 @@ def machine_counts(state: StateDir) -> dict[str, int]:
             counts[by_pool_phase[phase]] += 1
     counts["orphaned"] = len(state.tombstones())
     return counts
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a 0600 file atomically: readers see the old or the new content, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if e.errno == errno.ENOSPC:
-            raise DriverError(
-                f"cannot write {path}: the disk is full",
-                hint=f"free space on the file system of {path.parent}",
-            ) from None
-        raise

@@ -27,19 +27,20 @@ parts of every create); a broken entry. Broken entries are removed with
 from __future__ import annotations
 
 import contextlib
+import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import structlog
 
-from driver import log, metrics, provision, ssh
+from driver import log, provision, ssh
+from driver import sweeper_leftovers as leftovers
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.settings import Settings
-from driver.state import JobDir, JobPhase, Lock, PoolPhase, StateDir
+from driver.state import JobDir, JobPhase, JobRecord, Lock, PoolPhase, StateDir
 
 FINISHED = frozenset({"success", "failed", "canceled", "skipped", "manual"})
 ALIVE = frozenset(
@@ -77,10 +78,12 @@ class Facts:
     busy: bool = False  # an owner's lock is held (a stage, the pool service, a sweep)
     stage_running: bool = False
     runner_gone: bool = False
+    runner_unseen: bool = False  # its runner's PIDs are of another PID namespace: unknown
     gitlab: str | None = None  # the job's status at GitLab, "unknown (...)", or None
     taken_age: float | None = None  # seconds since a job took it (created or claimed it)
     last_stage_age: float | None = None
     kept_for: float = 0.0  # seconds it is still kept for inspection
+    failed: bool = False  # a stage failed and keep_failed_machines is on: its cleanup keeps it
     host: str = ""
 
 
@@ -118,6 +121,8 @@ def decide(f: Facts, settings: Settings) -> Verdict:
     if f.owner == "none":
         if not f.has_entry:
             return keep("already gone")  # removed since the sweep listed it
+        if not f.record_ok:
+            return keep("a job record here is unreadable and may name it; kept until max_age")
         return remove("no record on this host names it")
     # A job's machine.
     status = f.gitlab or ""
@@ -133,9 +138,12 @@ def decide(f: Facts, settings: Settings) -> Verdict:
         if f.kept_for > 0:
             return keep("kept for inspection after its job failed")
         return remove("kept for inspection, and its time is up")
+    if f.failed and f.phase == JobPhase.READY and f.kept_for > 0:
+        # Its cleanup will keep it; once that time is up, the usual proofs apply.
+        return keep("kept for inspection after a stage failed (its cleanup has not run)")
     if f.phase in (JobPhase.CREATING, JobPhase.CREATED):
         return remove("left half-made: its prepare is gone, and no stage ever used it")
-    if f.runner_gone:
+    if f.runner_gone and not f.runner_unseen:
         return remove("the runner process that owned its job is gone")
     if status in FINISHED:
         if f.last_stage_age is not None and f.last_stage_age < sweeper.grace:
@@ -146,6 +154,8 @@ def decide(f: Facts, settings: Settings) -> Verdict:
             f"its job took it over max_age ago ({f.taken_age:.0f}s), and GitLab "
             + ("does not know its state" if status else "was not asked")
         )
+    if f.runner_unseen:
+        status = f"{status or 'GitLab not asked'}; its runner is in another PID namespace"
     return keep(f"its job may still be running ({status or 'GitLab not asked'})")
 
 
@@ -202,8 +212,9 @@ class Sweep:
                     owner="job",
                     job_id=named_job,
                     record_ok=False,
-                    taken_age=self._entry_age(name, now),
+                    taken_age=_youngest(self._entry_age(name, now), state.job(named_job).age(now)),
                     busy=not locked and self._held(state.job(named_job).lock()),
+                    stage_running=not locked and self._stage_running(state.job(named_job)),
                 )
         if users:
             job_id = users[0]
@@ -211,7 +222,8 @@ class Sweep:
             assert record is not None
             job_dir = state.job(job_id)
             busy = not locked and self._held(job_dir.lock())
-            stage_running = self._stage_running(job_dir)
+            # Locked: the sweep holds every stage lock of the job itself.
+            stage_running = not locked and self._stage_running(job_dir)
             # GitLab is asked only when its answer can decide: a held lock or a running
             # stage keeps the machine whatever it says.
             ask = record.phase == JobPhase.READY and not busy and not stage_running
@@ -226,10 +238,14 @@ class Sweep:
                 busy=busy,
                 stage_running=stage_running,
                 runner_gone=record.runner_gone(),
+                runner_unseen=bool(record.owners) and not record.owners_visible(),
                 gitlab=self.ask(record.project_id, job_id) if ask else None,
-                taken_age=now - record.taken_at if record.taken_at else self._entry_age(name, now),
+                taken_age=record.taken_age(now)
+                if record.taken_at or record.taken_boot
+                else self._entry_age(name, now),
                 last_stage_age=job_dir.last_stage_age(now),
-                kept_for=max(0.0, record.kept_until - now),
+                kept_for=max(0.0, self._kept_until(job_dir, record) - now),
+                failed=self._failed(job_dir, record),
                 host=record.address.host,
             )
         claimer = state.claimer(name)
@@ -260,7 +276,45 @@ class Sweep:
         if not locked and named_job is not None:
             busy = self._held(state.job(named_job).lock())
         return Facts(
-            name=name, listed=listed, has_entry=has_entry, owner="none", job_id=named_job, busy=busy
+            name=name,
+            listed=listed,
+            has_entry=has_entry,
+            owner="none",
+            job_id=named_job,
+            busy=busy,
+            # An unreadable record younger than max_age may name it: no proof then.
+            record_ok=not self._young_unreadable(records, now),
+        )
+
+    def _young_unreadable(self, records: dict[int, JobRecord | None], now: float) -> bool:
+        for job_id, record in records.items():
+            age = self.state.job(job_id).age(now) if record is None else None
+            if age is not None and age <= self.settings.sweeper.max_age:
+                return True
+        return False
+
+    def _failed(self, job_dir: JobDir, record: JobRecord) -> bool:
+        """A stage failed and its cleanup will keep the machine for inspection."""
+        keep = self.settings.debug.keep_failed_machines
+        return keep and record.phase == JobPhase.READY and job_dir.failed_marker.exists()
+
+    def _kept_until(self, job_dir: JobDir, record: JobRecord) -> float:
+        if not self._failed(job_dir, record):
+            return record.kept_until
+        try:  # as its cleanup will keep it: from when the stage failed
+            return job_dir.failed_marker.stat().st_mtime + self.settings.debug.keep_max_age
+        except OSError:
+            return record.kept_until
+
+    def name_in_use(self, name: str) -> bool:
+        """Whether a record here names ``name``, or a job of that name has its dir."""
+        state = self.state
+        job = job_of(self.settings, name)
+        return bool(
+            state.jobs_using(name)
+            or state.claimer(name) is not None
+            or state.pool_phase(name) != PoolPhase.GONE
+            or (job is not None and state.job(job).exists())
         )
 
     def owner_locks(self, name: str) -> list[Lock]:
@@ -278,8 +332,10 @@ class Sweep:
     @contextlib.contextmanager
     def holding(self, name: str) -> Iterator[bool]:
         """Hold every owner lock of ``name`` and every stage lock of its jobs, at once or
-        not at all (False: someone is working on it)."""
+        not at all (False: someone is working on it), until the removal is over: a stage
+        that starts meanwhile waits for its stage lock, and finds the job gone."""
         held: list[Lock] = []
+        stages: list[Lock] = []
         try:
             for lock in self.owner_locks(name):
                 if not lock.try_acquire():
@@ -289,12 +345,34 @@ class Sweep:
             if [lock.path for lock in self.owner_locks(name)] != [lock.path for lock in held]:
                 yield False  # a new owner appeared while we took the locks
                 return
+            for lock in self.stage_locks(held):
+                ran = lock.path.exists()
+                try:
+                    if not lock.try_acquire():
+                        yield False  # a stage runs
+                        return
+                except FileNotFoundError:
+                    continue  # no job dir, no stage
+                stages.append(lock)
+                if not ran:  # made by us, not by a stage: its time is no stage's
+                    os.utime(lock.path, (0, 0))
             yield True
         finally:
+            for lock in stages:
+                lock.release()
             for lock in held:
                 lock.release(
                     remove=lock.path.name.startswith("job-") and not self._job_exists(lock)
                 )
+
+    def stage_locks(self, owner_locks: list[Lock]) -> list[Lock]:
+        """The stage locks (exclusive) of the jobs whose locks these are."""
+        locks = []
+        for lock in owner_locks:
+            job = lock.path.name.removeprefix("job-").removesuffix(".lock")
+            if lock.path.name.startswith("job-") and job.isdigit():
+                locks.append(Lock(self.state.job(int(job)).stage_lock_path, make_dir=False))
+        return locks
 
     def _job_exists(self, lock: Lock) -> bool:
         job = lock.path.name.removeprefix("job-").removesuffix(".lock")
@@ -351,6 +429,11 @@ class Sweep:
         return clean
 
 
+def _youngest(*ages: float | None) -> float | None:
+    known = [age for age in ages if age is not None]
+    return min(known) if known else None
+
+
 @dataclass
 class Report:
     verdicts: list[Verdict] = field(default_factory=list)
@@ -358,6 +441,8 @@ class Report:
     orphaned: int = 0
     unknown_answers: list[str] = field(default_factory=list)
     tombstones: int = 0
+    tombstone_errors: int = 0
+    unreadable: int = 0  # job records that could not be read, reclaimed by age
 
     @property
     def configuration_problem(self) -> str:
@@ -391,9 +476,9 @@ def sweep(
     try:
         for name in pass_.names():
             _sweep_one(pass_, name, dry_run, progress, report)
-        _sweep_job_dirs(pass_, dry_run, progress)
+        leftovers.sweep_job_dirs(pass_, dry_run, progress, report)
         if not dry_run:
-            _retry_tombstones(pass_, progress, report)
+            leftovers.retry_tombstones(pass_, progress, report)
         report.tombstones = len(pass_.state.tombstones())
     finally:
         only.release()
@@ -409,6 +494,16 @@ def sweep(
         + (
             f", {report.tombstones} tombstone(s) of force-removed machines"
             if report.tombstones
+            else ""
+        )
+        + (
+            f", {report.unreadable} unreadable job record(s) over max_age"
+            if report.unreadable
+            else ""
+        )
+        + (
+            f" ({report.tombstone_errors} could not be retried, see above)"
+            if report.tombstone_errors
             else ""
         )
     )
@@ -445,58 +540,6 @@ def _sweep_one(
         remove=verdict.remove,
         reason=verdict.reason,
     )
-
-
-def _sweep_job_dirs(pass_: Sweep, dry_run: bool, progress: Callable[[str], None]) -> None:
-    """Job dirs whose machine is gone, nobody holds, and no stage runs in: they only
-    block capacity, even while their runner lives."""
-    state = pass_.state
-    for job_id in state.job_ids():
-        job_dir = state.job(job_id)
-        lock = job_dir.lock()
-        if not lock.try_acquire():
-            continue
-        try:
-            try:
-                record = job_dir.load()
-            except DriverError:
-                record = None
-            machine = record.machine if record else pass_.settings.machine_name(job_id)
-            if pass_.dm.exists(machine) or pass_._stage_running(job_dir):
-                continue
-            if record is None and job_dir.state_file.exists():
-                continue  # unreadable: its machine is decided above, by age
-            progress(
-                f"job state {job_dir.path}: {'would remove' if dry_run else 'removing'} "
-                "(its machine is gone)"
-            )
-            log.get().info("sweep_job_dir", job_id=job_id, machine=machine)
-            if not dry_run:
-                ssh.stop_master(job_dir)
-                job_dir.remove()
-        finally:
-            lock.release(remove=not job_dir.exists())
-
-
-def _retry_tombstones(pass_: Sweep, progress: Callable[[str], None], report: Report) -> None:
-    """Machines force-removed earlier may still run in the cloud: put their entry back
-    and ask docker-machine to remove them properly again."""
-    state, dm = pass_.state, pass_.dm
-    for name in state.tombstones():
-        entry = state.tombstone_dir(name) / "entry"
-        if dm.exists(name) or not entry.is_dir():
-            continue
-        shutil.copytree(entry, dm.entry_dir(name), symlinks=True)
-        result = dm.remove(name, force=False, timeout=pass_.settings.cleanup.remove_timeout)
-        if result.exit_code == 0 and not dm.exists(name):
-            state.exhume(name)
-            metrics.count(pass_.settings.state_dir, metrics.MACHINE_REMOVALS, {"result": "clean"})
-            progress(f"{name}: removed at last (it had been force-removed)")
-            log.get().info("tombstone_removed", machine=name)
-            continue
-        dm.remove(name, force=True, timeout=pass_.settings.cleanup.remove_timeout)
-        state.bury(name, entry, result.output)
-        progress(f"{name}: still cannot be removed; its tombstone stays: {result.output[-200:]}")
 
 
 def gitlab_job_status(settings: Settings) -> JobStatus:

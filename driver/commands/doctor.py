@@ -27,7 +27,7 @@ from driver.contract import clean_env, runner_env, synthetic_response
 from driver.docker_machine import find_program
 from driver.errors import CommandError, DriverError
 from driver.settings import Settings, config_path, load_settings
-from driver.state import JobDir, write_private
+from driver.state import JobDir, StateDir, pid_namespace, write_private
 
 # `doctor --create`'s job ids: GitLab's job ids are 64-bit and count up from 1, so ids
 # from 2**62 are never a real job's, and <prefix>-<id> stays a valid hostname.
@@ -236,6 +236,23 @@ def check_state_owner(context: Context) -> str:
     return f"also used by {recorded.config}, whose [machine] settings are the same"
 
 
+def check_runner_processes(context: Context) -> str:
+    """The sweeper tells a dead runner by its PIDs: only in the runner's PID namespace."""
+    mine = pid_namespace()
+    records = [r for r in StateDir(context.settings.state_dir).job_records().values() if r]
+    unseen = [r.job_id for r in records if r.owners and r.pid_ns and r.pid_ns != mine]
+    if unseen:
+        raise Advice(
+            f"the runner of {len(unseen)} job(s) (e.g. job {unseen[0]}) runs in another PID "
+            f"namespace than this one: run here, the sweeper cannot see the runner's processes, "
+            "so it never takes a dead runner for proof; their machines go when GitLab says "
+            "their job ended, or after [sweeper] max_age",
+            hint="run the sweeper (its timer) where the runner runs: in the same container, "
+            "or give the runner's container the host's PID namespace (--pid=host)",
+        )
+    return f"this host sees the runner of every job here ({len(records)} job(s))"
+
+
 def check_runner_binary(context: Context) -> str:
     settings = context.settings
     binary = settings.gitlab_runner_binary
@@ -439,6 +456,7 @@ CHECKS: list[tuple[str, Check]] = [
     ("ssh client", check_ssh),
     ("state dir", check_state_dir),
     ("state dir owner", check_state_owner),
+    ("runner processes", check_runner_processes),
     ("gitlab-runner binary", check_runner_binary),
     ("metrics textfile", check_metrics_textfile),
     ("GitLab API", check_gitlab),

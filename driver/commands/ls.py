@@ -38,8 +38,8 @@ def main(args: argparse.Namespace) -> int:
                 "host": facts.host,
             }
         )
-    for name in look.state.tombstones():
-        rows.append({"name": name, "state": "force-removed", "phase": "tombstone"})
+    for tombstone in look.state.tombstones():
+        rows.append({"name": tombstone.key, "state": "force-removed", "phase": "tombstone"})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -12,6 +12,8 @@ from driver.log import say
 from driver.settings import Settings, config_path, load_settings
 from driver.state import StateDir
 
+FORGET_WAIT = 900.0  # a sweep retrying hung removals may take this long
+
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config_path)
@@ -45,13 +47,27 @@ def run_sweep(
 def forget(settings: Settings, names: list[str]) -> int:
     """The admin deleted these VMs in the cloud: stop retrying and counting them."""
     state = StateDir(settings.state_dir)
+    # Under the sweep lock: a sweep retrying this tombstone must not bury it again.
+    only = state.lock("sweep")
+    if not only.try_acquire():
+        say("A sweep is running; waiting for it to finish...")
+        only.acquire(FORGET_WAIT, "the sweep lock")
+    try:
+        _forget(state, names)
+    finally:
+        only.release()
+    return 0
+
+
+def _forget(state: StateDir, names: list[str]) -> None:
     for name in names:
-        if name not in state.tombstones():
+        found = state.graves.of(name)  # a machine's name: all its tombstones; or one's key
+        if not found:
             raise DriverError(
                 f"there is no tombstone of {name!r}",
                 hint="`gitlab-machine-driver ls` lists them (state force-removed)",
             )
-        state.exhume(name)
-        log.get().warning("tombstone_forgotten", machine=name)
-        say(f"{name}: tombstone dropped; it no longer counts as possibly orphaned")
-    return 0
+        for tombstone in found:
+            state.graves.exhume(tombstone)
+            log.get().warning("tombstone_forgotten", machine=tombstone.name, key=tombstone.key)
+            say(f"{tombstone.key}: tombstone dropped; it no longer counts as possibly orphaned")

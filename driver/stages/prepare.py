@@ -22,7 +22,16 @@ from driver.log import say
 from driver.payload import Job
 from driver.settings import Settings, config_path
 from driver.stages.common import Stage, begin
-from driver.state import JobDir, JobPhase, JobRecord, ancestors, boot_id, write_private
+from driver.state import (
+    JobDir,
+    JobPhase,
+    JobRecord,
+    ancestors,
+    boot_clock,
+    boot_id,
+    pid_namespace,
+    write_private,
+)
 
 
 def new_record(settings: Settings, job: Job, machine: str) -> JobRecord:
@@ -37,7 +46,9 @@ def new_record(settings: Settings, job: Job, machine: str) -> JobRecord:
         prepare_pid=os.getpid(),
         owners=ancestors(),
         boot_id=boot_id(),
+        pid_ns=pid_namespace(),
         taken_at=time.time(),
+        taken_boot=boot_clock(),
     )
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from driver.contract import JOB_DIR_ENV, clean_env, read_job
 from driver.errors import BuildFailure, Cancelled, DriverError, JobError
 from driver.image.stage import wrapper_args
-from driver.state import JobDir, JobPhase, JobRecord
+from driver.state import JobDir, JobPhase, JobRecord, Lock, LockTimeout
 
 if TYPE_CHECKING:
     import argparse
@@ -146,6 +146,8 @@ PROBE = r"""f=${TMPDIR:-/tmp}/gmd-rc.$1; r=$(cat "$f" 2>/dev/null); rm -f "$f"
 case $r in 255) echo 255;; ?*) echo "$r" >&2;; esac"""
 SSH_FAILED = 255
 PROBE_TIMEOUT = 15.0
+# How long a stage waits for its stage lock: a sweeper's look holds it for an instant.
+STAGE_LOCK_WAIT = 30.0
 
 
 def main(args: argparse.Namespace) -> int:
@@ -155,12 +157,21 @@ def main(args: argparse.Namespace) -> int:
 def run_stage(script: str, stage: str, config_path: str | None) -> int:
     env_dir = os.environ.get(JOB_DIR_ENV)
     job_dir = JobDir.at(env_dir) if env_dir else _job_dir_from_config(config_path)
+    stage_lock = _hold_stage_lock(job_dir)
+    try:
+        return _run_held(script, stage, job_dir)
+    finally:
+        if stage_lock is not None:
+            # The last stage's time is when it ended: a long stage that just failed is
+            # not "no stage ran for grace" in the gap before its cleanup.
+            with contextlib.suppress(OSError):
+                os.utime(job_dir.stage_lock_path)
+            stage_lock.release()
+
+
+def _run_held(script: str, stage: str, job_dir: JobDir) -> int:
+    # Read under the lock: a sweeper that removed the machine removed its record first.
     record = _load_record(job_dir)
-    # Held while the stage runs: the sweeper never removes a machine under a running stage.
-    stage_lock = job_dir.stage_lock()
-    with contextlib.suppress(OSError):  # its dir removed under us: the stage fails below
-        if stage_lock.try_acquire():
-            os.utime(job_dir.stage_lock_path)  # the last stage's time, for the sweeper
     started = time.monotonic()
     try:
         code = _run(script, stage, job_dir, record)
@@ -176,6 +187,27 @@ def run_stage(script: str, stage: str, config_path: str | None) -> int:
         raise
     _log_outcome(record, stage, started, "success", exit_code=code)
     return code
+
+
+def _hold_stage_lock(job_dir: JobDir) -> Lock | None:
+    """Take the job's stage lock (shared) for the whole stage: the sweeper never removes
+    a machine under it. It is held exclusively only for an instant by a sweeper's look,
+    or through a removal: wait for that, never run without it. None: the job's dir is
+    gone (loading its record then says so)."""
+    lock = job_dir.stage_lock()
+    try:
+        lock.acquire(STAGE_LOCK_WAIT, f"the stage lock of job {job_dir.job_id}")
+    except FileNotFoundError:
+        return None
+    except LockTimeout as e:
+        raise DriverError(
+            f"{e.message}: the sweeper is removing this job's machine",
+            hint="the sweeper removes a machine only with proof its job is over; "
+            "`gitlab-machine-driver sweep --dry-run` says why",
+        ) from None
+    with contextlib.suppress(OSError):
+        os.utime(job_dir.stage_lock_path)  # the last stage's time, for the sweeper
+    return lock
 
 
 def _failure_kind(error: DriverError, job_dir: JobDir) -> str:

@@ -125,7 +125,7 @@ def test_pool_machines_and_tombstones_count_against_the_cap(tmp_path: Path) -> N
     add_job(tmp_path, 1, "ready", 0)
     state = StateDir(tmp_path)
     state.save_pool(PoolRecord(name="gmd-p00000001"))
-    state.bury("gmd-7", tmp_path / "no-entry", "rm failed")  # may still run in the cloud
+    state.graves.bury("gmd-7", tmp_path / "no-entry", "rm failed")  # may still run in the cloud
     assert state.machines_owned()[0] == 3
 
 

@@ -1,10 +1,13 @@
 """Metrics: declared once, accumulated across processes in one file, served as Prometheus text."""
 
+import errno
 import json
+import os
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from filelock import FileLock
@@ -13,7 +16,9 @@ from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from driver import metrics, process
+from driver import metrics, process, provision
+from driver.process import Result
+from driver.settings import parse_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -169,3 +174,21 @@ def test_the_metrics_file_is_private(tmp_path: Path) -> None:
     metrics.count(tmp_path, metrics.POOL_CLAIMS, {"result": "miss"})
     assert (tmp_path / metrics.FILE).stat().st_mode & 0o077 == 0
     assert (tmp_path / "locks").stat().st_mode & 0o077 == 0
+
+
+def test_a_full_disk_never_fails_a_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `destroy` whose `rm` succeeded must not fail because its count cannot be written
+    (cleanup would then skip removing the job's dir)."""
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    metrics.count(tmp_path, metrics.POOL_CLAIMS, {"result": "miss"})
+    metrics.observe(tmp_path, metrics.MACHINE_REMOVE_SECONDS, 2.0)
+
+    settings = parse_settings({"state_dir": str(tmp_path), "cleanup": {"remove_attempts": 1}})
+    dm = mock.Mock()
+    dm.exists.return_value = True
+    dm.remove.return_value = Result(["docker-machine", "rm", "-y", "gmd-1"], 0, "", "")
+    assert provision.destroy(dm, "gmd-1", settings, lambda _: None)

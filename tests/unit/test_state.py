@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from driver import tombstones
 from driver.errors import JobError
 from driver.main import error_handler
 from driver.state import (
     Address,
+    JobDir,
     JobPhase,
     JobRecord,
     Lock,
@@ -28,6 +30,7 @@ from driver.state import (
     ancestors,
     boot_id,
     machine_counts,
+    pid_namespace,
     process_start_time,
 )
 
@@ -93,13 +96,18 @@ def test_phases_only_move_forward(start: JobPhase, to: JobPhase, allowed: bool) 
 def test_the_runner_is_gone_only_when_every_process_above_prepare_is(tmp_path: Path) -> None:
     mine = ancestors()
     assert mine and mine[0][0] == os.getppid()
-    alive = record(owners=[[2**22 + 3, 99], *mine], boot_id=boot_id())  # a dead wrapper
+    alive = record(
+        owners=[[2**22 + 3, 99], *mine], boot_id=boot_id(), pid_ns=pid_namespace()
+    )  # a dead wrapper
     assert not alive.runner_gone()
-    assert record(owners=[[2**22 + 3, 99]], boot_id=boot_id()).runner_gone()
+    assert record(owners=[[2**22 + 3, 99]], boot_id=boot_id(), pid_ns=pid_namespace()).runner_gone()
     assert record(owners=mine, boot_id="another-boot").runner_gone()  # the host rebooted
-    assert not record(owners=[], boot_id=boot_id()).runner_gone()  # unknown is no proof
+    assert not record(
+        owners=[], boot_id=boot_id(), pid_ns=pid_namespace()
+    ).runner_gone()  # unknown is no proof
     # A reused pid is not the same process.
-    assert record(owners=[[os.getppid(), process_start_time(os.getppid()) + 1]]).runner_gone()
+    reused = [[os.getppid(), process_start_time(os.getppid()) + 1]]
+    assert record(owners=reused, pid_ns=pid_namespace()).runner_gone()
 
 
 def ready_machine(state: StateDir, name: str) -> None:
@@ -168,14 +176,49 @@ def test_a_tombstone_keeps_the_entry_to_retry_and_counts(tmp_path: Path) -> None
     entry = tmp_path / "dm" / "machines" / "gmd-4"
     entry.mkdir(parents=True)
     (entry / "config.json").write_text('{"Driver": {"InstanceId": "i-0abc"}}')
-    state.bury("gmd-4", entry, "InternalError")
-    assert state.tombstones() == ["gmd-4"]
-    kept = state.tombstone_dir("gmd-4") / "entry" / "config.json"
-    assert "i-0abc" in kept.read_text()
+    tombstone = state.graves.bury("gmd-4", entry, "InternalError")
+    assert [t.name for t in state.tombstones()] == ["gmd-4"]
+    assert "i-0abc" in (tombstone.entry / "config.json").read_text()
     assert state.machines_owned() == (1, 0)
     assert machine_counts(state)["orphaned"] == 1
-    state.exhume("gmd-4")
+    state.graves.exhume(tombstone)
     assert state.tombstones() == []
+
+
+def test_each_vm_of_a_name_keeps_its_own_tombstone(tmp_path: Path) -> None:
+    """Two VMs of one name that could not be removed: both are remembered, each once."""
+    state = StateDir(tmp_path / "st")
+    entry = tmp_path / "dm" / "machines" / "gmd-4"
+    entry.mkdir(parents=True)
+    (entry / "config.json").write_text('{"Driver": {"InstanceId": "i-first"}}')
+    first = state.graves.bury("gmd-4", entry, "InternalError")
+    assert state.graves.bury("gmd-4", entry, "again") == first  # the same VM: one
+    (entry / "config.json").write_text('{"Driver": {"InstanceId": "i-second"}}')
+    second = state.graves.bury("gmd-4", entry, "InternalError")
+    assert len(state.tombstones()) == 2
+    assert state.machines_owned() == (2, 0)
+    state.graves.exhume(first)  # the first VM is removed at last
+    assert state.tombstones() == [second]
+    assert "i-second" in (second.entry / "config.json").read_text()
+
+
+def test_a_failed_copy_leaves_no_half_made_tombstone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = StateDir(tmp_path / "st")
+    entry = tmp_path / "dm" / "machines" / "gmd-4"
+    entry.mkdir(parents=True)
+    (entry / "config.json").write_text("{}")
+    (entry / "key.pem").write_text("k")
+
+    def disk_full(source: Path, target: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tombstones, "copy_file", disk_full)
+    with pytest.raises(OSError):
+        state.graves.bury("gmd-4", entry, "InternalError")
+    assert state.tombstones() == []
+    assert os.listdir(tmp_path / "st" / "tombstones") == []
 
 
 def test_a_lock_not_acquired_in_time_says_who_to_ask(tmp_path: Path) -> None:
@@ -256,5 +299,38 @@ def test_a_runner_that_exited_but_was_not_reaped_yet_is_gone() -> None:
     while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
         assert time.monotonic() < deadline, "the child never exited"
         time.sleep(0.01)  # exited; we (its parent) have not reaped it: a zombie
-    assert record(owners=[[child.pid, started]], boot_id=boot_id()).runner_gone()
+    assert record(
+        owners=[[child.pid, started]], boot_id=boot_id(), pid_ns=pid_namespace()
+    ).runner_gone()
     child.wait()
+
+
+def test_every_state_write_is_synced_file_and_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut right after a write leaves the old or the new record, never an empty
+    one: the file is synced before its rename, the directory after."""
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    job = JobDir(tmp_path / "st", 5)
+    job.create()
+    job.save(JobRecord(job_id=5, project_id=1, machine="gmd-5"))
+    assert synced == ["file", "dir"]
+
+
+def test_owners_of_another_pid_namespace_are_never_proof(tmp_path: Path) -> None:
+    """A runner in the container image, a sweeper on the host (or the reverse): the
+    recorded PIDs name unrelated processes here."""
+    dead = [[2**22 + 3, 99]]  # no such process here
+    other = record(owners=dead, boot_id=boot_id(), pid_ns=pid_namespace() + 1)
+    assert not other.runner_gone()
+    assert not record(owners=dead, boot_id=boot_id()).runner_gone()  # not recorded: unknown
+    assert record(owners=dead, boot_id=boot_id(), pid_ns=pid_namespace()).runner_gone()
+    # A reboot is proof in any namespace: the boot id is the kernel's.
+    assert record(owners=dead, boot_id="another boot", pid_ns=pid_namespace() + 1).runner_gone()

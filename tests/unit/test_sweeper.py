@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,22 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from driver import sweeper
+from driver.commands import sweep as sweep_command
+from driver.errors import CommandTimedOut
 from driver.process import Result
 from driver.settings import Settings, parse_settings
 from driver.state import (
     Address,
     JobPhase,
     JobRecord,
+    LockTimeout,
     PoolPhase,
     PoolRecord,
     StateDir,
     ancestors,
+    boot_clock,
     boot_id,
+    pid_namespace,
 )
 
 MAX_AGE, GRACE = 3600.0, 600.0
@@ -71,6 +77,7 @@ def facts(**overrides: object) -> sweeper.Facts:
         (facts(phase=JobPhase.CREATING, busy=True), False, "working on it"),
         (facts(listed="Error"), False, "may still be running"),  # Error during a create
         (facts(runner_gone=True), True, "runner process that owned its job is gone"),
+        (facts(runner_gone=True, runner_unseen=True), False, "another PID namespace"),
         (facts(gitlab="canceled"), True, "its job is canceled"),
         (facts(gitlab="success", last_stage_age=5.0), False, "a stage ran 5s ago"),
         (facts(gitlab="running", taken_age=MAX_AGE * 2), False, "its job is running"),
@@ -87,6 +94,8 @@ def facts(**overrides: object) -> sweeper.Facts:
         (facts(owner="claim", phase=PoolPhase.CLAIMED), True, "died before taking it"),
         (facts(owner="claim", phase=PoolPhase.CLAIMED, busy=True), False, "working on it"),
         (facts(owner="none"), True, "no record on this host names it"),
+        (facts(owner="none", record_ok=False), False, "unreadable and may name it"),
+        (facts(record_ok=False, taken_age=MAX_AGE + 1, stage_running=True), False, "a stage"),
     ],
 )
 def test_verdicts(tmp_path: Path, given: sweeper.Facts, remove: bool, reason: str) -> None:
@@ -101,11 +110,13 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
         return True
     if f.owner == "pool":
         return f.phase == PoolPhase.READY  # claimable
-    if f.owner != "job" or not f.record_ok:
-        return f.owner == "job"  # an unreadable record: maybe
+    if f.owner in ("job", "none") and not f.record_ok:
+        return True  # an unreadable record: it may name this machine, and be in use
+    if f.owner != "job":
+        return False
     if f.phase != JobPhase.READY:
         return False  # creating/created with its prepare gone never reaches a stage; kept
-    if f.runner_gone:
+    if f.runner_gone and not f.runner_unseen:  # PIDs of another namespace prove nothing
         return False
     return f.gitlab not in sweeper.FINISHED or (
         f.last_stage_age is not None and f.last_stage_age < GRACE
@@ -115,43 +126,52 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
 @hsettings(max_examples=3000, deadline=None)
 @given(
     owner=st.sampled_from(["job", "pool", "claim", "none"]),
+    has_entry=st.booleans(),
     phase=st.sampled_from([*JobPhase, *PoolPhase]),
     record_ok=st.booleans(),
     busy=st.booleans(),
     stage_running=st.booleans(),
     runner_gone=st.booleans(),
+    runner_unseen=st.booleans(),
     gitlab=st.sampled_from(
         [None, *sweeper.FINISHED, *sweeper.ALIVE, "unknown (404)", "unknown (401)", "weird"]
     ),
     taken_age=st.one_of(st.none(), st.floats(0, MAX_AGE * 3)),
     last_stage_age=st.one_of(st.none(), st.floats(0, GRACE * 3)),
     kept_for=st.floats(0, 100),
+    failed=st.booleans(),
     listed=st.sampled_from(["Running", "Error", "Stopped", ""]),
 )
 def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
     owner: str,
+    has_entry: bool,
     phase: str,
     record_ok: bool,
     busy: bool,
     stage_running: bool,
     runner_gone: bool,
+    runner_unseen: bool,
     gitlab: str | None,
     taken_age: float | None,
     last_stage_age: float | None,
     kept_for: float,
+    failed: bool,
     listed: str,
 ) -> None:
     f = facts(
         owner=owner,
+        has_entry=has_entry,
         phase=phase,
         record_ok=record_ok,
         busy=busy,
         stage_running=stage_running,
         runner_gone=runner_gone,
+        runner_unseen=runner_unseen,
         gitlab=gitlab,
         taken_age=taken_age,
         last_stage_age=last_stage_age,
         kept_for=kept_for,
+        failed=failed,
         listed=listed,
     )
     verdict = sweeper.decide(f, SETTINGS)
@@ -163,6 +183,8 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
         assert gitlab not in sweeper.ALIVE
     if busy or stage_running or (owner == "pool" and phase == PoolPhase.READY):
         assert not verdict.remove
+    if owner == "job" and record_ok and failed and phase == JobPhase.READY and kept_for > 0:
+        assert not verdict.remove  # its cleanup keeps it for inspection
 
 
 SETTINGS = parse_settings({"sweeper": {"max_age": MAX_AGE, "grace": GRACE}})
@@ -229,6 +251,7 @@ def live_job(state: StateDir, job_id: int, machine: str, phase: str = JobPhase.R
             phase=phase,
             owners=ancestors(),  # this test process's chain: a live runner
             boot_id=boot_id(),
+            pid_ns=pid_namespace(),
             taken_at=1e12,
         )
     )
@@ -434,6 +457,10 @@ def test_one_broken_record_does_not_stop_the_sweep(tmp_path: Path) -> None:
     settings, state, dm = world(tmp_path)
     dm.add("gmd-13")
     dm.add("gmd-14")
+    live_job(state, 14, "gmd-14")
+    record = state.job(14).load()
+    record.owners = [[2**22 + 7, 1]]  # its runner is gone: proof
+    state.job(14).save(record)
     state.job(13).create()
     state.job(13).state_file.write_text("{trunc")
     said = run_sweep(settings, dm)
@@ -463,3 +490,282 @@ def test_lock_waiters_never_share_a_removed_lock(tmp_path: Path) -> None:
     first.release(remove=True)  # the holder removes the file while the waiter waits
     thread.join()
     assert got == ["waiter", "other refused"]
+
+
+def test_the_sweeper_holds_the_stage_lock_through_the_removal(tmp_path: Path) -> None:
+    """A stage that starts while the sweeper removes its machine finds the lock held
+    (and waits, then finds the job gone), never a machine being removed under it."""
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-15")
+    live_job(state, 15, "gmd-15")
+    record = state.job(15).load()
+    record.owners = [[2**22 + 7, 1]]  # its runner is gone: proof
+    state.job(15).save(record)
+    stage_could_start: list[bool] = []
+    remove = dm.remove
+
+    def remove_while_a_stage_tries(name: str, *, force: bool, timeout: float) -> Result:
+        stage = state.job(15).stage_lock()
+        stage_could_start.append(stage.try_acquire())
+        stage.release()
+        return remove(name, force=force, timeout=timeout)
+
+    dm.remove = remove_while_a_stage_tries  # type: ignore[method-assign]
+    run_sweep(settings, dm)
+    assert dm.removed == ["gmd-15"]
+    assert stage_could_start == [False]
+
+
+# --- tombstones: retried under the locks of their name, one per VM ---------------------------
+
+
+class FailingRemovals(FakeMachines):
+    """`rm` fails (the cloud will not let go) for entries whose config.json says so;
+    `during_rm` runs inside each `rm` without -f: what other processes do meanwhile."""
+
+    def __init__(self, storage: Path) -> None:
+        super().__init__(storage)
+        self.during_rm: Callable[[str], None] = lambda name: None
+        self.forced: list[str] = []
+
+    def machine(self, name: str, cloud_id: str) -> None:
+        self.add(name)
+        (self.entry_dir(name) / "config.json").write_text(f'{{"InstanceId": "{cloud_id}"}}')
+
+    def remove(self, name: str, *, force: bool, timeout: float) -> Result:
+        if force:
+            self.forced.append(name)
+            return super().remove(name, force=force, timeout=timeout)
+        self.during_rm(name)
+        config = self.entry_dir(name) / "config.json"
+        if config.exists() and "stuck" in config.read_text():
+            return Result(["docker-machine", "rm", name], 1, "", "Error: InternalError")
+        return super().remove(name, force=force, timeout=timeout)
+
+
+def buried(state: StateDir, dm: FailingRemovals, name: str, cloud_id: str) -> None:
+    """A VM of ``name`` that could only be force-removed: its tombstone, no entry."""
+    dm.machine(name, cloud_id)
+    state.graves.bury(name, dm.entry_dir(name), "InternalError")
+    shutil.rmtree(dm.entry_dir(name))
+
+
+def test_a_tombstone_retry_never_removes_a_new_machine_of_that_name(tmp_path: Path) -> None:
+    """The runner retries prepare for job 42 while a sweep retries the tombstone of
+    gmd-42 and its `rm` hangs: the prepare must not replace the restored entry with
+    a new machine that the sweep's `rm -f` then removes."""
+    settings, state, _ = world(tmp_path)
+    dm = FailingRemovals(tmp_path / "dm")
+    buried(state, dm, "gmd-42", "i-old-stuck")
+
+    def retried_prepare(name: str) -> None:
+        lock = state.job(42).lock()
+        if not lock.try_acquire():
+            return  # it waits for the job's lock: it comes after the sweep
+        try:  # removes the entry as "left over", creates its own, runs a stage
+            shutil.rmtree(dm.entry_dir(name))
+            dm.machine(name, "i-new")
+            live_job(state, 42, name)
+        finally:
+            lock.release()
+
+    dm.during_rm = retried_prepare
+    run_sweep(settings, dm)
+    if state.job(42).exists():
+        assert dm.exists("gmd-42"), "the live job's new machine was removed"
+    assert len(state.tombstones()) == 1  # the old VM is still remembered
+
+
+def test_a_tombstone_retry_force_removes_only_the_entry_it_put_back(tmp_path: Path) -> None:
+    settings, state, _ = world(tmp_path)
+    dm = FailingRemovals(tmp_path / "dm")
+    buried(state, dm, "gmd-43", "i-old-stuck")
+
+    def another_entry_appears(name: str) -> None:
+        (dm.entry_dir(name) / "config.json").write_text('{"InstanceId": "i-other-stuck"}')
+
+    dm.during_rm = another_entry_appears
+    run_sweep(settings, dm)
+    assert dm.forced == []
+    assert dm.exists("gmd-43")
+
+
+def test_a_tombstone_retry_skips_a_name_a_record_uses(tmp_path: Path) -> None:
+    settings, state, _ = world(tmp_path)
+    dm = FailingRemovals(tmp_path / "dm")
+    buried(state, dm, "gmd-44", "i-old")
+    live_job(state, 44, "gmd-44", phase=JobPhase.CREATING)  # its prepare is about to create
+    with state.job(44).locked(timeout=1):
+        run_sweep(settings, dm)
+    assert dm.removed == [] and not dm.exists("gmd-44")
+    assert len(state.tombstones()) == 1
+
+
+def test_a_second_vm_of_a_name_is_not_forgotten_when_the_first_goes(tmp_path: Path) -> None:
+    settings, state, _ = world(tmp_path)
+    dm = FailingRemovals(tmp_path / "dm")
+    buried(state, dm, "gmd-45", "i-first")  # the cloud lets go of this one
+    buried(state, dm, "gmd-45", "i-second-stuck")
+    assert state.machines_owned()[0] == 2
+    said = run_sweep(settings, dm)
+    assert [t.name for t in state.tombstones()] == ["gmd-45"], said
+    assert "stuck" in (state.tombstones()[0].entry / "config.json").read_text()
+    assert state.machines_owned()[0] == 1
+
+
+class HangingRemovals(FailingRemovals):
+    def remove(self, name: str, *, force: bool, timeout: float) -> Result:
+        config = self.entry_dir(name) / "config.json"
+        if not force and config.exists() and "hang" in config.read_text():
+            raise CommandTimedOut(["docker-machine", "rm", "-y", name], timeout, "")
+        return super().remove(name, force=force, timeout=timeout)
+
+
+def test_a_tombstone_retry_that_raises_does_not_wedge_the_others(tmp_path: Path) -> None:
+    settings, state, _ = world(tmp_path)
+    dm = HangingRemovals(tmp_path / "dm")
+    buried(state, dm, "gmd-46", "i-hang")  # the cloud API hangs for this one
+    buried(state, dm, "gmd-47", "i-fine")
+    report = sweeper.sweep(dm, settings, None, dry_run=False, progress=lambda _: None)  # type: ignore[arg-type]
+    assert [t.name for t in state.tombstones()] == ["gmd-46"]
+    assert report.tombstone_errors == 1
+    assert not dm.exists("gmd-46")  # the entry put back does not stay to count twice
+
+
+def test_forget_waits_for_the_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forget during a retry would let the retry bury the VM again, or leave a
+    tombstone with no entry: it waits for the sweep lock."""
+    settings, state, _ = world(tmp_path)
+    dm = FailingRemovals(tmp_path / "dm")
+    buried(state, dm, "gmd-48", "i-old-stuck")
+    sweep_lock = state.lock("sweep")
+    assert sweep_lock.try_acquire()  # a sweep is retrying it
+    monkeypatch.setattr(sweep_command, "FORGET_WAIT", 0.05, raising=False)
+    with pytest.raises(LockTimeout):
+        sweep_command.forget(settings, ["gmd-48"])
+    assert len(state.tombstones()) == 1
+    sweep_lock.release()
+    sweep_command.forget(settings, ["gmd-48"])
+    assert state.tombstones() == []
+
+
+# --- unreadable records ----------------------------------------------------------------------
+
+
+def truncated_record(state: StateDir, job_id: int, age: float) -> None:
+    """A zero-length state.json, as a power cut leaves it, untouched for ``age`` seconds."""
+    job = state.job(job_id)
+    job.create()
+    job.state_file.write_text("")
+    then = time.time() - age
+    os.utime(job.state_file, (then, then))
+    os.utime(job.path, (then, then))
+
+
+def test_an_unreadable_record_gives_its_slot_back_after_max_age(tmp_path: Path) -> None:
+    settings, state, dm = world(tmp_path)
+    truncated_record(state, 20, age=MAX_AGE + 60)
+    assert state.machines_owned() == (1, 0)  # with max_machines = 1, every job waits
+    said = run_sweep(settings, dm)
+    assert not state.job(20).exists(), said
+    assert state.machines_owned() == (0, 0)
+    assert "1 unreadable job record(s)" in said[-1]
+
+
+def test_an_unreadable_record_is_kept_while_young_locked_or_in_a_stage(tmp_path: Path) -> None:
+    settings, state, dm = world(tmp_path)
+    truncated_record(state, 21, age=MAX_AGE - 60)
+    truncated_record(state, 22, age=MAX_AGE + 60)
+    truncated_record(state, 23, age=MAX_AGE + 60)
+    stage = state.job(23).stage_lock()
+    assert stage.try_acquire()
+    then = time.time() - MAX_AGE - 60  # a stage that has run for longer than max_age
+    for path in (state.job(23).stage_lock_path, state.job(23).path):
+        os.utime(path, (then, then))
+    with state.job(22).locked(timeout=1):
+        said = run_sweep(settings, dm)
+    stage.release()
+    assert state.job(21).exists() and state.job(22).exists() and state.job(23).exists(), said
+
+
+def test_a_young_unreadable_record_is_no_proof_that_no_record_names_a_machine(
+    tmp_path: Path,
+) -> None:
+    """The truncated record may be the one that names pool machine gmd-p000000aa,
+    taken over by its job: "no record names it" is not proven."""
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-p000000aa")
+    truncated_record(state, 24, age=60)
+    said = run_sweep(settings, dm)
+    assert dm.removed == [], said
+    truncated_record(state, 24, age=MAX_AGE + 60)
+    said = run_sweep(settings, dm)
+    assert dm.removed == ["gmd-p000000aa"], said
+
+
+def test_a_failed_job_kept_for_inspection_is_not_swept_before_its_cleanup(
+    tmp_path: Path,
+) -> None:
+    """keep_failed_machines: a stage failed, GitLab says "failed", the stage ended over
+    `grace` ago, and the runner has not run cleanup yet (which would mark it kept)."""
+    settings = parse_settings(
+        {
+            **config(tmp_path).model_dump(mode="json", include={"state_dir", "docker_machine"}),
+            "machine": {"name_prefix": "gmd"},
+            "sweeper": {"max_age": MAX_AGE, "grace": GRACE},
+            "debug": {"keep_failed_machines": True, "keep_max_age": 3600},
+        }
+    )
+    state, dm = StateDir(settings.state_dir), FakeMachines(tmp_path / "dm")
+    dm.add("gmd-30")
+    live_job(state, 30, "gmd-30")
+    state.job(30).failed_marker.write_text("build_script")
+    state.job(30).stage_lock_path.touch()
+    then = time.time() - GRACE - 60
+    os.utime(state.job(30).stage_lock_path, (then, then))
+    said: list[str] = []
+    sweeper.sweep(dm, settings, lambda p, j: "failed", dry_run=False, progress=said.append)  # type: ignore[arg-type]
+    assert dm.removed == [], said
+    assert any("kept for inspection" in line for line in said), said
+
+
+def test_a_runner_in_another_pid_namespace_is_not_taken_for_dead(tmp_path: Path) -> None:
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-32")
+    live_job(state, 32, "gmd-32")
+    record = state.job(32).load()
+    record.owners = [[2**22 + 7, 1]]  # no such process in *this* namespace
+    record.pid_ns = pid_namespace() + 1  # the runner's container
+    state.job(32).save(record)
+    said = run_sweep(settings, dm)
+    assert dm.removed == [], said
+    assert any("another PID namespace" in line for line in said), said
+
+
+def test_a_wall_clock_step_gives_no_machine_the_age_proof(tmp_path: Path) -> None:
+    """The wall clock jumps forward by more than max_age (NTP after a cloud outage):
+    a job that took its machine 10 s ago is 10 s old, whatever time.time() says."""
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-33")
+    live_job(state, 33, "gmd-33")
+    record = state.job(33).load()
+    record.owners = []  # unknown owners: only the age could prove anything
+    record.taken_at = time.time() - 3 * MAX_AGE  # as the stepped wall clock sees it
+    record.taken_boot = boot_clock() - 10
+    state.job(33).save(record)
+    said = run_sweep(settings, dm)
+    assert dm.removed == [], said
+    # Across a reboot the age is unknown: no proof either (the reboot itself is).
+    record.boot_id, record.taken_boot = "another boot", 5.0
+    assert record.taken_age(time.time()) is None
+
+
+def test_the_sweeps_own_stage_lock_is_not_a_stage_that_ran(tmp_path: Path) -> None:
+    """No stage ever ran: the stage lock the sweep makes to hold must not read as a
+    stage that ran just now (its job, finished at GitLab, would be kept for grace)."""
+    settings, state, dm = world(tmp_path)
+    dm.add("gmd-34")
+    live_job(state, 34, "gmd-34")
+    said: list[str] = []
+    sweeper.sweep(dm, settings, lambda p, j: "success", dry_run=False, progress=said.append)  # type: ignore[arg-type]
+    assert dm.removed == ["gmd-34"], said

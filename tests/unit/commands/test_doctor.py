@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from driver import settings
 from driver.commands import doctor
+from driver.state import JobDir, JobRecord, pid_namespace
 from tests.fake_gitlab import FakeGitLab
 
 TOKEN = "glpat-doctor"
@@ -343,3 +344,24 @@ def test_the_pool_lookahead_is_said_on_or_off_and_why(tmp_path: Path) -> None:
     assert lookahead({**demand, "gitlab": gitlab}).startswith("on: ")
     off = {"pool": {"policy": "demand", "lookahead": False}, "gitlab": gitlab}
     assert lookahead(off) == "off ([pool] lookahead = false)"
+
+
+def test_a_runner_in_another_pid_namespace_is_warned_about(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    job = JobDir(tmp_path / "st", 31)
+    job.create()
+    job.save(
+        JobRecord(
+            job_id=31, project_id=1, machine="gmd-31", owners=[[123, 4]], pid_ns=pid_namespace()
+        )
+    )
+    _, out = run_doctor(capsys, config)
+    assert line(out, "runner processes").startswith("ok")
+    record = job.load()
+    record.pid_ns += 1  # the runner in a container, this doctor (and the sweeper) on the host
+    job.save(record)
+    _, out = run_doctor(capsys, config)
+    warn = line(out, "runner processes")
+    assert warn.startswith("WARN") and "another PID namespace" in warn, out
