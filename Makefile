@@ -1,8 +1,9 @@
 # `make demo`: one whole CI job through the four entrypoints on the local default.
-# `make test`: the test suite. Both install what they need first (scripts/setup).
+# `make test`: the test suite; `make test-fast`: its lane without root, in seconds.
+# Each installs what it needs first (scripts/setup).
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test test-fast lint bench
 
 setup:
 	@./scripts/setup
@@ -11,7 +12,11 @@ demo: setup
 	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) -m tests.runner --config $(CURDIR)/config/demo.toml
 
 test: setup
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --durations=15
+
+# The lane that needs no root, no namespaces and no Docker: seconds, with branch coverage.
+test-fast: setup
+	$(PY) -m pytest -n 2 -m "not slow" --cov --cov-report=term
 
 lint: setup
 	$(PY) -m ruff check driver tests bench
