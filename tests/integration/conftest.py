@@ -11,8 +11,10 @@ from tests.world import Env, destroy_world, new_world
 
 
 @pytest.fixture
-def env() -> Iterator[Env]:
-    world = new_world()
+def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    """A fresh world; a test module's ``WORLD`` dict is passed to ``new_world``
+    (e.g. ``WORLD = {"pool": {...}}`` for a world with a warm pool)."""
+    world = new_world(**getattr(request.module, "WORLD", {}))
     try:
         yield world
     finally:

@@ -4,13 +4,10 @@ serves one job and is destroyed, jobs run whether the service is up or not."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from tests.runner import Job
-from tests.world import Env, destroy_world, new_world, stop_pool, wait_for
+from tests.world import Env, stop_pool, wait_for
 
 POOL = {
     "idle_count": 2,
@@ -21,13 +18,8 @@ POOL = {
 }
 
 
-@pytest.fixture
-def env() -> Iterator[Env]:
-    world = new_world(pool=POOL)
-    try:
-        yield world
-    finally:
-        destroy_world(world)
+# The world the env fixture (tests/integration/conftest.py) makes for each test.
+WORLD = {"pool": POOL}
 
 
 def idle(env: Env) -> int:

@@ -4,13 +4,9 @@ next stage's jobs start on them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from tests.fake_gitlab import FakeGitLab
 from tests.runner import Job
-from tests.world import Env, destroy_world, new_world, stop_pool, wait_for
+from tests.world import Env, stop_pool, wait_for
 
 TOKEN = "glpat-lookahead-test"
 POOL = {
@@ -22,13 +18,8 @@ POOL = {
 }
 
 
-@pytest.fixture
-def env() -> Iterator[Env]:
-    world = new_world(pool=POOL)
-    try:
-        yield world
-    finally:
-        destroy_world(world)
+# The world the env fixture (tests/integration/conftest.py) makes for each test.
+WORLD = {"pool": POOL}
 
 
 def test_the_next_stage_of_a_pipeline_finds_machines_made_for_it(env: Env) -> None:

@@ -13,15 +13,12 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from driver.state import StateDir
 from tests.benches import load_replay
 from tests.runner import Job, JobResult
-from tests.world import Env, destroy_world, new_world, stop_pool
+from tests.world import Env, stop_pool
 
 CREATE_DELAY = 8.0  # seconds each create of the double sleeps first
 POOL = {
@@ -42,13 +39,10 @@ HIT = "from the warm pool"
 TOLERANCE = 1
 
 
-@pytest.fixture
-def env() -> Iterator[Env]:
-    world = new_world(pool=POOL, create={"timeout": 120})
-    try:
-        yield world
-    finally:
-        destroy_world(world)
+WORLD = {
+    "pool": POOL,
+    "create": {"timeout": 120},
+}  # the env fixture (tests/integration/conftest.py) makes it
 
 
 class Constant:
