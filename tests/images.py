@@ -7,7 +7,8 @@ host files (`docker import`ed and pushed on the registry's host):
 - `ci/bash`: bash, git, coreutils and the docker CLI (with their libraries);
 - `ci/busybox`: only busybox-static's `sh` and applets, no bash;
 - `ci/web`: busybox `httpd` serving a page on port 8080 (EXPOSE 8080), a service;
-- `ci/helper`: `ci/bash` plus a stand-in `gitlab-runner-helper`, as the helper image.
+- `ci/helper`: `ci/bash` plus a stand-in `gitlab-runner-helper`, as the helper image;
+- `ci/crashing`: a postgres-like service (EXPOSE 5432) that exits at once with an error.
 
 `Registry.start` runs Debian's docker-registry twice on one test host: :5000 open,
 :5001 requiring a login (htpasswd, bcrypt).
@@ -61,6 +62,8 @@ case "$1" in
   *) echo "helper stand-in: $*";;
 esac
 """
+# What postgres says when started without its password variable.
+CRASH_MESSAGE = "Error: Database is uninitialized and superuser password is not specified."
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/tmp:/bin/sh\n"
 GROUP = "root:x:0:\nbuilder:x:1000:\n"
 
@@ -175,6 +178,14 @@ def test_images() -> list[Image]:
             "ci/web:1",
             busybox_rootfs({"/www/index.html": b"hello from the web service\n"}),
             ['CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]', "EXPOSE 8080"],
+        ),
+        Image(
+            "ci/crashing:1",
+            busybox_rootfs(),
+            [
+                "CMD " + json.dumps(["sh", "-c", f"echo {shlex_quote(CRASH_MESSAGE)} >&2; exit 1"]),
+                "EXPOSE 5432",
+            ],
         ),
     ]
 

@@ -27,14 +27,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from driver import ssh
-from driver.image import auth
+from driver import log, ssh
+from driver.image import auth, health
 from driver.image.config import ImageSettings, PullPolicy, parse_volume
 from driver.image.engine import Engine, connect, together
 from driver.image.host_config import Role, network_options
 from driver.image.host_config import for_role as host_config_for
 from driver.image.plan import ContainerPlan, Plan, with_tag
-from driver.image.programs import HELPER_KEEPER, KEEPER, KEEPER_MARK, WAIT_PORTS
+from driver.image.programs import HELPER_KEEPER, KEEPER, KEEPER_MARK
 from driver.image.pull import ImageUnavailable, Puller
 from driver.image.stage import CHANNEL_MOUNT, IMAGE_FILE, channel_dir
 from driver.settings import Settings
@@ -48,9 +48,6 @@ HELPER_REPOSITORY = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-
 HELPER_ARCH = {"amd64": "x86_64", "aarch64": "arm64", "armv6l": "arm", "armv7l": "arm"}
 DOCKER_SOCKET = "/var/run/docker.sock"
 KEEPER_TIMEOUT = 30.0
-MAX_HEALTH_PORTS = 20
-HEALTHCHECK_PORT_VARIABLE = "HEALTHCHECK_TCP_PORT"
-SERVICE_LOG_BYTES = 64 * 1024
 
 
 class Starter:
@@ -76,6 +73,7 @@ class Starter:
         self.cache_dir = cache_dir
         self.say = say
         self.warn = warn
+        self.notice: Say = log.stderr  # a block in the job log's stderr, no prefix
         self.network = f"{machine}-network"
         self.images = Puller(
             auth.collect(job_plan.variables, job_plan.credentials, settings.auth_config_file, warn),
@@ -296,44 +294,15 @@ class Starter:
     # --- services' health, from the VM (container addresses are only reachable there)
 
     def _wait_for_services(self, services: list[list[str]], in_vm: InVm) -> None:
-        timeout = self.settings.wait_for_services_timeout
-        if not services or timeout < 0:
-            return
-        timeout = timeout or 30.0
-        targets = self.health_targets(services)
-        if not targets:
-            return
-        self.say(f"Waiting for services to be up and running (timeout {timeout:g} seconds)...")
-        entries = " ".join(f"{i}:{ip}:{','.join(map(str, ports))}" for i, ip, ports in targets)
-        output = in_vm(f"bash -c '{WAIT_PORTS}' gmd-wait {int(timeout)} {entries}", timeout, False)
-        up = {int(line.split()[1]) for line in output.splitlines() if line.startswith("up ")}
-        for index, ip, ports in targets:
-            if index in up:
-                continue
-            name = services[index][0]
-            self.warn(
-                f"Service {name} probably didn't start properly.\n"
-                f"Health check error: no answer on {ip} port(s) "
-                f"{', '.join(map(str, ports))} within {timeout:g}s\n"
-                "Service container logs:\n" + service_logs(self.api, name).rstrip()
-            )
-
-    def health_targets(self, services: list[list[str]]) -> list[tuple[int, str, list[int]]]:
-        targets = []
-        for index, (name, _) in enumerate(services):
-            info = self.api.inspect_container(name)
-            if not info["State"].get("Running"):
-                continue
-            network = info["NetworkSettings"]["Networks"].get(self.network) or {}
-            env = dict(e.split("=", 1) for e in info["Config"].get("Env") or [] if "=" in e)
-            if env.get(HEALTHCHECK_PORT_VARIABLE, "").isdigit():
-                ports = [int(env[HEALTHCHECK_PORT_VARIABLE])]
-            else:
-                exposed = info["Config"].get("ExposedPorts") or {}
-                ports = sorted(int(p.split("/")[0]) for p in exposed if p.endswith("/tcp"))
-            if ports and network.get("IPAddress"):
-                targets.append((index, network["IPAddress"], ports[:MAX_HEALTH_PORTS]))
-        return targets
+        health.wait(
+            self.api,
+            self.network,
+            services,
+            self.settings.wait_for_services_timeout,
+            in_vm,
+            self.say,
+            self.notice,
+        )
 
 
 def prestart_helper(
@@ -409,11 +378,6 @@ def make_channels(in_vm: InVm, containers: Sequence[str]) -> None:
 
 def channel_bind(container: str) -> str:
     return f"{channel_dir(container)}:{CHANNEL_MOUNT}:ro"
-
-
-def service_logs(api: Any, name: str, limit: int = SERVICE_LOG_BYTES) -> str:
-    data: bytes = api.logs(name, stdout=True, stderr=True)
-    return data[-limit:].decode("utf-8", "replace")
 
 
 def write_record(job_dir: Path, record: dict[str, Any]) -> None:

@@ -175,6 +175,34 @@ def test_services_are_reached_by_their_aliases(env: Env, registry: images.Regist
     env.assert_nothing_left()
 
 
+def test_a_service_that_dies_at_once_is_warned_about_with_its_logs(
+    env: Env, registry: images.Registry
+) -> None:
+    image_world(env, registry, wait_for_services_timeout=5)
+    job = Job(
+        image=f"{registry.open}/ci/busybox:1",
+        services=[
+            Service(f"{registry.open}/ci/crashing:1", alias="postgres"),
+            # Exposes nothing and keeps running: nothing to say about it.
+            Service(f"{registry.open}/ci/busybox:1", alias="quiet", command=["sleep", "300"]),
+        ],
+        script=["echo the-job-ran"],
+    )
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    assert "the-job-ran" in result.lines("build_script")
+    lines = result.lines()
+    crashed = f"gmdt-{job.id}-svc-0"
+    assert f"*** WARNING: Service {crashed} probably didn't start properly." in lines
+    assert f"service {crashed} exited with code 1" in lines
+    assert images.CRASH_MESSAGE in lines  # its own log, not an echoed command
+    assert "*********" in lines
+    assert f"gmdt-{job.id}-svc-1 probably" not in result.job_log
+    prepare = result.execs("prepare")[-1]
+    assert images.CRASH_MESSAGE in prepare.stderr.splitlines()  # on stderr, as docker's
+    env.assert_nothing_left()
+
+
 def test_a_private_registry_is_pulled_from_with_the_job_token(
     env: Env, registry: images.Registry
 ) -> None:
