@@ -190,6 +190,59 @@ def test_images() -> list[Image]:
     ]
 
 
+# A registry front that answers the first N manifest requests with Docker Hub's rate
+# limit (429 TOOMANYREQUESTS), then passes every request to the open registry.
+RATE_LIMITED_PROXY = r"""
+import http.client, http.server, re, sys, threading
+port, refusals = int(sys.argv[1]), int(sys.argv[2])
+lock, seen = threading.Lock(), [0]
+BODY = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit."}]}'
+HOP = {"connection", "transfer-encoding", "keep-alive"}
+
+class Front(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def answer(self, head):
+        if re.match(r"/v2/.+/manifests/", self.path):
+            with lock:
+                seen[0] += 1
+                refuse = seen[0] <= refusals
+            if refuse:
+                self.send_response(429)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(BODY)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(BODY)
+                return
+        upstream = http.client.HTTPConnection("127.0.0.1", 5000, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+        upstream.request(self.command, self.path, headers=headers)
+        reply = upstream.getresponse()
+        data = b"" if head else reply.read()
+        self.send_response(reply.status)
+        for key, value in reply.getheaders():
+            if key.lower() not in HOP and not (key.lower() == "content-length" and not head):
+                self.send_header(key, value)
+        if not head:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    def do_GET(self):
+        self.answer(False)
+
+    def do_HEAD(self):
+        self.answer(True)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("", port), Front).serve_forever()
+"""
+
+
 def _htpasswd(user: str, password: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -259,6 +312,19 @@ class Registry:
             "docker logout 127.0.0.1:5001 >/dev/null"
         )
         return f"{self.private}/{image}"
+
+    def rate_limited(self, port: int, refusals: int) -> str:
+        """The open registry behind a front on ``port`` whose first ``refusals`` manifest
+        requests get 429 TOOMANYREQUESTS; its address (host:port)."""
+        home = self.env.storage / "machines" / "registry-host"
+        script = home / "rate-limited-proxy.py"
+        script.write_text(RATE_LIMITED_PROXY)
+        self.run(
+            f"setsid nohup python3 {script} {port} {refusals} > {home}/proxy-{port}.log 2>&1 "
+            f"< /dev/null & for i in $(seq 50); do "
+            f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.2; done"
+        )
+        return f"{self.host}:{port}"
 
     def dm(self, *args: str) -> str:
         return subprocess.run(

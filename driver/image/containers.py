@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from driver import log, ssh
+from driver.errors import DriverError
 from driver.image import auth, health
 from driver.image.config import ImageSettings, PullPolicy, parse_volume
 from driver.image.engine import Engine, connect, together
@@ -47,6 +48,12 @@ HELPER_REPOSITORY = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-
 # `docker info` architecture -> the helper image's tag (gitlab-runner's helperimage).
 HELPER_ARCH = {"amd64": "x86_64", "aarch64": "arm64", "armv6l": "arm", "armv7l": "arm"}
 DOCKER_SOCKET = "/var/run/docker.sock"
+# The runtime's words for a container whose command cannot run: the image's fault.
+_REFUSED_BY_RUNTIME = re.compile(
+    r"executable file not found|no such file or directory|permission denied|"
+    r"unable to find user|exec format error|OCI runtime",
+    re.IGNORECASE,
+)
 KEEPER_TIMEOUT = 30.0
 
 
@@ -80,6 +87,7 @@ class Starter:
             machine=machine,
             say=say,
             warn=warn,
+            timeout=settings.pull_timeout,
         )
         self.api: Any = None
         self.ready_timeout = 120.0
@@ -256,7 +264,7 @@ class Starter:
         build_binds = [*binds, channel_bind(build)]
         if self.settings.docker_socket:  # the VM's own engine: the VM is the boundary
             build_binds.append(f"{DOCKER_SOCKET}:{DOCKER_SOCKET}")
-        together(
+        starting(
             *(
                 partial(
                     self._create,
@@ -303,6 +311,28 @@ class Starter:
             self.say,
             self.notice,
         )
+
+
+def starting(*calls: Callable[[], Any]) -> list[Any]:
+    """``together``, for the calls that create and start containers: the engine refusing
+    one (a shell-less image, a bad entrypoint path, an unknown user) gives the daemon's
+    own message, as a job failure: a new VM would refuse it the same way."""
+    from docker.errors import APIError
+
+    try:
+        return together(*calls)
+    except APIError as e:
+        message = str(e.explanation or e)
+        if (e.status_code or 500) < 500 or _REFUSED_BY_RUNTIME.search(message):
+            raise ImageUnavailable(
+                f"the job's containers could not start: {message}",
+                hint="the image needs `sh` on its PATH, and an ENTRYPOINT (or the job's "
+                "`entrypoint:`) that exists and runs its arguments, as on the docker executor",
+            ) from None
+        raise DriverError(
+            f"the VM's Docker engine could not start the job's containers: {message}",
+            hint="the VM's engine may be failing; the runner retries the job on a new VM",
+        ) from None
 
 
 def prestart_helper(

@@ -224,6 +224,35 @@ def test_a_private_registry_is_pulled_from_with_the_job_token(
     env.assert_nothing_left()
 
 
+def test_a_rate_limited_pull_is_retried_within_the_job(env: Env, registry: images.Registry) -> None:
+    image_world(env, registry)
+    limited = registry.rate_limited(5002, refusals=2)
+    image = f"{limited}/ci/busybox:1"
+    result = env.run_job(Job(image=image, script=["echo pulled-after-the-limit"]))
+    assert result.outcome == "success", result.describe()
+    assert "pulled-after-the-limit" in result.lines("build_script")
+    assert f"Retrying pull of {image} in " in result.job_log
+    assert "(attempt 2/3): toomanyrequests" in result.job_log
+    assert result.prepare_attempts == 1
+    env.assert_nothing_left()
+
+
+def test_a_pull_that_stays_rate_limited_fails_the_job_on_one_machine(
+    env: Env, registry: images.Registry
+) -> None:
+    image_world(env, registry)
+    image = f"{registry.rate_limited(5003, refusals=1000)}/ci/busybox:1"
+    result = env.run_job(Job(image=image, script=["echo never"]))
+    assert result.outcome == "failed", result.describe()
+    assert "never" not in result.lines()
+    assert result.prepare_attempts == 1  # a job failure: no new VM to hit the limit again
+    assert result.job_log.count("Created machine ") == 1
+    assert f"pulling image {image} failed: toomanyrequests" in result.job_log
+    assert "pull rate limit" in result.job_log
+    assert "(attempt 3/3)" in result.job_log
+    env.assert_nothing_left()
+
+
 def test_pull_policy_never_on_a_missing_image_fails_clearly(
     env: Env, registry: images.Registry
 ) -> None:
