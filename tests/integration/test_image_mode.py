@@ -191,6 +191,8 @@ def test_a_service_that_dies_at_once_is_warned_about_with_its_logs(
     result = env.run_job(job)
     assert result.outcome == "success", result.describe()
     assert "the-job-ran" in result.lines("build_script")
+    # The VM has no gitlab-runner, which a job in its image does not need: no word of it.
+    assert "no gitlab-runner binary" not in result.job_log
     lines = result.lines()
     crashed = f"gmdt-{job.id}-svc-0"
     assert f"*** WARNING: Service {crashed} probably didn't start properly." in lines
