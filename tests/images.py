@@ -149,7 +149,19 @@ def busybox_rootfs(extra: dict[str, bytes] | None = None) -> bytes:
     return fs.bytes()
 
 
-def bash_rootfs(helper: bool = False) -> bytes:
+def prebuilt_helper(path: Path) -> None:
+    """A stand-in for gitlab-runner's prebuilt-alpine-<arch>.tar.xz: the helper's rootfs
+    with dumb-init and /entrypoint (each execs its arguments), xz-compressed."""
+    import lzma
+
+    exec_args = b'#!/bin/sh\nexec "$@"\n'
+    rootfs = bash_rootfs(
+        helper=True, extra={"/usr/bin/dumb-init": exec_args, "/entrypoint": exec_args}
+    )
+    path.write_bytes(lzma.compress(rootfs, format=lzma.FORMAT_XZ, preset=0))
+
+
+def bash_rootfs(helper: bool = False, extra: dict[str, bytes] | None = None) -> bytes:
     fs = Rootfs()
     fs.base()
     tools = [t for t in BASH_TOOLS if Path(t).exists()]
@@ -159,6 +171,8 @@ def bash_rootfs(helper: bool = False) -> bytes:
         fs.copy(lib)
     if helper:
         fs.write("/usr/bin/gitlab-runner-helper", HELPER_SCRIPT.encode(), 0o755)
+    for path, data in (extra or {}).items():
+        fs.write(path, data, 0o755)
     return fs.bytes()
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from driver import log, ssh
 from driver.errors import DriverError
-from driver.image import auth, health
+from driver.image import auth, health, helper
 from driver.image.config import ImageSettings, PullPolicy, parse_volume
 from driver.image.engine import Engine, connect, together
 from driver.image.host_config import Role, network_options
@@ -91,6 +91,7 @@ class Starter:
         )
         self.api: Any = None
         self.ready_timeout = 120.0
+        self.helper_arch = ""  # set when the helper is the default one
 
     # --- containers
 
@@ -191,6 +192,16 @@ class Starter:
         self.api.remove_container(name, force=True)
         return ""
 
+    def _ensure(self, image: str, policies: list[PullPolicy], platform: str) -> None:
+        """The image on the engine; the default helper from the runner host's prebuilt
+        tarball when the engine lacks it (driver/image/helper.py), before any pull."""
+        if image == self.plan.helper_image and self.helper_arch:
+            tarball = helper.prebuilt_tarball(self.settings.helper_images_dir, self.helper_arch)
+            if helper.load_default(self.api, with_tag(image), tarball, self.say, self.warn):
+                self.images.pulled.add(with_tag(image))
+                return
+        self.images.ensure(self.api, image, policies, platform)
+
     def _keeper_pid(self, name: str) -> int:
         """The keeper's PID in its container, which it prints first thing."""
         deadline = time.monotonic() + KEEPER_TIMEOUT
@@ -231,9 +242,8 @@ class Starter:
         api, job = self.api, self.plan
         if not job.helper_image:
             arch = str(api.info().get("Architecture", "amd64"))
-            job.helper_image = (
-                f"{HELPER_REPOSITORY}:{HELPER_ARCH.get(arch, arch)}-v{job.runner_version}"
-            )
+            self.helper_arch = HELPER_ARCH.get(arch, arch)
+            job.helper_image = f"{HELPER_REPOSITORY}:{self.helper_arch}-v{job.runner_version}"
         self.say(f"Using docker image {job.build.image} for the job's scripts")
         helper, build = f"{self.machine}-helper", f"{self.machine}-build"
         # An image used twice in a job is pulled once, under its first use's policy.
@@ -247,7 +257,7 @@ class Starter:
             images.setdefault(with_tag(image), (image, policies, platform))
         pooled = self._pooled_helper(helper)  # the pool may have started it already
         together(
-            *(partial(self.images.ensure, api, *use) for use in images.values()),
+            *(partial(self._ensure, *use) for use in images.values()),
             partial(make_channels, in_vm, [build] if pooled else [helper, build]),
             partial(self._network),
         )

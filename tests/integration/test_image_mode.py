@@ -255,6 +255,29 @@ def test_a_pull_that_stays_rate_limited_fails_the_job_on_one_machine(
     env.assert_nothing_left()
 
 
+def test_the_default_helper_is_loaded_from_the_prebuilt_tarball(
+    env: Env, registry: images.Registry, tmp_path: Path
+) -> None:
+    """helper_image unset: GitLab's helper for the runner's version, which no registry
+    here serves, is imported from the runner host's prebuilt tarball."""
+    arch = {"aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    tarball = tmp_path / f"prebuilt-alpine-{arch}.tar.xz"
+    images.prebuilt_helper(tarball)
+    image_world(env, registry, helper_image="", helper_images_dir=str(tmp_path))
+    job = Job(image=f"{registry.open}/ci/busybox:1", script=["echo in-busybox"], artifacts=True)
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    assert "in-busybox" in result.lines("build_script")
+    helper = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper"
+    assert f"Loaded helper image {helper}:{arch}-v" in result.job_log
+    assert f"from {tarball}" in result.job_log
+    assert f"Pulling docker image {helper}" not in result.job_log
+    # The runner's stages ran in it (its stand-in gitlab-runner-helper answered).
+    uploads = [x for x in result.lines() if x.startswith("helper stand-in: artifacts-uploader in ")]
+    assert uploads, result.job_log
+    env.assert_nothing_left()
+
+
 def test_pull_policy_never_on_a_missing_image_fails_clearly(
     env: Env, registry: images.Registry
 ) -> None:
