@@ -29,6 +29,11 @@ def warn(message: str) -> None:
     _write(sys.stderr, f"{_PREFIX} WARNING: {message}")
 
 
+def stderr(text: str) -> None:
+    """Text for the job log's stderr as it is (no prefix); never fails."""
+    _write(sys.stderr, text.rstrip("\n"))
+
+
 def to_admin_log(message: str) -> None:
     """Progress for the admin's log only: for failure paths, which must not wait on the
     job log (a full or closed pipe) before removing what they made."""

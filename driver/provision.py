@@ -195,6 +195,7 @@ def make_ready(
     *,
     images: list[str] | None = None,
     registry_auth: dict[str, str] | None = None,
+    runner_needed: bool = True,
 ) -> dict[str, float]:
     """Make a created machine ready for jobs; the seconds each step took.
 
@@ -216,7 +217,7 @@ def make_ready(
     )
     timings["ssh"] = step.seconds
     progress(f"SSH is up in {step.seconds:g}s; host key pinned")
-    tools.check(settings, where)
+    tools.check(settings, where, runner_needed=runner_needed)
     if settings.docker.check or images:
         step = log.Timer()
         address.engine_url = dm.url(name)

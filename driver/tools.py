@@ -26,7 +26,9 @@ def required_tools(settings: Settings) -> tuple[str, ...]:
     return (*REQUIRED_TOOLS, "docker")
 
 
-def check(settings: Settings, job_dir: MachineDir) -> None:
+def check(settings: Settings, job_dir: MachineDir, *, runner_needed: bool = True) -> None:
+    """``runner_needed``: False for a job that runs in its image, whose helper image does
+    the cache and artifact work (nothing to upload, nothing to warn about)."""
     tools = " ".join((*required_tools(settings), RUNNER_IN_VM))
     result = ssh.run(
         job_dir,
@@ -42,7 +44,8 @@ def check(settings: Settings, job_dir: MachineDir) -> None:
             hint="use a machine image that has them (bash, coreutils, git; the docker CLI "
             "in image mode)",
         )
-    if RUNNER_IN_VM not in missing or (settings.image.container_mode and settings.image.default):
+    every_job_in_an_image = settings.image.container_mode and settings.image.default
+    if RUNNER_IN_VM not in missing or every_job_in_an_image or not runner_needed:
         return  # there, or not needed: every job's plumbing runs in the helper image
     binary = settings.gitlab_runner_binary
     if binary is None:

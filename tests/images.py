@@ -7,7 +7,8 @@ host files (`docker import`ed and pushed on the registry's host):
 - `ci/bash`: bash, git, coreutils and the docker CLI (with their libraries);
 - `ci/busybox`: only busybox-static's `sh` and applets, no bash;
 - `ci/web`: busybox `httpd` serving a page on port 8080 (EXPOSE 8080), a service;
-- `ci/helper`: `ci/bash` plus a stand-in `gitlab-runner-helper`, as the helper image.
+- `ci/helper`: `ci/bash` plus a stand-in `gitlab-runner-helper`, as the helper image;
+- `ci/crashing`: a postgres-like service (EXPOSE 5432) that exits at once with an error.
 
 `Registry.start` runs Debian's docker-registry twice on one test host: :5000 open,
 :5001 requiring a login (htpasswd, bcrypt).
@@ -61,6 +62,8 @@ case "$1" in
   *) echo "helper stand-in: $*";;
 esac
 """
+# What postgres says when started without its password variable.
+CRASH_MESSAGE = "Error: Database is uninitialized and superuser password is not specified."
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/tmp:/bin/sh\n"
 GROUP = "root:x:0:\nbuilder:x:1000:\n"
 
@@ -146,7 +149,19 @@ def busybox_rootfs(extra: dict[str, bytes] | None = None) -> bytes:
     return fs.bytes()
 
 
-def bash_rootfs(helper: bool = False) -> bytes:
+def prebuilt_helper(path: Path) -> None:
+    """A stand-in for gitlab-runner's prebuilt-alpine-<arch>.tar.xz: the helper's rootfs
+    with dumb-init and /entrypoint (each execs its arguments), xz-compressed."""
+    import lzma
+
+    exec_args = b'#!/bin/sh\nexec "$@"\n'
+    rootfs = bash_rootfs(
+        helper=True, extra={"/usr/bin/dumb-init": exec_args, "/entrypoint": exec_args}
+    )
+    path.write_bytes(lzma.compress(rootfs, format=lzma.FORMAT_XZ, preset=0))
+
+
+def bash_rootfs(helper: bool = False, extra: dict[str, bytes] | None = None) -> bytes:
     fs = Rootfs()
     fs.base()
     tools = [t for t in BASH_TOOLS if Path(t).exists()]
@@ -156,6 +171,8 @@ def bash_rootfs(helper: bool = False) -> bytes:
         fs.copy(lib)
     if helper:
         fs.write("/usr/bin/gitlab-runner-helper", HELPER_SCRIPT.encode(), 0o755)
+    for path, data in (extra or {}).items():
+        fs.write(path, data, 0o755)
     return fs.bytes()
 
 
@@ -176,7 +193,68 @@ def test_images() -> list[Image]:
             busybox_rootfs({"/www/index.html": b"hello from the web service\n"}),
             ['CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]', "EXPOSE 8080"],
         ),
+        Image(
+            "ci/crashing:1",
+            busybox_rootfs(),
+            [
+                "CMD " + json.dumps(["sh", "-c", f"echo {shlex_quote(CRASH_MESSAGE)} >&2; exit 1"]),
+                "EXPOSE 5432",
+            ],
+        ),
     ]
+
+
+# A registry front that answers the first N manifest requests with Docker Hub's rate
+# limit (429 TOOMANYREQUESTS), then passes every request to the open registry.
+RATE_LIMITED_PROXY = r"""
+import http.client, http.server, re, sys, threading
+port, refusals = int(sys.argv[1]), int(sys.argv[2])
+lock, seen = threading.Lock(), [0]
+BODY = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit."}]}'
+HOP = {"connection", "transfer-encoding", "keep-alive"}
+
+class Front(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def answer(self, head):
+        if re.match(r"/v2/.+/manifests/", self.path):
+            with lock:
+                seen[0] += 1
+                refuse = seen[0] <= refusals
+            if refuse:
+                self.send_response(429)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(BODY)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(BODY)
+                return
+        upstream = http.client.HTTPConnection("127.0.0.1", 5000, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+        upstream.request(self.command, self.path, headers=headers)
+        reply = upstream.getresponse()
+        data = b"" if head else reply.read()
+        self.send_response(reply.status)
+        for key, value in reply.getheaders():
+            if key.lower() not in HOP and not (key.lower() == "content-length" and not head):
+                self.send_header(key, value)
+        if not head:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    def do_GET(self):
+        self.answer(False)
+
+    def do_HEAD(self):
+        self.answer(True)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("", port), Front).serve_forever()
+"""
 
 
 def _htpasswd(user: str, password: str) -> str:
@@ -248,6 +326,19 @@ class Registry:
             "docker logout 127.0.0.1:5001 >/dev/null"
         )
         return f"{self.private}/{image}"
+
+    def rate_limited(self, port: int, refusals: int) -> str:
+        """The open registry behind a front on ``port`` whose first ``refusals`` manifest
+        requests get 429 TOOMANYREQUESTS; its address (host:port)."""
+        home = self.env.storage / "machines" / "registry-host"
+        script = home / "rate-limited-proxy.py"
+        script.write_text(RATE_LIMITED_PROXY)
+        self.run(
+            f"setsid nohup python3 {script} {port} {refusals} > {home}/proxy-{port}.log 2>&1 "
+            f"< /dev/null & for i in $(seq 50); do "
+            f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.2; done"
+        )
+        return f"{self.host}:{port}"
 
     def dm(self, *args: str) -> str:
         return subprocess.run(

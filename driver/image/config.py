@@ -68,6 +68,9 @@ class ImageSettings(_Section):
     # [runners.docker] helper_image; "" = GitLab's helper for the runner's version and
     # the engine's architecture. ${CI_RUNNER_VERSION} and ${CI_RUNNER_REVISION} are expanded.
     helper_image: str = ""
+    # Where gitlab-runner's package installs its prebuilt helper images: the default helper
+    # is loaded from there into each VM when its engine lacks it (no registry pull).
+    helper_images_dir: Path = Path("/usr/lib/gitlab-runner/helper-images")
     pull_policy: list[PullPolicy] = ["always"]
     allowed_pull_policies: list[PullPolicy] = []  # empty: those in pull_policy
     allowed_images: list[str] = []  # doublestar globs; empty: any

@@ -27,14 +27,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from driver import ssh
-from driver.image import auth
+from driver import log, ssh
+from driver.errors import DriverError
+from driver.image import auth, health, helper
 from driver.image.config import ImageSettings, PullPolicy, parse_volume
 from driver.image.engine import Engine, connect, together
 from driver.image.host_config import Role, network_options
 from driver.image.host_config import for_role as host_config_for
 from driver.image.plan import ContainerPlan, Plan, with_tag
-from driver.image.programs import HELPER_KEEPER, KEEPER, KEEPER_MARK, WAIT_PORTS
+from driver.image.programs import HELPER_KEEPER, KEEPER, KEEPER_MARK
 from driver.image.pull import ImageUnavailable, Puller
 from driver.image.stage import CHANNEL_MOUNT, IMAGE_FILE, channel_dir
 from driver.settings import Settings
@@ -47,10 +48,13 @@ HELPER_REPOSITORY = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-
 # `docker info` architecture -> the helper image's tag (gitlab-runner's helperimage).
 HELPER_ARCH = {"amd64": "x86_64", "aarch64": "arm64", "armv6l": "arm", "armv7l": "arm"}
 DOCKER_SOCKET = "/var/run/docker.sock"
+# The runtime's words for a container whose command cannot run: the image's fault.
+_REFUSED_BY_RUNTIME = re.compile(
+    r"executable file not found|no such file or directory|permission denied|"
+    r"unable to find user|exec format error|OCI runtime",
+    re.IGNORECASE,
+)
 KEEPER_TIMEOUT = 30.0
-MAX_HEALTH_PORTS = 20
-HEALTHCHECK_PORT_VARIABLE = "HEALTHCHECK_TCP_PORT"
-SERVICE_LOG_BYTES = 64 * 1024
 
 
 class Starter:
@@ -76,15 +80,18 @@ class Starter:
         self.cache_dir = cache_dir
         self.say = say
         self.warn = warn
+        self.notice: Say = log.stderr  # a block in the job log's stderr, no prefix
         self.network = f"{machine}-network"
         self.images = Puller(
             auth.collect(job_plan.variables, job_plan.credentials, settings.auth_config_file, warn),
             machine=machine,
             say=say,
             warn=warn,
+            timeout=settings.pull_timeout,
         )
         self.api: Any = None
         self.ready_timeout = 120.0
+        self.helper_arch = ""  # set when the helper is the default one
 
     # --- containers
 
@@ -185,6 +192,16 @@ class Starter:
         self.api.remove_container(name, force=True)
         return ""
 
+    def _ensure(self, image: str, policies: list[PullPolicy], platform: str) -> None:
+        """The image on the engine; the default helper from the runner host's prebuilt
+        tarball when the engine lacks it (driver/image/helper.py), before any pull."""
+        if image == self.plan.helper_image and self.helper_arch:
+            tarball = helper.prebuilt_tarball(self.settings.helper_images_dir, self.helper_arch)
+            if helper.load_default(self.api, with_tag(image), tarball, self.say, self.warn):
+                self.images.pulled.add(with_tag(image))
+                return
+        self.images.ensure(self.api, image, policies, platform)
+
     def _keeper_pid(self, name: str) -> int:
         """The keeper's PID in its container, which it prints first thing."""
         deadline = time.monotonic() + KEEPER_TIMEOUT
@@ -225,9 +242,8 @@ class Starter:
         api, job = self.api, self.plan
         if not job.helper_image:
             arch = str(api.info().get("Architecture", "amd64"))
-            job.helper_image = (
-                f"{HELPER_REPOSITORY}:{HELPER_ARCH.get(arch, arch)}-v{job.runner_version}"
-            )
+            self.helper_arch = HELPER_ARCH.get(arch, arch)
+            job.helper_image = f"{HELPER_REPOSITORY}:{self.helper_arch}-v{job.runner_version}"
         self.say(f"Using docker image {job.build.image} for the job's scripts")
         helper, build = f"{self.machine}-helper", f"{self.machine}-build"
         # An image used twice in a job is pulled once, under its first use's policy.
@@ -241,7 +257,7 @@ class Starter:
             images.setdefault(with_tag(image), (image, policies, platform))
         pooled = self._pooled_helper(helper)  # the pool may have started it already
         together(
-            *(partial(self.images.ensure, api, *use) for use in images.values()),
+            *(partial(self._ensure, *use) for use in images.values()),
             partial(make_channels, in_vm, [build] if pooled else [helper, build]),
             partial(self._network),
         )
@@ -258,7 +274,7 @@ class Starter:
         build_binds = [*binds, channel_bind(build)]
         if self.settings.docker_socket:  # the VM's own engine: the VM is the boundary
             build_binds.append(f"{DOCKER_SOCKET}:{DOCKER_SOCKET}")
-        together(
+        starting(
             *(
                 partial(
                     self._create,
@@ -296,44 +312,37 @@ class Starter:
     # --- services' health, from the VM (container addresses are only reachable there)
 
     def _wait_for_services(self, services: list[list[str]], in_vm: InVm) -> None:
-        timeout = self.settings.wait_for_services_timeout
-        if not services or timeout < 0:
-            return
-        timeout = timeout or 30.0
-        targets = self.health_targets(services)
-        if not targets:
-            return
-        self.say(f"Waiting for services to be up and running (timeout {timeout:g} seconds)...")
-        entries = " ".join(f"{i}:{ip}:{','.join(map(str, ports))}" for i, ip, ports in targets)
-        output = in_vm(f"bash -c '{WAIT_PORTS}' gmd-wait {int(timeout)} {entries}", timeout, False)
-        up = {int(line.split()[1]) for line in output.splitlines() if line.startswith("up ")}
-        for index, ip, ports in targets:
-            if index in up:
-                continue
-            name = services[index][0]
-            self.warn(
-                f"Service {name} probably didn't start properly.\n"
-                f"Health check error: no answer on {ip} port(s) "
-                f"{', '.join(map(str, ports))} within {timeout:g}s\n"
-                "Service container logs:\n" + service_logs(self.api, name).rstrip()
-            )
+        health.wait(
+            self.api,
+            self.network,
+            services,
+            self.settings.wait_for_services_timeout,
+            in_vm,
+            self.say,
+            self.notice,
+        )
 
-    def health_targets(self, services: list[list[str]]) -> list[tuple[int, str, list[int]]]:
-        targets = []
-        for index, (name, _) in enumerate(services):
-            info = self.api.inspect_container(name)
-            if not info["State"].get("Running"):
-                continue
-            network = info["NetworkSettings"]["Networks"].get(self.network) or {}
-            env = dict(e.split("=", 1) for e in info["Config"].get("Env") or [] if "=" in e)
-            if env.get(HEALTHCHECK_PORT_VARIABLE, "").isdigit():
-                ports = [int(env[HEALTHCHECK_PORT_VARIABLE])]
-            else:
-                exposed = info["Config"].get("ExposedPorts") or {}
-                ports = sorted(int(p.split("/")[0]) for p in exposed if p.endswith("/tcp"))
-            if ports and network.get("IPAddress"):
-                targets.append((index, network["IPAddress"], ports[:MAX_HEALTH_PORTS]))
-        return targets
+
+def starting(*calls: Callable[[], Any]) -> list[Any]:
+    """``together``, for the calls that create and start containers: the engine refusing
+    one (a shell-less image, a bad entrypoint path, an unknown user) gives the daemon's
+    own message, as a job failure: a new VM would refuse it the same way."""
+    from docker.errors import APIError
+
+    try:
+        return together(*calls)
+    except APIError as e:
+        message = str(e.explanation or e)
+        if (e.status_code or 500) < 500 or _REFUSED_BY_RUNTIME.search(message):
+            raise ImageUnavailable(
+                f"the job's containers could not start: {message}",
+                hint="the image needs `sh` on its PATH, and an ENTRYPOINT (or the job's "
+                "`entrypoint:`) that exists and runs its arguments, as on the docker executor",
+            ) from None
+        raise DriverError(
+            f"the VM's Docker engine could not start the job's containers: {message}",
+            hint="the VM's engine may be failing; the runner retries the job on a new VM",
+        ) from None
 
 
 def prestart_helper(
@@ -409,11 +418,6 @@ def make_channels(in_vm: InVm, containers: Sequence[str]) -> None:
 
 def channel_bind(container: str) -> str:
     return f"{channel_dir(container)}:{CHANNEL_MOUNT}:ro"
-
-
-def service_logs(api: Any, name: str, limit: int = SERVICE_LOG_BYTES) -> str:
-    data: bytes = api.logs(name, stdout=True, stderr=True)
-    return data[-limit:].decode("utf-8", "replace")
 
 
 def write_record(job_dir: Path, record: dict[str, Any]) -> None:

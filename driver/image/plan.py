@@ -104,8 +104,9 @@ def plan(
         image=name,
         policies=policy.pull_policies(name, spec.pull_policy if spec.name else None, settings),
         entrypoint=entrypoint,
-        user=policy.build_user(str(options.get("user") or ""), settings),
-        platform=str(options.get("platform") or ""),
+        # docker: user and platform are expanded at use time, as the docker executor does.
+        user=policy.build_user(_expand(str(options.get("user") or ""), variables), settings),
+        platform=_expand(str(options.get("platform") or ""), variables),
         environment=public,
     )
     services = _plan_services(settings, requested_services, public, variables, say)
@@ -228,8 +229,8 @@ def _plan_services(
                 ),
                 entrypoint=spec.entrypoint or None,
                 command=spec.command or None,
-                user=str(options.get("user") or ""),
-                platform=str(options.get("platform") or ""),
+                user=_expand(str(options.get("user") or ""), variables),
+                platform=_expand(str(options.get("platform") or ""), variables),
                 environment=environment,
                 aliases=names,
             )

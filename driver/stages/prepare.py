@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
                     exclude_job=stage.job.id,
                     instead=lambda: settings.pool.enabled and _from_pool(stage, dm, again=True),
                 ):
-                    _create(settings, dm, job_dir, record)
+                    _create(settings, dm, job_dir, record, in_image=image_plan is not None)
                 else:
                     source = "pool"
             if image_plan is not None:  # image mode: the job's containers, on its machine
@@ -132,7 +132,10 @@ def _remove_machines(
     stage.job_dir.state_file.unlink(missing_ok=True)
 
 
-def _create(settings: Settings, dm: DockerMachine, job_dir: JobDir, record: JobRecord) -> None:
+def _create(
+    settings: Settings, dm: DockerMachine, job_dir: JobDir, record: JobRecord, *, in_image: bool
+) -> None:
+    """``in_image``: the job runs in its image, where the helper does the runner's work."""
     name = record.machine
     labels = {
         "owner": settings.machine.name_prefix,
@@ -149,7 +152,11 @@ def _create(settings: Settings, dm: DockerMachine, job_dir: JobDir, record: JobR
     record.address = provision.locate(dm, name, settings)
     record.advance(JobPhase.CREATED)
     job_dir.save(record)
-    record.timings.update(provision.make_ready(dm, name, record.address, job_dir, settings, say))
+    record.timings.update(
+        provision.make_ready(
+            dm, name, record.address, job_dir, settings, say, runner_needed=not in_image
+        )
+    )
     record.advance(JobPhase.READY)
     job_dir.save(record)
 

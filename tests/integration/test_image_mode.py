@@ -175,6 +175,36 @@ def test_services_are_reached_by_their_aliases(env: Env, registry: images.Regist
     env.assert_nothing_left()
 
 
+def test_a_service_that_dies_at_once_is_warned_about_with_its_logs(
+    env: Env, registry: images.Registry
+) -> None:
+    image_world(env, registry, wait_for_services_timeout=5)
+    job = Job(
+        image=f"{registry.open}/ci/busybox:1",
+        services=[
+            Service(f"{registry.open}/ci/crashing:1", alias="postgres"),
+            # Exposes nothing and keeps running: nothing to say about it.
+            Service(f"{registry.open}/ci/busybox:1", alias="quiet", command=["sleep", "300"]),
+        ],
+        script=["echo the-job-ran"],
+    )
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    assert "the-job-ran" in result.lines("build_script")
+    # The VM has no gitlab-runner, which a job in its image does not need: no word of it.
+    assert "no gitlab-runner binary" not in result.job_log
+    lines = result.lines()
+    crashed = f"gmdt-{job.id}-svc-0"
+    assert f"*** WARNING: Service {crashed} probably didn't start properly." in lines
+    assert f"service {crashed} exited with code 1" in lines
+    assert images.CRASH_MESSAGE in lines  # its own log, not an echoed command
+    assert "*********" in lines
+    assert f"gmdt-{job.id}-svc-1 probably" not in result.job_log
+    prepare = result.execs("prepare")[-1]
+    assert images.CRASH_MESSAGE in prepare.stderr.splitlines()  # on stderr, as docker's
+    env.assert_nothing_left()
+
+
 def test_a_private_registry_is_pulled_from_with_the_job_token(
     env: Env, registry: images.Registry
 ) -> None:
@@ -193,6 +223,58 @@ def test_a_private_registry_is_pulled_from_with_the_job_token(
     assert result.outcome == "failed", result.describe()
     assert result.prepare_attempts == 1  # the job's to fix: not retried
     assert f"pulling image {image} failed" in result.job_log
+    env.assert_nothing_left()
+
+
+def test_a_rate_limited_pull_is_retried_within_the_job(env: Env, registry: images.Registry) -> None:
+    image_world(env, registry)
+    limited = registry.rate_limited(5002, refusals=2)
+    image = f"{limited}/ci/busybox:1"
+    result = env.run_job(Job(image=image, script=["echo pulled-after-the-limit"]))
+    assert result.outcome == "success", result.describe()
+    assert "pulled-after-the-limit" in result.lines("build_script")
+    assert f"Retrying pull of {image} in " in result.job_log
+    assert "(attempt 2/3): toomanyrequests" in result.job_log
+    assert result.prepare_attempts == 1
+    env.assert_nothing_left()
+
+
+def test_a_pull_that_stays_rate_limited_fails_the_job_on_one_machine(
+    env: Env, registry: images.Registry
+) -> None:
+    image_world(env, registry)
+    image = f"{registry.rate_limited(5003, refusals=1000)}/ci/busybox:1"
+    result = env.run_job(Job(image=image, script=["echo never"]))
+    assert result.outcome == "failed", result.describe()
+    assert "never" not in result.lines()
+    assert result.prepare_attempts == 1  # a job failure: no new VM to hit the limit again
+    assert result.job_log.count("Created machine ") == 1
+    assert f"pulling image {image} failed: toomanyrequests" in result.job_log
+    assert "pull rate limit" in result.job_log
+    assert "(attempt 3/3)" in result.job_log
+    env.assert_nothing_left()
+
+
+def test_the_default_helper_is_loaded_from_the_prebuilt_tarball(
+    env: Env, registry: images.Registry, tmp_path: Path
+) -> None:
+    """helper_image unset: GitLab's helper for the runner's version, which no registry
+    here serves, is imported from the runner host's prebuilt tarball."""
+    arch = {"aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    tarball = tmp_path / f"prebuilt-alpine-{arch}.tar.xz"
+    images.prebuilt_helper(tarball)
+    image_world(env, registry, helper_image="", helper_images_dir=str(tmp_path))
+    job = Job(image=f"{registry.open}/ci/busybox:1", script=["echo in-busybox"], artifacts=True)
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    assert "in-busybox" in result.lines("build_script")
+    helper = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper"
+    assert f"Loaded helper image {helper}:{arch}-v" in result.job_log
+    assert f"from {tarball}" in result.job_log
+    assert f"Pulling docker image {helper}" not in result.job_log
+    # The runner's stages ran in it (its stand-in gitlab-runner-helper answered).
+    uploads = [x for x in result.lines() if x.startswith("helper stand-in: artifacts-uploader in ")]
+    assert uploads, result.job_log
     env.assert_nothing_left()
 
 

@@ -64,6 +64,21 @@ def test_the_jobs_image_options_are_carried_and_checked() -> None:
         plan(job, allowed_images=["python:*"])
 
 
+def test_docker_user_and_platform_expand_the_jobs_variables() -> None:
+    job = Job(
+        image="ruby:3.2",
+        variables=[Variable("BUILD_UID", "1000"), Variable("ARCH", "arm64")],
+        image_docker={"user": "${BUILD_UID}:$BUILD_UID", "platform": "linux/${ARCH}"},
+    )
+    got = plan(job)
+    assert got is not None
+    assert (got.build.user, got.build.platform) == ("1000:1000", "linux/arm64")
+    # allowed_users is checked on the expanded user, as docker checks it.
+    with pytest.raises(ImageRefused):
+        plan(job, allowed_users=["${BUILD_UID}:$BUILD_UID"])
+    assert plan(job, allowed_users=["1000:1000"]) is not None
+
+
 def test_services_get_aliases_expanded_variables_and_admin_limits() -> None:
     job = Job(
         image="ruby:3.2",
