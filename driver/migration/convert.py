@@ -183,7 +183,8 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
         sections["limits"] = limits
     if machine.get("MaxRemovalAttempts"):
         sections["cleanup"] = {"remove_attempts": min(100, int(machine["MaxRemovalAttempts"]))}
-    pool = _pool(machine)
+    pool, pool_notes = _pool(machine)
+    notes += pool_notes
     if pool:
         sections["pool"] = pool
     if image:  # jobs keep running in their image:, as on docker+machine
@@ -320,7 +321,22 @@ POOL_KEYS = {
 }
 
 
-def _pool(machine: dict[str, Any]) -> dict[str, Any]:
+def _pool(machine: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """[pool] when docker+machine kept idle machines (IdleCount > 0, at least in one
+    autoscaling period); otherwise none, so no pool service is recommended: a [pool]
+    without machines to keep makes the service exit and systemd restart it forever."""
+    counts = [machine.get("IdleCount")] + [
+        period.get("IdleCount") for period in machine.get("autoscaling", [])
+    ]
+    if not any(isinstance(n, int) and n > 0 for n in counts):
+        idle = sorted(set(machine) & set(POOL_KEYS) - {"IdleCount"})
+        if not idle and "autoscaling" not in machine and "IdleCount" not in machine:
+            return {}, []
+        left = f" ({', '.join(idle)} left out)" if idle else ""
+        return {}, [
+            "IdleCount = 0 (in every autoscaling period too): no idle machines, so no warm "
+            f"pool and no pool service; every job waits for its VM{left}"
+        ]
     pool = {ours: machine[theirs] for theirs, ours in POOL_KEYS.items() if machine.get(theirs)}
     periods = []
     for period in machine.get("autoscaling", []):
@@ -333,7 +349,7 @@ def _pool(machine: dict[str, Any]) -> dict[str, Any]:
         pool["autoscaling"] = periods
     if pool and machine.get("MaxGrowthRate"):
         pool["max_growth_rate"] = int(machine["MaxGrowthRate"])
-    return pool
+    return pool, []
 
 
 def _toml(top: dict[str, Any], sections: dict[str, dict[str, Any]], source: str) -> str:

@@ -448,3 +448,44 @@ def test_apply_without_output_needs_the_driver_configs_in_place(
         run(capsys, config, expect_sha256=digest)
     assert "/etc/gitlab-machine-driver/autoscale-runner.toml not found" in str(refused.value)
     assert config.read_bytes() == before
+
+
+def runner_with_idle(idle_count: int, periods: list[dict[str, Any]]) -> dict[str, Any]:
+    machine: dict[str, Any] = {
+        "IdleCount": idle_count,
+        "IdleTime": 1800,
+        "MachineDriver": "amazonec2",
+        "MachineName": "ci-%s",
+    }
+    if periods:
+        machine["autoscaling"] = periods
+    return {"name": "ci", "executor": "docker+machine", "machine": machine}
+
+
+def test_no_pool_and_no_pool_unit_for_a_runner_that_kept_no_idle_machines(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # IdleCount = 0 with IdleTime set: a [pool] without machines would make the pool
+    # service exit at start and systemd restart it every 10 s, forever.
+    m = migrate.migrate(runner_with_idle(0, [{"Periods": ["* * * * * sat *"], "IdleCount": 0}]))
+    assert not m.uses_pool
+    assert "[pool]" not in m.driver_config
+    assert settings.parse_settings(tomllib.loads(m.driver_config)).pool.idle_count == 0
+    assert any("IdleCount = 0" in note and "IdleTime left out" in note for note in m.notes)
+    config = tmp_path / "config.toml"
+    text = (FIXTURES / "autoscale-aws.toml").read_text()
+    config.write_text(
+        text.replace("IdleCount = 5\n", "IdleCount = 0\n").replace(
+            "IdleCount = 50\n", "IdleCount = 0\n"
+        )
+    )
+    out = run(capsys, config)
+    assert "gitlab-machine-driver-pool@" not in out
+    assert "systemctl enable --now gitlab-machine-driver-sweep@autoscale-runner.timer\n" in out
+
+
+def test_a_pool_only_in_some_periods_is_still_a_pool() -> None:
+    m = migrate.migrate(runner_with_idle(0, [{"Periods": ["* * 9-17 * * * *"], "IdleCount": 3}]))
+    assert m.uses_pool
+    s = settings.parse_settings(tomllib.loads(m.driver_config))
+    assert [p.idle_count for p in s.pool.autoscaling] == [3]
