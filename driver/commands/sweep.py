@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from driver import log, state_owner, sweeper
-from driver.docker_machine import DockerMachine
+from driver.docker_machine import DockerMachine, find_program
 from driver.errors import DriverError
 from driver.log import say
 from driver.settings import Settings, config_path, load_settings
@@ -17,6 +17,8 @@ FORGET_WAIT = 900.0  # a sweep retrying hung removals may take this long
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config_path)
+    # Without docker-machine a sweep sees no machine and would end "successfully".
+    find_program(settings.docker_machine.program)
     # The sweeper removes machines: never by another config's view of this state dir.
     state_owner.claim(settings, config_path(args.config_path))
     log.setup(settings.log_path, stage="sweep")
