@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from driver import log, state_owner, sweeper
 from driver.docker_machine import DockerMachine, find_program
@@ -19,9 +21,15 @@ def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config_path)
     # Without docker-machine a sweep sees no machine and would end "successfully".
     find_program(settings.docker_machine.program)
-    # The sweeper removes machines: never by another config's view of this state dir.
-    state_owner.claim(settings, config_path(args.config_path))
-    log.setup(settings.log_path, stage="sweep")
+    config = config_path(args.config_path)
+    if args.dry_run:  # looks only: refuses as a sweep would, but records and creates nothing
+        state_owner.check(settings, config, state_owner.read_owner(settings.state_dir))
+        fresh = not settings.state_dir.exists()
+        log.setup(Path(os.devnull) if fresh else settings.log_path, stage="sweep")
+    else:
+        # The sweeper removes machines: never by another config's view of this state dir.
+        state_owner.claim(settings, config)
+        log.setup(settings.log_path, stage="sweep")
     if args.forget:
         return forget(settings, args.forget)
     report = run_sweep(settings, dry_run=args.dry_run, progress=say)

@@ -195,3 +195,19 @@ def test_without_docker_machine_sweep_fails_and_ls_says_why(
     assert "'no-such-docker-machine' is not found" in err
     row = next(x for x in out.splitlines() if x.startswith("gmd-7"))
     assert "unknown" in row and "not listed" not in row
+
+
+def test_a_dry_run_sweep_records_no_owner_and_writes_no_log(tmp_path: Path) -> None:
+    from driver.commands import sweep
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/st"\n[machine]\ndriver = "amazonec2"\n'
+        f'[docker_machine]\nprogram = "true"\nstorage_path = "{tmp_path}/dm"\n'
+    )
+    assert sweep.main(argparse.Namespace(config_path=str(config), forget=None, dry_run=True)) == 0
+    # Left: the sweep lock file that driver/sweeper.py takes, even on a dry run.
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "st").rglob("*")) in (
+        [],
+        ["st/locks", "st/locks/sweep.lock"],
+    )
