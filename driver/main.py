@@ -261,9 +261,11 @@ def parser() -> argparse.ArgumentParser:
         sub,
         "migrate",
         "turn gitlab-runner's docker+machine runners into driver configs",
-        "Reads RUNNER_CONFIG_TOML (never writes it) and, for each docker+machine runner, "
-        "shows its driver config and a patch for gitlab-runner's config.toml; secrets are "
-        "shown as placeholders and written only to 0600 files with --output.",
+        "Reads RUNNER_CONFIG_TOML and, for each docker+machine runner, shows its driver "
+        "config, a patch for gitlab-runner's config.toml and the SHA-256 of the file read; "
+        "secrets are shown as placeholders and written only to 0600 files with --output. "
+        "Only --apply writes RUNNER_CONFIG_TOML, and only if its SHA-256 is still the one "
+        "the preview printed.",
     )
     migrate.add_argument("runner_config", metavar="RUNNER_CONFIG_TOML")
     migrate.add_argument(
@@ -273,6 +275,17 @@ def parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument(
         "--force", action="store_true", help="with --output: overwrite files already there"
+    )
+    migrate.add_argument(
+        "--apply",
+        action="store_true",
+        help="write RUNNER_CONFIG_TOML (atomically, keeping a .bak-<time> copy, its mode and "
+        "owner), if it is unchanged since the preview",
+    )
+    migrate.add_argument(
+        "--expect-sha256",
+        metavar="HASH",
+        help="with --apply: the SHA-256 the preview printed for RUNNER_CONFIG_TOML",
     )
     job = command(
         sub,

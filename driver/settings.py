@@ -6,6 +6,7 @@ is ever read into it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -87,7 +88,9 @@ class DockerMachineSettings(Section):
 
 
 class MachineSettings(Section):
-    driver: str = "virtualbox"
+    # No default: a config without it used to make virtualbox VMs on the runner host.
+    # load_settings() requires it; "" only in settings built in code (tests).
+    driver: str = ""
     # As docker+machine's MachineOptions: "amazonec2-region=eu-west-1" -> --amazonec2-region=...
     options: list[str] = []
     name_prefix: str = "gmd"
@@ -139,7 +142,7 @@ class MachineSettings(Section):
     @field_validator("driver")
     @classmethod
     def _valid_driver(cls, driver: str) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", driver):
+        if driver and not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", driver):
             raise ValueError("must be a docker-machine driver name such as 'amazonec2'")
         return driver
 
@@ -357,7 +360,28 @@ def load_settings(given: str | Path | None) -> Settings:
             f"config file {path} is not valid TOML: {e}",
             hint="fix the syntax at the position shown",
         ) from None
-    return parse_settings(data, source=str(path))
+    source = Path(os.path.abspath(path))
+    settings = parse_settings(data, source=str(source))
+    if not settings.machine.driver:
+        raise ConfigError(
+            f"config file {source}: [machine] driver is not set; it names the docker-machine "
+            "driver that makes each job's VM (it no longer defaults to virtualbox)",
+            hint=f'add to {source}:\n    [machine]\n    driver = "amazonec2"   # or google, '
+            "azure, openstack, ...: docker+machine's MachineDriver",
+        )
+    return settings
+
+
+def _keys_at(loc: list[Any]) -> list[str]:
+    """The setting names valid where ``loc`` points: a table of the model."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
 
 
 def parse_settings(data: dict[str, Any], source: str = "config") -> Settings:
@@ -380,6 +404,9 @@ def _describe(err: Any) -> str:
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         message = "unknown setting (a typo?)"
+        close = difflib.get_close_matches(str(loc[-1]), _keys_at(loc[:-1]), n=1)
+        if close:
+            message = f"unknown setting; did you mean {close[0]!r}?"
     elif "input" in err and not isinstance(err["input"], dict):
         message += f" (got {err['input']!r})"
     return f"{field}: {message}"

@@ -10,6 +10,7 @@ each step.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -210,19 +211,91 @@ def check_ssh(context: Context) -> str:
 def check_state_dir(context: Context) -> str:
     state_dir = context.settings.state_dir
     ssh.check_control_path(JobDir(state_dir, DOCTOR_JOB_IDS[1]))
+    where = f"state_dir {state_dir} (in {context.config.absolute()})"
     if not state_dir.exists():
-        return f"{state_dir} does not exist yet; prepare makes it (mode 0700)"
+        parent = nearest_existing(state_dir)
+        problem = probe_writable(parent)
+        if problem:
+            raise DriverError(
+                f"{where} does not exist, and it cannot be made: {parent} {problem}",
+                hint=f"create it for the runner's user (mkdir -p {state_dir} && chmod 700 "
+                f"{state_dir}), or set state_dir to a writable path",
+            )
+        return f"{state_dir} does not exist yet; prepare makes it (mode 0700) in {parent}"
     mode = stat.S_IMODE(state_dir.stat().st_mode)
     if mode & 0o077:
         raise DriverError(
-            f"state dir {state_dir} is accessible to other users (mode {mode:o}); it holds "
+            f"{where} is accessible to other users (mode {mode:o}); it holds "
             "SSH sockets and pinned keys",
             hint=f"chmod 700 {state_dir}",
         )
-    if not os.access(state_dir, os.W_OK):
-        raise DriverError(f"state dir {state_dir} is not writable by this user")
+    problem = probe_writable(state_dir)
+    if problem:
+        raise DriverError(
+            f"{where}: {state_dir} {problem}",
+            hint="run the driver as the user that owns it, or set state_dir to a writable path",
+        )
     jobs = list((state_dir / "jobs").glob("*"))
     return f"{state_dir} (mode {mode:o}, {len(jobs)} job(s) with state)"
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists: where a mkdir -p starts creating."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def probe_writable(directory: Path) -> str:
+    """ "" if this user can create files in ``directory``, else why not. A real file is
+    made and removed: os.access() misses read-only mounts seen through some layers, and
+    a root that is no root in a user namespace."""
+    if not directory.is_dir():
+        return "is not a directory"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".gmd-doctor-", dir=directory)
+    except OSError as e:
+        if e.errno == errno.EROFS:
+            return "is on a read-only file system"
+        return f"is not writable by this user ({e.strerror})"
+    os.close(fd)
+    os.unlink(name)
+    return ""
+
+
+def check_credential_files(context: Context) -> str:
+    """env_file and token_file hold secrets: prepare, cleanup and sweep refuse one that
+    other users can read, so every job would fail and machines would stay up."""
+    settings = context.settings
+    files = [
+        ("[machine] env_file", settings.machine.env_file),
+        ("[gitlab] token_file", settings.gitlab.token_file),
+    ]
+    found = []
+    for setting, path in files:
+        if path is None:
+            continue
+        full = Path(os.path.abspath(path))
+        where = f"{setting} {full} (in {context.config.absolute()})"
+        try:
+            mode = stat.S_IMODE(full.stat().st_mode)
+            with full.open("rb"):
+                pass
+        except OSError as e:
+            raise DriverError(
+                f"{where} cannot be read: {e.strerror}",
+                hint=f"create it, mode 0600, owned by the runner's user: "
+                f"install -m 600 /dev/null {full}, then add its lines",
+            ) from None
+        if mode & 0o077:
+            raise DriverError(
+                f"{where} is readable by other users (mode {mode:o}); it holds secrets, so "
+                "prepare, cleanup and sweep refuse it: every job fails and machines stay up",
+                hint=f"chmod 600 {full}",
+            )
+        found.append(f"{setting} {full} (mode {mode:o})")
+    return ", ".join(found) if found else "none set ([machine] env_file, [gitlab] token_file)"
 
 
 def check_state_owner(context: Context) -> str:
@@ -267,9 +340,15 @@ def check_runner_binary(context: Context) -> str:
             "binary; it is uploaded into VMs that lack one)",
         )
     if not (binary.is_file() and os.access(binary, os.X_OK)):
+        found = shutil.which("gitlab-runner")
         raise DriverError(
-            f"gitlab_runner_binary {binary} is not an executable file",
-            hint="point it at the runner host's gitlab-runner (e.g. /usr/bin/gitlab-runner)",
+            f"gitlab_runner_binary {binary} (in {context.config.absolute()}) is not an "
+            "executable file",
+            hint=f"set gitlab_runner_binary = {json.dumps(found)}: gitlab-runner on this host"
+            if found
+            else "install gitlab-runner on this host (GitLab's package puts it in /usr/bin), "
+            "or comment gitlab_runner_binary out: VMs that lack gitlab-runner then skip "
+            "artifacts and caches, and image mode needs none",
         )
     return f"{binary} is uploaded into VMs that lack one"
 
@@ -456,6 +535,7 @@ CHECKS: list[tuple[str, Check]] = [
     ("ssh client", check_ssh),
     ("state dir", check_state_dir),
     ("state dir owner", check_state_owner),
+    ("credential files", check_credential_files),
     ("runner processes", check_runner_processes),
     ("gitlab-runner binary", check_runner_binary),
     ("metrics textfile", check_metrics_textfile),

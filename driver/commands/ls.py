@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 
 from driver import sweeper
-from driver.docker_machine import DockerMachine
+from driver.docker_machine import DockerMachine, find_program
 from driver.errors import DriverError
+from driver.log import warn
 from driver.settings import load_settings
 
 
@@ -17,8 +17,13 @@ def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config_path)
     dm = DockerMachine(settings)
     look = sweeper.Sweep(dm, settings, job_status=None)
-    with contextlib.suppress(DriverError):  # the states are for show; entries come from the store
+    unlisted = "not listed"
+    try:  # the states are for show; entries come from the store
+        find_program(settings.docker_machine.program)
         look.listed = dm.list(sweeper.name_pattern(settings))
+    except DriverError as e:  # say why no machine has a state, not just "not listed"
+        unlisted = "unknown"
+        warn(f"docker-machine ls failed, so STATE is unknown: {e}")
     now = time.time()
     rows: list[dict[str, object]] = []
     for name in look.names():
@@ -30,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
         rows.append(
             {
                 "name": name,
-                "state": facts.listed or ("not listed" if facts.has_entry else "no entry"),
+                "state": facts.listed or (unlisted if facts.has_entry else "no entry"),
                 "phase": _phase(facts),
                 "job": facts.job_id,
                 "project": facts.project_id,

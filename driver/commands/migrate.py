@@ -1,101 +1,63 @@
 """migrate RUNNER_CONFIG: turn docker+machine runners into this driver's configs.
 
-Reads gitlab-runner's config.toml (never writes it). For every [[runners]]
-with the docker+machine executor it makes a driver config of its own (own
-state_dir and docker-machine storage, so runners never share a pool, limits
-or machines), moves cloud credentials out of MachineOptions into a 0600
-environment file that docker-machine reads instead of its argv, and makes a
-patch for config.toml that `patch` applies (changed lines only: no runner
-token and no key ever appears in it). Secrets are never printed: stdout shows
-placeholders; with --output DIR they are written to 0600 files only.
+Without --apply it only reads config.toml: for every docker+machine runner it shows the
+driver config it makes (driver/migration/convert.py), the patch for config.toml (with
+context, credentials in the context lines not shown) and the SHA-256 of the config.toml
+it read. Secrets are never printed: stdout shows placeholders; with --output DIR they are
+written to 0600 files only. `--apply --expect-sha256 HASH` writes config.toml itself, and
+only if it is still the file that hash was printed for (driver/migration/apply.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
-import json
-import re
-import shutil
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from driver.errors import ConfigError
-from driver.image import migrate as image_migration
-from driver.state import write_private
+from driver.files import write_private
+from driver.migration import apply
+from driver.migration.convert import (
+    DRIVER_CONFIG_DIR,
+    Migration,
+    migrate,
+    read_runner_config,
+    skip_reason,
+    unique_names,
+)
+from driver.migration.runner_patch import (
+    REDACTED,
+    patched_text,
+    redacted,
+    runner_config_patch,
+)
 
-DRIVER_CONFIG_DIR = Path("/etc/gitlab-machine-driver")
-STATE_ROOT = Path("/var/lib/gitlab-machine-driver")
-RUNNER_BINARY = "/usr/bin/gitlab-runner"  # where GitLab's package installs it
+__all__ = ["main", "migrate"]
+
 PATCH_NAME = "gitlab-runner-config.patch"
 POOL_UNIT = "gitlab-machine-driver-pool@{}.service"
 SWEEP_UNIT = "gitlab-machine-driver-sweep@{}.timer"
-# Short enough that <state_dir>/jobs/<job id>/cm fits a unix socket path.
-MAX_NAME = 24
-
-# MachineOptions that docker-machine treats as engine options go to their own settings.
-ENGINE_OPTIONS = {
-    "engine-registry-mirror": "engine_registry_mirror",
-    "engine-insecure-registry": "engine_insecure_registry",
-    "engine-label": "engine_label",
-    "engine-env": "engine_env",
-    "engine-opt": "engine_opt",
-}
-ENGINE_SINGLE = {
-    "engine-storage-driver": "engine_storage_driver",
-    "engine-install-url": "engine_install_url",
-}
-# Credentials among MachineOptions, and the variable each docker-machine driver reads
-# instead of the flag (its mcnflag EnvVar): docker-machine's environment is not on `ps`.
-SECRET_OPTIONS = {
-    "amazonec2-access-key": "AWS_ACCESS_KEY_ID",
-    "amazonec2-secret-key": "AWS_SECRET_ACCESS_KEY",
-    "amazonec2-session-token": "AWS_SESSION_TOKEN",
-    "digitalocean-access-token": "DIGITALOCEAN_ACCESS_TOKEN",
-    "azure-client-secret": "AZURE_CLIENT_SECRET",
-    "openstack-password": "OS_PASSWORD",
-    "exoscale-api-secret-key": "EXOSCALE_API_SECRET",
-    "vmwarevsphere-password": "VSPHERE_PASSWORD",
-}
-# Anything else that looks like a credential stays a flag (no known variable), but is
-# still never printed.
-SECRET_LOOKING = re.compile(r"secret|password|passwd|token|api-key|access-key|private-key")
-
-RUNNERS_HEADER = re.compile(r"^\s*\[\[\s*runners\s*\]\]\s*(#.*)?$")
-TABLE_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
-EXECUTOR_LINE = re.compile(r"""^(\s*)executor\s*=\s*(["'])docker\+machine\2\s*(#.*)?$""")
-
-
-@dataclass
-class Migration:
-    name: str  # the runner's name as a file name
-    source: str  # the runner's name in config.toml
-    driver_config: str  # with secrets (written 0600 only)
-    shown_config: str  # with placeholders (printed)
-    secrets: dict[str, str]  # variable -> value, for the env file
-    config_path: Path
-    env_path: Path
-    notes: list[str] = field(default_factory=list)
-    uses_pool: bool = False
-    enable_build_dir: bool = True  # the patch adds [runners.custom_build_dir] enabled = true
-
-    def env_file_text(self) -> str:
-        lines = [f"# Cloud credentials for runner {self.source!r}, read by docker-machine."]
-        return "\n".join(lines + [f"{k}={v}" for k, v in self.secrets.items()]) + "\n"
 
 
 def main(args: argparse.Namespace) -> int:
     source = Path(args.runner_config)
-    text, data = _read(source)
+    expected = getattr(args, "expect_sha256", None)
+    applying = bool(getattr(args, "apply", False))
+    if applying and not expected:
+        raise ConfigError(
+            f"--apply writes {source} only if it is still the file the preview read",
+            hint=f"run `gitlab-machine-driver migrate {source}` first and pass the SHA-256 it "
+            "prints: --apply --expect-sha256 HASH",
+        )
+    raw, text, data = read_runner_config(source)
+    digest = apply.sha256(raw)
+    if applying:
+        apply.check_unchanged(source, raw, str(expected))
     output = Path(args.output).resolve() if args.output else None
     config_dir = output or DRIVER_CONFIG_DIR
-    runners = data.get("runners", [])
     migrations: dict[int, Migration] = {}
-    for index, runner in enumerate(runners):
+    for index, runner in enumerate(data.get("runners", [])):
         title = repr(str(runner.get("name") or f"#{index + 1}"))
-        skipped = _skip_reason(runner)
+        skipped = skip_reason(runner)
         if skipped:
             print(f"# runner {title}: {skipped}")
             continue
@@ -103,8 +65,13 @@ def main(args: argparse.Namespace) -> int:
     if not migrations:
         print(f'# {source} has no runner with executor = "docker+machine" to migrate')
         return 0
-    _unique_names(list(migrations.values()))
-    patch = runner_config_patch(text, migrations, source)
+    unique_names(list(migrations.values()))
+    old, new = patched_text(text, migrations, source)
+    patch = runner_config_patch(old, new, source)
+    if applying:
+        apply.validate(old, new, migrations, source)
+        if output is None:
+            _configs_exist(list(migrations.values()), source)
 
     written: list[str] = []
     if output is not None:
@@ -113,345 +80,32 @@ def main(args: argparse.Namespace) -> int:
         _show(migration, written)
     print(f"# ===== {source}: the patch that makes these runners use the driver =====")
     print(
-        "# Only the lines it changes: executor, and a [runners.custom] table per runner "
-        "(and [runners.custom_build_dir], for GIT_CLONE_PATH)."
+        "# The lines it changes (executor, and a [runners.custom] table per runner, and "
+        "[runners.custom_build_dir] for GIT_CLONE_PATH) with 3 lines of context; context "
+        f"lines that may hold a credential read {REDACTED!r}."
     )
     print("# >>> patch begins")
-    print(patch, end="")
+    print(redacted(patch), end="")
     print("# <<< patch ends")
-    _next_steps(source, output, list(migrations.values()))
+    print(f"# SHA-256 of {source} as read: {digest}")
+    if applying:
+        backup = apply.write_in_place(source, new)
+        print(f"# applied: {source} now runs these runners with the driver (backup: {backup})")
+        print("# next: gitlab-runner restart")
+        return 0
+    _next_steps(source, output, list(migrations.values()), digest)
     return 0
 
 
-def _read(path: Path) -> tuple[str, dict[str, Any]]:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read runner config {path}: {e.strerror}") from None
-    try:
-        return text, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"runner config {path} is not valid TOML: {e}") from None
-
-
-def _skip_reason(runner: dict[str, Any]) -> str:
-    executor = runner.get("executor", "")
-    if executor != "docker+machine":
-        return f"executor {executor!r}, not docker+machine: left alone"
-    machine = runner.get("machine")
-    if not isinstance(machine, dict):
-        return (
-            "skipped: executor is docker+machine but it has no [runners.machine] table, so "
-            "there is no MachineDriver or MachineOptions to carry over; add them, or write "
-            "its driver config by hand (`gitlab-machine-driver config-example`)"
+def _configs_exist(migrations: list[Migration], source: Path) -> None:
+    """--apply without --output points runners at configs in /etc: they must be there."""
+    missing = [str(m.config_path) for m in migrations if not m.config_path.exists()]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} not found: {source} would point its runners at driver "
+            "configs that do not exist; nothing was written",
+            hint=f"pass --output {DRIVER_CONFIG_DIR} with --apply, or write them first",
         )
-    if not machine.get("MachineDriver"):
-        return (
-            "skipped: its [runners.machine] has no MachineDriver, so there is no machine to "
-            "describe; set MachineDriver (e.g. amazonec2) and run migrate again"
-        )
-    if runner.get("custom"):
-        return "skipped: it already has a [runners.custom] table; merge it by hand"
-    return ""
-
-
-def _unique_names(migrations: list[Migration]) -> None:
-    seen: dict[str, str] = {}
-    for m in migrations:
-        if m.name in seen:
-            raise ConfigError(
-                f"runners {seen[m.name]!r} and {m.source!r} would both get the driver config "
-                f"{m.name}.toml",
-                hint="give the runners distinct names in config.toml",
-            )
-        seen[m.name] = m.source
-
-
-def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Migration:
-    machine = runner.get("machine", {})
-    source = str(runner.get("name") or "runner")
-    name = _slug(source)[:MAX_NAME].strip("-") or "runner"
-    notes: list[str] = []
-    state_dir = STATE_ROOT / name
-    top: dict[str, Any] = {
-        key: runner[key] for key in ("builds_dir", "cache_dir") if runner.get(key)
-    }
-    # Each runner its own state and storage: pools, limits and machines are never shared.
-    top["state_dir"] = str(state_dir)
-    # [runners.docker]: jobs keep running in their image: (image mode, driver/image), whose
-    # helper image does artifacts and caches; otherwise gitlab-runner must be in the VM.
-    image, image_notes = image_migration.from_runners_docker(
-        runner.get("docker") or {},
-        cache_dir=str(runner.get("cache_dir") or "/cache"),
-        builds_dir=str(runner.get("builds_dir") or "/builds"),
-    )
-    runner_binary = "" if image else shutil.which("gitlab-runner") or RUNNER_BINARY
-    if runner_binary:
-        top["gitlab_runner_binary"] = runner_binary
-    sections: dict[str, dict[str, Any]] = {
-        "docker_machine": {"storage_path": str(state_dir / "machines")}
-    }
-    section: dict[str, Any] = {
-        "driver": str(machine.get("MachineDriver", "")),
-        "name_prefix": _prefix(str(machine.get("MachineName", "")), name),
-    }
-    sections["machine"] = section
-    options: list[str] = []
-    shown_options: list[str] = []
-    secrets: dict[str, str] = {}
-    for option in machine.get("MachineOptions", []):
-        key, _, value = str(option).partition("=")
-        if key in ENGINE_OPTIONS:
-            section.setdefault(ENGINE_OPTIONS[key], []).append(value)
-        elif key in ENGINE_SINGLE:
-            section[ENGINE_SINGLE[key]] = value
-        elif key in SECRET_OPTIONS and value:
-            secrets[SECRET_OPTIONS[key]] = value
-        elif SECRET_LOOKING.search(key) and value:
-            options.append(str(option))
-            shown_options.append(f"{key}=<secret from MachineOptions: written only with --output>")
-            notes.append(
-                f"MachineOptions {key}: no environment variable is known for it, so it stays a "
-                "flag on docker-machine's command line, where `ps` shows it; prefer the "
-                "driver's own credential file or an instance role"
-            )
-        else:
-            options.append(str(option))
-            shown_options.append(str(option))
-    section["options"] = options
-    env_path = config_dir / f"{name}.env"
-    if secrets:
-        section["env_file"] = str(env_path)
-
-    limits: dict[str, Any] = {}
-    if runner.get("limit"):
-        limits["max_machines"] = int(runner["limit"])
-    if machine.get("MaxGrowthRate"):
-        limits["max_creating"] = int(machine["MaxGrowthRate"])
-    if limits:
-        sections["limits"] = limits
-    if machine.get("MaxRemovalAttempts"):
-        sections["cleanup"] = {"remove_attempts": min(100, int(machine["MaxRemovalAttempts"]))}
-    pool = _pool(machine)
-    if pool:
-        sections["pool"] = pool
-    if image:  # jobs keep running in their image:, as on docker+machine
-        sections["image"] = image
-    notes += _no_equivalent(runner, machine, runner_binary, bool(secrets)) + image_notes
-    enable_build_dir, build_dir_note = _custom_build_dir(runner.get("custom_build_dir"))
-    notes += build_dir_note
-
-    extra = _gitlab_hint(str(runner.get("url", "")), config_dir, name)
-    text = _toml(top, sections, source=source) + extra
-    shown_sections = {**sections, "machine": {**section, "options": shown_options}}
-    shown = _toml(top, shown_sections, source=source) + extra
-    return Migration(
-        name=name,
-        source=source,
-        driver_config=text,
-        shown_config=shown,
-        secrets=secrets,
-        config_path=config_dir / f"{name}.toml",
-        env_path=env_path,
-        notes=notes,
-        uses_pool=bool(pool),
-        enable_build_dir=enable_build_dir,
-    )
-
-
-def _no_equivalent(
-    runner: dict[str, Any], machine: dict[str, Any], binary: str, moved_secrets: bool
-) -> list[str]:
-    notes = []
-    builds = int(machine.get("MaxBuilds", 0) or 0)
-    if builds != 1:
-        notes.append(
-            f"MaxBuilds = {builds or 'unlimited'}: every machine now serves exactly one job "
-            "and is destroyed after it (no state leaks between jobs)"
-        )
-    for key in ("OffPeakPeriods", "OffPeakIdleCount", "OffPeakIdleTime", "OffPeakTimezone"):
-        if key in machine:
-            notes.append(f"{key}: removed from gitlab-runner itself; use autoscaling periods")
-    if binary:
-        notes.append(
-            f"artifacts and cache: gitlab_runner_binary = {binary!r} is uploaded into VMs "
-            "that lack gitlab-runner; without it they are silently skipped (check with `doctor`)"
-        )
-    else:
-        notes.append("artifacts and cache: done by the helper image, as on docker+machine")
-    notes += _machine_notes(machine) + _cache_notes(runner.get("cache"))
-    notes.append(
-        "[runners.machine] stays in config.toml, unused by the custom executor: delete it "
-        "once the runner works"
-        + (" (its MachineOptions hold the cloud keys now in the env file)" if moved_secrets else "")
-        + "; machines docker+machine made are not this driver's: remove them with docker-machine"
-    )
-    return notes
-
-
-# [runners.machine] keys migrate() carries over or names in a note of its own.
-MACHINE_HANDLED = {
-    "MachineDriver",
-    "MachineName",
-    "MachineOptions",
-    "MaxGrowthRate",
-    "MaxBuilds",
-    "MaxRemovalAttempts",
-    "autoscaling",
-    "OffPeakPeriods",
-    "OffPeakIdleCount",
-    "OffPeakIdleTime",
-    "OffPeakTimezone",
-}
-COLD_CACHE = (
-    "caches will be cold on fresh VMs; configure a distributed cache (S3/GCS) in [runners.cache]"
-)
-
-
-def _custom_build_dir(table: Any) -> tuple[bool, list[str]]:
-    """Whether the patch enables [runners.custom_build_dir] (GIT_CLONE_PATH): the docker
-    executor allows it by default, the custom executor only with enabled = true."""
-    if table is None:
-        return True, []
-    enabled = table.get("enabled") if isinstance(table, dict) else None
-    if enabled is True:
-        return False, []
-    if enabled is False:
-        return False, [
-            "[runners.custom_build_dir] enabled = false: kept, so jobs setting GIT_CLONE_PATH "
-            "still fail"
-        ]
-    return False, [
-        "[runners.custom_build_dir] has no `enabled`: the docker executor's default is true, "
-        "the custom executor's false; add `enabled = true` to it by hand, or jobs setting "
-        "GIT_CLONE_PATH fail"
-    ]
-
-
-def _machine_notes(machine: dict[str, Any]) -> list[str]:
-    handled = MACHINE_HANDLED | set(POOL_KEYS)
-    return [
-        f"[runners.machine] {key}: no equivalent in the driver; left out"
-        for key in sorted(set(machine) - handled)
-    ]
-
-
-def _cache_notes(cache: Any) -> list[str]:
-    """[runners.cache] stays gitlab-runner's: it makes the cache URLs the helper uses, with
-    any executor. Without a distributed cache every job starts cold: VMs are single-use."""
-    if not isinstance(cache, dict) or not cache.get("Type"):
-        return [f"WARNING: {'no' if not cache else 'no Type in'} [runners.cache]: {COLD_CACHE}"]
-    return [
-        f"[runners.cache] {', '.join(sorted(cache))}: not carried over, not needed: they stay "
-        "in config.toml, where gitlab-runner uses them unchanged (it makes the cache URLs "
-        "the job's helper uses)"
-    ]
-
-
-def _gitlab_hint(url: str, config_dir: Path, name: str) -> str:
-    """The sweeper needs its own read_api token: say where it goes, commented out."""
-    if not url:
-        return ""
-    api = url.rstrip("/")
-    return (
-        "\n# The sweeper asks GitLab whether a machine's job still runs; give it a token with\n"
-        "# read_api on the projects this runner serves (not the runner's token):\n"
-        f'# [gitlab]\n# url = "{api}"\n# token_file = "{config_dir / (name + ".gitlab-token")}"\n'
-    )
-
-
-# docker+machine's idle settings and their [pool] names.
-POOL_KEYS = {
-    "IdleCount": "idle_count",
-    "IdleCountMin": "idle_count_min",
-    "IdleScaleFactor": "idle_scale_factor",
-    "IdleTime": "idle_time",
-}
-
-
-def _pool(machine: dict[str, Any]) -> dict[str, Any]:
-    pool = {ours: machine[theirs] for theirs, ours in POOL_KEYS.items() if machine.get(theirs)}
-    periods = []
-    for period in machine.get("autoscaling", []):
-        entry: dict[str, Any] = {"periods": period.get("Periods", [])}
-        if period.get("Timezone"):
-            entry["timezone"] = period["Timezone"]
-        entry |= {ours: period[theirs] for theirs, ours in POOL_KEYS.items() if theirs in period}
-        periods.append(entry)
-    if periods:
-        pool["autoscaling"] = periods
-    if pool and machine.get("MaxGrowthRate"):
-        pool["max_growth_rate"] = int(machine["MaxGrowthRate"])
-    return pool
-
-
-def custom_table(config_path: Path, enable_build_dir: bool = True) -> list[str]:
-    """The [runners.custom] table that replaces docker+machine for one runner, and
-    [runners.custom_build_dir] enabled, as the docker executor has it by default."""
-    lines = ["  [runners.custom]"]
-    for stage in ("config", "prepare", "run", "cleanup"):
-        lines.append(f'    {stage}_exec = "gitlab-machine-driver"')
-        lines.append(f"    {stage}_args = {json.dumps(['--config', str(config_path), stage])}")
-    lines.append("    prepare_exec_timeout = 1200  # creating a VM can take minutes")
-    lines.append("    cleanup_exec_timeout = 900")
-    if enable_build_dir:
-        lines.append("  [runners.custom_build_dir]  # GIT_CLONE_PATH, allowed as on docker")
-        lines.append("    enabled = true")
-    return lines
-
-
-def runner_config_patch(text: str, migrations: dict[int, Migration], source: Path) -> str:
-    """A unified diff without context for config.toml: `patch` applies it, and it shows
-    only the lines it changes (never a token or a key from the lines around them)."""
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    blocks = _runner_blocks(lines)
-    new = list(lines)
-    # From the end, so earlier line numbers stay valid while editing.
-    for index in sorted(migrations, reverse=True):
-        start, end = blocks[index]
-        executor = next(
-            (i for i in range(start, end) if EXECUTOR_LINE.match(new[i])),
-            None,
-        )
-        if executor is None:
-            raise ConfigError(
-                f'cannot find the line `executor = "docker+machine"` of runner '
-                f"{migrations[index].source!r} in {source}",
-                hint="write it on a line of its own, or edit config.toml by hand",
-            )
-        last = max(
-            i for i in range(start, end) if new[i].strip() and not new[i].lstrip().startswith("#")
-        )
-        migration = migrations[index]
-        table = custom_table(migration.config_path, migration.enable_build_dir)
-        table = [line + "\n" for line in table]
-        new[last + 1 : last + 1] = table
-        match = EXECUTOR_LINE.match(new[executor])
-        assert match is not None
-        new[executor] = f'{match[1]}executor = "custom"\n'
-    diff = difflib.unified_diff(lines, new, str(source), str(source), n=0)
-    return "".join(diff)
-
-
-def _runner_blocks(lines: list[str]) -> list[tuple[int, int]]:
-    """[start, end) line ranges of each [[runners]] entry, in file order."""
-    blocks: list[list[int]] = []
-    for number, line in enumerate(lines):
-        if RUNNERS_HEADER.match(line):
-            if blocks and len(blocks[-1]) == 1:
-                blocks[-1].append(number)
-            blocks.append([number])
-            continue
-        header = TABLE_HEADER.match(line)
-        if header and blocks and len(blocks[-1]) == 1:
-            table = header[1].replace(" ", "").replace('"', "").replace("'", "")
-            if not table.startswith("runners."):
-                blocks[-1].append(number)  # a top-level table ends the runner's entry
-    if blocks and len(blocks[-1]) == 1:
-        blocks[-1].append(len(lines))
-    return [(b[0], b[1]) for b in blocks]
 
 
 def _write(output: Path, migrations: list[Migration], patch: str, *, force: bool) -> list[str]:
@@ -461,7 +115,9 @@ def _write(output: Path, migrations: list[Migration], patch: str, *, force: bool
         if m.secrets:
             files.append((m.env_path, m.env_file_text()))
     files.append((output / PATCH_NAME, patch))
-    existing = [str(path) for path, _ in files if path.exists()]
+    # A file already holding what migrate would write is no conflict: the preview wrote
+    # it, and --apply with the same --output runs again.
+    existing = [str(path) for path, text in files if path.exists() and not _holds(path, text)]
     if existing and not force:
         raise ConfigError(
             f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
@@ -474,6 +130,13 @@ def _write(output: Path, migrations: list[Migration], patch: str, *, force: bool
     for name in existing:
         print(f"# overwrote {name} (--force)")
     return [str(path) for path, _ in files]
+
+
+def _holds(path: Path, text: str) -> bool:
+    try:
+        return path.read_text() == text
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _show(m: Migration, written: list[str]) -> None:
@@ -492,22 +155,28 @@ def _show(m: Migration, written: list[str]) -> None:
     print()
 
 
-def _next_steps(source: Path, output: Path | None, migrations: list[Migration]) -> None:
+def _next_steps(
+    source: Path, output: Path | None, migrations: list[Migration], digest: str
+) -> None:
     units = [SWEEP_UNIT.format(m.name) for m in migrations]
     units += [POOL_UNIT.format(m.name) for m in migrations if m.uses_pool]
     print("# ===== next steps =====")
     if output is None:
         print("# 1. Write the files (driver configs and credentials, 0600; the patch):")
         print(f"#      gitlab-machine-driver migrate {source} --output {DRIVER_CONFIG_DIR}")
-        patch_file = DRIVER_CONFIG_DIR / PATCH_NAME
     else:
         print(f"# 1. Written: {', '.join(str(m.config_path) for m in migrations)}")
-        patch_file = output / PATCH_NAME
     print("# 2. Check each runner's setup:")
     for m in migrations:
         print(f"#      gitlab-machine-driver --config {m.config_path} doctor")
-    print(f"# 3. Patch gitlab-runner's config (a backup is kept as {source}.orig):")
-    print(f"#      patch --backup {source} {patch_file}")
+    print(
+        f"# 3. Apply the patch: migrate re-reads {source}, refuses if it changed since this "
+        f"preview, and keeps a backup ({source.name}.bak-<time>):"
+    )
+    print(
+        f"#      gitlab-machine-driver migrate {source} --output {output or DRIVER_CONFIG_DIR} "
+        f"--apply --expect-sha256 {digest}"
+    )
     print("# 4. A sweeper for every config, a pool service where [pool] is set:")
     print(f"#      systemctl enable --now {' '.join(units)}")
     if output is not None and output != DRIVER_CONFIG_DIR:
@@ -516,41 +185,3 @@ def _next_steps(source: Path, output: Path | None, migrations: list[Migration]) 
             f"{DRIVER_CONFIG_DIR}, or link the configs there)"
         )
     print("# 5. gitlab-runner restart")
-
-
-def _toml(top: dict[str, Any], sections: dict[str, dict[str, Any]], source: str) -> str:
-    lines = [f"# Migrated from docker+machine runner {source!r} by gitlab-machine-driver migrate."]
-    lines += [f"{key} = {_value(value)}" for key, value in top.items()]
-    for name, values in sections.items():
-        tables = {
-            k: v
-            for k, v in values.items()
-            if isinstance(v, list) and v and all(isinstance(item, dict) for item in v)
-        }
-        lines += ["", f"[{name}]"]
-        lines += [f"{key} = {_value(value)}" for key, value in values.items() if key not in tables]
-        for key, items in tables.items():
-            for item in items:
-                lines += ["", f"[[{name}.{key}]]"]
-                lines += [f"{k} = {_value(v)}" for k, v in item.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _value(value: Any) -> str:
-    # JSON strings, numbers and booleans are valid TOML; tables are written inline.
-    if isinstance(value, dict):
-        pairs = ", ".join(f"{json.dumps(str(k))} = {_value(v)}" for k, v in value.items())
-        return f"{{ {pairs} }}" if pairs else "{}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_value(item) for item in value) + "]"
-    return json.dumps(value)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "runner"
-
-
-def _prefix(machine_name: str, fallback: str) -> str:
-    """docker+machine's MachineName holds %s; our names are <prefix>-<job id>."""
-    base = _slug(machine_name.replace("%s", ""))[:40].strip("-")
-    return base or fallback[:40]

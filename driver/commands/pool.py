@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -44,20 +46,24 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     service = PoolService(settings)
-    if settings.pool.metrics_address:
-        _serve_metrics(settings, service)
-    # Machines a dead runner left behind are reclaimed before the pool grows; a sweep
-    # that cannot finish (GitLab unreachable, say) must not keep the pool down.
-    try:
-        _sweep_once(settings)
-    except DriverError as e:
-        log.warn(f"pool: the start-up sweep failed, going on without it: {e}")
-    if settings.pool.policy == "demand":
-        keeping = f"ready machines for {settings.pool.hit_rate_target:.1%} of jobs (policy demand)"
-    else:
-        keeping = f"{settings.pool.idle_count} machine(s) ready"
-    log.say(f"pool: keeping {keeping} (Ctrl-C or SIGTERM stops)")
-    service.run(stop)
+    # The single-instance lock first: a second service must neither sweep nor take the
+    # metrics port before it is told another one serves this state dir.
+    with service.only_instance():
+        if settings.pool.metrics_address:
+            _serve_metrics(settings, service)
+        # Machines a dead runner left behind are reclaimed before the pool grows; a sweep
+        # that cannot finish (GitLab unreachable, say) must not keep the pool down.
+        try:
+            _sweep_once(settings)
+        except DriverError as e:
+            log.warn(f"pool: the start-up sweep failed, going on without it: {e}")
+        if settings.pool.policy == "demand":
+            target = settings.pool.hit_rate_target
+            keeping = f"ready machines for {target:.1%} of jobs (policy demand)"
+        else:
+            keeping = f"{settings.pool.idle_count} machine(s) ready"
+        log.say(f"pool: keeping {keeping} (Ctrl-C or SIGTERM stops)")
+        service.run(stop, holding_lock=True)
     log.say("pool: stopped")
     return 0
 
@@ -100,11 +106,11 @@ def status(settings: Settings, *, as_json: bool) -> int:
     target = current_target(settings.pool, datetime.now().astimezone()).idle_count
     if settings.pool.policy == "demand":  # the service's own figure: it follows the jobs
         target = int(service.get("idle_wanted", 0))
+    running = flock_held(state.lock("pool-service").path)
     report: dict[str, Any] = {
-        "service": {
-            "running": bool(service) and now - float(service.get("updated", 0)) < 30,
-            **service,
-        },
+        # By its lock, held while it lives: a status file's age says nothing of a service
+        # that is busy (a slow create) or of one that died a moment ago.
+        "service": {**service, "running": running},
         "target_idle": target,
         "counts": machine_counts(state),
         "machines": machines,
@@ -112,7 +118,6 @@ def status(settings: Settings, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(report, indent=2))
         return 0
-    running = report["service"]["running"]
     print(f"service: {'running, pid ' + str(service.get('pid')) if running else 'not running'}")
     counts = report["counts"]
     print("machines: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -128,3 +133,29 @@ def status(settings: Settings, *, as_json: bool) -> int:
     for error in service.get("errors", []):
         print(f"last error: {error}")
     return 0
+
+
+def flock_held(path: Path) -> bool:
+    """Whether a process holds an flock on ``path``, read from /proc/locks: taking the lock
+    to find out would, for that moment, make a starting service think another one runs."""
+    try:
+        st = path.stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; "1: -> FLOCK ..." waits for it.
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        major, minor, inode = [*fields[5].split(":"), "", "", ""][:3]
+        try:
+            if (int(major, 16), int(minor, 16), int(inode)) == (
+                os.major(st.st_dev),
+                os.minor(st.st_dev),
+                st.st_ino,
+            ):
+                return True
+        except ValueError:
+            continue
+    return False

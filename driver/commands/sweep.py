@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from driver import log, state_owner, sweeper
-from driver.docker_machine import DockerMachine
+from driver.docker_machine import DockerMachine, find_program
 from driver.errors import DriverError
 from driver.log import say
 from driver.settings import Settings, config_path, load_settings
@@ -17,9 +19,17 @@ FORGET_WAIT = 900.0  # a sweep retrying hung removals may take this long
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config_path)
-    # The sweeper removes machines: never by another config's view of this state dir.
-    state_owner.claim(settings, config_path(args.config_path))
-    log.setup(settings.log_path, stage="sweep")
+    # Without docker-machine a sweep sees no machine and would end "successfully".
+    find_program(settings.docker_machine.program)
+    config = config_path(args.config_path)
+    if args.dry_run:  # looks only: refuses as a sweep would, but records and creates nothing
+        state_owner.check(settings, config, state_owner.read_owner(settings.state_dir))
+        fresh = not settings.state_dir.exists()
+        log.setup(Path(os.devnull) if fresh else settings.log_path, stage="sweep")
+    else:
+        # The sweeper removes machines: never by another config's view of this state dir.
+        state_owner.claim(settings, config)
+        log.setup(settings.log_path, stage="sweep")
     if args.forget:
         return forget(settings, args.forget)
     report = run_sweep(settings, dry_run=args.dry_run, progress=say)

@@ -108,8 +108,9 @@ class PoolService:
                 continue  # just claimed
             self._remove(name, f"cannot vouch for it after a restart (was {phase})")
 
-    def run(self, stop: threading.Event) -> None:
-        with self.only_instance():
+    def run(self, stop: threading.Event, *, holding_lock: bool = False) -> None:
+        """``holding_lock``: the caller took only_instance() already (`pool run` does)."""
+        with contextlib.nullcontext() if holding_lock else self.only_instance():
             self.adopt()
             self.recall()
             while not stop.is_set():

@@ -16,9 +16,9 @@ def test_the_example_config_is_valid_and_means_what_it_says() -> None:
     assert s.builds_dir == "/builds"
 
 
-def test_an_empty_file_gives_working_defaults(tmp_path: Path) -> None:
+def test_a_file_with_only_the_machine_driver_gives_working_defaults(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text("")
+    path.write_text('[machine]\ndriver = "amazonec2"\n')
     s = settings.load_settings(path)
     assert s.machine.name_prefix == "gmd"
     assert s.docker.check is True
@@ -50,7 +50,16 @@ def test_bad_toml_names_the_file_and_position(tmp_path: Path) -> None:
         ),
         ("[machine]\noptions = ['--amazonec2-region=x']\n", "without leading dashes"),
         ("[machine]\nname_prefix = 'Bad_Prefix'\n", "[machine] name_prefix"),
-        ("[machine]\ndriverr = 'x'\n", "[machine] driverr: unknown setting (a typo?)"),
+        (
+            "[machine]\ndriverr = 'x'\n",
+            "[machine] driverr: unknown setting; did you mean 'driver'?",
+        ),
+        (
+            "[sweeper]\nmax_agee = 60\n",
+            "[sweeper] max_agee: unknown setting; did you mean 'max_age'?",
+        ),
+        ("stat_dir = '/x'\n", "stat_dir: unknown setting; did you mean 'state_dir'?"),
+        ("[machine]\nzzz = 1\n", "[machine] zzz: unknown setting (a typo?)"),
         ("builds_dir = 'relative'\n", "builds_dir: must be an absolute path"),
         ("[ssh]\nready_timeout = -1\n", "[ssh] ready_timeout: Input should be greater than 0"),
     ],
@@ -64,6 +73,21 @@ def test_each_mistake_names_the_field_and_what_is_allowed(
         settings.load_settings(path)
     assert expected in str(e.value)
     assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["", "[machine]\nname_prefix = 'ci'\n"])
+def test_a_missing_machine_driver_is_an_error_naming_the_file_the_key_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    # It used to default to virtualbox: VMs on the runner host, or a create failing late.
+    (tmp_path / "c.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        settings.load_settings("c.toml")
+    message = str(e.value)
+    assert f"config file {tmp_path / 'c.toml'}: [machine] driver is not set" in message
+    assert 'driver = "amazonec2"' in message
+    assert "virtualbox" not in message.replace("no longer defaults to virtualbox", "")
 
 
 def test_config_path_prefers_the_flag_then_the_environment(

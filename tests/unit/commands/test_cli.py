@@ -123,7 +123,8 @@ def run_with_closed_stdout(
 def test_a_closed_stdout_ends_every_command_quietly(args: list[str], tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(
-        f'state_dir = "{tmp_path}/st"\n[docker_machine]\nprogram = "true"\n'
+        f'state_dir = "{tmp_path}/st"\n[machine]\ndriver = "amazonec2"\n'
+        '[docker_machine]\nprogram = "true"\n'
         f'storage_path = "{tmp_path}/dm"\n'
     )
     args = [str(config) if a == "CONFIG" else a for a in args]
@@ -138,7 +139,10 @@ def test_a_runner_stage_with_a_closed_stdout_is_a_system_failure(tmp_path: Path)
     response = tmp_path / "response.json"
     response.write_text('{"id": 7, "token": "t", "job_info": {"project_id": 1}}')
     config = tmp_path / "c.toml"
-    config.write_text(f'state_dir = "{tmp_path}/st"\n[docker_machine]\nprogram = "true"\n')
+    config.write_text(
+        f'state_dir = "{tmp_path}/st"\n[machine]\ndriver = "amazonec2"\n'
+        '[docker_machine]\nprogram = "true"\n'
+    )
     result = run_with_closed_stdout(
         ["--config", str(config), "config"],
         env={"JOB_RESPONSE_FILE": str(response), "SYSTEM_FAILURE_EXIT_CODE": "34"},
@@ -167,3 +171,43 @@ def test_every_command_a_hint_names_exists() -> None:
             named.add(f"{first} {second}" if first in with_actions and second else first)
     assert named - commands == set()
     assert "job init" in named  # the hint for a stage run by hand without a job
+
+
+def test_without_docker_machine_sweep_fails_and_ls_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from driver.commands import ls, sweep
+    from driver.errors import ConfigError
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/st"\n[machine]\ndriver = "amazonec2"\n'
+        f'[docker_machine]\nprogram = "no-such-docker-machine"\nstorage_path = "{tmp_path}/dm"\n'
+    )
+    # It used to exit 0 in silence: no machine seen, none swept.
+    with pytest.raises(ConfigError, match="'no-such-docker-machine' is not found"):
+        sweep.main(argparse.Namespace(config_path=str(config), forget=None, dry_run=False))
+    (tmp_path / "dm" / "machines" / "gmd-7").mkdir(parents=True)
+    (tmp_path / "dm" / "machines" / "gmd-7" / "config.json").write_text("{}")
+    assert ls.main(argparse.Namespace(config_path=str(config), json=False)) == 0
+    out, err = capsys.readouterr()
+    assert "docker-machine ls failed, so STATE is unknown" in err
+    assert "'no-such-docker-machine' is not found" in err
+    row = next(x for x in out.splitlines() if x.startswith("gmd-7"))
+    assert "unknown" in row and "not listed" not in row
+
+
+def test_a_dry_run_sweep_records_no_owner_and_writes_no_log(tmp_path: Path) -> None:
+    from driver.commands import sweep
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/st"\n[machine]\ndriver = "amazonec2"\n'
+        f'[docker_machine]\nprogram = "true"\nstorage_path = "{tmp_path}/dm"\n'
+    )
+    assert sweep.main(argparse.Namespace(config_path=str(config), forget=None, dry_run=True)) == 0
+    # Left: the sweep lock file that driver/sweeper.py takes, even on a dry run.
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "st").rglob("*")) in (
+        [],
+        ["st/locks", "st/locks/sweep.lock"],
+    )

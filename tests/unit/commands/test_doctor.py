@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from driver import settings
 from driver.commands import doctor
+from driver.errors import ConfigError
 from driver.state import JobDir, JobRecord, pid_namespace
 from tests.fake_gitlab import FakeGitLab
 
@@ -51,6 +52,7 @@ def make_config(tmp_path: Path, **sections: Mapping[str, object]) -> Path:
     data: dict[str, dict[str, object]] = {
         "": {"state_dir": str(state), "gitlab_runner_binary": str(runner)},
         "docker_machine": {"program": str(program), "storage_path": str(tmp_path / "dm")},
+        "machine": {"driver": "amazonec2"},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -295,7 +297,7 @@ def test_a_state_dir_used_by_another_config_with_other_machines_fails(
 ) -> None:
     config = make_config(tmp_path)
     other = tmp_path / "other.toml"
-    other.write_text(config.read_text() + '[machine]\ndriver = "google"\n')
+    other.write_text(config.read_text().replace('driver = "amazonec2"', 'driver = "google"'))
     from driver import state_owner
 
     state_owner.claim(settings.load_settings(other), other)
@@ -365,3 +367,122 @@ def test_a_runner_in_another_pid_namespace_is_warned_about(
     _, out = run_doctor(capsys, config)
     warn = line(out, "runner processes")
     assert warn.startswith("WARN") and "another PID namespace" in warn, out
+
+
+# --- never "fine" before a failure (issue 17) -------------------------------------------------
+
+
+def refuse_temp_files(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """As a read-only mount (EROFS) or a directory of another user (EACCES) would, for root."""
+
+    def refused(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (30, "is on a read-only file system"),
+        (13, "is not writable by this user (Permission denied)"),
+    ],
+)
+def test_a_state_dir_that_cannot_be_made_fails_through_its_nearest_parent(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+    says: str,
+) -> None:
+    state = tmp_path / "ro" / "a" / "st"
+    (tmp_path / "ro").mkdir()
+    config = make_config(tmp_path, **{"": {"state_dir": str(state)}})
+    refuse_temp_files(monkeypatch, code)
+    code_, out = run_doctor(capsys, config)
+    assert code_ == 1
+    assert line(out, "state dir") == (
+        f"FAIL  state dir: state_dir {state} (in {config}) does not exist, and it cannot be "
+        f"made: {tmp_path / 'ro'} {says}"
+    )
+    assert "everything" not in out and "fine" not in out
+
+
+def test_a_state_dir_under_a_file_or_unwritable_fails(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "file").write_text("")
+    config = make_config(tmp_path, **{"": {"state_dir": str(tmp_path / "file" / "st")}})
+    code, out = run_doctor(capsys, config)
+    assert code == 1
+    assert line(out, "state dir").endswith(
+        f"cannot be made: {tmp_path / 'file'} is not a directory"
+    )
+    config = make_config(tmp_path)  # the state dir exists, mode 0700
+    refuse_temp_files(monkeypatch, 30)
+    code, out = run_doctor(capsys, config)
+    assert code == 1
+    assert line(out, "state dir") == (
+        f"FAIL  state dir: state_dir {tmp_path / 'st'} (in {config}): {tmp_path / 'st'} is on a "
+        "read-only file system"
+    )
+
+
+@pytest.mark.parametrize("setting", ["env_file", "token_file"])
+def test_a_credential_file_others_can_read_fails_with_the_chmod(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, setting: str
+) -> None:
+    secret = tmp_path / f"{setting}.txt"
+    secret.write_text("AWS_SECRET_ACCESS_KEY=x\n" if setting == "env_file" else "glpat-x\n")
+    secret.chmod(0o644)
+    section = "machine" if setting == "env_file" else "gitlab"
+    extra: dict[str, object] = {setting: str(secret)}
+    if section == "machine":
+        extra["driver"] = "amazonec2"
+    config = make_config(tmp_path, **{section: extra})
+    if setting == "env_file":  # what prepare, cleanup and sweep do with it
+        with pytest.raises(ConfigError, match="accessible to other users"):
+            settings.load_settings(config).machine.docker_machine_env()
+    code, out = run_doctor(capsys, config)
+    assert code == 1
+    assert line(out, "credential files") == (
+        f"FAIL  credential files: [{section}] {setting} {secret} (in {config}) is readable by "
+        "other users (mode 644); it holds secrets, so prepare, cleanup and sweep refuse it: "
+        "every job fails and machines stay up"
+    )
+    assert f"hint: chmod 600 {secret}" in out
+    secret.chmod(0o600)
+    _, out = run_doctor(capsys, config)
+    assert line(out, "credential files").startswith("ok")
+
+
+def test_a_missing_machine_driver_fails_naming_the_file_and_the_fix(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    config.write_text(config.read_text().replace('driver = "amazonec2"\n', ""))
+    code, out = run_doctor(capsys, config)
+    assert code == 1
+    assert line(out, "config file") == (
+        f"FAIL  config file: config file {config}: [machine] driver is not set; it names the "
+        "docker-machine driver that makes each job's VM (it no longer defaults to virtualbox)"
+    )
+    assert 'driver = "amazonec2"' in out
+
+
+def test_the_shipped_example_does_not_fail_on_a_host_without_gitlab_runner(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = settings.load_settings(settings.example_config_path())
+    context = doctor.Context(example, settings.example_config_path())
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no gitlab-runner on this host
+    with pytest.raises(doctor.Advice):  # a WARN, not a FAIL
+        doctor.check_runner_binary(context)
+    missing = tmp_path / "gitlab-runner-missing"
+    config = make_config(tmp_path, **{"": {"gitlab_runner_binary": str(missing)}})
+    code, out = run_doctor(capsys, config)
+    assert code == 1
+    hint = next(x for x in out.splitlines() if x.startswith("  hint: install gitlab-runner"))
+    assert str(missing) not in hint and "comment gitlab_runner_binary out" in hint

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 def shell(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """`script` in a bash whose `gmd` is the driver, with its config in the environment."""
     config = tmp_path / "c.toml"
-    config.write_text(f'state_dir = "{tmp_path}/st"\n')
+    config.write_text(f'state_dir = "{tmp_path}/st"\n[machine]\ndriver = "amazonec2"\n')
     env = {
         k: v
         for k, v in os.environ.items()

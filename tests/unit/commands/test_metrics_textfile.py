@@ -27,7 +27,7 @@ def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "driver.toml"
     path.write_text(
-        f'state_dir = "{tmp_path}/st"\n'
+        f'state_dir = "{tmp_path}/st"\n[machine]\ndriver = "amazonec2"\n'
         f'[docker_machine]\nprogram = "true"\nstorage_path = "{tmp_path}/dm"\n'
         f'[metrics]\ntextfile = "{tmp_path}/collector/gitlab_machine_driver.prom"\n'
     )

@@ -15,6 +15,8 @@ import pytest
 from driver import settings
 from driver.commands import migrate
 from driver.errors import ConfigError
+from driver.migration import convert
+from driver.migration.runner_patch import redacted
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[3]
@@ -35,10 +37,15 @@ def run(
     path: Path,
     output: Path | None = None,
     force: bool = False,
+    expect_sha256: str | None = None,
 ) -> str:
     migrate.main(
         argparse.Namespace(
-            runner_config=str(path), output=str(output) if output else None, force=force
+            runner_config=str(path),
+            output=str(output) if output else None,
+            force=force,
+            apply=expect_sha256 is not None,
+            expect_sha256=expect_sha256,
         )
     )
     return capsys.readouterr().out
@@ -52,6 +59,14 @@ def copy(fixture: str, tmp_path: Path) -> Path:
 
 def printed_patch(out: str) -> str:
     return out.split("# >>> patch begins\n", 1)[1].split("# <<< patch ends\n", 1)[0]
+
+
+def written_patch(out_dir: Path) -> str:
+    return (out_dir / "gitlab-runner-config.patch").read_text()
+
+
+def printed_sha256(out: str) -> str:
+    return str(re.findall(r"# SHA-256 of \S+ as read: ([0-9a-f]{64})", out)[0])
 
 
 def apply_patch(config: Path, patch: str) -> dict[str, Any]:
@@ -69,13 +84,15 @@ def without_migrated_keys(runner: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("fixture", ["two-clouds.toml", "autoscale-aws.toml", "mixed.toml"])
-def test_the_printed_patch_applies_and_changes_only_what_it_must(
+def test_the_written_patch_applies_and_changes_only_what_it_must(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, fixture: str
 ) -> None:
     config = copy(fixture, tmp_path)
     before = tomllib.loads(config.read_text())
-    out = run(capsys, config)
-    after = apply_patch(config, printed_patch(out))
+    out_dir = tmp_path / "out"
+    out = run(capsys, config, output=out_dir)
+    assert redacted(written_patch(out_dir)) == printed_patch(out)
+    after = apply_patch(config, written_patch(out_dir))
     assert (config.parent / "config.toml.orig").read_text() == (FIXTURES / fixture).read_text()
     assert {k: v for k, v in after.items() if k != "runners"} == {
         k: v for k, v in before.items() if k != "runners"
@@ -85,8 +102,8 @@ def test_the_printed_patch_applies_and_changes_only_what_it_must(
         # Nothing else in any runner moves: not the cache, not its S3 keys, not the token.
         assert without_migrated_keys(new) == without_migrated_keys(old)
         if old["executor"] == "docker+machine" and old.get("machine", {}).get("MachineDriver"):
-            name = migrate._slug(old["name"])
-            config_path = f"/etc/gitlab-machine-driver/{name}.toml"
+            name = convert.slug(old["name"])
+            config_path = str(out_dir / f"{name}.toml")
             assert new["executor"] == "custom"
             assert new["custom"]["run_exec"] == "gitlab-machine-driver"
             assert new["custom"]["run_args"] == ["--config", config_path, "run"]
@@ -154,11 +171,12 @@ def test_secrets_go_to_0600_files_and_the_snippet_points_at_the_written_files(
     assert not any("key" in option for option in aws.machine.options)
     assert "machine-secret-value" not in (out_dir / "aws-autoscale.toml").read_text()
     # The patch (printed and written) names the configs just written.
-    assert (out_dir / "gitlab-runner-config.patch").read_text() == printed_patch(out)
-    runners = apply_patch(config, printed_patch(out))["runners"]
+    assert redacted(written_patch(out_dir)) == printed_patch(out)
+    runners = apply_patch(config, written_patch(out_dir))["runners"]
     assert runners[0]["custom"]["config_args"][1] == str(out_dir / "aws-autoscale.toml")
     assert runners[1]["custom"]["cleanup_args"][1] == str(out_dir / "gcp.toml")
-    assert f"patch --backup {config} {out_dir / 'gitlab-runner-config.patch'}" in out
+    digest = printed_sha256(out)
+    assert f"migrate {config} --output {out_dir} --apply --expect-sha256 {digest}" in out
 
 
 def test_files_already_there_are_not_overwritten_silently(
@@ -287,8 +305,8 @@ def test_git_clone_path_is_enabled_unless_the_admin_decided_otherwise(
         ("  [runners.custom_build_dir]\n", None, "add `enabled = true` to it by hand"),
     ]:
         config.write_text(text.replace("  [runners.machine]\n", table + "  [runners.machine]\n"))
-        out = run(capsys, config)
-        runner = apply_patch(config, printed_patch(out))["runners"][1]
+        out = run(capsys, config, output=tmp_path / "out", force=True)
+        runner = apply_patch(config, written_patch(tmp_path / "out"))["runners"][1]
         assert runner["executor"] == "custom"
         assert runner["custom_build_dir"].get("enabled") is enabled
         if note:
@@ -326,3 +344,148 @@ def test_every_machine_key_not_carried_is_named() -> None:
         notes
     )
     assert not any("IdleCount:" in n or "MachineDriver:" in n for n in notes)
+
+
+def gitlab_runner_adds_a_line(config: Path) -> None:
+    """As gitlab-runner does when it rewrites config.toml: one line more in the first runner."""
+    text = config.read_text()
+    config.write_text(text.replace("  limit = 8\n", "  limit = 8\n  request_concurrency = 1\n", 1))
+
+
+def test_the_patch_does_not_land_in_another_table_after_config_toml_changed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = copy("two-clouds.toml", tmp_path)
+    out_dir = tmp_path / "out"
+    run(capsys, config, output=out_dir)
+    gitlab_runner_adds_a_line(config)
+    changed = tomllib.loads(config.read_text())
+    # A zero-context patch put [runners.custom] between IdleCount and Timezone of
+    # [[runners.machine.autoscaling]]; with context, patch finds the right place.
+    after = apply_patch(config, written_patch(out_dir))
+    aws = after["runners"][0]
+    assert aws["machine"]["autoscaling"] == changed["runners"][0]["machine"]["autoscaling"]
+    assert aws["request_concurrency"] == 1
+    assert aws["custom"]["run_args"] == ["--config", str(out_dir / "aws-autoscale.toml"), "run"]
+    assert "custom" not in aws["machine"]["autoscaling"][0]
+    assert after["runners"][1]["custom"]["run_exec"] == "gitlab-machine-driver"
+
+
+def test_the_printed_patch_has_context_but_no_credential(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = run(capsys, copy("two-clouds.toml", tmp_path))
+    patch = printed_patch(out)
+    assert '   name = "aws autoscale"\n' in patch  # context: where it lands is visible
+    assert "   token = <not shown: may hold a credential>\n" in patch
+    for secret in SECRETS:
+        assert secret not in out
+
+
+def test_apply_refuses_when_config_toml_changed_since_the_preview(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = copy("two-clouds.toml", tmp_path)
+    out_dir = tmp_path / "out"
+    digest = printed_sha256(run(capsys, config, output=out_dir))
+    gitlab_runner_adds_a_line(config)
+    changed = config.read_bytes()
+    with pytest.raises(ConfigError) as refused:
+        run(capsys, config, output=out_dir, expect_sha256=digest)
+    assert f"{config} changed since the preview" in str(refused.value)
+    assert "nothing was written" in str(refused.value)
+    assert f"gitlab-machine-driver migrate {config}` again" in str(refused.value)
+    assert config.read_bytes() == changed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "out"]
+
+
+def test_apply_needs_the_hash_of_the_preview(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = copy("two-clouds.toml", tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        migrate.main(
+            argparse.Namespace(
+                runner_config=str(config), output=None, force=False, apply=True, expect_sha256=None
+            )
+        )
+    assert "--apply --expect-sha256 HASH" in str(refused.value)
+
+
+def test_apply_writes_atomically_with_a_backup_mode_and_owner_and_checks_the_result(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = copy("two-clouds.toml", tmp_path)
+    config.chmod(0o640)
+    before_text = config.read_text()
+    before = tomllib.loads(before_text)
+    out_dir = tmp_path / "out"
+    digest = printed_sha256(run(capsys, config, output=out_dir))
+    out = run(capsys, config, output=out_dir, expect_sha256=digest)
+    backups = sorted(tmp_path.glob("config.toml.bak-*"))
+    assert len(backups) == 1 and backups[0].read_text() == before_text
+    assert f"(backup: {backups[0]})" in out
+    st = config.stat()
+    assert st.st_mode & 0o7777 == 0o640
+    assert backups[0].stat().st_mode & 0o7777 == 0o640
+    assert (st.st_uid, st.st_gid) == (backups[0].stat().st_uid, backups[0].stat().st_gid)
+    assert not list(tmp_path.glob(".config.toml.*"))  # no temporary file left behind
+    after = tomllib.loads(config.read_text())
+    assert [r["executor"] for r in after["runners"]] == ["custom", "custom", "docker+machine"]
+    for old, new in zip(before["runners"], after["runners"], strict=True):
+        assert without_migrated_keys(new) == without_migrated_keys(old)
+    for secret in SECRETS:
+        assert secret not in out
+
+
+def test_apply_without_output_needs_the_driver_configs_in_place(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = copy("autoscale-aws.toml", tmp_path)
+    digest = printed_sha256(run(capsys, config))
+    before = config.read_bytes()
+    with pytest.raises(ConfigError) as refused:
+        run(capsys, config, expect_sha256=digest)
+    assert "/etc/gitlab-machine-driver/autoscale-runner.toml not found" in str(refused.value)
+    assert config.read_bytes() == before
+
+
+def runner_with_idle(idle_count: int, periods: list[dict[str, Any]]) -> dict[str, Any]:
+    machine: dict[str, Any] = {
+        "IdleCount": idle_count,
+        "IdleTime": 1800,
+        "MachineDriver": "amazonec2",
+        "MachineName": "ci-%s",
+    }
+    if periods:
+        machine["autoscaling"] = periods
+    return {"name": "ci", "executor": "docker+machine", "machine": machine}
+
+
+def test_no_pool_and_no_pool_unit_for_a_runner_that_kept_no_idle_machines(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # IdleCount = 0 with IdleTime set: a [pool] without machines would make the pool
+    # service exit at start and systemd restart it every 10 s, forever.
+    m = migrate.migrate(runner_with_idle(0, [{"Periods": ["* * * * * sat *"], "IdleCount": 0}]))
+    assert not m.uses_pool
+    assert "[pool]" not in m.driver_config
+    assert settings.parse_settings(tomllib.loads(m.driver_config)).pool.idle_count == 0
+    assert any("IdleCount = 0" in note and "IdleTime left out" in note for note in m.notes)
+    config = tmp_path / "config.toml"
+    text = (FIXTURES / "autoscale-aws.toml").read_text()
+    config.write_text(
+        text.replace("IdleCount = 5\n", "IdleCount = 0\n").replace(
+            "IdleCount = 50\n", "IdleCount = 0\n"
+        )
+    )
+    out = run(capsys, config)
+    assert "gitlab-machine-driver-pool@" not in out
+    assert "systemctl enable --now gitlab-machine-driver-sweep@autoscale-runner.timer\n" in out
+
+
+def test_a_pool_only_in_some_periods_is_still_a_pool() -> None:
+    m = migrate.migrate(runner_with_idle(0, [{"Periods": ["* * 9-17 * * * *"], "IdleCount": 3}]))
+    assert m.uses_pool
+    s = settings.parse_settings(tomllib.loads(m.driver_config))
+    assert [p.idle_count for p in s.pool.autoscaling] == [3]

@@ -1,0 +1,1 @@
+"""migrate: docker+machine runners in gitlab-runner's config.toml -> driver configs."""
