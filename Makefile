@@ -1,5 +1,6 @@
 # `make demo`: one whole CI job through the four entrypoints on the local default.
 # `make test`: the test suite. Both install what they need first (scripts/setup).
+# `make lint`: ruff, mypy, and the documentation site (docs/, mkdocs.yml) built --strict.
 PY := .venv/bin/python
 
 .PHONY: setup demo test lint bench
@@ -17,6 +18,7 @@ lint: setup
 	$(PY) -m ruff check driver tests bench
 	$(PY) -m ruff format --check driver tests bench
 	$(PY) -m mypy driver tests bench
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 bench: setup
 	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/stages.py
