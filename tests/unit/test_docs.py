@@ -215,12 +215,12 @@ def test_the_docs_have_commands_of_each_kind_to_check() -> None:
         ("systemctl start gitlab-machine-driver-reaper@x.timer", "no template unit"),
         ("gitlab-machine-driver pool stats", "has no command 'stats'"),
         ("gitlab-machine-driver sweep --dry", "has no option --dry"),
-        ("gitlab-machine-driver migrate --apply config.toml", "has no option --apply"),
+        ("gitlab-machine-driver migrate --aply config.toml", "has no option --aply"),
         ('eval "$(gitlab-machine-driver job start --id 1)"', "has no command 'start'"),
         ("gitlab-machine-driver pool", "needs one of: run, status"),
         ("gitlab-machine-driver migrate", "needs RUNNER_CONFIG_TOML"),
         ("gitlab-machine-driver ls extra", "takes no argument 'extra'"),
-        ("make docs && make test", "no target 'docs'"),
+        ("make demo && make tset", "no target 'tset'"),
     ],
 )
 def test_the_check_finds_what_is_wrong(line: str, expected: str) -> None:
