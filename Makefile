@@ -1,5 +1,6 @@
 # `make demo`: one whole CI job through the four entrypoints on the local default.
 # `make test`: the test suite; `make test-fast`: its lane without root, in seconds.
+# `make lint`: ruff, mypy, and the documentation site (docs/, mkdocs.yml) built --strict.
 # Each installs what it needs first (scripts/setup).
 PY := .venv/bin/python
 
@@ -22,6 +23,7 @@ lint: setup
 	$(PY) -m ruff check driver tests bench
 	$(PY) -m ruff format --check driver tests bench
 	$(PY) -m mypy driver tests bench
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 bench: setup
 	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/stages.py

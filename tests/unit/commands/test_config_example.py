@@ -1,4 +1,4 @@
-"""The example config, the README's settings table and the settings model say the same."""
+"""The example config, the documentation's settings table and the settings model say the same."""
 
 from __future__ import annotations
 
@@ -46,9 +46,12 @@ def example_settings(text: str) -> set[str]:
     return names
 
 
-def readme_settings(text: str) -> set[str]:
-    """The first column of the README's configuration table: `[section] key`, `key`, ..."""
-    table = text.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+SETTINGS_PAGE = ROOT / "docs" / "configuration.md"
+
+
+def documented_settings(text: str) -> set[str]:
+    """The first column of the configuration page's settings table: `[section] key`, `key`..."""
+    table = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
     names = set()
     for row in table.splitlines():
         if not row.startswith("| `"):
@@ -63,13 +66,13 @@ def readme_settings(text: str) -> set[str]:
     return names
 
 
-def test_every_setting_is_in_the_example_and_the_readme_and_nothing_else() -> None:
+def test_every_setting_is_in_the_example_and_the_docs_and_nothing_else() -> None:
     model = model_settings()
     example = example_settings(settings.example_config_path().read_text())
-    readme = readme_settings((ROOT / "README.md").read_text())
+    documented = documented_settings(SETTINGS_PAGE.read_text())
     assert model - example == set(), "settings missing from driver/data/config.example.toml"
-    assert model - readme == set(), "settings missing from the README's configuration table"
-    assert readme - model == set(), "the README's table names settings that do not exist"
+    assert model - documented == set(), f"settings missing from the table in {SETTINGS_PAGE}"
+    assert documented - model == set(), f"the table in {SETTINGS_PAGE} names unknown settings"
     assert example - model == set(), "the example names settings that do not exist"
 
 
