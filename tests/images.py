@@ -7,7 +7,11 @@ host files (`docker import`ed and pushed on the registry's host):
 - `ci/bash`: bash, git, coreutils and the docker CLI (with their libraries);
 - `ci/busybox`: only busybox-static's `sh` and applets, no bash;
 - `ci/web`: busybox `httpd` serving a page on port 8080 (EXPOSE 8080), a service;
-- `ci/helper`: `ci/bash` plus a stand-in `gitlab-runner-helper`, as the helper image.
+- `ci/helper`: `ci/bash` plus a stand-in `gitlab-runner-helper`, as the helper image;
+- `ci/entry`: `ci/busybox` whose ENTRYPOINT script sets FROM_ENTRYPOINT, then execs
+  its arguments (the docker executor's requirement);
+- `ci/stdin-entry`: `ci/busybox` whose ENTRYPOINT ignores its arguments and runs a
+  shell, which reads its program from stdin (docker accepts that too).
 
 `Registry.start` runs Debian's docker-registry twice on one test host: :5000 open,
 :5001 requiring a login (htpasswd, bcrypt).
@@ -133,7 +137,19 @@ class Rootfs:
         return self.buffer.getvalue()
 
 
-def busybox_rootfs(extra: dict[str, bytes] | None = None) -> bytes:
+ENTRYPOINT_SCRIPT = b"""#!/bin/sh
+export FROM_ENTRYPOINT=exec-args
+exec "$@"
+"""
+STDIN_ENTRYPOINT_SCRIPT = b"""#!/bin/sh
+export FROM_ENTRYPOINT=stdin-shell
+exec /bin/sh
+"""
+
+
+def busybox_rootfs(
+    extra: dict[str, bytes] | None = None, executables: dict[str, bytes] | None = None
+) -> bytes:
     fs = Rootfs()
     fs.base()
     fs.copy("/bin/busybox", "/bin/busybox")
@@ -143,6 +159,8 @@ def busybox_rootfs(extra: dict[str, bytes] | None = None) -> bytes:
             fs.link(f"/bin/{applet}", "busybox")
     for path, data in (extra or {}).items():
         fs.write(path, data)
+    for path, data in (executables or {}).items():
+        fs.write(path, data, 0o755)
     return fs.bytes()
 
 
@@ -175,6 +193,16 @@ def test_images() -> list[Image]:
             "ci/web:1",
             busybox_rootfs({"/www/index.html": b"hello from the web service\n"}),
             ['CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]', "EXPOSE 8080"],
+        ),
+        Image(
+            "ci/entry:1",
+            busybox_rootfs(executables={"/entrypoint.sh": ENTRYPOINT_SCRIPT}),
+            ['ENTRYPOINT ["/entrypoint.sh"]', 'CMD ["sh"]'],
+        ),
+        Image(
+            "ci/stdin-entry:1",
+            busybox_rootfs(executables={"/entrypoint.sh": STDIN_ENTRYPOINT_SCRIPT}),
+            ['ENTRYPOINT ["/entrypoint.sh"]'],
         ),
     ]
 

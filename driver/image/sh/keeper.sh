@@ -6,7 +6,7 @@ while [ -p "$d/ctl" ]; do
   c=$d/$t
   (exec 9> "$c.rc" < "$c.in" 3> "$c.out" 2> "$c.err"; echo started >&9
    p=$(p=; read -r p _ 2>/dev/null < /proc/self/stat; echo "$p"
-     exec >&3 3>&- 9>&-; @DETECT_SHELL@); rc=$?
+     exec >&3 3>&- 9>&-; @STAGE_SHELL@); rc=$?
    if [ -n "$g" ] && [ -n "$p" ]; then kill -KILL -"$p" 2>/dev/null; fi
    echo $rc >&9)
 done

@@ -1,11 +1,12 @@
 """Image mode's stage path without Docker: the VM-side wrapper (driver/stages/run.py)
 talking to a container's keeper (driver/image/sh/keeper.sh) through its channel dir.
 
-The "container" is a keeper process run by a POSIX sh (dash, busybox sh) on this
-host, and every process started under it (they carry CONTAINER_MARK in their
-environment, as a container's processes share its PID namespace even when their
-parent dies); a stand-in `docker` answers `inspect` from a file and does the
-cancel's `exec -u 0 ... kill` on those processes only, sparing the keeper.
+The "container" is a keeper process run by a shell (dash, busybox sh, bash) on this
+host, which reads the keeper from its stdin as in a container, and every process
+started under it (they carry CONTAINER_MARK in their environment, as a container's
+processes share its PID namespace even when their parent dies); a stand-in `docker`
+answers `inspect` from a file and does the cancel's `exec -u 0 ... kill` on those
+processes only, sparing the keeper.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ SHELLS = [
         id="busybox",
         marks=pytest.mark.skipif(not shutil.which("busybox"), reason="no busybox"),
     ),
+    pytest.param(["bash"], id="bash"),  # what the detect script finds first in most images
 ]
 
 CONTAINER_MARK = "GMD_TEST_CONTAINER"
@@ -124,7 +126,9 @@ class Container:
 AS_IN_A_CONTAINER = ["env", "--default-signal"]
 
 
-def start_container(shell: list[str], tmp_path: Path) -> Container:
+def start_container(shell: list[str], tmp_path: Path, path: str | None = None) -> Container:
+    """The keeper as the container's command starts it: a shell reading it from stdin,
+    which stays open (``path``: the container's PATH)."""
     tmp, channel, bin_dir = tmp_path / "tmp", tmp_path / "channel", tmp_path / "bin"
     for d in (tmp, bin_dir):
         d.mkdir()
@@ -135,14 +139,21 @@ def start_container(shell: list[str], tmp_path: Path) -> Container:
     docker.chmod(0o755)
     (bin_dir / "running").write_text("true\n")
     proc = subprocess.Popen(
-        [*AS_IN_A_CONTAINER, *shell, "-c", keeper(str(channel))],
-        stdin=subprocess.PIPE,  # open and silent, as the container's stdin
+        [*map(_which, AS_IN_A_CONTAINER[:1]), *AS_IN_A_CONTAINER[1:], _which(shell[0]), *shell[1:]],
+        stdin=subprocess.PIPE,  # the keeper, then open and silent, as the container's stdin
         stdout=subprocess.DEVNULL,
-        env={**os.environ, CONTAINER_MARK: str(bin_dir)},
+        env={**os.environ, CONTAINER_MARK: str(bin_dir), **({"PATH": path} if path else {})},
         start_new_session=True,  # as a container's processes, apart from ours
     )
+    assert proc.stdin
+    proc.stdin.write(keeper(str(channel)).encode())
+    proc.stdin.flush()
     (bin_dir / "keeper").write_text(str(proc.pid))
     return Container(tmp, channel, bin_dir, proc)
+
+
+def _which(program: str) -> str:
+    return shutil.which(program) or program
 
 
 @pytest.fixture(params=SHELLS)
@@ -296,3 +307,4 @@ def test_what_a_stage_leaves_in_its_process_group_ends_with_it(container: Contai
         time.sleep(0.05)
     assert _alive(int(apart.read_text()))
     assert container.run_stage(b"echo next\n") == (0, b"next\n", b"")
+
