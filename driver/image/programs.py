@@ -55,6 +55,12 @@ def keeper(channel: str = CHANNEL_MOUNT) -> str:
     code is written to rc. No channel (not bound): wait on the container's stdin, which
     never delivers.
 
+    A stage under setsid has a stopper beside it, in the keeper's process group: each
+    TERM or KILL line the wrapper writes to the stage's `stop` FIFO goes to the stage's
+    process group and is acknowledged on `ack` (a cancel as quick as in the VM's shell;
+    without an answer the wrapper falls back to a `docker exec`). It ends when the
+    wrapper closes `stop`.
+
     The substitution prints its PID (the stage's process group under setsid), then execs
     the shell; once the shell exits, what is left in that group is killed, as docker
     ends a container with its shell. Else a background process still holding the

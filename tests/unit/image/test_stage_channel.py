@@ -5,8 +5,8 @@ The "container" is a keeper process run by a shell (dash, busybox sh, bash) on t
 host, which reads the keeper from its stdin as in a container, and every process
 started under it (they carry CONTAINER_MARK in their environment, as a container's
 processes share its PID namespace even when their parent dies); a stand-in `docker`
-answers `inspect` from a file and does the cancel's `exec -u 0 ... kill` on those
-processes only, sparing the keeper.
+answers `inspect` from a file and does the cancel's fallback `exec -u 0 ... kill` on
+those processes only, sparing the keeper, and notes that it was used.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ elif args[0] == "logs":  # logs -f -t [--since T] NAME: "tick N" every 0.1 s fro
         if stamp >= since:
             print(f"{{stamp}} tick {{i}}", flush=True)
 elif args[0] == "exec":
+    if len(args) > 2:  # the wrapper's, not the test's own stop of the "container"
+        open(os.path.join(here, "exec-used"), "a").write(args[-1] + "\\n")
     keeper = int(open(os.path.join(here, "keeper")).read())
     mark = ("{CONTAINER_MARK}=" + here).encode()
     sig = getattr(signal, "SIG" + re.search(r"kill -(\\w+)", args[-1]).group(1))
@@ -91,6 +93,10 @@ class Container:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "TMPDIR": str(self.tmp), "PATH": f"{self.bin}:{os.environ['PATH']}"}
+
+    def exec_used(self) -> bool:
+        """Did a cancel need the stand-in's `docker exec`?"""
+        return (self.bin / "exec-used").exists()
 
     def start_stage(
         self, script: bytes, grace: float = 1, services: str = ""
@@ -232,11 +238,12 @@ def test_closing_stdin_stops_the_stage_even_if_it_ignores_sigterm(container: Con
     child = int(pidfile.read_text())
     assert proc.stdin
     proc.stdin.close()  # what happens when the driver's run is cancelled or killed
-    proc.wait(timeout=15)
-    deadline = time.monotonic() + 10
-    while _alive(child):
-        assert time.monotonic() < deadline, "the stage's child survived"
+    cancelled = time.monotonic()
+    while _alive(child):  # SIGKILL after the grace (1 s)
+        assert time.monotonic() < cancelled + 2.5, "the stage's child survived"
         time.sleep(0.05)
+    proc.wait(timeout=15)
+    assert not container.exec_used()  # the keeper ended them
     assert container.keeper.poll() is None  # the keeper lives on for after_script
     rc, out, _ = container.run_stage(b"echo next\n")
     assert (rc, out) == (0, b"next\n")
@@ -308,3 +315,51 @@ def test_what_a_stage_leaves_in_its_process_group_ends_with_it(container: Contai
     assert _alive(int(apart.read_text()))
     assert container.run_stage(b"echo next\n") == (0, b"next\n", b"")
 
+
+def _cancel_and_time(container: Container, grace: float) -> tuple[float, subprocess.Popen[bytes]]:
+    """Cancel a stage running `sleep 300` (SIGTERM ends it): seconds until the sleep is gone."""
+    pidfile = container.tmp.parent / "sleep.pid"
+    proc = container.start_stage(f"sleep 300 & echo $! > {pidfile}; wait\n".encode(), grace)
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    child = int(pidfile.read_text())
+    assert proc.stdin
+    proc.stdin.close()
+    cancelled = time.monotonic()
+    while _alive(child):
+        assert time.monotonic() < cancelled + grace + 5, "the stage's sleep survived"
+        time.sleep(0.01)
+    return time.monotonic() - cancelled, proc
+
+
+def test_a_cancel_is_the_keepers_to_do_and_as_quick_as_in_the_shell(
+    container: Container,
+) -> None:
+    # The keeper signals the stage's process group itself: no docker exec (seconds on a
+    # slow VM), and the SIGTERM arrives at once, well within the grace.
+    took, proc = _cancel_and_time(container, grace=3)
+    assert took < 1.0, took
+    assert not container.exec_used()
+    proc.wait(timeout=15)
+    assert proc.returncode == 255  # cancelled: the driver's run reports it
+    assert container.keeper.poll() is None
+    assert container.run_stage(b"echo next\n") == (0, b"next\n", b"")
+
+
+def test_without_setsid_a_cancel_falls_back_to_docker_exec(tmp_path: Path) -> None:
+    # No setsid in the image: the stage has no process group of its own for the keeper
+    # to signal, so the wrapper stops the container's processes with a docker exec.
+    tools = tmp_path / "image-bin"
+    tools.mkdir()
+    (tools / "sleep").symlink_to(shutil.which("sleep") or "/bin/sleep")
+    box = start_container(["bash"], tmp_path, path=str(tools))
+    try:
+        _, proc = _cancel_and_time(box, grace=1)
+        assert box.exec_used()
+        proc.wait(timeout=15)
+        assert box.keeper.poll() is None
+        assert box.run_stage(b"echo next\n") == (0, b"next\n", b"")
+    finally:
+        box.stop()
