@@ -9,6 +9,10 @@ host files (`docker import`ed and pushed on the registry's host):
 - `ci/web`: busybox `httpd` serving a page on port 8080 (EXPOSE 8080), a service;
 - `ci/helper`: `ci/bash` plus a stand-in `gitlab-runner-helper`, as the helper image;
 - `ci/crashing`: a postgres-like service (EXPOSE 5432) that exits at once with an error.
+- `ci/entry`: `ci/busybox` whose ENTRYPOINT script sets FROM_ENTRYPOINT, then execs
+  its arguments (the docker executor's requirement);
+- `ci/stdin-entry`: `ci/busybox` whose ENTRYPOINT ignores its arguments and runs a
+  shell, which reads its program from stdin (docker accepts that too).
 
 `Registry.start` runs Debian's docker-registry twice on one test host: :5000 open,
 :5001 requiring a login (htpasswd, bcrypt).
@@ -136,7 +140,19 @@ class Rootfs:
         return self.buffer.getvalue()
 
 
-def busybox_rootfs(extra: dict[str, bytes] | None = None) -> bytes:
+ENTRYPOINT_SCRIPT = b"""#!/bin/sh
+export FROM_ENTRYPOINT=exec-args
+exec "$@"
+"""
+STDIN_ENTRYPOINT_SCRIPT = b"""#!/bin/sh
+export FROM_ENTRYPOINT=stdin-shell
+exec /bin/sh
+"""
+
+
+def busybox_rootfs(
+    extra: dict[str, bytes] | None = None, executables: dict[str, bytes] | None = None
+) -> bytes:
     fs = Rootfs()
     fs.base()
     fs.copy("/bin/busybox", "/bin/busybox")
@@ -146,6 +162,8 @@ def busybox_rootfs(extra: dict[str, bytes] | None = None) -> bytes:
             fs.link(f"/bin/{applet}", "busybox")
     for path, data in (extra or {}).items():
         fs.write(path, data)
+    for path, data in (executables or {}).items():
+        fs.write(path, data, 0o755)
     return fs.bytes()
 
 
@@ -200,6 +218,16 @@ def test_images() -> list[Image]:
                 "CMD " + json.dumps(["sh", "-c", f"echo {shlex_quote(CRASH_MESSAGE)} >&2; exit 1"]),
                 "EXPOSE 5432",
             ],
+        ),
+        Image(
+            "ci/entry:1",
+            busybox_rootfs(executables={"/entrypoint.sh": ENTRYPOINT_SCRIPT}),
+            ['ENTRYPOINT ["/entrypoint.sh"]', 'CMD ["sh"]'],
+        ),
+        Image(
+            "ci/stdin-entry:1",
+            busybox_rootfs(executables={"/entrypoint.sh": STDIN_ENTRYPOINT_SCRIPT}),
+            ['ENTRYPOINT ["/entrypoint.sh"]'],
         ),
     ]
 

@@ -7,13 +7,14 @@ names in ``<job dir>/image.json`` for ``run``. ``prestart_helper`` is the warm
 pool's part: a ready machine's network and helper, before a job takes it.
 
 The build and helper containers run a "keeper" (driver/image/programs.py): the
-image's ENTRYPOINT (or the job's ``entrypoint:``) with ``sh -c <keeper>`` as its
-arguments, as the docker executor passes ``sh -c <detect shell>``; the keeper
-prints its PID and waits for stages on a FIFO in its channel dir, a VM dir bound
-into the container (driver/image/stage.py). Each stage's pipes are FIFOs there too
-(made by the VM-side wrapper in driver/stages/run.py): no ``docker exec`` per
-stage, which would cost more than the rest of the stage. A cancel stops every
-process in the container but PID 1 and the keeper.
+image's ENTRYPOINT (or the job's ``entrypoint:``) gets the docker executor's
+``sh -c <detect shell>`` as its arguments and the keeper arrives on the container's
+stdin (an attach), as a stage's script does on docker, so every entrypoint docker
+accepts works; the keeper prints its PID and waits for stages on a FIFO in its
+channel dir, a VM dir bound into the container (driver/image/stage.py). Each
+stage's pipes are FIFOs there too (made by the VM-side wrapper in
+driver/stages/run.py): no ``docker exec`` per stage, which would cost more than the
+rest of the stage. A cancel goes to the keeper, which ends the stage's process group.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ from driver.image.engine import Engine, connect, together
 from driver.image.host_config import Role, network_options
 from driver.image.host_config import for_role as host_config_for
 from driver.image.plan import ContainerPlan, Plan, with_tag
-from driver.image.programs import HELPER_KEEPER, KEEPER, KEEPER_MARK
+from driver.image.programs import (
+    COMMAND,
+    HELPER_KEEPER,
+    KEEPER,
+    KEEPER_LABEL,
+    KEEPER_MARK,
+    digest,
+)
 from driver.image.pull import ImageUnavailable, Puller
 from driver.image.stage import CHANNEL_MOUNT, IMAGE_FILE, channel_dir
 from driver.settings import Settings
@@ -115,8 +123,10 @@ class Starter:
         binds: list[str],
         network_aliases: list[str],
         role: Role,
+        stdin: str | None = None,
     ) -> str:
-        """``role``: which of the admin's container options apply (driver/image/host_config)."""
+        """``role``: which of the admin's container options apply (driver/image/host_config).
+        ``stdin``: a program written to the container's stdin once it starts (the keeper)."""
         api = self.api
         host_config = api.create_host_config(
             binds=binds,
@@ -139,23 +149,41 @@ class Starter:
             stdin_open=True,
             tty=False,
             volumes=self._anonymous_volumes() or None,
-            labels={"gitlab-machine-driver.machine": self.machine},
+            labels={
+                "gitlab-machine-driver.machine": self.machine,
+                **({KEEPER_LABEL: digest(stdin)} if stdin is not None else {}),
+            },
             host_config=host_config,
             networking_config=networking,
             platform=spec.platform or None,
             **kwargs,
         )
-        api.start(container["Id"])
+        self._start(container["Id"], stdin)
         return name
+
+    def _start(self, container: str, stdin: str | None) -> None:
+        """Start it; with ``stdin``, attached first and written to as the docker executor
+        writes a stage's script. The container's stdin stays open (not stdin-once): the
+        keeper's shell never reads an end of its program."""
+        if stdin is None:
+            self.api.start(container)
+            return
+        sock = self.api.attach_socket(container, params={"stdin": 1, "stream": 1})
+        try:
+            self.api.start(container)
+            sock.sendall(stdin.encode())
+        finally:
+            sock.close()
 
     def _create_helper(self, name: str, image: str) -> str:
         return self._create(
             name,
             ContainerPlan(image=image, policies=[]),
-            ["sh", "-c", HELPER_KEEPER],
+            COMMAND,
             binds=[*self._binds(), channel_bind(name)],
             network_aliases=[],
             role="helper",
+            stdin=HELPER_KEEPER,
         )
 
     def _network(self) -> None:
@@ -174,7 +202,7 @@ class Starter:
 
     def _pooled_helper(self, name: str) -> str:
         """The image id of a helper the pool started, if it is running what this job's
-        would run (image, command, binds); "" if none. A stale one is removed."""
+        would run (image, command, keeper, binds); "" if none. A stale one is removed."""
         from docker.errors import NotFound
 
         try:
@@ -184,7 +212,8 @@ class Starter:
         same = (
             info["State"].get("Running")
             and info["Config"].get("Image") == with_tag(self.plan.helper_image)
-            and info["Config"].get("Cmd") == ["sh", "-c", HELPER_KEEPER]
+            and info["Config"].get("Cmd") == COMMAND
+            and (info["Config"].get("Labels") or {}).get(KEEPER_LABEL) == digest(HELPER_KEEPER)
             and info["HostConfig"].get("Binds") == [*self._binds(), channel_bind(name)]
         )
         if same:
@@ -217,8 +246,11 @@ class Starter:
                     f"container {name} ({self.api.inspect_container(name)['Config']['Image']}) "
                     f"{why} (exit code {state.get('ExitCode')}); its output:\n"
                     + "\n".join(logs.splitlines()[-20:]),
-                    hint="the image needs `sh`, and its ENTRYPOINT must run its arguments "
-                    "(as on the docker executor); the job's `entrypoint:` can replace it",
+                    hint="the container runs the docker executor's `sh -c <detect shell>` "
+                    "after its ENTRYPOINT and gets its program on stdin, as on docker: the "
+                    "image needs `sh`, and its ENTRYPOINT must run its arguments or a shell "
+                    "reading stdin (the docker executor fails the same way); the job's "
+                    '`entrypoint:` can replace it (`[""]`: none)',
                 )
             time.sleep(0.05)
 
@@ -292,10 +324,11 @@ class Starter:
                 self._create,
                 build,
                 job.build,
-                ["sh", "-c", KEEPER],
+                COMMAND,
                 binds=build_binds,
                 network_aliases=["build"],
                 role="build",
+                stdin=KEEPER,
             ),
         )
         helper_pid, build_pid = together(

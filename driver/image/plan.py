@@ -96,14 +96,10 @@ def plan(
         policy.check_allowed(name, settings.allowed_images, "images")
     policy.check_docker_options(spec.docker_options, "image")
     options = spec.docker_options
-    entrypoint = spec.entrypoint if spec.entrypoint and spec.name else None
-    if entrypoint is not None and settings.disable_entrypoint_overwrite:
-        say("Entrypoint override disabled")
-        entrypoint = None
     build = ContainerPlan(
         image=name,
         policies=policy.pull_policies(name, spec.pull_policy if spec.name else None, settings),
-        entrypoint=entrypoint,
+        entrypoint=_entrypoint(spec.entrypoint if spec.name else None, settings, say),
         # docker: user and platform are expanded at use time, as the docker executor does.
         user=policy.build_user(_expand(str(options.get("user") or ""), variables), settings),
         platform=_expand(str(options.get("platform") or ""), variables),
@@ -227,7 +223,7 @@ def _plan_services(
                 policies=policy.pull_policies(
                     spec.name, None if from_admin else spec.pull_policy, settings
                 ),
-                entrypoint=spec.entrypoint or None,
+                entrypoint=_entrypoint(spec.entrypoint, settings, say),
                 command=spec.command or None,
                 user=_expand(str(options.get("user") or ""), variables),
                 platform=_expand(str(options.get("platform") or ""), variables),
@@ -236,6 +232,17 @@ def _plan_services(
             )
         )
     return result
+
+
+def _entrypoint(wanted: list[str] | None, settings: ImageSettings, say: Say) -> list[str] | None:
+    """A job's (or [[image.services]]') non-empty ``entrypoint:`` replaces the image's,
+    unless the admin disabled that: for the build image and services alike, as on docker."""
+    if not wanted:
+        return None
+    if settings.disable_entrypoint_overwrite:
+        say("Entrypoint override disabled")
+        return None
+    return wanted
 
 
 def _expand(text: str, variables: dict[str, str]) -> str:

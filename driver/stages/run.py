@@ -42,8 +42,11 @@ if TYPE_CHECKING:
 # token is written to the keeper's `ctl` FIFO, and the keeper (driver/image/sh/keeper.sh,
 # in the container) opens them and answers "started" on `rc` before it runs the first
 # shell found, as the docker executor's detect script does, with the script on its stdin;
-# its exit code follows on `rc`. A stop signals every process in the container but
-# PID 1 and the keeper (a docker exec: only on cancel). A keeper that does not answer
+# its exit code follows on `rc`. A stop is written to the stage's `stop` FIFO: the
+# keeper signals the stage's process group (it runs under setsid: "started group") and
+# answers on `ack`; with no answer within 2 s (an image without setsid, a stuck
+# container) a docker exec signals every process in the container but PID 1 and the
+# keeper, as the docker executor's stop does. A keeper that does not answer
 # or a stage that ends without an exit code is reported like a lost machine, with the
 # container's state as the reason. With CI_DEBUG_SERVICES, "<container>=<label>,..." of
 # the services: their output is followed into the job log while the stage runs, from the
@@ -98,9 +101,9 @@ if [ -z "$ctr" ]; then
   set +m
 else
   c=$chan/$token
-  mkfifo -m 644 "$c.in" && mkfifo -m 622 "$c.out" "$c.err" "$c.rc" ||
+  mkfifo -m 644 "$c.in" "$c.stop" && mkfifo -m 622 "$c.out" "$c.err" "$c.rc" "$c.ack" ||
     lost "the job container $ctr: cannot make the stage pipes in $chan"
-  exec 5<> "$c.rc"
+  exec 5<> "$c.rc" 7<> "$c.stop" 8<> "$c.ack"
   set -m
   (cat "$script" > "$c.in" & cat "$c.err" >&3 & cat "$c.out"; wait) &
   pid=$!
@@ -117,8 +120,12 @@ else
 fi
 stop() {
   if [ -n "$ctr" ]; then
-    k="for d in /proc/[0-9]*; do p=\${d#/proc/}; case \$p in 1|$keeper|\$\$) ;;"
-    docker exec -u 0 "$ctr" sh -c "$k *) kill -$1 \$p 2>/dev/null;; esac; done"
+    ack=
+    if [ "$started" = "started group" ]; then echo $1 >&7; IFS= read -r -t 2 -u 8 ack; fi
+    if [ "$ack" != $1 ]; then
+      k="for d in /proc/[0-9]*; do p=\${d#/proc/}; case \$p in 1|$keeper|\$\$) ;;"
+      docker exec -u 0 "$ctr" sh -c "$k *) kill -$1 \$p 2>/dev/null;; esac; done"
+    fi
     if [ $1 = TERM ]; then return; fi
   fi
   kill -$1 -- -$pid

@@ -321,6 +321,52 @@ def test_the_job_builds_images_on_the_vms_engine(env: Env, registry: images.Regi
     env.assert_nothing_left()
 
 
+ENTRYPOINT_FORMS = [
+    # (image, the job's entrypoint:, [image] settings, what FROM_ENTRYPOINT says)
+    pytest.param("ci/entry:1", None, {}, "exec-args", id="image-entrypoint-execs-its-args"),
+    pytest.param("ci/entry:1", [""], {}, "none", id="no-entrypoint"),
+    pytest.param("ci/busybox:1", ["/bin/sh", "-c"], {}, "none", id="sh-c"),
+    pytest.param("ci/bash:1", ["/bin/bash", "-lc"], {}, "none", id="bash-lc"),
+    pytest.param("ci/stdin-entry:1", None, {}, "stdin-shell", id="ignores-args-reads-stdin"),
+    pytest.param(
+        "ci/entry:1",
+        ["/bin/sh", "-c"],
+        {"disable_entrypoint_overwrite": True},
+        "exec-args",
+        id="override-disabled",
+    ),
+]
+
+
+@pytest.mark.parametrize(("image", "entrypoint", "settings", "expected"), ENTRYPOINT_FORMS)
+def test_every_entrypoint_the_docker_executor_accepts(
+    env: Env,
+    registry: images.Registry,
+    image: str,
+    entrypoint: list[str] | None,
+    settings: dict[str, Any],
+    expected: str,
+) -> None:
+    """The keeper reaches the container as a stage's script reaches docker's: on stdin,
+    after the ENTRYPOINT got `sh -c <detect shell>`; each stage sees what it set up."""
+    image_world(env, registry, **settings)
+    job = Job(
+        image=f"{registry.open}/{image}",
+        image_entrypoint=entrypoint,
+        script=['echo "entry=${FROM_ENTRYPOINT:-none}"', "echo second-line"],
+        after_script=['echo "after=${FROM_ENTRYPOINT:-none}"'],
+    )
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    build = result.lines("build_script")
+    assert f"entry={expected}" in build
+    assert "second-line" in build
+    assert f"after={expected}" in result.lines("after_script")
+    if settings:
+        assert "[gitlab-machine-driver] Entrypoint override disabled" in result.lines()
+    env.assert_nothing_left()
+
+
 LOOP = "while true; do date +%s%N >> /tmp/alive; sleep 0.1; done"
 CHECK_STOPPED = (
     "a=$(wc -l < /tmp/alive); sleep 1.5; b=$(wc -l < /tmp/alive); "

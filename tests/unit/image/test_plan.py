@@ -132,3 +132,26 @@ def test_services_get_the_runners_variables_but_no_secret() -> None:
     assert env["CI_PROJECT_DIR"] == "/builds/group/project"
     assert env["CI_RUNNER_VERSION"] == "17.9.0" and env["CI_JOB_NAME"] == "test-job"
     assert "SECRET" not in env and "CI_JOB_TOKEN" not in env
+
+
+def test_disable_entrypoint_overwrite_keeps_every_images_own() -> None:
+    """As the docker executor: for the build image and each service, the admin's too."""
+    job = Job(
+        image="ruby:3.2",
+        image_entrypoint=["/bin/sh", "-c"],
+        services=[Service("postgres:15", entrypoint=["/custom-entry"])],
+    )
+    admin = [{"name": "redis:7", "entrypoint": ["/admin-entry"]}]
+    got = plan(job, services=admin)
+    assert got is not None
+    assert [got.build.entrypoint, *(s.entrypoint for s in got.services)] == [
+        ["/bin/sh", "-c"],
+        ["/admin-entry"],
+        ["/custom-entry"],
+    ]
+    said: list[str] = []
+    settings = ImageSettings(mode="container", services=admin, disable_entrypoint_overwrite=True)
+    got = image_plan.plan(settings, said.append, payload(job), environ(job))
+    assert got is not None
+    assert [got.build.entrypoint, *(s.entrypoint for s in got.services)] == [None, None, None]
+    assert said.count("Entrypoint override disabled") == 3

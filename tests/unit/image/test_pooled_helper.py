@@ -11,7 +11,7 @@ from driver.image.config import ImageSettings
 from driver.image.containers import Starter, channel_bind
 from driver.image.engine import Engine
 from driver.image.plan import ContainerPlan, Plan
-from driver.image.programs import HELPER_KEEPER
+from driver.image.programs import COMMAND, HELPER_KEEPER, KEEPER_LABEL, digest
 
 HELPER = "reg.example.com/ci/helper:1"
 MACHINE = "gmd-p1234"
@@ -64,7 +64,14 @@ def pooled(**changes: Any) -> dict[str, Any]:
     container: dict[str, Any] = {
         "Image": "sha256:abc",
         "State": {"Running": True},
-        "Config": {"Image": HELPER, "Cmd": ["sh", "-c", HELPER_KEEPER]},
+        "Config": {
+            "Image": HELPER,
+            "Cmd": COMMAND,
+            "Labels": {
+                "gitlab-machine-driver.machine": MACHINE,
+                KEEPER_LABEL: digest(HELPER_KEEPER),
+            },
+        },
         "HostConfig": {"Binds": ["/builds:/builds:rw", "/cache:/cache:rw", channel_bind(NAME)]},
     }
     for section, value in changes.items():
@@ -91,9 +98,11 @@ def test_no_helper_from_the_pool_means_none() -> None:
     [
         {"State": {"Running": False}},
         {"Config": {"Image": "reg.example.com/ci/helper:2"}},  # the admin changed it since
-        {"Config": {"Cmd": ["sh", "-c", "an older driver's keeper"]}},
+        {"Config": {"Cmd": ["sh", "-c", HELPER_KEEPER]}},  # an older driver's way
+        {"Config": {"Labels": {KEEPER_LABEL: digest("an older driver's keeper")}}},
+        {"Config": {"Labels": {}}},
     ],
-    ids=["stopped", "other-image", "other-keeper"],
+    ids=["stopped", "other-image", "keeper-as-command", "other-keeper", "no-keeper-label"],
 )
 def test_a_helper_that_differs_is_removed_and_not_used(changes: dict[str, Any]) -> None:
     job = starter()

@@ -1,11 +1,12 @@
 """Image mode's stage path without Docker: the VM-side wrapper (driver/stages/run.py)
 talking to a container's keeper (driver/image/sh/keeper.sh) through its channel dir.
 
-The "container" is a keeper process run by a POSIX sh (dash, busybox sh) on this
-host, and every process started under it (they carry CONTAINER_MARK in their
-environment, as a container's processes share its PID namespace even when their
-parent dies); a stand-in `docker` answers `inspect` from a file and does the
-cancel's `exec -u 0 ... kill` on those processes only, sparing the keeper.
+The "container" is a keeper process run by a shell (dash, busybox sh, bash) on this
+host, which reads the keeper from its stdin as in a container, and every process
+started under it (they carry CONTAINER_MARK in their environment, as a container's
+processes share its PID namespace even when their parent dies); a stand-in `docker`
+answers `inspect` from a file and does the cancel's fallback `exec -u 0 ... kill` on
+those processes only, sparing the keeper, and notes that it was used.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ SHELLS = [
         id="busybox",
         marks=pytest.mark.skipif(not shutil.which("busybox"), reason="no busybox"),
     ),
+    pytest.param(["bash"], id="bash"),  # what the detect script finds first in most images
 ]
 
 CONTAINER_MARK = "GMD_TEST_CONTAINER"
@@ -59,6 +61,8 @@ elif args[0] == "logs":  # logs -f -t [--since T] NAME: "tick N" every 0.1 s fro
         if stamp >= since:
             print(f"{{stamp}} tick {{i}}", flush=True)
 elif args[0] == "exec":
+    if len(args) > 2:  # the wrapper's, not the test's own stop of the "container"
+        open(os.path.join(here, "exec-used"), "a").write(args[-1] + "\\n")
     keeper = int(open(os.path.join(here, "keeper")).read())
     mark = ("{CONTAINER_MARK}=" + here).encode()
     sig = getattr(signal, "SIG" + re.search(r"kill -(\\w+)", args[-1]).group(1))
@@ -89,6 +93,10 @@ class Container:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "TMPDIR": str(self.tmp), "PATH": f"{self.bin}:{os.environ['PATH']}"}
+
+    def exec_used(self) -> bool:
+        """Did a cancel need the stand-in's `docker exec`?"""
+        return (self.bin / "exec-used").exists()
 
     def start_stage(
         self, script: bytes, grace: float = 1, services: str = ""
@@ -124,7 +132,9 @@ class Container:
 AS_IN_A_CONTAINER = ["env", "--default-signal"]
 
 
-def start_container(shell: list[str], tmp_path: Path) -> Container:
+def start_container(shell: list[str], tmp_path: Path, path: str | None = None) -> Container:
+    """The keeper as the container's command starts it: a shell reading it from stdin,
+    which stays open (``path``: the container's PATH)."""
     tmp, channel, bin_dir = tmp_path / "tmp", tmp_path / "channel", tmp_path / "bin"
     for d in (tmp, bin_dir):
         d.mkdir()
@@ -135,14 +145,21 @@ def start_container(shell: list[str], tmp_path: Path) -> Container:
     docker.chmod(0o755)
     (bin_dir / "running").write_text("true\n")
     proc = subprocess.Popen(
-        [*AS_IN_A_CONTAINER, *shell, "-c", keeper(str(channel))],
-        stdin=subprocess.PIPE,  # open and silent, as the container's stdin
+        [*map(_which, AS_IN_A_CONTAINER[:1]), *AS_IN_A_CONTAINER[1:], _which(shell[0]), *shell[1:]],
+        stdin=subprocess.PIPE,  # the keeper, then open and silent, as the container's stdin
         stdout=subprocess.DEVNULL,
-        env={**os.environ, CONTAINER_MARK: str(bin_dir)},
+        env={**os.environ, CONTAINER_MARK: str(bin_dir), **({"PATH": path} if path else {})},
         start_new_session=True,  # as a container's processes, apart from ours
     )
+    assert proc.stdin
+    proc.stdin.write(keeper(str(channel)).encode())
+    proc.stdin.flush()
     (bin_dir / "keeper").write_text(str(proc.pid))
     return Container(tmp, channel, bin_dir, proc)
+
+
+def _which(program: str) -> str:
+    return shutil.which(program) or program
 
 
 @pytest.fixture(params=SHELLS)
@@ -221,11 +238,12 @@ def test_closing_stdin_stops_the_stage_even_if_it_ignores_sigterm(container: Con
     child = int(pidfile.read_text())
     assert proc.stdin
     proc.stdin.close()  # what happens when the driver's run is cancelled or killed
-    proc.wait(timeout=15)
-    deadline = time.monotonic() + 10
-    while _alive(child):
-        assert time.monotonic() < deadline, "the stage's child survived"
+    cancelled = time.monotonic()
+    while _alive(child):  # SIGKILL after the grace (1 s)
+        assert time.monotonic() < cancelled + 2.5, "the stage's child survived"
         time.sleep(0.05)
+    proc.wait(timeout=15)
+    assert not container.exec_used()  # the keeper ended them
     assert container.keeper.poll() is None  # the keeper lives on for after_script
     rc, out, _ = container.run_stage(b"echo next\n")
     assert (rc, out) == (0, b"next\n")
@@ -296,3 +314,52 @@ def test_what_a_stage_leaves_in_its_process_group_ends_with_it(container: Contai
         time.sleep(0.05)
     assert _alive(int(apart.read_text()))
     assert container.run_stage(b"echo next\n") == (0, b"next\n", b"")
+
+
+def _cancel_and_time(container: Container, grace: float) -> tuple[float, subprocess.Popen[bytes]]:
+    """Cancel a stage running `sleep 300` (SIGTERM ends it): seconds until the sleep is gone."""
+    pidfile = container.tmp.parent / "sleep.pid"
+    proc = container.start_stage(f"sleep 300 & echo $! > {pidfile}; wait\n".encode(), grace)
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    child = int(pidfile.read_text())
+    assert proc.stdin
+    proc.stdin.close()
+    cancelled = time.monotonic()
+    while _alive(child):
+        assert time.monotonic() < cancelled + grace + 5, "the stage's sleep survived"
+        time.sleep(0.01)
+    return time.monotonic() - cancelled, proc
+
+
+def test_a_cancel_is_the_keepers_to_do_and_as_quick_as_in_the_shell(
+    container: Container,
+) -> None:
+    # The keeper signals the stage's process group itself: no docker exec (seconds on a
+    # slow VM), and the SIGTERM arrives at once, well within the grace.
+    took, proc = _cancel_and_time(container, grace=3)
+    assert took < 1.0, took
+    assert not container.exec_used()
+    proc.wait(timeout=15)
+    assert proc.returncode == 255  # cancelled: the driver's run reports it
+    assert container.keeper.poll() is None
+    assert container.run_stage(b"echo next\n") == (0, b"next\n", b"")
+
+
+def test_without_setsid_a_cancel_falls_back_to_docker_exec(tmp_path: Path) -> None:
+    # No setsid in the image: the stage has no process group of its own for the keeper
+    # to signal, so the wrapper stops the container's processes with a docker exec.
+    tools = tmp_path / "image-bin"
+    tools.mkdir()
+    (tools / "sleep").symlink_to(shutil.which("sleep") or "/bin/sleep")
+    box = start_container(["bash"], tmp_path, path=str(tools))
+    try:
+        _, proc = _cancel_and_time(box, grace=1)
+        assert box.exec_used()
+        proc.wait(timeout=15)
+        assert box.keeper.poll() is None
+        assert box.run_stage(b"echo next\n") == (0, b"next\n", b"")
+    finally:
+        box.stop()
