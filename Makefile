@@ -10,7 +10,7 @@ setup:
 	@./scripts/setup
 
 demo: setup
-	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) -m tests.runner --config $(CURDIR)/config/demo.toml
+	PATH="$(CURDIR)/testing/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) -m testing.runner --config $(CURDIR)/config/demo.toml
 
 test: setup
 	$(PY) -m pytest -n 2 --durations=15
@@ -20,11 +20,11 @@ test-fast: setup
 	$(PY) -m pytest -n 2 -m "not slow" --cov --cov-report=term
 
 lint: setup
-	$(PY) -m ruff check driver tests bench
-	$(PY) -m ruff format --check driver tests bench
-	$(PY) -m mypy driver tests bench
+	$(PY) -m ruff check driver testing tests bench
+	$(PY) -m ruff format --check driver testing tests bench
+	$(PY) -m mypy driver testing tests bench
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 bench: setup
-	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/stages.py
-	PATH="$(CURDIR)/tests/doubles/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/image.py
+	PATH="$(CURDIR)/testing/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/stages.py
+	PATH="$(CURDIR)/testing/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/image.py

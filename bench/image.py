@@ -1,6 +1,6 @@
 """Image mode's costs beside shell mode's, on the local default (the docker-machine double).
 
-    make bench            # or: PATH=tests/doubles/bin:$PATH .venv/bin/python bench/image.py
+    make bench            # or: PATH=testing/bin:$PATH .venv/bin/python bench/image.py
 
 In one run, side by side, medians of --repeat interleaved runs:
   - `run` of an empty stage in a shell-mode job and in an image-mode job (busybox image):
@@ -9,7 +9,7 @@ In one run, side by side, medians of --repeat interleaved runs:
     hit and the image pre-pulled ([pool] images, helper_image): target under 2.5 s;
   - the image pull time per job (a job's image not in [pool] images) without and with the
     pool learning the images recent jobs ran ([image] pool_recent_images 0, then 3).
-Images come from a registry on a test host of the double (tests/images.py).
+Images come from a registry on a test host of the double (testing/images.py).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests import images  # noqa: E402
-from tests.runner import Job  # noqa: E402
-from tests.world import Env, destroy_world, driver_argv, new_world  # noqa: E402
+from testing import images  # noqa: E402
+from testing.runner import Job  # noqa: E402
+from testing.world import Env, destroy_world, driver_argv, new_world  # noqa: E402
 
 DRIVER = [str(Path(sys.executable).parent / "gitlab-machine-driver")]
 MARK = "first-line-of-the-user-script"

@@ -1,9 +1,9 @@
 """Warm pool: prepare time and cost with and without ready machines, on a slow cloud.
 
-    PATH=$PWD/tests/doubles/bin:$PATH .venv/bin/python bench/pool.py
+    PATH=$PWD/testing/bin:$PATH .venv/bin/python bench/pool.py
 
 Every `docker-machine create` of the double sleeps --create-delay seconds
-first (a slow cloud). Each scenario runs in its own world (tests/world.py),
+first (a slow cloud). Each scenario runs in its own world (testing/world.py),
 one after the other, and jobs (a trivial script, each in its own thread
 through the runner emulation) arrive on a schedule: job i starts at
 i x interval. Each world first runs one job with no delay, so docker-machine's
@@ -54,8 +54,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.runner import Job, JobResult  # noqa: E402
-from tests.world import Env, destroy_world, driver_argv, new_world  # noqa: E402
+from testing.runner import Job, JobResult  # noqa: E402
+from testing.world import Env, destroy_world, driver_argv, new_world  # noqa: E402
 
 HIT = "from the warm pool"
 MISS = "No ready machine in the warm pool"

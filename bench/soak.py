@@ -2,11 +2,11 @@
 
 Every job gets its own VM, on one runner host.
 
-    PATH=$PWD/tests/doubles/bin:$PATH .venv/bin/python bench/soak.py --jobs 48 --concurrency 16
+    PATH=$PWD/testing/bin:$PATH .venv/bin/python bench/soak.py --jobs 48 --concurrency 16
 
-One world (tests/world.py) is shared by every job, as one runner host shares
+One world (testing/world.py) is shared by every job, as one runner host shares
 its docker-machine storage and the driver's state dir. A thread pool of
---concurrency JobRuns (the runner emulation, tests/runner) drives the real
+--concurrency JobRuns (the runner emulation, testing/runner) drives the real
 driver through config/prepare/run/cleanup. Each job is one of five kinds,
 mixed by --mix and shuffled with --seed:
 
@@ -79,9 +79,9 @@ from soak_reclaim import (  # noqa: E402
 
 from driver.errors import DriverError  # noqa: E402
 from driver.state import StateDir  # noqa: E402
-from tests.doubles import docker_machine as double  # noqa: E402
-from tests.runner import CancelPlan, Job, JobResult, RunnerEmulator  # noqa: E402
-from tests.world import BUILD_FAILURE, SYSTEM_FAILURE, Env, destroy_world, new_world  # noqa: E402
+from testing import docker_machine as double  # noqa: E402
+from testing.runner import CancelPlan, Job, JobResult, RunnerEmulator  # noqa: E402
+from testing.world import BUILD_FAILURE, SYSTEM_FAILURE, Env, destroy_world, new_world  # noqa: E402
 
 KINDS = ("success", "failed", "cancelled", "lost_vm", "runner_dies")
 EXPECTED = {

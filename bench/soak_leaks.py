@@ -14,8 +14,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from driver.state import StateDir  # noqa: E402
-from tests.doubles import docker_machine as double  # noqa: E402
-from tests.world import Env  # noqa: E402
+from testing import docker_machine as double  # noqa: E402
+from testing.world import Env  # noqa: E402
 
 SETTLE_SECONDS = 15.0  # for VM and driver processes to go after the last job
 

@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.runner import RunnerEmulator  # noqa: E402
-from tests.world import Env  # noqa: E402
+from testing.runner import RunnerEmulator  # noqa: E402
+from testing.world import Env  # noqa: E402
 
 EXECUTABLES = ("config", "prepare", "run", "cleanup")
 

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.world import Env, driver_argv  # noqa: E402
+from testing.world import Env, driver_argv  # noqa: E402
 
 REMOVING = re.compile(r"\] (?P<machine>\S+): removing \((?P<reason>.*)\)$")
 # The sweeper also removes job state dirs whose machine is gone: a live job's would be harm.
@@ -359,8 +359,8 @@ import json, os, sys, time
 root, base, job_id, report = sys.argv[1:5]
 sys.path.insert(0, root)
 from pathlib import Path
-from tests.runner import Job
-from tests.world import Env
+from testing.runner import Job
+from testing.world import Env
 
 def save(path, data):
     with open(path + ".tmp", "w") as f:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.doubles import docker_machine as dm
+from testing import docker_machine as dm
 from tests.doubles.harness import Machine
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.doubles.docker_machine.common import DOCKERD
+from testing.docker_machine.common import DOCKERD
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-LAUNCHER = HERE / "bin" / "docker-machine"
+LAUNCHER = ROOT / "testing" / "bin" / "docker-machine"
 TRANSCRIPT_NAME = "reference/docker-machine-none-driver.txt"
 # The shared notes live beside the repository (../shared), or at /work/shared.
 TRANSCRIPTS = tuple(

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.doubles import docker_machine as dm
-from tests.doubles.docker_machine.certs import verify_offline
-from tests.doubles.docker_machine.store import Store
+from testing import docker_machine as dm
+from testing.docker_machine.certs import verify_offline
+from testing.docker_machine.store import Store
 from tests.doubles.harness import (
     LAUNCHER,
     Machine,

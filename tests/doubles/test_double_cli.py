@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.doubles.docker_machine.common import VERSION, does_not_exist
+from testing.docker_machine.common import VERSION, does_not_exist
 from tests.doubles.harness import (
     LAUNCHER,
     Machine,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.doubles import docker_machine as dm
-from tests.doubles.docker_machine.store import Store, read_vm, settings
+from testing import docker_machine as dm
+from testing.docker_machine.store import Store, read_vm, settings
 from tests.doubles.harness import LAUNCHER, Machine, root_only, ssh, unused_test_address
 
 pytestmark = pytest.mark.timeout(180)

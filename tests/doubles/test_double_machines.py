@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.doubles import docker_machine as dm
-from tests.doubles.docker_machine.netns import claimed_indexes, cmdline, read_claims
-from tests.doubles.docker_machine.store import Store
+from testing import docker_machine as dm
+from testing.docker_machine.netns import claimed_indexes, cmdline, read_claims
+from testing.docker_machine.store import Store
 from tests.doubles.harness import (
     Machine,
     needs_dockerd,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.doubles import docker_machine as dm
-from tests.doubles.docker_machine.common import does_not_exist
+from testing import docker_machine as dm
+from testing.docker_machine.common import does_not_exist
 from tests.doubles.harness import Machine, root_only
 
 pytestmark = pytest.mark.timeout(180)

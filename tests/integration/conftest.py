@@ -1,4 +1,4 @@
-"""Integration fixtures: each test gets its own world (tests/world.py) and must
+"""Integration fixtures: each test gets its own world (testing/world.py) and must
 leave nothing behind."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.world import Env, destroy_world, new_world
+from testing.world import Env, destroy_world, new_world
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.doubles import docker_machine as double
-from tests.runner import CancelPlan, Job, Variable
-from tests.world import SYSTEM_FAILURE, Env, driver_argv
+from testing import docker_machine as double
+from testing.runner import CancelPlan, Job, Variable
+from testing.world import SYSTEM_FAILURE, Env, driver_argv
 
 
 def create_calls(env: Env) -> int:

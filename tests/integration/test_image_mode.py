@@ -1,6 +1,6 @@
 """Image mode: whole jobs in their own image with services, on each VM's own engine.
 
-Images are made from the host's Debian files (tests/images.py) and served by
+Images are made from the host's Debian files (testing/images.py) and served by
 registries on a test host of the double, one of them requiring a login.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests import images
-from tests.runner import CancelPlan, Job, Service, Variable
-from tests.world import Env, destroy_world, driver_argv, new_world
+from testing import images
+from testing.runner import CancelPlan, Job, Service, Variable
+from testing.world import Env, destroy_world, driver_argv, new_world
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not images.available(),

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.doubles import docker_machine as double
-from tests.runner import CancelPlan, Job, Variable, output_lines
-from tests.world import SYSTEM_FAILURE, Env, driver_argv
+from testing import docker_machine as double
+from testing.runner import CancelPlan, Job, Variable, output_lines
+from testing.world import SYSTEM_FAILURE, Env, driver_argv
 
 
 def test_a_multi_stage_job_succeeds_in_its_own_machine(env: Env) -> None:

@@ -13,8 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.runner import Job, Variable
-from tests.world import Env, driver_argv
+from testing.runner import Job, Variable
+from testing.world import Env, driver_argv
 
 SECRET = "s3cr3t-Value-that-must-not-leak"
 

@@ -8,8 +8,8 @@ import shlex
 import time
 from pathlib import Path
 
-from tests.runner import Job
-from tests.world import Env
+from testing.runner import Job
+from testing.world import Env
 
 
 def job_environment(env: Env, job_id: int) -> dict[str, str]:

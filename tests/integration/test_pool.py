@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.runner import Job
-from tests.world import Env, stop_pool, wait_for
+from testing.runner import Job
+from testing.world import Env, stop_pool, wait_for
 
 POOL = {
     "idle_count": 2,
@@ -120,7 +120,7 @@ def test_a_restarted_service_adopts_ready_machines_and_drains_on_stop(env: Env) 
 
 
 def test_an_unhealthy_idle_machine_is_replaced(env: Env) -> None:
-    from tests.doubles import docker_machine as double
+    from testing import docker_machine as double
 
     env.configure(pool={"idle_count": 1})
     service = env.start_pool()

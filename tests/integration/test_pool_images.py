@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.images import forwarding
-from tests.runner import Job
-from tests.world import Env, stop_pool
+from testing.images import forwarding
+from testing.runner import Job
+from testing.world import Env, stop_pool
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0

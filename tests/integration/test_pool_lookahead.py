@@ -4,9 +4,9 @@ next stage's jobs start on them."""
 
 from __future__ import annotations
 
-from tests.fake_gitlab import FakeGitLab
-from tests.runner import Job
-from tests.world import Env, stop_pool, wait_for
+from testing.fake_gitlab import FakeGitLab
+from testing.runner import Job
+from testing.world import Env, stop_pool, wait_for
 
 TOKEN = "glpat-lookahead-test"
 POOL = {

@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 from driver.state import StateDir
+from testing.runner import Job, JobResult
+from testing.world import Env, stop_pool
 from tests.benches import load_replay
-from tests.runner import Job, JobResult
-from tests.world import Env, stop_pool
 
 CREATE_DELAY = 8.0  # seconds each create of the double sleeps first
 POOL = {

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from driver.contract import synthetic_response
-from tests.doubles import docker_machine as double
-from tests.runner import Job
-from tests.world import Env, driver_argv
+from testing import docker_machine as double
+from testing.runner import Job
+from testing.world import Env, driver_argv
 
 JOB_ID = 777
 
@@ -131,8 +131,8 @@ def test_after_the_runner_dies_the_sweeper_reclaims_its_machines(env: Env) -> No
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from pathlib import Path
-        from tests.world import Env
-        from tests.runner import Job
+        from testing.world import Env
+        from testing.runner import Job
         env = Env(Path({str(env.base)!r}))
         ok = all(env.runner().prepare_only(Job()).ok for _ in range(2))
         Path({str(done)!r}).write_text("ok" if ok else "failed")

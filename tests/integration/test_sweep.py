@@ -5,9 +5,9 @@ of such answers is reported as the configuration problem it is."""
 
 from __future__ import annotations
 
-from tests.fake_gitlab import FakeGitLab
-from tests.runner import Job
-from tests.world import Env
+from testing.fake_gitlab import FakeGitLab
+from testing.runner import Job
+from testing.world import Env
 
 TOKEN = "glpat-sweeper-read-api"
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.runner import (
+from testing.runner import (
     CancelPlan,
     CustomExecutorConfig,
     Job,
@@ -811,7 +811,7 @@ def _cli(driver: FakeDriver, tmp_path: Path, **env: str) -> subprocess.Completed
     docker.write_text("#!/bin/sh\necho 'Server Version: fake'\n")
     docker.chmod(0o755)
     (tmp_path / "driver.toml").write_text("")
-    argv = [sys.executable, "-m", "tests.runner", "--config", str(tmp_path / "driver.toml")]
+    argv = [sys.executable, "-m", "testing.runner", "--config", str(tmp_path / "driver.toml")]
     argv += ["--driver-command", str(wrapper), "--job-id", "4711", "--stages-demo"]
     return subprocess.run(
         argv,

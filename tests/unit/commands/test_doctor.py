@@ -21,7 +21,7 @@ from driver import settings
 from driver.commands import doctor
 from driver.errors import ConfigError
 from driver.state import JobDir, JobRecord, pid_namespace
-from tests.fake_gitlab import FakeGitLab
+from testing.fake_gitlab import FakeGitLab
 
 TOKEN = "glpat-doctor"
 

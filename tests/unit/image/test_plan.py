@@ -10,8 +10,8 @@ from driver.image import plan as image_plan
 from driver.image.config import ImageSettings
 from driver.image.policy import ImageRefused
 from driver.payload import JobResponse
-from tests.runner import BuildContext, Job, Service, Variable
-from tests.runner.job import job_payload, job_variables
+from testing.runner import BuildContext, Job, Service, Variable
+from testing.runner.job import job_payload, job_variables
 
 CTX = BuildContext(builds_dir="/builds", cache_dir="/cache", hostname="runner")
 

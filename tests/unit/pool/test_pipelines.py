@@ -22,7 +22,7 @@ from driver.pool.pipelines import (
 from driver.pool.service import PoolService
 from driver.settings import GitLabSettings, parse_settings
 from driver.state import JobDir, JobPhase, JobRecord
-from tests.fake_gitlab import FakeGitLab
+from testing.fake_gitlab import FakeGitLab
 
 TOKEN = "glpat-lookahead"
 

@@ -1,6 +1,6 @@
 """Run a sample CI job through the driver as gitlab-runner would, streaming its log.
 
-    python -m tests.runner --config PATH [--driver-command CMD] [--job-id N] [--stages-demo]
+    python -m testing.runner --config PATH [--driver-command CMD] [--job-id N] [--stages-demo]
 
 The driver is called as `CMD --config PATH config|prepare|run|cleanup`, like a
 `[runners.custom]` section whose *_args carry `--config PATH <subcommand>`.
@@ -95,7 +95,7 @@ def run_streaming(emulator: RunnerEmulator, job: Job) -> JobResult:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.runner", description=__doc__.split("\n")[0]
+        prog="python -m testing.runner", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--config", required=True, help="the driver's configuration file")
     parser.add_argument("--driver-command", default="gitlab-machine-driver")

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.doubles import docker_machine as double
-from tests.runner import CustomExecutorConfig, Job, JobResult, RunnerEmulator
+from testing import docker_machine as double
+from testing.runner import CustomExecutorConfig, Job, JobResult, RunnerEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
-DOUBLE_BIN = ROOT / "tests" / "doubles" / "bin"
+DOUBLE_BIN = ROOT / "testing" / "bin"
 BUILD_FAILURE = 33  # not 1 and 2, so nothing can hard-code the runner's defaults
 SYSTEM_FAILURE = 34
 

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.world import Env
+from testing.world import Env
 
 FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 # Who needs forwarding on, and its value before the first of them: test sessions and
