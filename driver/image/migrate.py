@@ -45,6 +45,7 @@ SAME = (
     "ulimit",
     "network_mtu",
     "security_opt",
+    "services_security_opt",
     "services_privileged",
     "allowed_privileged_services",
     "allowed_privileged_images",
@@ -72,8 +73,6 @@ NO_EQUIVALENT = {
     "isolation": "Windows containers only",
     "runtime": "containers use the VM engine's default runtime",
     "gpus": "GPU requests are not supported; use devices",
-    "services_security_opt": "services get no security options (security_opt is the build "
-    "and helper containers')",
     "service_memory": "service containers run without resource limits",
     "service_memory_swap": "service containers run without resource limits",
     "service_memory_reservation": "service containers run without resource limits",
