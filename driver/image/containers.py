@@ -29,7 +29,8 @@ from typing import Any
 
 from driver import ssh
 from driver.image import auth
-from driver.image.config import ImageSettings, PullPolicy, parse_volume
+from driver.image.binds import MACHINE_LABEL, binds, docker_service, named_volumes, socket_bind
+from driver.image.config import ImageSettings, PullPolicy
 from driver.image.engine import Engine, connect, together
 from driver.image.host_config import Role, network_options
 from driver.image.host_config import for_role as host_config_for
@@ -46,7 +47,6 @@ InVm = Callable[[str, float, bool], str]
 HELPER_REPOSITORY = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper"
 # `docker info` architecture -> the helper image's tag (gitlab-runner's helperimage).
 HELPER_ARCH = {"amd64": "x86_64", "aarch64": "arm64", "armv6l": "arm", "armv7l": "arm"}
-DOCKER_SOCKET = "/var/run/docker.sock"
 KEEPER_TIMEOUT = 30.0
 MAX_HEALTH_PORTS = 20
 HEALTHCHECK_PORT_VARIABLE = "HEALTHCHECK_TCP_PORT"
@@ -89,15 +89,14 @@ class Starter:
     # --- containers
 
     def _binds(self) -> list[str]:
-        binds = [f"{self.builds_dir}:{self.builds_dir}:rw", f"{self.cache_dir}:{self.cache_dir}:rw"]
-        for volume in self.settings.volumes:
-            host, target, mode = parse_volume(volume)
-            if host is not None:
-                binds.append(f"{host}:{target}:{mode}")
-        return binds
+        """Every container's (driver/image/binds): one named volume per ``/path``."""
+        return binds(self.settings, self.machine, self.builds_dir, self.cache_dir)
 
-    def _anonymous_volumes(self) -> list[str]:
-        return [t for h, t, _ in map(parse_volume, self.settings.volumes) if h is None]
+    def _volumes(self) -> None:
+        """The job's named volumes, labelled as its other objects (an existing one, the
+        pool's, is kept: the same name holds the same volume)."""
+        for name in named_volumes(self.settings, self.machine):
+            self.api.create_volume(name, labels={MACHINE_LABEL: self.machine})
 
     def _create(
         self,
@@ -131,8 +130,7 @@ class Starter:
             environment=[f"{k}={v}" for k, v in spec.environment.items()],
             stdin_open=True,
             tty=False,
-            volumes=self._anonymous_volumes() or None,
-            labels={"gitlab-machine-driver.machine": self.machine},
+            labels={MACHINE_LABEL: self.machine},
             host_config=host_config,
             networking_config=networking,
             platform=spec.platform or None,
@@ -161,7 +159,7 @@ class Starter:
             self.api.create_network(
                 self.network,
                 driver="bridge",
-                labels={"gitlab-machine-driver.machine": self.machine},
+                labels={MACHINE_LABEL: self.machine},
                 **network_options(self.settings),
             )
 
@@ -212,16 +210,17 @@ class Starter:
         """
         self.api = connect(self.engine, self.settings.pull_timeout, self.ready_timeout)
         try:
-            record = self._containers(in_vm)
-            self._wait_for_services(record["services"], in_vm)
             # CI_DEBUG_SERVICES: every stage follows the services' output into the job log
             # (driver/stages/run.py), the first from their start.
-            return record
+            return self._containers(in_vm)
         finally:
             self.api.close()
 
     def _containers(self, in_vm: InVm) -> dict[str, Any]:
-        """Two rounds, each all at once: images, channels and network; then containers."""
+        """Rounds, each all at once: images, channels, network and volumes; then the
+        containers, the build's once the services are up (as on docker, where it is made
+        at the first build stage: an entrypoint may look for them, as docker:cli's looks
+        for the certificates docker:dind writes into the shared /certs/client)."""
         api, job = self.api, self.plan
         if not job.helper_image:
             arch = str(api.info().get("Architecture", "amd64"))
@@ -244,6 +243,7 @@ class Starter:
             *(partial(self.images.ensure, api, *use) for use in images.values()),
             partial(make_channels, in_vm, [build] if pooled else [helper, build]),
             partial(self._network),
+            partial(self._volumes),
         )
         if pooled and pooled != api.inspect_image(with_tag(job.helper_image))["Id"]:
             api.remove_container(helper, force=True)  # pulled anew since: start it afresh
@@ -256,8 +256,24 @@ class Starter:
             self.say(f"Starting service {service.name}...")
         binds = self._binds()
         build_binds = [*binds, channel_bind(build)]
-        if self.settings.docker_socket:  # the VM's own engine: the VM is the boundary
-            build_binds.append(f"{DOCKER_SOCKET}:{DOCKER_SOCKET}")
+        socket = socket_bind(self.settings, job)  # the VM's own engine: the VM is the boundary
+        if socket:
+            build_binds.append(socket)
+        elif self.settings.docker_socket and (dind := docker_service(job.services)):
+            self.say(
+                f"Not binding the VM's Docker socket into the build container: service "
+                f"{dind.name} provides Docker (as on the docker executor)"
+            )
+        create_build = partial(
+            self._create,
+            build,
+            job.build,
+            ["sh", "-c", KEEPER],
+            binds=build_binds,
+            network_aliases=["build"],
+            role="build",
+        )
+        records = [[name, "-".join(s.aliases)] for name, s in services]
         together(
             *(
                 partial(
@@ -272,16 +288,11 @@ class Starter:
                 for name, service in services
             ),
             *([] if pooled else [partial(self._create_helper, helper, job.helper_image)]),
-            partial(
-                self._create,
-                build,
-                job.build,
-                ["sh", "-c", KEEPER],
-                binds=build_binds,
-                network_aliases=["build"],
-                role="build",
-            ),
+            *([] if services else [create_build]),
         )
+        if services:
+            self._wait_for_services(records, in_vm)
+            create_build()
         helper_pid, build_pid = together(
             partial(self._keeper_pid, helper), partial(self._keeper_pid, build)
         )
@@ -289,7 +300,7 @@ class Starter:
             "build": build,
             "helper": helper,
             "keepers": {helper: helper_pid, build: build_pid},
-            "services": [[name, "-".join(s.aliases)] for name, s in services],
+            "services": records,
             "debug_services": job.debug_services,
         }
 
@@ -379,7 +390,7 @@ def prestart_helper(
     starter.api = connect(engine, image.pull_timeout, settings.docker.ready_timeout)
     try:
         name = f"{machine}-helper"
-        together(partial(make_channels, in_vm, [name]), starter._network)
+        together(partial(make_channels, in_vm, [name]), starter._network, starter._volumes)
         starter._create_helper(name, helper)
         starter._keeper_pid(name)
     finally:
