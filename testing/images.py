@@ -13,6 +13,10 @@ host files (`docker import`ed and pushed on the registry's host):
   its arguments (the docker executor's requirement);
 - `ci/stdin-entry`: `ci/busybox` whose ENTRYPOINT ignores its arguments and runs a
   shell, which reads its program from stdin (docker accepts that too).
+- `ci/docker:dind` and `ci/docker:cli` (`dind_images()`, only for the tests and the bench
+  that need them: ~150 MB): stand-ins for docker's `docker:dind` and `docker:cli` with the
+  host's dockerd, containerd, runc, iptables and docker CLI, and entrypoints doing what
+  docker's `dockerd-entrypoint.sh` and `docker-entrypoint.sh` do.
 
 `Registry.start` runs Debian's docker-registry twice on one test host: :5000 open,
 :5001 requiring a login (htpasswd, bcrypt).
@@ -150,9 +154,7 @@ exec /bin/sh
 """
 
 
-def busybox_rootfs(
-    extra: dict[str, bytes] | None = None, executables: dict[str, bytes] | None = None
-) -> bytes:
+def _busybox_fs() -> Rootfs:
     fs = Rootfs()
     fs.base()
     fs.copy("/bin/busybox", "/bin/busybox")
@@ -160,6 +162,13 @@ def busybox_rootfs(
     for applet in applets.split():
         if applet != "busybox":
             fs.link(f"/bin/{applet}", "busybox")
+    return fs
+
+
+def busybox_rootfs(
+    extra: dict[str, bytes] | None = None, executables: dict[str, bytes] | None = None
+) -> bytes:
+    fs = _busybox_fs()
     for path, data in (extra or {}).items():
         fs.write(path, data)
     for path, data in (executables or {}).items():
@@ -283,6 +292,144 @@ class Front(http.server.BaseHTTPRequestHandler):
 
 http.server.ThreadingHTTPServer(("", port), Front).serve_forever()
 """
+
+
+# docker:dind's dockerd-entrypoint.sh, the parts a CI job sees: with DOCKER_TLS_CERTDIR set,
+# a CA, server and client certificates in $DOCKER_TLS_CERTDIR/{ca,server,client} (the
+# client's are what the job gets through a shared /certs/client volume), then dockerd on
+# tcp 2376 with --tlsverify; without, on 2375 in the clear. vfs: no overlay on overlay.
+DIND_ENTRYPOINT = r"""#!/bin/sh
+set -eu
+certs() {
+  dir=$1 cn=$2 usage=$3 san=${4:-}
+  mkdir -p "$dir"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/key.pem"
+  openssl req -new -key "$dir/key.pem" -subj "/CN=$cn" -out "$dir/csr.pem"
+  printf 'extendedKeyUsage = %s\n' "$usage" > "$dir/openssl.cnf"
+  [ -z "$san" ] || printf 'subjectAltName = %s\n' "$san" >> "$dir/openssl.cnf"
+  openssl x509 -req -in "$dir/csr.pem" -CA "$DOCKER_TLS_CERTDIR/ca/cert.pem" \
+    -CAkey "$DOCKER_TLS_CERTDIR/ca/key.pem" -CAcreateserial -days 825 \
+    -extfile "$dir/openssl.cnf" -out "$dir/cert.pem"
+  cp "$DOCKER_TLS_CERTDIR/ca/cert.pem" "$dir/ca.pem"
+  chmod 0644 "$dir/cert.pem" "$dir/ca.pem" "$dir/key.pem"
+}
+if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then
+  # What --privileged would give (refused on the test host: see DIND_SERVICE_SETTINGS):
+  # writable cgroups for the containers dockerd makes, with the CAP_SYS_ADMIN it has.
+  for m in $(awk '$3 == "cgroup" && $4 ~ /^ro,/ {print $2}' /proc/mounts); do
+    mount -o remount,bind,rw "$m"
+  done
+  set -- dockerd --storage-driver=vfs "$@"
+  if [ -n "${DOCKER_TLS_CERTDIR:-}" ]; then
+    ca=$DOCKER_TLS_CERTDIR/ca
+    if [ ! -s "$ca/cert.pem" ]; then
+      mkdir -p "$ca"
+      openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$ca/key.pem"
+      openssl req -new -x509 -days 825 -key "$ca/key.pem" -subj "/CN=docker:dind CA" \
+        -out "$ca/cert.pem"
+    fi
+    ips=$(hostname -i 2>/dev/null | sed 's/\([^ ]*\)/IP:\1,/g; s/ //g')
+    certs "$DOCKER_TLS_CERTDIR/server" "docker:dind server" serverAuth \
+      "${ips}DNS:docker,DNS:localhost,DNS:$(hostname),IP:127.0.0.1"
+    certs "$DOCKER_TLS_CERTDIR/client" "docker:dind client" clientAuth
+    d=$DOCKER_TLS_CERTDIR/server
+    set -- "$@" --host=unix:///var/run/docker.sock --host=tcp://0.0.0.0:2376 --tlsverify \
+      --tlscacert "$d/ca.pem" --tlscert "$d/cert.pem" --tlskey "$d/key.pem"
+  else
+    set -- "$@" --host=unix:///var/run/docker.sock --host=tcp://0.0.0.0:2375 --tls=false
+  fi
+fi
+exec "$@"
+"""
+# docker:cli's docker-entrypoint.sh: a DOCKER_HOST for the `docker` service alias when the
+# job sets none and no socket is there, TLS when $DOCKER_TLS_CERTDIR/client holds certs.
+CLI_ENTRYPOINT = r"""#!/bin/sh
+set -eu
+_should_tls() {
+  [ -n "${DOCKER_TLS_CERTDIR:-}" ] && [ -s "$DOCKER_TLS_CERTDIR/client/ca.pem" ] \
+    && [ -s "$DOCKER_TLS_CERTDIR/client/cert.pem" ] && [ -s "$DOCKER_TLS_CERTDIR/client/key.pem" ]
+}
+if [ -z "${DOCKER_HOST:-}" ] && [ -S /var/run/docker.sock ]; then
+  export DOCKER_HOST=unix:///var/run/docker.sock
+fi
+if [ -z "${DOCKER_HOST:-}" ]; then
+  if _should_tls || [ -n "${DOCKER_TLS_VERIFY:-}" ]; then
+    export DOCKER_HOST=tcp://docker:2376
+  else
+    export DOCKER_HOST=tcp://docker:2375
+  fi
+fi
+if _should_tls; then
+  export DOCKER_TLS_VERIFY=1
+  export DOCKER_CERT_PATH="$DOCKER_TLS_CERTDIR/client"
+fi
+exec "$@"
+"""
+DIND_BINARIES = [
+    "/usr/sbin/dockerd", "/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2",
+    "/usr/sbin/runc", "/usr/bin/docker-init", "/usr/sbin/docker-proxy",
+    "/usr/sbin/xtables-nft-multi", "/usr/bin/openssl",
+]  # fmt: skip
+XTABLES = ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",
+           "ip6tables-restore"]  # fmt: skip
+XTABLES_MODULES = Path("/usr/lib/x86_64-linux-gnu/xtables")
+
+
+def dind_rootfs() -> bytes:
+    fs = _busybox_fs()
+    for binary in DIND_BINARIES:
+        fs.copy(binary, "/usr/local/bin/" + Path(binary).name)
+    for name in XTABLES:
+        fs.link(f"/usr/local/sbin/{name}", "/usr/local/bin/xtables-nft-multi")
+    modules = sorted(XTABLES_MODULES.glob("*.so"))
+    for module in modules:
+        fs.copy(str(module))
+    for lib in sorted(_libraries([*DIND_BINARIES, *map(str, modules)])):
+        fs.copy(lib)
+    fs.copy("/usr/lib/ssl/openssl.cnf")
+    fs.write("/usr/local/bin/dockerd-entrypoint.sh", DIND_ENTRYPOINT.encode(), 0o755)
+    fs.dir("/var/lib/docker")
+    fs.dir("/var/run")
+    return fs.bytes()
+
+
+def docker_cli_rootfs() -> bytes:
+    fs = _busybox_fs()
+    fs.copy("/usr/bin/docker", "/usr/local/bin/docker")
+    for lib in sorted(_libraries(["/usr/bin/docker"])):
+        fs.copy(lib)
+    fs.write("/usr/local/bin/docker-entrypoint.sh", CLI_ENTRYPOINT.encode(), 0o755)
+    return fs.bytes()
+
+
+DOCKER_PATH = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def dind_images() -> list[Image]:
+    """docker:dind and docker:cli stand-ins (large: only for the dind tests and bench)."""
+    return [
+        Image(
+            "ci/docker:dind",
+            dind_rootfs(),
+            [
+                DOCKER_PATH,
+                "ENV DOCKER_TLS_CERTDIR=/certs",
+                'ENTRYPOINT ["dockerd-entrypoint.sh"]',
+                "CMD []",
+                "EXPOSE 2375 2376",
+            ],
+        ),
+        Image(
+            "ci/docker:cli",
+            docker_cli_rootfs(),
+            [
+                DOCKER_PATH,
+                "ENV DOCKER_TLS_CERTDIR=/certs",
+                'ENTRYPOINT ["docker-entrypoint.sh"]',
+                'CMD ["sh"]',
+            ],
+        ),
+    ]
 
 
 def _htpasswd(user: str, password: str) -> str:
@@ -432,4 +579,14 @@ def available() -> bool:
         Path("/usr/sbin/dockerd").exists()
         and shutil.which("docker-registry") is not None
         and Path("/bin/busybox").exists()
+    )
+
+
+def dind_available() -> bool:
+    """What dind_images() copies, besides available()'s."""
+    return (
+        os.geteuid() == 0
+        and available()
+        and all(Path(p).exists() for p in [*DIND_BINARIES, "/usr/bin/docker"])
+        and XTABLES_MODULES.is_dir()
     )

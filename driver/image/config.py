@@ -113,6 +113,7 @@ class ImageSettings(_Section):
     ulimit: dict[str, str] = {}  # name -> "soft:hard" or "n"
     network_mtu: int = 0  # the per-job network's MTU; 0: the engine's
     security_opt: list[str] = []
+    services_security_opt: list[str] = []  # e.g. seccomp=unconfined for dind without privileged
     services_privileged: bool | None = None  # None: as `privileged`
     allowed_privileged_services: list[str] = []  # doublestar globs; empty: any
     allowed_privileged_images: list[str] = []
@@ -248,7 +249,7 @@ class ImageSettings(_Section):
             raise ValueError("must be 0 (the engine's) or 68 to 65535")
         return mtu
 
-    @field_validator("security_opt")
+    @field_validator("security_opt", "services_security_opt")
     @classmethod
     def _security_opt(cls, options: list[str]) -> list[str]:
         for option in options:

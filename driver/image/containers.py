@@ -31,7 +31,8 @@ from typing import Any
 from driver import log, ssh
 from driver.errors import DriverError
 from driver.image import auth, health, helper
-from driver.image.config import ImageSettings, PullPolicy, parse_volume
+from driver.image.binds import MACHINE_LABEL, binds, docker_service, named_volumes, socket_bind
+from driver.image.config import ImageSettings, PullPolicy
 from driver.image.engine import Engine, connect, together
 from driver.image.host_config import Role, network_options
 from driver.image.host_config import for_role as host_config_for
@@ -55,7 +56,6 @@ InVm = Callable[[str, float, bool], str]
 HELPER_REPOSITORY = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper"
 # `docker info` architecture -> the helper image's tag (gitlab-runner's helperimage).
 HELPER_ARCH = {"amd64": "x86_64", "aarch64": "arm64", "armv6l": "arm", "armv7l": "arm"}
-DOCKER_SOCKET = "/var/run/docker.sock"
 # The runtime's words for a container whose command cannot run: the image's fault.
 _REFUSED_BY_RUNTIME = re.compile(
     r"executable file not found|no such file or directory|permission denied|"
@@ -104,15 +104,14 @@ class Starter:
     # --- containers
 
     def _binds(self) -> list[str]:
-        binds = [f"{self.builds_dir}:{self.builds_dir}:rw", f"{self.cache_dir}:{self.cache_dir}:rw"]
-        for volume in self.settings.volumes:
-            host, target, mode = parse_volume(volume)
-            if host is not None:
-                binds.append(f"{host}:{target}:{mode}")
-        return binds
+        """Every container's (driver/image/binds): one named volume per ``/path``."""
+        return binds(self.settings, self.machine, self.builds_dir, self.cache_dir)
 
-    def _anonymous_volumes(self) -> list[str]:
-        return [t for h, t, _ in map(parse_volume, self.settings.volumes) if h is None]
+    def _volumes(self) -> None:
+        """The job's named volumes, labelled as its other objects (an existing one, the
+        pool's, is kept: the same name holds the same volume)."""
+        for name in named_volumes(self.settings, self.machine):
+            self.api.create_volume(name, labels={MACHINE_LABEL: self.machine})
 
     def _create(
         self,
@@ -148,9 +147,8 @@ class Starter:
             environment=[f"{k}={v}" for k, v in spec.environment.items()],
             stdin_open=True,
             tty=False,
-            volumes=self._anonymous_volumes() or None,
             labels={
-                "gitlab-machine-driver.machine": self.machine,
+                MACHINE_LABEL: self.machine,
                 **({KEEPER_LABEL: digest(stdin)} if stdin is not None else {}),
             },
             host_config=host_config,
@@ -196,7 +194,7 @@ class Starter:
             self.api.create_network(
                 self.network,
                 driver="bridge",
-                labels={"gitlab-machine-driver.machine": self.machine},
+                labels={MACHINE_LABEL: self.machine},
                 **network_options(self.settings),
             )
 
@@ -261,16 +259,17 @@ class Starter:
         """
         self.api = connect(self.engine, self.settings.pull_timeout, self.ready_timeout)
         try:
-            record = self._containers(in_vm)
-            self._wait_for_services(record["services"], in_vm)
             # CI_DEBUG_SERVICES: every stage follows the services' output into the job log
             # (driver/stages/run.py), the first from their start.
-            return record
+            return self._containers(in_vm)
         finally:
             self.api.close()
 
     def _containers(self, in_vm: InVm) -> dict[str, Any]:
-        """Two rounds, each all at once: images, channels and network; then containers."""
+        """Rounds, each all at once: images, channels, network and volumes; then the
+        containers, the build's once the services are up (as on docker, where it is made
+        at the first build stage: an entrypoint may look for them, as docker:cli's looks
+        for the certificates docker:dind writes into the shared /certs/client)."""
         api, job = self.api, self.plan
         if not job.helper_image:
             arch = str(api.info().get("Architecture", "amd64"))
@@ -292,6 +291,7 @@ class Starter:
             *(partial(self._ensure, *use) for use in images.values()),
             partial(make_channels, in_vm, [build] if pooled else [helper, build]),
             partial(self._network),
+            partial(self._volumes),
         )
         if pooled and pooled != api.inspect_image(with_tag(job.helper_image))["Id"]:
             api.remove_container(helper, force=True)  # pulled anew since: start it afresh
@@ -304,8 +304,25 @@ class Starter:
             self.say(f"Starting service {service.name}...")
         binds = self._binds()
         build_binds = [*binds, channel_bind(build)]
-        if self.settings.docker_socket:  # the VM's own engine: the VM is the boundary
-            build_binds.append(f"{DOCKER_SOCKET}:{DOCKER_SOCKET}")
+        socket = socket_bind(self.settings, job)  # the VM's own engine: the VM is the boundary
+        if socket:
+            build_binds.append(socket)
+        elif self.settings.docker_socket and (dind := docker_service(job.services)):
+            self.say(
+                f"Not binding the VM's Docker socket into the build container: service "
+                f"{dind.name} provides Docker (as on the docker executor)"
+            )
+        create_build = partial(
+            self._create,
+            build,
+            job.build,
+            COMMAND,
+            binds=build_binds,
+            network_aliases=["build"],
+            role="build",
+            stdin=KEEPER,
+        )
+        records = [[name, "-".join(s.aliases)] for name, s in services]
         starting(
             *(
                 partial(
@@ -320,17 +337,13 @@ class Starter:
                 for name, service in services
             ),
             *([] if pooled else [partial(self._create_helper, helper, job.helper_image)]),
-            partial(
-                self._create,
-                build,
-                job.build,
-                COMMAND,
-                binds=build_binds,
-                network_aliases=["build"],
-                role="build",
-                stdin=KEEPER,
-            ),
+            *([] if services else [create_build]),
         )
+        if services:
+            # docker:cli's entrypoint reads dind's certificates once, at start: the build
+            # container starts after the services are up, as on the docker executor.
+            self._wait_for_services(records, in_vm)
+            starting(create_build)
         helper_pid, build_pid = together(
             partial(self._keeper_pid, helper), partial(self._keeper_pid, build)
         )
@@ -338,7 +351,7 @@ class Starter:
             "build": build,
             "helper": helper,
             "keepers": {helper: helper_pid, build: build_pid},
-            "services": [[name, "-".join(s.aliases)] for name, s in services],
+            "services": records,
             "debug_services": job.debug_services,
         }
 
@@ -421,7 +434,7 @@ def prestart_helper(
     starter.api = connect(engine, image.pull_timeout, settings.docker.ready_timeout)
     try:
         name = f"{machine}-helper"
-        together(partial(make_channels, in_vm, [name]), starter._network)
+        together(partial(make_channels, in_vm, [name]), starter._network, starter._volumes)
         starter._create_helper(name, helper)
         starter._keeper_pid(name)
     finally:

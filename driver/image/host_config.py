@@ -25,12 +25,13 @@ memory, memory_swap,                   yes        yes        no [1]
 memory_reservation, cpus, cpuset_cpus
 devices, oom_kill_disable, ulimit,     yes        yes        no [2]
 sysctls, security_opt
+services_security_opt                  no         no         yes
 privileged                             [3]        no [4]     [5]
 cap_add, cap_drop                      yes        no [4]     yes [6]
 =====================================  =========  =========  =========
 
 1. gitlab-runner has service_memory, service_cpus, ... for services; the driver has not.
-2. security_opt: gitlab-runner has services_security_opt for services; the driver has not.
+2. Services have their own services_security_opt, as in gitlab-runner.
 3. ``privileged``, and only if the image matches ``allowed_privileged_images`` (empty: any).
 4. The driver never elevates the helper: it runs only the runner's git, cache and artifact
    stages. (gitlab-runner gives it the build container's privileged, matching
@@ -118,6 +119,8 @@ def for_role(settings: ImageSettings, role: Role, *, image: str) -> HostConfigAr
     if role == "service":
         if settings.services_tmpfs:
             args["tmpfs"] = dict(settings.services_tmpfs)
+        if settings.services_security_opt:
+            args["security_opt"] = list(settings.services_security_opt)
         return args
     # The build and the helper container: createHostConfig.
     if settings.tmpfs:

@@ -45,6 +45,7 @@ SAME = (
     "ulimit",
     "network_mtu",
     "security_opt",
+    "services_security_opt",
     "services_privileged",
     "allowed_privileged_services",
     "allowed_privileged_images",
@@ -72,8 +73,6 @@ NO_EQUIVALENT = {
     "isolation": "Windows containers only",
     "runtime": "containers use the VM engine's default runtime",
     "gpus": "GPU requests are not supported; use devices",
-    "services_security_opt": "services get no security options (security_opt is the build "
-    "and helper containers')",
     "service_memory": "service containers run without resource limits",
     "service_memory_swap": "service containers run without resource limits",
     "service_memory_reservation": "service containers run without resource limits",
@@ -120,7 +119,9 @@ def from_runners_docker(
     if image.get("privileged"):
         notes.append(
             'privileged = true: Docker refuses --privileged on some hosts; cap_add = ["ALL"] '
-            "(with a cap_drop) is the fallback, and a job can use the VM's engine directly"
+            "(with a cap_drop) and, for dind services, services_security_opt = "
+            '["seccomp=unconfined"] are the fallback, and a job can use the VM\'s engine '
+            "directly"
         )
     carried = set(SAME) | set(HANDLED) | set(NOT_NEEDED)
     for key in sorted(set(docker) - carried):
@@ -139,7 +140,8 @@ def _volumes(entries: list[Any], cache_dir: str, builds_dir: str, notes: list[st
         if volume == DOCKER_SOCKET_BIND:
             notes.append(
                 f"[runners.docker] volumes {volume!r}: the VM's own socket is in every build "
-                "container already ([image] docker_socket = true)"
+                "container already ([image] docker_socket = true), except beside a service "
+                "providing Docker (dind)"
             )
         elif not VOLUME.match(volume):
             notes.append(f"[runners.docker] volumes {volume!r}: only /path and /host:/path[:ro]")

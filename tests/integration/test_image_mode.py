@@ -537,3 +537,28 @@ def test_the_runners_docker_options_reach_the_containers(
     missing = [line for line in expected if line not in build]
     assert not missing, "\n".join(build)
     env.assert_nothing_left()
+
+
+def test_a_path_volume_is_one_volume_shared_by_services_and_the_build(
+    env: Env, registry: images.Registry
+) -> None:
+    """[image] volumes "/shared": ONE named volume of the job in every container, as on the
+    docker executor: what a service writes there at its start, the build reads."""
+    image_world(env, registry, volumes=["/shared"], wait_for_services_timeout=10)
+    write = "echo written-by-the-$SERVICE_NAME-service > /shared/from-service"
+    job = Job(
+        image=f"{registry.open}/ci/busybox:1",
+        services=[
+            Service(
+                f"{registry.open}/ci/web:1",
+                alias="web",
+                command=["sh", "-c", f"{write}; exec httpd -f -p 8080 -h /www"],
+                variables=[Variable("SERVICE_NAME", "web")],
+            )
+        ],
+        script=["cat /shared/from-service"],
+    )
+    result = env.run_job(job)
+    assert result.outcome == "success", result.describe()
+    assert "written-by-the-web-service" in result.lines("build_script")
+    env.assert_nothing_left()

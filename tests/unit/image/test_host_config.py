@@ -118,6 +118,15 @@ def test_services_get_only_what_the_docker_executor_gives_them() -> None:
         assert key not in config, key
 
 
+def test_services_security_opt_is_the_services_and_security_opt_the_builds() -> None:
+    """What docker:dind needs where --privileged is refused (seccomp lets runc make its
+    keyring), without unconfining the job's own container."""
+    both = image(security_opt=["no-new-privileges"], services_security_opt=["seccomp=unconfined"])
+    assert engine_host_config(both, "service")["SecurityOpt"] == ["seccomp=unconfined"]
+    assert engine_host_config(both, "build")["SecurityOpt"] == ["no-new-privileges"]
+    assert engine_host_config(both, "helper")["SecurityOpt"] == ["no-new-privileges"]
+
+
 def test_the_build_tmpfs_stays_out_of_services_and_services_tmpfs_out_of_the_build() -> None:
     only_build = image(tmpfs={"/tmp": "rw"})
     only_services = image(services_tmpfs={"/data": "rw"})

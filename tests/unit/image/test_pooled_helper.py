@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from docker.errors import NotFound
 
+from driver.image import binds
 from driver.image.config import ImageSettings
 from driver.image.containers import Starter, channel_bind
 from driver.image.engine import Engine
@@ -116,3 +117,24 @@ def test_other_volumes_since_the_pool_started_it_mean_a_new_helper() -> None:
     job.api = FakeEngine(pooled())
     assert job._pooled_helper(NAME) == ""
     assert job.api.removed == [NAME]
+
+
+def test_a_helper_the_pool_started_with_a_path_volume_is_the_jobs() -> None:
+    """A `/path` volume is the machine's named volume: the same name for the pool's helper
+    and the job's, so the pool's is used (and binds the volume the job's services get)."""
+    volume = binds.volume_name(MACHINE, "/shared")
+    job = starter(volumes=["/shared"])
+    job.api = FakeEngine(
+        pooled(
+            HostConfig={
+                "Binds": [
+                    "/builds:/builds:rw",
+                    "/cache:/cache:rw",
+                    f"{volume}:/shared:rw",
+                    channel_bind(NAME),
+                ]
+            }
+        )
+    )
+    assert job._pooled_helper(NAME) == "sha256:abc"
+    assert job.api.removed == []
