@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock, Timeout
-
 from driver.errors import DriverError
-from driver.state import write_private
+from driver.state import StateDir, write_private
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -155,13 +153,14 @@ def observe(
 
 def _update(state_dir: Path, change: Callable[[Data], None]) -> None:
     try:
-        (state_dir / "locks").mkdir(exist_ok=True, mode=0o700)  # the state dir: its owner makes it
-        lock = FileLock(state_dir / "locks" / "metrics.lock", mode=0o600)
-        with lock.acquire(timeout=LOCK_TIMEOUT):
+        # The state dir's own lock (driver/state.py), as for every other file in it; a
+        # missing state dir is its owner's to make, never ours (the count is dropped).
+        (state_dir / "locks").mkdir(exist_ok=True, mode=0o700)
+        with StateDir(state_dir).lock("metrics").held(LOCK_TIMEOUT, "the metrics file"):
             data = load(state_dir)
             change(data)
             write_private(state_dir / FILE, json.dumps(data))
-    except (Timeout, OSError, DriverError, ValueError, TypeError):
+    except (OSError, DriverError, ValueError, TypeError):
         # Metrics never fail their caller: a full disk (DriverError from the write), a
         # held lock or a damaged file drops this one count, never a job or a removal.
         pass

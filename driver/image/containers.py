@@ -20,7 +20,6 @@ rest of the stage. A cancel goes to the keeper, which ends the stage's process g
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 
 from driver import log, ssh
 from driver.errors import DriverError
+from driver.files import write_private
 from driver.image import auth, health, helper
 from driver.image.binds import MACHINE_LABEL, binds, docker_service, named_volumes, socket_bind
 from driver.image.config import ImageSettings, PullPolicy
@@ -468,12 +468,7 @@ def channel_bind(container: str) -> str:
 
 def write_record(job_dir: Path, record: dict[str, Any]) -> None:
     """``<job dir>/image.json``, 0600, replaced atomically: `run` reads it every stage."""
-    path = job_dir / IMAGE_FILE
-    tmp = path.with_name(f".{IMAGE_FILE}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, path)
+    write_private(job_dir / IMAGE_FILE, json.dumps(record))
 
 
 def start(

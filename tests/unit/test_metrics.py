@@ -10,7 +10,6 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from filelock import FileLock
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +18,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from driver import metrics, process, provision
 from driver.process import Result
 from driver.settings import parse_settings
+from driver.state import StateDir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -164,8 +164,7 @@ def test_a_missing_state_dir_or_a_held_lock_drops_the_count_silently(
     assert not (tmp_path / "missing").exists()  # the state dir is not ours to make
 
     monkeypatch.setattr(metrics, "LOCK_TIMEOUT", 0.1)
-    (tmp_path / "locks").mkdir()
-    with FileLock(tmp_path / "locks" / "metrics.lock"):
+    with StateDir(tmp_path).lock("metrics").held(1):
         metrics.count(tmp_path, metrics.POOL_CLAIMS, {"result": "miss"})
     assert metrics.load(tmp_path) == {"counters": {}, "histograms": {}}
 
