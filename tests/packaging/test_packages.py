@@ -5,7 +5,8 @@ into a venv on Debian's interpreter). The check in a clean Debian root takes
 minutes more (debootstrap, apt), so it runs only with GMD_TEST_DEBIAN_ROOT=1.
 
 The container image needs a registry to pull its base from, which this
-machine cannot reach; its recipe is checked for what it must contain.
+machine cannot reach; its recipe is checked for what it must contain (and in
+test_container.py, instruction by instruction).
 """
 
 from __future__ import annotations
@@ -245,6 +246,6 @@ def test_in_a_clean_debian_root_it_installs_works_removes_and_purges(
 
 def test_the_container_recipe_brings_runner_driver_and_docker_machine() -> None:
     recipe = (ROOT / "packaging" / "container" / "Dockerfile").read_text()
-    assert "FROM ${RUNNER_IMAGE}" in recipe and "gitlab/gitlab-runner" in recipe
+    assert "FROM ${BASE_IMAGE}" in recipe and "gitlab/gitlab-runner" in recipe
     assert "docker-machine --version" in recipe  # the fork is fetched at build time and checked
     assert "pip install" in recipe and "gitlab-machine-driver --version" in recipe
