@@ -469,10 +469,12 @@ def sweep(
     pass_ = Sweep(dm, settings, job_status)
     report = Report()
     only = pass_.state.lock("sweep")
-    only.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not only.try_acquire():
-        progress("another sweep is running on this state dir; nothing to do")
-        return report
+    # A dry run removes nothing, so it takes no lock: it creates no state, not even locks/.
+    if not dry_run:
+        only.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not only.try_acquire():
+            progress("another sweep is running on this state dir; nothing to do")
+            return report
     try:
         for name in pass_.names():
             _sweep_one(pass_, name, dry_run, progress, report)

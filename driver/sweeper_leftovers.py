@@ -30,9 +30,11 @@ def sweep_job_dirs(
     state = pass_.state
     for job_id in state.job_ids():
         job_dir = state.job(job_id)
-        lock = job_dir.lock()
-        if not lock.try_acquire():
-            continue
+        # A dry run creates no lock file: where there is none, nobody holds it.
+        lock = Lock(job_dir.lock_path, create=not dry_run)
+        with contextlib.suppress(FileNotFoundError):
+            if not lock.try_acquire():
+                continue
         # Held through the removal. Not created: that would make an unreadable record's
         # dir look young. Without the file no stage ever ran; one starting now finds the
         # dir gone, or an unreadable record, or a machine that is gone.

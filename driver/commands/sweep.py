@@ -24,8 +24,9 @@ def main(args: argparse.Namespace) -> int:
     config = config_path(args.config_path)
     if args.dry_run:  # looks only: refuses as a sweep would, but records and creates nothing
         state_owner.check(settings, config, state_owner.read_owner(settings.state_dir))
-        fresh = not settings.state_dir.exists()
-        log.setup(Path(os.devnull) if fresh else settings.log_path, stage="sweep")
+        # Into the log only if it exists: a dry run creates no file, in the state dir or not.
+        exists = settings.log_path.is_file()
+        log.setup(settings.log_path if exists else Path(os.devnull), stage="sweep")
     else:
         # The sweeper removes machines: never by another config's view of this state dir.
         state_owner.claim(settings, config)

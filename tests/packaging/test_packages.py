@@ -5,7 +5,8 @@ into a venv on Debian's interpreter). The check in a clean Debian root takes
 minutes more (debootstrap, apt), so it runs only with GMD_TEST_DEBIAN_ROOT=1.
 
 The container image needs a registry to pull its base from, which this
-machine cannot reach; its recipe is checked for what it must contain.
+machine cannot reach; its recipe is checked for what it must contain (and in
+test_container.py, instruction by instruction).
 """
 
 from __future__ import annotations
@@ -178,6 +179,138 @@ def test_the_units_run_as_the_runners_user_and_pass_systemd_analyze_verify(
     assert "Failed to parse service type" in verify.stderr
 
 
+MAINTAINER_SCRIPTS = ("postinst", "prerm", "postrm")
+SHIPPED_UNITS = sorted(p.name for p in (ROOT / "packaging" / "systemd").glob("*@.*"))
+
+
+@pytest.fixture(scope="module")
+def control(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package's control area: control, conffiles and the maintainer scripts."""
+    where = tmp_path_factory.mktemp("control")
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(where / "DEBIAN")], check=True)
+    return where / "DEBIAN"
+
+
+def maintainer_script(control: Path, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one as dpkg does for a package installed into ``root`` (DPKG_ROOT): every path
+    it touches, deb-systemd-helper's state and systemctl's links included, is under it."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "DPKG_ROOT": str(root),
+        "DPKG_MAINTSCRIPT_PACKAGE": "gitlab-machine-driver",
+        "DPKG_MAINTSCRIPT_NAME": args[0],
+    }
+    return run("sh", str(control / args[0]), *args[1:], env=env, timeout=60)
+
+
+def test_the_maintainer_scripts_are_shipped_and_shellcheck_clean(control: Path) -> None:
+    for script in MAINTAINER_SCRIPTS:
+        path = control / script
+        assert path.is_file() and os.access(path, os.X_OK), script
+        assert path.read_text().startswith("#!/bin/sh\n"), script
+    # The units they enable, purge and reload are the ones the package ships.
+    for script in ("postinst", "postrm"):
+        units = re.search(r'(?m)^UNITS="([^"]*)"$', (control / script).read_text())
+        assert units is not None and sorted(units.group(1).split()) == SHIPPED_UNITS
+    depends = (control / "control").read_text()
+    assert "init-system-helpers" in depends  # deb-systemd-helper, deb-systemd-invoke
+    shellcheck = shutil.which("shellcheck")
+    needs(shellcheck is not None, "needs shellcheck (apt install shellcheck)")
+    checked = run(str(shellcheck), *(str(control / s) for s in MAINTAINER_SCRIPTS))
+    assert checked.returncode == 0, checked.stdout
+
+
+def installed_root(unpacked: Path, tmp_path: Path) -> Path:
+    """The package's unit files and an empty state dir in a root of their own."""
+    root = tmp_path / "root"
+    shutil.copytree(unpacked / "lib", root / "lib", symlinks=True)
+    return root
+
+
+def test_postinst_enables_no_template_and_purge_forgets_them(
+    control: Path, unpacked: Path, tmp_path: Path
+) -> None:
+    root = installed_root(unpacked, tmp_path)
+    done = maintainer_script(control, root, "postinst", "configure")
+    assert done.returncode == 0, done.stderr
+    assert oct((root / "var/lib/gitlab-machine-driver").stat().st_mode & 0o777) == "0o700"
+    assert not (root / "etc/systemd/system").exists()  # nothing enabled
+    helper_state = root / "var/lib/systemd/deb-systemd-helper-enabled"
+    assert {p.name for p in helper_state.glob("*.dsh-also")} == {
+        f"{unit}.dsh-also" for unit in SHIPPED_UNITS
+    }
+    done = maintainer_script(control, root, "postrm", "purge")
+    assert done.returncode == 0, done.stderr
+    assert list(helper_state.glob("*.dsh-also")) == []
+    assert not (root / "var/lib/gitlab-machine-driver").exists()
+
+
+def test_prerm_remove_disables_every_instance_an_admin_enabled(
+    control: Path, unpacked: Path, tmp_path: Path
+) -> None:
+    needs(shutil.which("systemctl") is not None, "needs systemctl (apt install systemd)")
+    root = installed_root(unpacked, tmp_path)
+    timers = root / "etc/systemd/system/timers.target.wants"
+    services = root / "etc/systemd/system/multi-user.target.wants"
+    timers.mkdir(parents=True)
+    services.mkdir(parents=True)
+    for name in ("config", "other"):
+        (timers / f"gitlab-machine-driver-sweep@{name}.timer").symlink_to(
+            "/lib/systemd/system/gitlab-machine-driver-sweep@.timer"
+        )
+    (services / "gitlab-machine-driver-pool@config.service").symlink_to(
+        "/lib/systemd/system/gitlab-machine-driver-pool@.service"
+    )
+    (services / "ssh.service").symlink_to("/lib/systemd/system/ssh.service")  # not ours
+    done = maintainer_script(control, root, "prerm", "remove")
+    assert done.returncode == 0, done.stderr
+    left = sorted(p.name for p in (root / "etc/systemd/system").rglob("*") if p.is_symlink())
+    assert left == ["ssh.service"]
+
+
+RECORDS = {
+    "a job's record": "jobs/7/state.json",
+    "a pool machine": "pool/machines/gmd-pool-1/info.json",
+    "a ready marker": "pool/ready/gmd-pool-2",
+    "a tombstone": "tombstones/gmd-9@1712345678/config.json",
+}
+
+
+@pytest.mark.parametrize("record", [None, *RECORDS], ids=["no machine", *RECORDS])
+def test_purge_removes_the_state_dir_only_when_it_records_no_machine(
+    control: Path, unpacked: Path, tmp_path: Path, record: str | None
+) -> None:
+    root = installed_root(unpacked, tmp_path)
+    state = root / "var/lib/gitlab-machine-driver"
+    # What a host keeps once its machines are gone: logs, locks, metrics, the owner.
+    for leftover in (
+        "driver.log",
+        "locks/sweep.lock",
+        "locks/job-7.lock",
+        "metrics.json",
+        "owner.json",
+        "pool/status.json",
+        "jobs/8/known_hosts",
+    ):
+        (state / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (state / leftover).write_text("")
+    if record:
+        (state / RECORDS[record]).parent.mkdir(parents=True, exist_ok=True)
+        (state / RECORDS[record]).write_text("{}")
+    done = maintainer_script(control, root, "postrm", "purge")
+    assert done.returncode == 0, done.stderr
+    if record is None:
+        assert not state.exists()
+        assert done.stderr == ""
+    else:
+        assert (state / RECORDS[record]).exists() and (state / "driver.log").exists()
+        assert f"{state} is kept: it records machines that may still exist" in done.stderr
+        # Which record, by its path.
+        shown = [line.strip() for line in done.stderr.splitlines() if line.startswith("  ")]
+        assert [p for p in shown if str(state / RECORDS[record]).startswith(p)] != []
+        assert "docker-machine rm" in done.stderr
+
+
 @pytest.fixture
 def debian_root(tmp_path: Path) -> Iterator[Path]:
     """A clean Debian (this host's release) from debootstrap, with /proc, as chroot target."""
@@ -232,7 +365,16 @@ def test_in_a_clean_debian_root_it_installs_works_removes_and_purges(
     assert "ok    config file: /etc/gitlab-machine-driver/config.toml is valid" in doctor.stdout
     assert "FAIL  docker-machine" in doctor.stdout  # none in a clean root, and doctor says so
 
+    # An admin enables an instance per config (the link `systemctl enable` makes: the
+    # minimal root has no systemd); removing the package disables it.
+    wants = debian_root / "etc/systemd/system/timers.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "gitlab-machine-driver-sweep@config.timer").symlink_to(
+        "/lib/systemd/system/gitlab-machine-driver-sweep@.timer"
+    )
+
     chroot("apt-get", "remove", "-y", "-qq", "gitlab-machine-driver")
+    assert not (wants / "gitlab-machine-driver-sweep@config.timer").is_symlink()
     assert not (debian_root / "usr/bin/gitlab-machine-driver").exists()
     assert not (debian_root / "opt/gitlab-machine-driver").exists()  # no bytecode left behind
     assert (debian_root / "etc/gitlab-machine-driver/config.toml").exists()  # a conffile
@@ -245,6 +387,6 @@ def test_in_a_clean_debian_root_it_installs_works_removes_and_purges(
 
 def test_the_container_recipe_brings_runner_driver_and_docker_machine() -> None:
     recipe = (ROOT / "packaging" / "container" / "Dockerfile").read_text()
-    assert "FROM ${RUNNER_IMAGE}" in recipe and "gitlab/gitlab-runner" in recipe
+    assert "FROM ${BASE_IMAGE}" in recipe and "gitlab/gitlab-runner" in recipe
     assert "docker-machine --version" in recipe  # the fork is fetched at build time and checked
     assert "pip install" in recipe and "gitlab-machine-driver --version" in recipe

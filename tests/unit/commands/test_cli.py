@@ -206,8 +206,38 @@ def test_a_dry_run_sweep_records_no_owner_and_writes_no_log(tmp_path: Path) -> N
         f'[docker_machine]\nprogram = "true"\nstorage_path = "{tmp_path}/dm"\n'
     )
     assert sweep.main(argparse.Namespace(config_path=str(config), forget=None, dry_run=True)) == 0
-    # Left: the sweep lock file that driver/sweeper.py takes, even on a dry run.
-    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "st").rglob("*")) in (
-        [],
-        ["st/locks", "st/locks/sweep.lock"],
+    # Nothing at all: not the state dir, its locks/ or the sweep lock (it removes nothing).
+    assert not (tmp_path / "st").exists()
+
+
+def tree(root: Path) -> dict[str, tuple[int, float]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_mode, p.stat().st_mtime) for p in root.rglob("*")
+    }
+
+
+def test_a_dry_run_sweep_creates_nothing_in_a_state_dir_that_exists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job's record and a pool machine docker-machine does not list: a sweep would
+    remove them; the dry run says so, and leaves every file as it was, locks/ not made."""
+    from driver.commands import sweep
+    from driver.state import Address, JobPhase, JobRecord, PoolRecord, StateDir
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/st"\n[machine]\ndriver = "amazonec2"\n'
+        f'[docker_machine]\nprogram = "true"\nstorage_path = "{tmp_path}/dm"\n'
     )
+    state = StateDir(tmp_path / "st")
+    job = state.job(7)
+    job.create()
+    job.save(JobRecord(job_id=7, project_id=1, machine="gmd-7", phase=JobPhase.READY))
+    state.save_pool(PoolRecord(name="gmd-pool-1", address=Address(host="10.0.0.9")))
+    state.mark_ready("gmd-pool-1")
+    before = tree(tmp_path / "st")
+    assert sweep.main(argparse.Namespace(config_path=str(config), forget=None, dry_run=True)) == 0
+    assert tree(tmp_path / "st") == before
+    assert not (tmp_path / "st" / "locks").exists()
+    out = capsys.readouterr().out
+    assert "gmd-7" in out and "gmd-pool-1" in out
