@@ -193,15 +193,15 @@ def make_ready(
     settings: Settings,
     progress: Progress,
     *,
-    images: list[str] | None = None,
-    registry_auth: dict[str, str] | None = None,
+    engine_needed: bool = False,
     runner_needed: bool = True,
 ) -> dict[str, float]:
     """Make a created machine ready for jobs; the seconds each step took.
 
     SSH is pinned afresh (a machine recreated under the same name has new keys),
     the scripts' tools are checked, and the engine is asked for at the address
-    docker-machine reports (its port is the driver's, never assumed).
+    docker-machine reports (its port is the driver's, never assumed): with
+    ``[docker] check``, or when the caller needs it (the pool, to pull images).
     """
     timings = {}
     # Empty, and 0600 before ssh appends the key it meets first (ssh would create it 0644).
@@ -218,16 +218,15 @@ def make_ready(
     timings["ssh"] = step.seconds
     progress(f"SSH is up in {step.seconds:g}s; host key pinned")
     tools.check(settings, where, runner_needed=runner_needed)
-    if settings.docker.check or images:
+    if settings.docker.check or engine_needed:
         step = log.Timer()
         address.engine_url = dm.url(name)
-        version = engine.wait_ready(
-            name, address, timeout=settings.docker.ready_timeout, progress=progress
-        )
+        try:
+            version = engine.wait_ready(
+                engine.Engine.of(address), timeout=settings.docker.ready_timeout, progress=progress
+            )
+        except DriverError as e:
+            raise DriverError(f"{name}: {e.message}", hint=e.hint) from None
         timings["docker"] = step.seconds
         progress(f"Docker engine {version} answers at {address.engine_url} ({step.seconds:g}s)")
-    if images:
-        step = log.Timer()
-        engine.pull(name, address, images, registry_auth)
-        timings["images"] = step.seconds
     return timings

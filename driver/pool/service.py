@@ -18,7 +18,8 @@ from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.image.config import pool_images
 from driver.image.containers import prestart_helper
-from driver.image.learn import prepull, recent_images
+from driver.image.learn import recent_images
+from driver.pool import images
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.pool.lookahead import Lookahead
 from driver.pool.pipelines import (
@@ -28,7 +29,7 @@ from driver.pool.pipelines import (
     gitlab_list_jobs,
     gitlab_usual_durations,
 )
-from driver.settings import PoolSettings, Settings
+from driver.settings import Settings
 from driver.state import (
     JobPhase,
     JobRecord,
@@ -329,6 +330,12 @@ class PoolService:
             record.address = provision.locate(self.dm, name, self.settings)
             self.state.save_pool(record)
             where = self.state.pool_dir(name)
+            # Image mode's default and helper images too, so jobs need not pull them.
+            configured = [*self.settings.pool.images, *pool_images(self.settings.image)]
+            # And the images recent jobs ran most; best effort (some need a job's token).
+            learned = [
+                i for i in recent_images(self.settings.image, self.state) if i not in configured
+            ]
             provision.make_ready(
                 self.dm,
                 name,
@@ -336,22 +343,22 @@ class PoolService:
                 where,
                 self.settings,
                 progress,
-                # Image mode's default and helper images too, so jobs need not pull them.
-                images=[*self.settings.pool.images, *pool_images(self.settings.image)],
-                registry_auth=_registry_auth(self.settings.pool),
+                engine_needed=bool(configured or learned),
             )
-            # And the images recent jobs ran most; best effort (some need a job's token).
-            learned = [
-                i for i in recent_images(self.settings.image, self.state)
-                if i not in self.settings.pool.images
-            ]  # fmt: skip
+            if configured:
+                step = log.Timer()
+                images.pull(name, record.address, configured, self.settings, say=progress)
+                self.log.info("pool_images_pulled", images=configured, seconds=step.seconds)
             if learned:
-                pulled = prepull(
+                pulled = images.pull(
                     name,
                     record.address,
                     learned,
-                    _registry_auth(self.settings.pool),
-                    lambda image, why: self.log.info("pool_image_skipped", image=image, why=why),
+                    self.settings,
+                    say=progress,
+                    skipped=lambda image, why: self.log.info(
+                        "pool_image_skipped", image=image, why=why
+                    ),
                 )
                 self.log.info("pool_images_learned", images=pulled)
             # Image mode: the job's helper container started ahead (prepare checks it).
@@ -431,13 +438,6 @@ class PoolService:
             }
         self.state.pool_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(self.state.pool_status_file, json.dumps(status))
-
-
-def _registry_auth(pool: PoolSettings) -> dict[str, str] | None:
-    if not pool.registry_username or pool.registry_password_file is None:
-        return None
-    password = pool.registry_password_file.read_text().strip()
-    return {"username": pool.registry_username, "password": password}
 
 
 def _measured_create_seconds(settings: Settings) -> tuple[float, ...]:

@@ -14,9 +14,9 @@ import time
 
 from driver import limits, log, metrics, provision, signals, ssh, state_owner
 from driver.docker_machine import DockerMachine
+from driver.engine import warm_up
 from driver.errors import DriverError
 from driver.image import containers
-from driver.image.engine import warm_up
 from driver.image.plan import plan as plan_containers
 from driver.log import say
 from driver.payload import Job
