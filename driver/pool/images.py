@@ -1,5 +1,8 @@
 """The images the pool pulls into a machine it makes ready: as a job's prepare pulls.
 
+Under ``[image] pull_policy``, as the job would: with ``if-not-present`` an image
+the VM's engine already has is not asked of the registry again.
+
 The same Puller (driver.image.pull: retries of transient errors, ``[image]
 pull_timeout``, progress) and the same engine client (driver.engine); the
 credentials are the admin's: ``[image] auth_config_file``, and ``[pool]
@@ -13,15 +16,12 @@ from typing import cast
 
 from driver.engine import Engine, EngineAPI, connect
 from driver.image.auth import Credentials, Login, from_docker_config, read_admin_file
-from driver.image.config import PullPolicy
 from driver.image.policy import ImageRefused
 from driver.image.pull import Puller
 from driver.settings import Settings
 from driver.state import Address
 
 Say = Callable[[str], None]
-# What the pool pulls with: a pull each time, as before pull policies applied to it.
-POLICIES: list[PullPolicy] = ["always"]
 
 
 def credentials(settings: Settings, warn: Say) -> Credentials:
@@ -67,7 +67,7 @@ def pull(
     try:
         for image in images:
             try:
-                puller.ensure(api, image, POLICIES, "")
+                puller.ensure(api, image, settings.image.pull_policy, "")
             except ImageRefused as e:
                 if skipped is None:
                     raise

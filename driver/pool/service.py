@@ -31,6 +31,7 @@ from driver.pool.pipelines import (
 )
 from driver.settings import Settings
 from driver.state import (
+    Address,
     JobPhase,
     JobRecord,
     Lock,
@@ -42,6 +43,14 @@ from driver.state import (
 )
 
 REMEMBER_EVERY = 600.0  # seconds between two saves of what the policy learned
+# Why a machine the pool made was discarded: the step it failed in (see _create_one).
+FAILURE_REASONS = {
+    "create": "create_failed",
+    "ssh": "ssh_not_ready",
+    "tools": "tools_missing",
+    "engine": "engine_not_ready",
+    "images": "engine_lost",  # an image it cannot pull is skipped: the engine went away
+}
 
 
 def pool_name(settings: Settings) -> str:
@@ -76,6 +85,7 @@ class PoolService:
             create=self._start_create,
             remove=self._start_remove,
             policy=make_policy(settings.pool, *_measured_create_seconds(settings)),
+            alarm=self._alarm,
         )
         self.claims_seen: tuple[float, float] | None = None  # the hit and miss counters
         self.create_measured: set[str] = set()  # ready machines whose create time was taken
@@ -303,6 +313,7 @@ class PoolService:
         with self.lock:
             self.creating.add(name)
         timer = log.Timer()
+        reached = ["create"]  # the steps begun: the last one is where a failure happened
         record = PoolRecord(name=name, created=time.time(), creator_pid=os.getpid())
         # Held for the whole create: the sweeper sees a create in progress by this lock.
         entry = self.state.pool_lock(name)
@@ -332,7 +343,7 @@ class PoolService:
             where = self.state.pool_dir(name)
             # Image mode's default and helper images too, so jobs need not pull them.
             configured = [*self.settings.pool.images, *pool_images(self.settings.image)]
-            # And the images recent jobs ran most; best effort (some need a job's token).
+            # And the images recent jobs ran most.
             learned = [
                 i for i in recent_images(self.settings.image, self.state) if i not in configured
             ]
@@ -344,23 +355,11 @@ class PoolService:
                 self.settings,
                 progress,
                 engine_needed=bool(configured or learned),
+                reached=lambda step: reached.append(step),
             )
-            if configured:
-                step = log.Timer()
-                images.pull(name, record.address, configured, self.settings, say=progress)
-                self.log.info("pool_images_pulled", images=configured, seconds=step.seconds)
-            if learned:
-                pulled = images.pull(
-                    name,
-                    record.address,
-                    learned,
-                    self.settings,
-                    say=progress,
-                    skipped=lambda image, why: self.log.info(
-                        "pool_image_skipped", image=image, why=why
-                    ),
-                )
-                self.log.info("pool_images_learned", images=pulled)
+            reached.append("images")
+            self._pull_images(name, record.address, configured, learned, progress)
+            reached.append("helper")
             # Image mode: the job's helper container started ahead (prepare checks it).
             try:
                 if prestart_helper(
@@ -373,17 +372,65 @@ class PoolService:
             record.ready_at = time.time()
             self.state.save_pool(record)
             if self.stopping.is_set() and self.settings.pool.drain_on_stop:
+                reached.append("stopping")
                 raise DriverError("the service is stopping")
             self.state.mark_ready(name)
+            self.controller.succeeded()
             self.log.info("pool_machine_ready", machine=name, seconds=timer.seconds)
         except Exception as e:  # every failure: remove what was made, remember why
             self._error(f"{name}: {e}")
+            if reached[-1] != "stopping":
+                self.controller.failed(FAILURE_REASONS.get(reached[-1], "preparation_failed"))
             self.state.mark_withdrawn(name)
             self._remove(name, "its preparation failed", entry)
         finally:
             entry.release()
             with self.lock:
                 self.creating.discard(name)
+
+    def _pull_images(
+        self,
+        name: str,
+        address: Address,
+        configured: list[str],
+        learned: list[str],
+        progress: Callable[[str], None],
+    ) -> None:
+        """Each image as a job would pull it (its pull policy: a present one counts); one
+        the registry does not give is the job's to pull, never a reason to discard the
+        machine: a registry outage must not turn into a VM per create time."""
+
+        def not_pulled(image: str, why: str) -> None:
+            self.log.warning("pool_image_not_pulled", image=image, why=why[:300])
+            metrics.count(self.settings.state_dir, metrics.POOL_IMAGE_PULL_FAILURES)
+
+        if configured:
+            step = log.Timer()
+            pulled = images.pull(
+                name, address, configured, self.settings, say=progress, skipped=not_pulled
+            )
+            self.log.info("pool_images_pulled", images=pulled, seconds=step.seconds)
+        if learned:  # best effort, quietly: some need a job's token
+            pulled = images.pull(
+                name,
+                address,
+                learned,
+                self.settings,
+                say=progress,
+                skipped=lambda image, why: self.log.info(
+                    "pool_image_skipped", image=image, why=why
+                ),
+            )
+            self.log.info("pool_images_learned", images=pulled)
+
+    def _alarm(self, reason: str, failures: int, hold: float) -> None:
+        """Identical failures in a row: the next create waits (driver.pool.backoff)."""
+        self.log.error("pool_failure_backoff", reason=reason, failures=failures, seconds=hold)
+        self._error(
+            f"{failures} pool machines in a row failed ({reason.replace('_', ' ')}); "
+            f"the next create waits {hold:g}s"
+        )
+        metrics.count(self.settings.state_dir, metrics.POOL_FAILURE_BACKOFFS, {"reason": reason})
 
     def _healthy(self, record: PoolRecord) -> bool:
         where = self.state.pool_dir(record.name)

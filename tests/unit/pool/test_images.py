@@ -5,17 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 import pytest
+from docker.errors import ImageNotFound
 
 from driver.engine import Engine
 from driver.pool import images
-from driver.settings import Settings
+from driver.settings import Settings, parse_settings
 from driver.state import Address
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
 class FakeApi:
-    """An engine that has nothing and pulls anything; records what it was asked."""
+    """An engine that has every image and pulls anything; records what it was asked."""
 
     def __init__(self) -> None:
         self.pulls: list[tuple[str, object]] = []
@@ -62,3 +63,45 @@ def test_a_digest_pinned_image_is_pulled_by_its_digest(api: FakeApi) -> None:
     ]
     assert len(pulled) == 3
     assert api.closed
+
+
+def test_a_present_image_counts_under_if_not_present(api: FakeApi) -> None:
+    said: list[str] = []
+    settings = parse_settings({"image": {"pull_policy": ["if-not-present"]}})
+    pulled = images.pull(
+        "gmd-p1",
+        Address(engine_url="tcp://10.0.0.1:2376"),
+        ["alpine:3.19"],
+        settings,
+        say=said.append,
+    )
+    assert pulled == ["alpine:3.19"]
+    assert api.pulls == []  # on the engine already: no registry asked
+    assert "Using locally found image alpine:3.19" in said
+
+
+def test_an_image_that_cannot_be_pulled_is_reported_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Refusing(FakeApi):
+        def pull(self, repository: str, **options: object) -> Iterator[Mapping[str, object]]:
+            self.pulls.append((repository, options.get("tag")))
+            yield {"error": "manifest unknown", "errorDetail": {"message": "manifest unknown"}}
+
+        def inspect_image(self, image: str) -> Mapping[str, object]:
+            raise ImageNotFound("no such image")
+
+    fake = Refusing()
+    monkeypatch.setattr(images, "connect", lambda *args: fake)
+    skipped: list[tuple[str, str]] = []
+    pulled = images.pull(
+        "gmd-p1",
+        Address(engine_url="tcp://10.0.0.1:2376"),
+        ["ci/gone:1", "ci/gone:2"],
+        parse_settings({"image": {"pull_policy": ["if-not-present"]}}),
+        say=lambda _: None,
+        skipped=lambda image, why: skipped.append((image, why)),
+    )
+    assert pulled == []
+    assert [image for image, _ in skipped] == ["ci/gone:1", "ci/gone:2"]
+    assert fake.closed
