@@ -99,6 +99,13 @@ POOL_FAILURE_BACKOFFS = Counter(
     "Times identical failures in a row held the pool's next create back, by reason",
     ("reason",),
 )
+POOL_DISCARDED = Counter(
+    "pool_discarded_machines_total",
+    "Pool machines discarded as unusable, by reason (create_failed, ssh_not_ready, "
+    "tools_missing, engine_not_ready, engine_lost, preparation_failed, ssh_lost, "
+    "interrupted, dead_at_claim)",
+    ("reason",),
+)
 MACHINE_CREATE_SECONDS = Histogram(
     "machine_create_seconds", "Duration of successful docker-machine creates"
 )
@@ -121,6 +128,7 @@ COUNTERS: tuple[Counter, ...] = (
     POOL_CLAIMS,
     POOL_IMAGE_PULL_FAILURES,
     POOL_FAILURE_BACKOFFS,
+    POOL_DISCARDED,
 )
 HISTOGRAMS: tuple[Histogram, ...] = (
     MACHINE_CREATE_SECONDS,

@@ -117,6 +117,7 @@ class PoolService:
                 continue  # a job's prepare is taking it over; the sweeper handles a dead one
             if phase == PoolPhase.READY and not self.state.withdraw(name):
                 continue  # just claimed
+            self._discarded("ssh_lost" if phase == PoolPhase.READY else "interrupted")
             self._remove(name, f"cannot vouch for it after a restart (was {phase})")
 
     def run(self, stop: threading.Event, *, holding_lock: bool = False) -> None:
@@ -208,6 +209,7 @@ class PoolService:
             for name in self.state.ready():
                 machine = self.state.load_pool(name)
                 if machine and not self._healthy(machine) and self.state.withdraw(name):
+                    self._discarded("ssh_lost")
                     self._start(functools.partial(self._remove, name, "failed its health check"))
         self.write_status(decision.wanted, in_use)
         if now - self.last_remembered >= REMEMBER_EVERY:
@@ -380,7 +382,9 @@ class PoolService:
         except Exception as e:  # every failure: remove what was made, remember why
             self._error(f"{name}: {e}")
             if reached[-1] != "stopping":
-                self.controller.failed(FAILURE_REASONS.get(reached[-1], "preparation_failed"))
+                reason = FAILURE_REASONS.get(reached[-1], "preparation_failed")
+                self.controller.failed(reason)
+                self._discarded(reason)
             self.state.mark_withdrawn(name)
             self._remove(name, "its preparation failed", entry)
         finally:
@@ -422,6 +426,9 @@ class PoolService:
                 ),
             )
             self.log.info("pool_images_learned", images=pulled)
+
+    def _discarded(self, reason: str) -> None:
+        metrics.count(self.settings.state_dir, metrics.POOL_DISCARDED, {"reason": reason})
 
     def _alarm(self, reason: str, failures: int, hold: float) -> None:
         """Identical failures in a row: the next create waits (driver.pool.backoff)."""
