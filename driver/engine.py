@@ -1,88 +1,157 @@
-"""The VM's own Docker engine, reached with the docker SDK over docker-machine's TLS."""
+"""The VM's own Docker engine: the one client of it, over docker-machine's TLS.
+
+Prepare (its readiness check; image mode's containers), the pool (its readiness
+check, its pre-pulls, its pre-started helper) all reach the engine through
+``connect`` here, at one fixed API version. The docker SDK is imported only when
+a client is made (``warm_up`` starts that import early, in the background): the
+`run` stage never pays for it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 from driver.errors import DriverError
 from driver.state import Address
 
-API_VERSION = "1.24"
+# API 1.41 (Docker 20.10) for `platform` on create; newer engines speak it too. Fixed:
+# "auto" would cost a round trip and a second TLS handshake on every prepare.
+API = "1.41"
 
 
-def _client(address: Address, timeout: int) -> Any:
+@dataclass(frozen=True)
+class Engine:
+    """Where the VM's engine answers, and the TLS files docker-machine made for it."""
+
+    url: str
+    ca_cert: str
+    client_cert: str
+    client_key: str
+
+    @classmethod
+    def of(cls, address: Address) -> Engine:
+        """The engine at ``address`` (its ``engine_url`` asked of docker-machine already)."""
+        return cls(address.engine_url, address.ca_cert, address.client_cert, address.client_key)
+
+
+class ImageAPI(Protocol):
+    """What pulling asks of the SDK's ``docker.APIClient``."""
+
+    def inspect_image(self, image: str) -> Mapping[str, object]: ...
+    def pull(self, repository: str, **options: object) -> Iterator[Mapping[str, object]]: ...
+
+
+class EngineAPI(ImageAPI, Protocol):
+    """What the package asks of ``docker.APIClient`` outside image mode's container
+    start-up (which uses the whole client)."""
+
+    def version(self) -> Mapping[str, object]: ...
+    def close(self) -> None: ...
+
+
+def connect(
+    engine: Engine,
+    timeout: float,
+    ready_timeout: float,
+    progress: Callable[[str], None] | None = None,
+) -> Any:  # docker.APIClient: typed by its users (EngineAPI, or image mode's Starter)
+    """One API client; waits up to ``ready_timeout`` for the engine to answer a ping
+    with TLS verified, saying why it does not every ten seconds to ``progress``."""
     import docker
+    from requests.exceptions import RequestException
 
     tls = docker.tls.TLSConfig(
-        client_cert=(address.client_cert, address.client_key), ca_cert=address.ca_cert, verify=True
+        client_cert=(engine.client_cert, engine.client_key), ca_cert=engine.ca_cert, verify=True
     )
-    # An explicit API version: "auto" would query the engine before trust_env is off.
-    # 1.24 is the oldest the SDK and every supported engine speak; enough for ping and pull.
-    client = docker.DockerClient(
-        base_url=address.engine_url, tls=tls, timeout=timeout, version=API_VERSION
-    )
+    api = docker.APIClient(base_url=engine.url, tls=tls, timeout=int(timeout), version=API)
     # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the machine's own CA
     # (psf/requests#3829), and would send the engine's traffic to HTTPS_PROXY: neither
     # belongs between the runner host and its VM.
-    client.api.trust_env = False
-    return client
-
-
-def pull(name: str, address: Address, images: list[str], auth: dict[str, str] | None) -> None:
-    """Pull ``images`` into the machine's engine, so the job's first `docker run` does not."""
-    from docker.errors import DockerException
-
-    client = _client(address, timeout=600)
-    try:
-        for image in images:
-            repository, _, tag = (
-                image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
-            )
-            try:
-                client.images.pull(repository, tag=tag or "latest", auth_config=auth)
-            except DockerException as e:
-                raise DriverError(
-                    f"pulling {image} into {name} failed: {e}",
-                    hint="check [pool] images and the registry credentials",
-                ) from None
-    finally:
-        client.close()
-
-
-def wait_ready(
-    name: str,
-    address: Address,
-    *,
-    timeout: float,
-    progress: Callable[[str], None],
-    interval: float = 1.0,
-) -> str:
-    """Wait until the engine answers a ping with TLS verified; return its version."""
-    from docker.errors import DockerException  # heavy: only prepare pays for it
-    from requests.exceptions import RequestException
-
-    deadline = time.monotonic() + timeout
+    api.trust_env = False
+    deadline = time.monotonic() + ready_timeout
     next_report = time.monotonic() + 10
-    last_error = ""
-    while time.monotonic() < deadline:
+    while True:
         try:
-            client = _client(address, timeout=max(1, min(10, int(timeout))))
-            try:
-                client.ping()
-                return str(client.version().get("Version", "unknown"))
-            finally:
-                client.close()
-        except (DockerException, RequestException, OSError) as e:
-            last_error = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        if time.monotonic() >= next_report:
-            progress(f"Docker engine at {address.engine_url} not ready yet: {last_error}")
+            api.ping()
+            return api
+        except docker.errors.APIError as e:
+            if "too new" in str(e) or e.status_code == 400:
+                api.close()
+                raise DriverError(
+                    f"the VM's Docker engine does not speak API {API}: {first_line(e)}; "
+                    "the driver needs Docker 20.10 or newer",
+                    hint="provision VMs with a newer Docker ([machine] engine_install_url)",
+                ) from None
+            failure: Exception = e
+        except (docker.errors.DockerException, RequestException, OSError) as e:
+            failure = e
+        now = time.monotonic()
+        if now > deadline:
+            api.close()
+            raise DriverError(
+                f"the VM's Docker engine at {engine.url} did not answer within "
+                f"{ready_timeout:g}s: {first_line(failure)}",
+                hint="check the machine's provisioning (docker-machine create output, "
+                "engine options); jobs need the engine, so this machine is not used",
+            )
+        if progress is not None and now >= next_report:
+            progress(f"Docker engine at {engine.url} not ready yet: {first_line(failure)}")
             next_report += 10
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-    raise DriverError(
-        f"the Docker engine of {name} at {address.engine_url} did not answer within "
-        f"{timeout:g}s: {last_error}",
-        hint="check the machine's provisioning (docker-machine create output, "
-        "engine options); jobs need the engine, so this machine is not used",
-    )
+        time.sleep(min(0.5, max(0.0, deadline - now)))
+
+
+def wait_ready(engine: Engine, *, timeout: float, progress: Callable[[str], None]) -> str:
+    """Wait until the engine answers a ping with TLS verified; return its version."""
+    api = cast(EngineAPI, connect(engine, max(1.0, min(10.0, timeout)), timeout, progress))
+    try:
+        return str(api.version().get("Version", "unknown"))
+    finally:
+        api.close()
+
+
+def warm_up() -> None:
+    """Import the docker SDK in the background (a third of a second, more on a busy host)
+    while prepare claims or creates the machine; `connect` then finds it imported."""
+    import threading
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # the real import, in connect, will say why
+            import docker  # noqa: F401
+
+    threading.Thread(target=load, name="docker-sdk-import", daemon=True).start()
+
+
+def together(*calls: Callable[[], Any]) -> list[Any]:
+    """Run the calls at once (each mostly waits on the engine or ssh); their results in
+    order, or the first failure in that order once all have ended."""
+    import threading
+
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    def run(index: int, call: Callable[[], Any]) -> None:
+        try:
+            results[index] = call()
+        except BaseException as e:  # handed to the caller below
+            errors[index] = e
+
+    threads = [
+        threading.Thread(target=run, args=(i, call), daemon=True) for i, call in enumerate(calls)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()  # interruptible: a cancel's SIGTERM still raises in this thread
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
+
+
+def first_line(error: BaseException) -> str:
+    text = getattr(error, "message", None) or str(error)
+    return text.splitlines()[0] if text else type(error).__name__

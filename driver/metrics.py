@@ -88,6 +88,22 @@ POOL_CLAIMS = Counter(
     "Prepares that asked the pool for a machine, by result (hit or miss)",
     ("result",),
 )
+POOL_IMAGE_PULL_FAILURES = Counter(
+    "pool_image_pull_failures_total",
+    "Images the pool could not pull into a machine (left for the job to pull)",
+)
+POOL_FAILURE_BACKOFFS = Counter(
+    "pool_failure_backoffs_total",
+    "Times identical failures in a row held the pool's next create back, by reason",
+    ("reason",),
+)
+POOL_DISCARDED = Counter(
+    "pool_discarded_machines_total",
+    "Pool machines discarded as unusable, by reason (create_failed, ssh_not_ready, "
+    "tools_missing, engine_not_ready, engine_lost, preparation_failed, ssh_lost, "
+    "interrupted, dead_at_claim)",
+    ("reason",),
+)
 MACHINE_CREATE_SECONDS = Histogram(
     "machine_create_seconds", "Duration of successful docker-machine creates"
 )
@@ -108,6 +124,9 @@ COUNTERS: tuple[Counter, ...] = (
     MACHINE_CREATION_FAILURES,
     MACHINE_REMOVALS,
     POOL_CLAIMS,
+    POOL_IMAGE_PULL_FAILURES,
+    POOL_FAILURE_BACKOFFS,
+    POOL_DISCARDED,
 )
 HISTOGRAMS: tuple[Histogram, ...] = (
     MACHINE_CREATE_SECONDS,

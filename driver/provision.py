@@ -193,21 +193,25 @@ def make_ready(
     settings: Settings,
     progress: Progress,
     *,
-    images: list[str] | None = None,
-    registry_auth: dict[str, str] | None = None,
+    engine_needed: bool = False,
     runner_needed: bool = True,
+    reached: Callable[[str], None] = lambda step: None,
 ) -> dict[str, float]:
     """Make a created machine ready for jobs; the seconds each step took.
 
     SSH is pinned afresh (a machine recreated under the same name has new keys),
     the scripts' tools are checked, and the engine is asked for at the address
-    docker-machine reports (its port is the driver's, never assumed).
+    docker-machine reports (its port is the driver's, never assumed): with
+    ``[docker] check``, or when the caller needs it (the pool, to pull images).
+    ``reached`` is told each step as it starts ("ssh", "tools", "engine"): where a
+    failure happened, for the pool's failure reasons.
     """
     timings = {}
     # Empty, and 0600 before ssh appends the key it meets first (ssh would create it 0644).
     write_private(where.known_hosts, "")
     ssh.write_config(where, settings.ssh, machine=name, address=address)
     step = log.Timer()
+    reached("ssh")
     ssh.wait_ready(
         where,
         target=address.ssh_target,
@@ -217,17 +221,15 @@ def make_ready(
     )
     timings["ssh"] = step.seconds
     progress(f"SSH is up in {step.seconds:g}s; host key pinned")
+    reached("tools")
     tools.check(settings, where, runner_needed=runner_needed)
-    if settings.docker.check or images:
+    if settings.docker.check or engine_needed:
         step = log.Timer()
         address.engine_url = dm.url(name)
+        reached("engine")
         version = engine.wait_ready(
-            name, address, timeout=settings.docker.ready_timeout, progress=progress
+            engine.Engine.of(address), timeout=settings.docker.ready_timeout, progress=progress
         )
         timings["docker"] = step.seconds
         progress(f"Docker engine {version} answers at {address.engine_url} ({step.seconds:g}s)")
-    if images:
-        step = log.Timer()
-        engine.pull(name, address, images, registry_auth)
-        timings["images"] = step.seconds
     return timings

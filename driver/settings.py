@@ -273,6 +273,10 @@ class PoolSettings(Section):
     # With policy "demand" and [gitlab] set: ask GitLab for the next stage of the
     # pipelines of jobs here, and have their machines ready when it starts.
     lookahead: bool = True
+    # This many consecutive identical create or make-ready failures hold the next create
+    # back failure_backoff seconds, doubled for each further one (at most an hour).
+    failure_threshold: Annotated[int, Field(ge=1)] = 3
+    failure_backoff: Seconds = 60.0
 
     @property
     def enabled(self) -> bool:

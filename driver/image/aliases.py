@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from driver.image.reference import parse
+
 
 def default_aliases(image: str) -> list[str]:
     """`tutum/wordpress:latest` -> tutum__wordpress, tutum-wordpress; `postgres:15` -> postgres.
@@ -11,9 +13,7 @@ def default_aliases(image: str) -> list[str]:
     Tag and digest go, and a registry's port, but the registry host stays:
     `domain.tld:8080/ns/svc:v` -> domain.tld__ns__svc, domain.tld-ns-svc.
     """
-    parts = image.split("@", 1)[0].split("/")
-    if ":" in parts[-1]:
-        parts[-1] = parts[-1].rsplit(":", 1)[0]
+    parts = parse(image).repository.split("/")
     if len(parts) > 1 and ":" in parts[0]:
         parts[0] = parts[0].split(":", 1)[0]
     path = "/".join(parts)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from driver.errors import ConfigError
 from driver.image.payload import Credential
+from driver.image.reference import parse
 
 DOCKER_HUB = "docker.io"
 _HUB_ALIASES = ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
@@ -54,14 +55,12 @@ def normalize(registry: str) -> str:
 
 def image_path(image: str) -> str:
     """`nginx` -> docker.io/nginx; `reg.example:5000/a/b:1` -> reg.example:5000/a/b."""
-    name = image.split("@", 1)[0]
+    name = parse(image).repository
     first, _, rest = name.partition("/")
     if rest and ("." in first or ":" in first or first == "localhost"):
         host, path = first.lower(), rest
     else:
         host, path = DOCKER_HUB, name
-    if ":" in path.rsplit("/", 1)[-1]:
-        path = path.rsplit(":", 1)[0]
     return normalize(f"{host}/{path}")
 
 
@@ -128,8 +127,11 @@ def read_admin_file(path: Path) -> str:
 class Credentials:
     """Every source's logins, merged by precedence; `for_image` picks the longest path."""
 
-    def __init__(self, sources: Sequence[dict[str, Login]]) -> None:
+    def __init__(self, sources: Sequence[dict[str, Login]], fallback: Login | None = None) -> None:
+        """``fallback``: the login of an image no source names (the pool's
+        ``registry_username``, given to every registry it pulls from)."""
         self.logins: dict[str, Login] = {}
+        self.fallback = fallback
         for logins in sources:
             for path, login in logins.items():
                 self.logins.setdefault(path, login)
@@ -140,7 +142,7 @@ class Credentials:
             if path in self.logins:
                 return self.logins[path]
             if "/" not in path:
-                return None
+                return self.fallback
             path = path.rsplit("/", 1)[0]
 
 

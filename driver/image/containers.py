@@ -28,15 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from driver import log, ssh
+from driver.engine import Engine, connect, together
 from driver.errors import DriverError
 from driver.files import write_private
 from driver.image import auth, health, helper
 from driver.image.binds import MACHINE_LABEL, binds, docker_service, named_volumes, socket_bind
 from driver.image.config import ImageSettings, PullPolicy
-from driver.image.engine import Engine, connect, together
 from driver.image.host_config import Role, network_options
 from driver.image.host_config import for_role as host_config_for
-from driver.image.plan import ContainerPlan, Plan, with_tag
+from driver.image.plan import ContainerPlan, Plan
 from driver.image.programs import (
     COMMAND,
     HELPER_KEEPER,
@@ -46,6 +46,7 @@ from driver.image.programs import (
     digest,
 )
 from driver.image.pull import ImageUnavailable, Puller
+from driver.image.reference import with_tag
 from driver.image.stage import CHANNEL_MOUNT, IMAGE_FILE, channel_dir
 from driver.settings import Settings
 from driver.state import Address, JobDir, MachineDir, StateDir

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from driver.image.reference import pull_target
+
 Say = Callable[[str], None]
 
 # gitlab-runner's prebuilt import: the entrypoint the helper's Dockerfile sets.
@@ -40,7 +42,7 @@ def load_default(api: Any, ref: str, tarball: Path, say: Say, warn: Say) -> bool
         pass
     if not tarball.is_file():
         return False
-    repository, _, tag = ref.rpartition(":")
+    repository, tag = pull_target(ref)
     step = time.monotonic()
     try:
         api.import_image(

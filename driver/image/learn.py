@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from driver.errors import DriverError
 from driver.image.config import ImageSettings, pool_images
 
 if TYPE_CHECKING:
-    from driver.state import Address, StateDir
+    from driver.state import StateDir
 
 
 def most_used(
@@ -51,24 +50,3 @@ def recent_images(settings: ImageSettings, state: StateDir, now: float | None = 
         now=time.time() if now is None else now,
     )
     return [image for image in learned if image not in known][: settings.pool_recent_images]
-
-
-def prepull(
-    name: str,
-    address: Address,
-    images: Sequence[str],
-    auth: dict[str, str] | None,
-    report: Callable[[str, str], None],
-) -> list[str]:
-    """Pull each image into the machine, skipping (and reporting) those that fail;
-    the images pulled."""
-    from driver import engine
-
-    pulled = []
-    for image in images:
-        try:
-            engine.pull(name, address, [image], auth)
-            pulled.append(image)
-        except DriverError as e:
-            report(image, e.message)
-    return pulled

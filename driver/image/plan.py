@@ -253,9 +253,3 @@ def _expand(text: str, variables: dict[str, str]) -> str:
         return variables.get(key, "")
 
     return re.sub(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))", value, text)
-
-
-def with_tag(image: str) -> str:
-    """`:latest` when the name has neither tag nor digest, as docker pulls it."""
-    last = image.rsplit("/", 1)[-1]
-    return image if ("@" in image or ":" in last) else f"{image}:latest"

@@ -19,15 +19,14 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
+from driver.engine import ImageAPI, first_line
 from driver.errors import DriverError
 from driver.image.auth import Credentials
 from driver.image.config import PullPolicy
-from driver.image.engine import first_line
-from driver.image.plan import with_tag
 from driver.image.policy import ImageRefused
 from driver.image.progress import PullProgress
+from driver.image.reference import pull_target, with_tag
 
 Say = Callable[[str], None]
 
@@ -82,7 +81,9 @@ class Puller:
         self.timeout = timeout
         self.pulled: set[str] = set()
 
-    def ensure(self, api: Any, image: str, policies: Sequence[PullPolicy], platform: str) -> None:
+    def ensure(
+        self, api: ImageAPI, image: str, policies: Sequence[PullPolicy], platform: str
+    ) -> None:
         from docker.errors import DockerException, ImageNotFound
 
         ref = with_tag(image)
@@ -118,7 +119,7 @@ class Puller:
         assert failure is not None
         raise failure
 
-    def _pull(self, api: Any, ref: str, platform: str) -> None:
+    def _pull(self, api: ImageAPI, ref: str, platform: str) -> None:
         """Pull with retries of transient errors, all within ``timeout``."""
         login = self.credentials.for_image(ref)
         if login is not None:
@@ -170,7 +171,7 @@ def backoff(attempt: int) -> float:
 
 
 def stream_pull(
-    api: Any,
+    api: ImageAPI,
     ref: str,
     auth_config: dict[str, str] | None,
     platform: str,
@@ -188,7 +189,7 @@ def stream_pull(
     from requests.exceptions import ReadTimeout
 
     events: queue.Queue[tuple[str, object]] = queue.Queue()
-    repository, tag = _split_reference(ref)
+    repository, tag = pull_target(ref)
 
     def read() -> None:
         try:
@@ -257,10 +258,3 @@ def _failure(ref: str, error: str) -> ImageUnavailable:
     else:
         hint = "the registry may be unreachable from the VM, or failing; retry the job later"
     return ImageUnavailable(f"pulling image {ref} failed: {error}", hint=hint)
-
-
-def _split_reference(ref: str) -> tuple[str, str | None]:
-    if "@" in ref:
-        return ref, None
-    repository, _, tag = ref.rpartition(":")
-    return repository, tag

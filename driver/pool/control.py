@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from driver.pool.backoff import BACKOFF_MAX, FailureBackoff
 from driver.pool.lookahead import NOTHING_AHEAD, Expected, Report
 from driver.pool.schedule import Target, current_target
 from driver.settings import LimitSettings, PoolSettings
@@ -495,9 +496,11 @@ class PoolController:
         create: Callable[[], bool],
         remove: Callable[[str, str], None],
         policy: Policy | None = None,
+        alarm: Callable[[str, int, float], None] | None = None,
     ) -> None:
         """`create()` starts one create and says whether it did (False: the rate limit
-        said no); `remove(name, why)` starts removing a ready machine."""
+        said no); `remove(name, why)` starts removing a ready machine; `alarm(reason,
+        failures, hold)` is told each time identical failures hold creates back."""
         self.pool = pool
         self.limits = limits
         self.clock = clock
@@ -505,6 +508,18 @@ class PoolController:
         self.remove = remove
         self.policy = policy or make_policy(pool)
         self.last_arrival = -math.inf
+        self.backoff = FailureBackoff(pool.failure_threshold, pool.failure_backoff, BACKOFF_MAX)
+        self.alarm = alarm
+
+    def failed(self, reason: str) -> None:
+        """A create, or the making ready of what it made, failed for ``reason``."""
+        hold = self.backoff.failed(reason, self.clock())
+        if hold and self.alarm is not None:
+            self.alarm(reason, self.backoff.failures, hold)
+
+    def succeeded(self) -> None:
+        """A machine became ready: failures count anew."""
+        self.backoff.succeeded()
 
     def step(self, obs: Observation) -> Decision:
         now = self.clock()
@@ -518,6 +533,8 @@ class PoolController:
             missing = allowed
         else:
             held_back = ""
+        if missing > 0 and self.backoff.holding(now):
+            missing, held_back = 0, "failure_backoff"
         created = 0
         for _ in range(max(0, missing)):
             if not self.create():

@@ -18,7 +18,8 @@ from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.image.config import pool_images
 from driver.image.containers import prestart_helper
-from driver.image.learn import prepull, recent_images
+from driver.image.learn import recent_images
+from driver.pool import images
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.pool.lookahead import Lookahead
 from driver.pool.pipelines import (
@@ -28,8 +29,9 @@ from driver.pool.pipelines import (
     gitlab_list_jobs,
     gitlab_usual_durations,
 )
-from driver.settings import PoolSettings, Settings
+from driver.settings import Settings
 from driver.state import (
+    Address,
     JobPhase,
     JobRecord,
     Lock,
@@ -41,6 +43,14 @@ from driver.state import (
 )
 
 REMEMBER_EVERY = 600.0  # seconds between two saves of what the policy learned
+# Why a machine the pool made was discarded: the step it failed in (see _create_one).
+FAILURE_REASONS = {
+    "create": "create_failed",
+    "ssh": "ssh_not_ready",
+    "tools": "tools_missing",
+    "engine": "engine_not_ready",
+    "images": "engine_lost",  # an image it cannot pull is skipped: the engine went away
+}
 
 
 def pool_name(settings: Settings) -> str:
@@ -75,6 +85,7 @@ class PoolService:
             create=self._start_create,
             remove=self._start_remove,
             policy=make_policy(settings.pool, *_measured_create_seconds(settings)),
+            alarm=self._alarm,
         )
         self.claims_seen: tuple[float, float] | None = None  # the hit and miss counters
         self.create_measured: set[str] = set()  # ready machines whose create time was taken
@@ -106,6 +117,7 @@ class PoolService:
                 continue  # a job's prepare is taking it over; the sweeper handles a dead one
             if phase == PoolPhase.READY and not self.state.withdraw(name):
                 continue  # just claimed
+            self._discarded("ssh_lost" if phase == PoolPhase.READY else "interrupted")
             self._remove(name, f"cannot vouch for it after a restart (was {phase})")
 
     def run(self, stop: threading.Event, *, holding_lock: bool = False) -> None:
@@ -197,6 +209,7 @@ class PoolService:
             for name in self.state.ready():
                 machine = self.state.load_pool(name)
                 if machine and not self._healthy(machine) and self.state.withdraw(name):
+                    self._discarded("ssh_lost")
                     self._start(functools.partial(self._remove, name, "failed its health check"))
         self.write_status(decision.wanted, in_use)
         if now - self.last_remembered >= REMEMBER_EVERY:
@@ -302,6 +315,7 @@ class PoolService:
         with self.lock:
             self.creating.add(name)
         timer = log.Timer()
+        reached = ["create"]  # the steps begun: the last one is where a failure happened
         record = PoolRecord(name=name, created=time.time(), creator_pid=os.getpid())
         # Held for the whole create: the sweeper sees a create in progress by this lock.
         entry = self.state.pool_lock(name)
@@ -329,6 +343,12 @@ class PoolService:
             record.address = provision.locate(self.dm, name, self.settings)
             self.state.save_pool(record)
             where = self.state.pool_dir(name)
+            # Image mode's default and helper images too, so jobs need not pull them.
+            configured = [*self.settings.pool.images, *pool_images(self.settings.image)]
+            # And the images recent jobs ran most.
+            learned = [
+                i for i in recent_images(self.settings.image, self.state) if i not in configured
+            ]
             provision.make_ready(
                 self.dm,
                 name,
@@ -336,24 +356,12 @@ class PoolService:
                 where,
                 self.settings,
                 progress,
-                # Image mode's default and helper images too, so jobs need not pull them.
-                images=[*self.settings.pool.images, *pool_images(self.settings.image)],
-                registry_auth=_registry_auth(self.settings.pool),
+                engine_needed=bool(configured or learned),
+                reached=lambda step: reached.append(step),
             )
-            # And the images recent jobs ran most; best effort (some need a job's token).
-            learned = [
-                i for i in recent_images(self.settings.image, self.state)
-                if i not in self.settings.pool.images
-            ]  # fmt: skip
-            if learned:
-                pulled = prepull(
-                    name,
-                    record.address,
-                    learned,
-                    _registry_auth(self.settings.pool),
-                    lambda image, why: self.log.info("pool_image_skipped", image=image, why=why),
-                )
-                self.log.info("pool_images_learned", images=pulled)
+            reached.append("images")
+            self._pull_images(name, record.address, configured, learned, progress)
+            reached.append("helper")
             # Image mode: the job's helper container started ahead (prepare checks it).
             try:
                 if prestart_helper(
@@ -366,17 +374,70 @@ class PoolService:
             record.ready_at = time.time()
             self.state.save_pool(record)
             if self.stopping.is_set() and self.settings.pool.drain_on_stop:
+                reached.append("stopping")
                 raise DriverError("the service is stopping")
             self.state.mark_ready(name)
+            self.controller.succeeded()
             self.log.info("pool_machine_ready", machine=name, seconds=timer.seconds)
         except Exception as e:  # every failure: remove what was made, remember why
             self._error(f"{name}: {e}")
+            if reached[-1] != "stopping":
+                reason = FAILURE_REASONS.get(reached[-1], "preparation_failed")
+                self.controller.failed(reason)
+                self._discarded(reason)
             self.state.mark_withdrawn(name)
             self._remove(name, "its preparation failed", entry)
         finally:
             entry.release()
             with self.lock:
                 self.creating.discard(name)
+
+    def _pull_images(
+        self,
+        name: str,
+        address: Address,
+        configured: list[str],
+        learned: list[str],
+        progress: Callable[[str], None],
+    ) -> None:
+        """Each image as a job would pull it (its pull policy: a present one counts); one
+        the registry does not give is the job's to pull, never a reason to discard the
+        machine: a registry outage must not turn into a VM per create time."""
+
+        def not_pulled(image: str, why: str) -> None:
+            self.log.warning("pool_image_not_pulled", image=image, why=why[:300])
+            metrics.count(self.settings.state_dir, metrics.POOL_IMAGE_PULL_FAILURES)
+
+        if configured:
+            step = log.Timer()
+            pulled = images.pull(
+                name, address, configured, self.settings, say=progress, skipped=not_pulled
+            )
+            self.log.info("pool_images_pulled", images=pulled, seconds=step.seconds)
+        if learned:  # best effort, quietly: some need a job's token
+            pulled = images.pull(
+                name,
+                address,
+                learned,
+                self.settings,
+                say=progress,
+                skipped=lambda image, why: self.log.info(
+                    "pool_image_skipped", image=image, why=why
+                ),
+            )
+            self.log.info("pool_images_learned", images=pulled)
+
+    def _discarded(self, reason: str) -> None:
+        metrics.count(self.settings.state_dir, metrics.POOL_DISCARDED, {"reason": reason})
+
+    def _alarm(self, reason: str, failures: int, hold: float) -> None:
+        """Identical failures in a row: the next create waits (driver.pool.backoff)."""
+        self.log.error("pool_failure_backoff", reason=reason, failures=failures, seconds=hold)
+        self._error(
+            f"{failures} pool machines in a row failed ({reason.replace('_', ' ')}); "
+            f"the next create waits {hold:g}s"
+        )
+        metrics.count(self.settings.state_dir, metrics.POOL_FAILURE_BACKOFFS, {"reason": reason})
 
     def _healthy(self, record: PoolRecord) -> bool:
         where = self.state.pool_dir(record.name)
@@ -431,13 +492,6 @@ class PoolService:
             }
         self.state.pool_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(self.state.pool_status_file, json.dumps(status))
-
-
-def _registry_auth(pool: PoolSettings) -> dict[str, str] | None:
-    if not pool.registry_username or pool.registry_password_file is None:
-        return None
-    password = pool.registry_password_file.read_text().strip()
-    return {"username": pool.registry_username, "password": password}
 
 
 def _measured_create_seconds(settings: Settings) -> tuple[float, ...]:

@@ -14,9 +14,9 @@ import time
 
 from driver import limits, log, metrics, provision, signals, ssh, state_owner
 from driver.docker_machine import DockerMachine
+from driver.engine import warm_up
 from driver.errors import DriverError
 from driver.image import containers
-from driver.image.engine import warm_up
 from driver.image.plan import plan as plan_containers
 from driver.log import say
 from driver.payload import Job
@@ -188,6 +188,7 @@ def _from_pool(stage: Stage, dm: DockerMachine, again: bool = False) -> bool:
     result = ssh.run(job_dir, "true", timeout=settings.ssh.connect_timeout + 5, check=False)
     if result.exit_code != 0:
         ssh.stop_master(job_dir)
+        metrics.count(settings.state_dir, metrics.POOL_DISCARDED, {"reason": "dead_at_claim"})
         provision.destroy(dm, pooled.name, settings, log.to_admin_log, quiet_if_missing=True)
         job_dir.state_file.unlink(missing_ok=True)
         say(f"Pool machine {pooled.name} did not answer ({result.output}); it was removed")

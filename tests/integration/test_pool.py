@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from driver import metrics
 from testing.runner import Job
 from testing.world import Env, stop_pool, wait_for
 
@@ -132,6 +133,8 @@ def test_an_unhealthy_idle_machine_is_replaced(env: Env) -> None:
     finally:
         stop_pool(service)
     env.assert_nothing_left()
+    counters = metrics.load(env.state_dir)["counters"]
+    assert counters.get(metrics.POOL_DISCARDED.key({"reason": "ssh_lost"})) == 1
 
 
 def test_sweep_leaves_the_pool_alone_and_status_reports(env: Env) -> None:

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from docker.errors import NotFound
 
+from driver.engine import Engine
 from driver.image import binds
 from driver.image.config import ImageSettings
 from driver.image.containers import Starter, channel_bind
-from driver.image.engine import Engine
 from driver.image.plan import ContainerPlan, Plan
 from driver.image.programs import COMMAND, HELPER_KEEPER, KEEPER_LABEL, digest
 

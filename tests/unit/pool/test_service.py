@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,41 @@ def test_an_unreadable_memory_costs_the_learning_only(tmp_path: Path) -> None:
         service.recall()  # no exception: the pool starts afresh
         policy = service.controller.policy
         assert isinstance(policy, DemandPolicy) and len(policy.sizes) == 0
+
+
+@pytest.mark.parametrize(
+    ("failing", "reason"),
+    [("create", "create_failed"), ("ssh", "ssh_not_ready"), ("engine", "engine_not_ready")],
+)
+def test_a_discarded_machine_is_counted_by_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str, reason: str
+) -> None:
+    from driver import metrics, provision
+    from driver.state import Address
+
+    settings = parse_settings(
+        {"state_dir": str(tmp_path), "pool": {"idle_count": 1}, "machine": {"driver": "none"}}
+    )
+    service = PoolService(settings)
+    removed: list[str] = []
+
+    def create(*args: object) -> int:
+        if failing == "create":
+            raise DriverError("the cloud said no")
+        return 1
+
+    def make_ready(*args: object, reached: Callable[[str], None], **options: object) -> None:
+        for step in ("ssh", "tools", "engine"):
+            reached(step)
+            if step == failing:
+                raise DriverError(f"{step} did not answer")
+
+    monkeypatch.setattr(provision, "create", create)
+    monkeypatch.setattr(provision, "locate", lambda *args: Address(host="10.0.0.9"))
+    monkeypatch.setattr(provision, "make_ready", make_ready)
+    monkeypatch.setattr(service, "_remove", lambda name, why, held=None: removed.append(why))
+    service._create_one()
+    assert removed == ["its preparation failed"]
+    counters = metrics.load(tmp_path)["counters"]
+    discarded = {key: n for key, n in counters.items() if "pool_discarded" in key}
+    assert discarded == {metrics.POOL_DISCARDED.key({"reason": reason}): 1}
