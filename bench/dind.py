@@ -20,10 +20,7 @@ docker CLI); service settings as tests/integration/test_image_dind.py's.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -34,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from testing import images  # noqa: E402
 from testing.runner import Job, JobResult, Service, Variable  # noqa: E402
-from testing.world import Env, destroy_world, driver_argv, new_world  # noqa: E402
+from testing.world import destroy_world, new_world, stop_pool  # noqa: E402
 from tests.integration.test_image_dind import DIND_SERVICE_SETTINGS  # noqa: E402
 
 PAGE = "hello from the benchmark image"
@@ -51,24 +48,6 @@ def script(host: str) -> list[str]:
         "docker run -d -p 8080:8080 web:1 > /dev/null",
         f"for i in $(seq 100); do wget -qO- http://{host}:8080/ && break; sleep 0.1; done",
     ]
-
-
-def start_pool(world: Env) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [*driver_argv(), "--config", str(world.config_path), "pool", "run"],
-        env=world.process_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def stop_pool(service: subprocess.Popen[bytes]) -> None:
-    service.send_signal(signal.SIGTERM)  # drain_on_stop: its machines go with it
-    try:
-        service.wait(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.kill(service.pid, signal.SIGKILL)
-        service.wait()
 
 
 def timings(result: JobResult) -> dict[str, float]:
@@ -107,7 +86,7 @@ def main() -> int:
                 "images": [cli, dind_image],
             },
         )
-        service = start_pool(world)
+        service = world.start_pool(quiet=True)
 
         def wait_ready(count: int) -> None:
             deadline = time.monotonic() + 600
@@ -152,7 +131,7 @@ def main() -> int:
         )
     finally:
         if service is not None:
-            stop_pool(service)
+            stop_pool(service, timeout=180)
         registry.stop()
         destroy_world(world)
         destroy_world(registry_world)

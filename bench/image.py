@@ -15,8 +15,6 @@ Images come from a registry on a test host of the double (testing/images.py).
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from testing import images  # noqa: E402
 from testing.runner import Job  # noqa: E402
-from testing.world import Env, destroy_world, driver_argv, new_world  # noqa: E402
+from testing.world import Env, destroy_world, new_world, stop_pool  # noqa: E402
 
 DRIVER = [str(Path(sys.executable).parent / "gitlab-machine-driver")]
 MARK = "first-line-of-the-user-script"
@@ -39,24 +37,6 @@ def timed_run(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
-
-
-def start_pool(world: Env) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [*driver_argv(), "--config", str(world.config_path), "pool", "run"],
-        env=world.process_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def stop_pool(service: subprocess.Popen[bytes]) -> None:
-    service.send_signal(signal.SIGTERM)  # drain_on_stop: its machines go with it
-    try:
-        service.wait(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.kill(service.pid, signal.SIGKILL)
-        service.wait()
 
 
 def pull_seconds(world: Env, job: Job, image: str) -> float | None:
@@ -109,7 +89,7 @@ def main() -> int:
                 "images": [busybox],
             },
         )
-        service = start_pool(world)
+        service = world.start_pool(quiet=True)
 
         def wait_ready(count: int) -> None:
             deadline = time.monotonic() + 300
@@ -161,9 +141,9 @@ def main() -> int:
         bash = f"{registry.open}/ci/bash:1"  # not in [pool] images
         pulls: dict[str, list[float]] = {}
         for label, learned in (("without learning", 0), ("with learning", 3)):
-            stop_pool(service)
+            stop_pool(service, timeout=180)
             world.configure(image={"pool_recent_images": learned}, pool={"images": []})
-            service = start_pool(world)
+            service = world.start_pool(quiet=True)
             pulls[label] = []
             for _ in range(args.learn_jobs):
                 wait_ready(2)
@@ -191,7 +171,7 @@ def main() -> int:
             )
     finally:
         if service is not None:
-            stop_pool(service)
+            stop_pool(service, timeout=180)
         registry.stop()
         destroy_world(world)
         destroy_world(registry_world)

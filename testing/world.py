@@ -141,12 +141,13 @@ class Env:
             stdin=subprocess.DEVNULL,
         )
 
-    def start_pool(self) -> subprocess.Popen[str]:
-        """`pool run` on this world's config, as an operator or systemd starts it."""
+    def start_pool(self, quiet: bool = False) -> subprocess.Popen[str]:
+        """`pool run` on this world's config, as an operator or systemd starts it;
+        ``quiet``: its output dropped (a long benchmark would fill an unread pipe)."""
         return subprocess.Popen(
             [*driver_argv(), "--config", str(self.config_path), "pool", "run"],
             env=self.process_env(),
-            stdout=subprocess.PIPE,
+            stdout=subprocess.DEVNULL if quiet else subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
@@ -238,10 +239,15 @@ def new_world(**settings: Any) -> Env:
 
 
 def stop_pool(service: subprocess.Popen[str], timeout: float = 120) -> str:
-    """SIGTERM, as systemd stops it; its output."""
+    """SIGTERM, as systemd stops it (with drain_on_stop its machines go with it); its
+    output. SIGKILL, as systemd's stop timeout, if it outlasts ``timeout``."""
     service.send_signal(signal.SIGTERM)
-    out, _ = service.communicate(timeout=timeout)
-    return out
+    try:
+        out, _ = service.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        service.kill()
+        out, _ = service.communicate()
+    return out or ""
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
