@@ -41,15 +41,12 @@ from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.settings import Settings
 from driver.state import JobDir, JobPhase, JobRecord, Lock, PoolPhase, StateDir
-
-FINISHED = frozenset({"success", "failed", "canceled", "skipped", "manual"})
-ALIVE = frozenset(
-    {"created", "pending", "running", "waiting_for_resource", "preparing", "scheduled"}
-)
-UNKNOWN = "unknown"  # the prefix of every answer that proves nothing
-JobStatus = Callable[[int, int], str]  # (project id, job id) -> a status, or "unknown (why)"
-# So many unknown answers in one sweep mean a configuration problem, not gone jobs.
-UNKNOWN_ALARM = 3
+from driver.sweeper_gitlab import ALIVE as ALIVE
+from driver.sweeper_gitlab import FINISHED as FINISHED
+from driver.sweeper_gitlab import UNKNOWN as UNKNOWN
+from driver.sweeper_gitlab import UNKNOWN_ALARM as UNKNOWN_ALARM
+from driver.sweeper_gitlab import JobStatus as JobStatus
+from driver.sweeper_gitlab import Questions
 
 
 def name_pattern(settings: Settings) -> str:
@@ -170,22 +167,15 @@ class Sweep:
     settings: Settings
     job_status: JobStatus | None
     state: StateDir = field(init=False)
-    answers: dict[tuple[int, int], str] = field(default_factory=dict)
+    questions: Questions = field(init=False)  # to GitLab, within one deadline
     listed: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state = StateDir(self.settings.state_dir)
+        self.questions = Questions(self.job_status)
 
     def ask(self, project_id: int, job_id: int) -> str | None:
-        if self.job_status is None:
-            return None
-        key = (project_id, job_id)
-        if key not in self.answers:
-            try:
-                self.answers[key] = self.job_status(project_id, job_id)
-            except DriverError as e:
-                self.answers[key] = f"{UNKNOWN} ({e.message})"
-        return self.answers[key]
+        return self.questions.ask(project_id, job_id)
 
     def names(self) -> list[str]:
         """Every machine to decide on: docker-machine's entries (read from its storage, so
@@ -482,7 +472,7 @@ def sweep(
         report.tombstones = len(pass_.state.tombstones())
     finally:
         only.release()
-    report.unknown_answers = [a for a in pass_.answers.values() if a.startswith(UNKNOWN)]
+    report.unknown_answers = pass_.questions.unknown()
     doing = "to remove" if dry_run else "removed"
     progress(
         f"{len(report.verdicts)} machine(s) owned, {report.removed} {doing}"
@@ -540,35 +530,6 @@ def _sweep_one(
         remove=verdict.remove,
         reason=verdict.reason,
     )
-
-
-def gitlab_job_status(settings: Settings) -> JobStatus:
-    """Ask GitLab for a job's status. Only a status is an answer: 401, 403, 404 (also what
-    a token that cannot see the project gets) and errors are "unknown"."""
-    import gitlab
-    from gitlab import exceptions
-
-    client = gitlab.Gitlab(
-        settings.gitlab.url,
-        private_token=settings.gitlab.read_token() or None,
-        timeout=settings.gitlab.timeout,
-        retry_transient_errors=True,
-    )
-
-    def status(project_id: int, job_id: int) -> str:
-        try:
-            job = client.projects.get(project_id, lazy=True).jobs.get(job_id)
-        except exceptions.GitlabAuthenticationError as e:
-            return f"{UNKNOWN} (GitLab refused the token: {e.response_code})"
-        except exceptions.GitlabGetError as e:
-            return f"{UNKNOWN} (GitLab answered {e.response_code} for project {project_id})"
-        except exceptions.GitlabError as e:
-            return f"{UNKNOWN} (cannot ask GitLab: {str(e)[:120]})"
-        except Exception as e:  # connection refused, timeouts: requests' errors
-            return f"{UNKNOWN} (GitLab did not answer: {type(e).__name__})"
-        return str(job.status)
-
-    return status
 
 
 def now() -> float:

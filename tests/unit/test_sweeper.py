@@ -401,7 +401,7 @@ def test_gitlab_is_not_asked_about_a_machine_a_running_stage_keeps(tmp_path: Pat
     assert stage.try_acquire()  # job 8's `run` is in a stage
     asked: list[int] = []
 
-    def job_status(project_id: int, job_id: int) -> str:
+    def job_status(project_id: int, job_id: int, seconds: float) -> str:
         asked.append(job_id)
         return "running"
 
@@ -724,7 +724,7 @@ def test_a_failed_job_kept_for_inspection_is_not_swept_before_its_cleanup(
     then = time.time() - GRACE - 60
     os.utime(state.job(30).stage_lock_path, (then, then))
     said: list[str] = []
-    sweeper.sweep(dm, settings, lambda p, j: "failed", dry_run=False, progress=said.append)  # type: ignore[arg-type]
+    sweeper.sweep(dm, settings, lambda p, j, s: "failed", dry_run=False, progress=said.append)  # type: ignore[arg-type]
     assert dm.removed == [], said
     assert any("kept for inspection" in line for line in said), said
 
@@ -767,5 +767,5 @@ def test_the_sweeps_own_stage_lock_is_not_a_stage_that_ran(tmp_path: Path) -> No
     dm.add("gmd-34")
     live_job(state, 34, "gmd-34")
     said: list[str] = []
-    sweeper.sweep(dm, settings, lambda p, j: "success", dry_run=False, progress=said.append)  # type: ignore[arg-type]
+    sweeper.sweep(dm, settings, lambda p, j, s: "success", dry_run=False, progress=said.append)  # type: ignore[arg-type]
     assert dm.removed == ["gmd-34"], said
