@@ -39,6 +39,7 @@ from driver import log, provision, ssh
 from driver import sweeper_leftovers as leftovers
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
+from driver.pool import served
 from driver.settings import Settings
 from driver.state import JobDir, JobPhase, JobRecord, Lock, PoolPhase, StateDir
 from driver.sweeper_gitlab import ALIVE as ALIVE
@@ -81,6 +82,7 @@ class Facts:
     last_stage_age: float | None = None
     kept_for: float = 0.0  # seconds it is still kept for inspection
     failed: bool = False  # a stage failed and keep_failed_machines is on: its cleanup keeps it
+    pool_off: str = ""  # why no pool service keeps or hands out this pool machine ("": one does)
     host: str = ""
 
 
@@ -107,6 +109,8 @@ def decide(f: Facts, settings: Settings) -> Verdict:
         return keep("a stage of its job is running")
     if f.owner == "pool":
         if f.phase == PoolPhase.READY:
+            if f.pool_off:
+                return remove(f"idle in a warm pool nobody serves: {f.pool_off}")
             return keep("idle in the warm pool")
         if f.phase == PoolPhase.WITHDRAWN:
             return remove("withdrawn from the warm pool")
@@ -261,6 +265,9 @@ class Sweep:
                 busy=not locked and self._held(state.pool_lock(name)),
                 taken_age=now - pool.created if pool and pool.created else None,
                 host=pool.address.host if pool else "",
+                pool_off=served.unserved(self.settings, state, now)
+                if phase == PoolPhase.READY
+                else "",
             )
         busy = False
         if not locked and named_job is not None:
@@ -398,6 +405,13 @@ class Sweep:
 
     # --- acting
 
+    def withdraw(self, facts: Facts) -> bool:
+        """A ready pool machine is taken out of the ready set before its removal; False
+        if a job claimed it first (then it is that job's)."""
+        if facts.owner != "pool" or facts.phase != PoolPhase.READY:
+            return True
+        return self.state.withdraw(facts.name)
+
     def remove(self, facts: Facts, progress: Callable[[str], None]) -> bool:
         """Remove the machine and every record of it; False if it may be orphaned."""
         name, state = facts.name, self.state
@@ -512,6 +526,8 @@ def _sweep_one(
                 else:
                     # Under the owners' locks: re-read everything, decide again, act.
                     verdict = decide(pass_.facts(name, locked=True), pass_.settings)
+                    if verdict.remove and not pass_.withdraw(verdict.facts):
+                        verdict = Verdict(verdict.facts, False, "a job claimed it just now")
                     if verdict.remove and not pass_.remove(verdict.facts, progress):
                         report.orphaned += 1
     except (DriverError, OSError) as e:

@@ -19,6 +19,7 @@ from driver.errors import DriverError
 from driver.image.config import pool_images
 from driver.image.containers import prestart_helper
 from driver.image.learn import prepull, recent_images
+from driver.pool import served
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.pool.lookahead import Lookahead
 from driver.pool.pipelines import (
@@ -33,6 +34,7 @@ from driver.state import (
     JobPhase,
     JobRecord,
     Lock,
+    LockTimeout,
     PoolPhase,
     PoolRecord,
     StateDir,
@@ -41,6 +43,7 @@ from driver.state import (
 )
 
 REMEMBER_EVERY = 600.0  # seconds between two saves of what the policy learned
+START_WAIT = 5.0  # for the service's lock at start: a sweep may be looking at it
 
 
 def pool_name(settings: Settings) -> str:
@@ -120,9 +123,11 @@ class PoolService:
     @contextlib.contextmanager
     def only_instance(self) -> Iterator[None]:
         """One service per state dir: a second one would remove the first one's creates."""
-        lock = self.state.lock("pool-service")
+        lock = self.state.lock(served.SERVICE_LOCK)
         lock.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not lock.try_acquire():
+        try:  # a sweep looking whether a service runs holds it for an instant
+            lock.acquire(START_WAIT, "the pool service's lock")
+        except LockTimeout:
             try:
                 other = lock.path.read_text().strip() or "unknown"
             except OSError:
@@ -131,13 +136,14 @@ class PoolService:
                 f"another pool service (pid {other}) already serves the state dir "
                 f"{self.settings.state_dir}",
                 hint="run one `pool run` per config; stop the other one first",
-            )
+            ) from None
         try:
             assert lock.fd is not None
             os.ftruncate(lock.fd, 0)
             os.pwrite(lock.fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
+            served.touch(lock)  # when a service last held it: the sweeper's "unserved" clock
             lock.release()
 
     def shutdown(self) -> None:

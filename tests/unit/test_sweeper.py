@@ -109,7 +109,9 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
     if f.busy or f.stage_running:
         return True
     if f.owner == "pool":
-        return f.phase == PoolPhase.READY  # claimable
+        # Claimable. Of a pool nobody serves it is withdrawn before its removal: a claim
+        # and a withdrawal are renames of one marker, one wins.
+        return f.phase == PoolPhase.READY and not f.pool_off
     if f.owner in ("job", "none") and not f.record_ok:
         return True  # an unreadable record: it may name this machine, and be in use
     if f.owner != "job":
@@ -141,6 +143,7 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
     kept_for=st.floats(0, 100),
     failed=st.booleans(),
     listed=st.sampled_from(["Running", "Error", "Stopped", ""]),
+    pool_off=st.sampled_from(["", "the warm pool is off"]),
 )
 def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
     owner: str,
@@ -157,6 +160,7 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
     kept_for: float,
     failed: bool,
     listed: str,
+    pool_off: str,
 ) -> None:
     f = facts(
         owner=owner,
@@ -173,6 +177,7 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
         kept_for=kept_for,
         failed=failed,
         listed=listed,
+        pool_off=pool_off,
     )
     verdict = sweeper.decide(f, SETTINGS)
     if verdict.remove and may_still_be_used(f):
@@ -181,7 +186,7 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
         assert not (busy or stage_running)
         assert taken_age is not None and taken_age > MAX_AGE
         assert gitlab not in sweeper.ALIVE
-    if busy or stage_running or (owner == "pool" and phase == PoolPhase.READY):
+    if busy or stage_running or (owner == "pool" and phase == PoolPhase.READY and not pool_off):
         assert not verdict.remove
     if owner == "job" and record_ok and failed and phase == JobPhase.READY and kept_for > 0:
         assert not verdict.remove  # its cleanup keeps it for inspection
