@@ -357,10 +357,8 @@ class Sweep:
         finally:
             for lock in stages:
                 lock.release()
-            for lock in held:
-                lock.release(
-                    remove=lock.path.name.startswith("job-") and not self._job_exists(lock)
-                )
+            for lock in held:  # the records gone, their lock files go too, under the lock
+                lock.release(remove=leftovers.unused_lock(self, lock.path))
 
     def stage_locks(self, owner_locks: list[Lock]) -> list[Lock]:
         """The stage locks (exclusive) of the jobs whose locks these are."""
@@ -371,18 +369,10 @@ class Sweep:
                 locks.append(Lock(self.state.job(int(job)).stage_lock_path, make_dir=False))
         return locks
 
-    def _job_exists(self, lock: Lock) -> bool:
-        job = lock.path.name.removeprefix("job-").removesuffix(".lock")
-        return job.isdigit() and self.state.job(int(job)).exists()
-
     def _held(self, lock: Lock) -> bool:
-        """Whether someone holds ``lock`` right now (a look, not a claim)."""
-        if not lock.path.exists():
-            return False
-        if lock.try_acquire():
-            lock.release()
-            return False
-        return True
+        """Whether someone holds ``lock`` right now (a look, not a claim); a lock file
+        removed meanwhile is not made again."""
+        return served.held(Lock(lock.path, create=False))
 
     def _stage_running(self, job_dir: JobDir) -> bool:
         # Exclusive: refused while a stage holds it shared.
@@ -481,6 +471,8 @@ def sweep(
         for name in pass_.names():
             _sweep_one(pass_, name, dry_run, progress, report)
         leftovers.sweep_job_dirs(pass_, dry_run, progress, report)
+        if not dry_run:
+            leftovers.sweep_lock_files(pass_)
         if not dry_run:
             leftovers.retry_tombstones(pass_, progress, report)
         report.tombstones = len(pass_.state.tombstones())

@@ -379,7 +379,7 @@ class PoolService:
             self.state.mark_withdrawn(name)
             self._remove(name, "its preparation failed", entry)
         finally:
-            entry.release()
+            entry.release(remove=self.state.pool_phase(name) == PoolPhase.GONE)
             with self.lock:
                 self.creating.discard(name)
 
@@ -407,8 +407,8 @@ class PoolService:
         except Exception as e:
             self._error(f"{name}: removing failed: {e}")
         finally:
-            if held is None:
-                entry.release()
+            if held is None:  # its records gone: so goes its lock file, under the lock
+                entry.release(remove=self.state.pool_phase(name) == PoolPhase.GONE)
             with self.lock:
                 self.removing.discard(name)
 
