@@ -44,6 +44,9 @@ from driver.state import (
 
 REMEMBER_EVERY = 600.0  # seconds between two saves of what the policy learned
 START_WAIT = 5.0  # for the service's lock at start: a sweep may be looking at it
+# How long a stop may take: within the pool unit's TimeoutStopSec (900 s), with room for
+# the interpreter's exit; what is not done by then the sweeper removes (its creator gone).
+STOP_WITHIN = 840.0
 
 
 def pool_name(settings: Settings) -> str:
@@ -147,14 +150,19 @@ class PoolService:
             lock.release()
 
     def shutdown(self) -> None:
+        """Drain (with drain_on_stop) all at once, and let creates in flight finish (they
+        cannot be cut short cleanly): within STOP_WITHIN, inside the unit's limit."""
         self.stopping.set()
+        deadline = time.monotonic() + min(STOP_WITHIN, self.settings.create.timeout + 60)
         self.remember()
         if self.settings.pool.drain_on_stop:
             for name in self.state.ready():
                 if self.state.withdraw(name):
-                    self._remove(name, "draining on stop")
-        # A create in flight is let finish (it cannot be cut short cleanly), within bounds.
-        deadline = time.monotonic() + self.settings.create.timeout + 60
+                    with self.lock:  # counted before its thread runs: waited for below
+                        self.removing.add(name)
+                    self._start(
+                        functools.partial(self._remove, name, "draining on stop", deadline=deadline)
+                    )
         while (self.creating or self.removing) and time.monotonic() < deadline:
             time.sleep(0.2)
         left = sorted(self.creating | self.removing)
@@ -389,8 +397,11 @@ class PoolService:
         ssh.stop_master(where)
         return result.exit_code == 0
 
-    def _remove(self, name: str, why: str, held: Lock | None = None) -> None:
-        """Remove a machine already out of the ready set (withdrawn, or never ready)."""
+    def _remove(
+        self, name: str, why: str, held: Lock | None = None, deadline: float | None = None
+    ) -> None:
+        """Remove a machine already out of the ready set (withdrawn, or never ready),
+        by ``deadline`` (monotonic) if that is sooner than [cleanup] timeout."""
         structlog.contextvars.bind_contextvars(machine=name)
         with self.lock:
             self.removing.add(name)
@@ -400,8 +411,15 @@ class PoolService:
                 entry.acquire(timeout=60, what=f"the lock of pool machine {name}")
             self.log.info("pool_removing", machine=name, reason=why)
             ssh.stop_master(self.state.pool_dir(name))
+            if deadline is not None:
+                deadline = min(deadline, time.monotonic() + self.settings.cleanup.timeout)
             provision.destroy(
-                self.dm, name, self.settings, self._progress(name), quiet_if_missing=True
+                self.dm,
+                name,
+                self.settings,
+                self._progress(name),
+                deadline=deadline,
+                quiet_if_missing=True,
             )
             self.state.forget_pool(name)
         except Exception as e:
