@@ -21,6 +21,10 @@ mixed by --mix and shuffled with --seed:
 
 Meanwhile `gitlab-machine-driver sweep` runs every --sweep-every seconds, as an
 admin's timer runs it, and `pool run` keeps --pool machines ready (0: no pool).
+Every --faults-every seconds a fault reaching a reclaim path is injected (a cloud
+`rm` that hangs then fails, a create that fails so the runner retries prepare at
+once, a truncated record), and halfway the pool is switched off without a drain:
+bench/soak_faults.py says which and how.
 Each sweep's "<machine>: removing (<reason>)" lines are compared with when each
 job was live (bench/soak_reclaim.py says how): "live jobs whose machine was
 removed" counts the jobs hit by a removal while live, and the jobs that ended
@@ -60,6 +64,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from soak_faults import Faults  # noqa: E402
 from soak_leaks import Leaks, find_leaks  # noqa: E402
 from soak_measure import WRAPPER, measured_runner, read_usage, usage_table  # noqa: E402
 from soak_reclaim import (  # noqa: E402
@@ -92,6 +97,7 @@ EXPECTED = {
     "runner_dies": "reclaimed",
 }
 LOST = "lost the connection to machine"  # what a job whose machine went says
+INTERNAL = "ERROR: internal error"  # the driver's own (the cloud's "An internal error" is not)
 # A script's exit codes; the runner's own failure codes would be ambiguous.
 FAIL_CODES = [c for c in range(1, 255) if c not in (BUILD_FAILURE, SYSTEM_FAILURE)]
 # Printed by the lost_vm job's build_script; the log's echo of the command
@@ -229,7 +235,12 @@ def run_plan(soak: Soak, plan: Plan) -> Outcome:
             outcome.result, outcome.vm_killed = run_losing_vm(soak, plan)
         else:
             outcome.result = soak.runner.new_run(plan.job).run()
-        records = [(r.kind, r.attempt, began + r.started, r.stdout) for r in outcome.result.records]
+        records = []
+        for r in outcome.result.records:
+            records.append((r.kind, r.attempt, began + r.started, r.stdout))
+            if r.kind == "prepare" and r.ended == "signalled" and not r.signals_sent:
+                # Killed by a fault (bench/soak_faults.py): no stage of that attempt runs.
+                records.append(("cleanup", r.attempt, began + r.started + r.seconds, ""))
         end = began + outcome.result.seconds
         outcome.owned = ownerships(soak.prefix, plan.job.id, plan.kind, records, end)
     except Exception:
@@ -306,7 +317,7 @@ def notes(outcomes: list[Outcome]) -> dict[str, int]:
             r.kind == "cleanup" and r.returncode != 0 for r in records
         ),
         "jobs whose log shows a driver internal error": sum(
-            "internal error" in r.job_log + r.runner_log for r in results
+            INTERNAL in r.job_log + r.runner_log for r in results
         ),
         "lost_vm jobs not saying 'lost the connection'": sum(LOST not in r.job_log for r in lost),
     }
@@ -384,12 +395,14 @@ def run_all(
     plans: list[Plan],
     concurrency: int,
     job: Callable[[Plan], Outcome],
+    on_done: Callable[[int], None] = lambda done: None,
 ) -> list[Outcome]:
     outcomes = []
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job") as pool:
         futures = [pool.submit(job, plan) for plan in plans]
         for done, future in enumerate(as_completed(futures), 1):
             outcomes.append(future.result())
+            on_done(done)
             if done % max(1, len(plans) // 8) == 0 or done == len(plans):
                 print(f"  ... {done}/{len(plans)} jobs done", file=sys.stderr, flush=True)
     return outcomes
@@ -427,7 +440,14 @@ def main() -> int:
     parser.add_argument("--kill-delay", type=float, default=1.0, help="lost_vm: seconds into it")
     parser.add_argument("--job-timeout", type=float, default=600, help="each job's own timeout")
     parser.add_argument(
-        "--sweep-every", type=float, default=3.0, help="seconds between sweeps' starts"
+        "--sweep-every", type=float, default=2.0, help="seconds between sweeps' starts"
+    )
+    parser.add_argument(
+        "--faults-every",
+        type=float,
+        default=10.0,
+        help="seconds between two injected faults (bench/soak_faults.py; 0: none, and the "
+        "pool is not switched off)",
     )
     parser.add_argument("--pool", type=int, default=4, help="idle machines kept (0: no pool)")
     parser.add_argument(
@@ -467,6 +487,7 @@ def main() -> int:
             graceful_kill_timeout=5.0,
             force_kill_timeout=5.0,
             cancel_wait=30.0,
+            preparation_retry_delay=0.0,  # a failed prepare is retried at once
         )
         soak = Soak(world, runner, args.kill_delay)
         print(
@@ -479,17 +500,29 @@ def main() -> int:
             reclaiming.pool = WarmPool(world, args.pool)
             reclaiming.pool.start()
             reclaiming.pool_filled = reclaiming.pool.wait_ready(POOL_FILL_SECONDS)
+        faults = Faults(world, reclaiming.pool, args.faults_every, args.seed)
         reclaiming.timer.start()
         start = time.monotonic()
-        outcomes = run_all(plans, args.concurrency, lambda plan: run_plan(soak, plan))
+        if args.faults_every > 0:
+            faults.start()
+
+        def halfway(done: int) -> None:  # the admin switches the pool off
+            if args.faults_every > 0 and done >= len(plans) // 2:
+                faults.switch_pool_off_soon()
+
+        outcomes = run_all(plans, args.concurrency, lambda plan: run_plan(soak, plan), halfway)
         wall = time.monotonic() - start
+        if args.faults_every > 0:
+            faults.stop()
         wait_for_reclaims(soak, reclaiming.timer, outcomes)
         reclaiming.timer.stop()
         if reclaiming.pool is not None:
-            reclaiming.pool_stopped = reclaiming.pool.stop()
+            stopped = reclaiming.pool.stop()
+            reclaiming.pool_stopped = stopped or faults.pool_switched_off
         remove_dead_runners_temp_dirs(outcomes)
         reclaiming.timer.sweep("final")
         leaks = find_leaks(world)
+        fault_lines, slots = faults.report(), faults.slots() + faults.truncated_left()
 
         reclaiming.removed = reclaiming.timer.removals()
         if reclaiming.pool is not None:
@@ -503,8 +536,10 @@ def main() -> int:
             write_sweep_log(args.sweep_log, start, outcomes, reclaiming)
         usage = read_usage(usage_file)
         report(args, outcomes, leaks, usage, wall, reclaiming)
+        print()
+        print("\n".join(fault_lines))
         wrong = [o for o in outcomes if o.wrong]
-        bad = wrong or leaks.total or reclaiming.hit or reclaiming.failed_sweeps
+        bad = wrong or leaks.total or reclaiming.hit or reclaiming.failed_sweeps or slots
         return 1 if bad else 0
     finally:
         reclaiming.timer.stop()
@@ -573,8 +608,8 @@ def report(
         print(f"  {name + ':':<46} {count}")
     for result in results:  # an internal error is a bug: show where it happened
         text = result.job_log + result.runner_log
-        if "internal error" in text:
-            at = text.index("internal error")
+        if INTERNAL in text:
+            at = text.index(INTERNAL)
             print(f"    job {result.job.id}: ...{text[max(0, at - 300) : at + 1200]}")
 
     seconds = [r.seconds for r in results]
@@ -641,8 +676,8 @@ def report_reclaiming(outcomes: list[Outcome], reclaiming: Reclaiming) -> None:
     for run in timer.failed():
         print(f"    {run.by} sweep exited {run.exit_code}: ...{run.text[-800:]}")
     for run in timer.runs:
-        if "internal error" in run.text:
-            at = run.text.index("internal error")
+        if INTERNAL in run.text:
+            at = run.text.index(INTERNAL)
             print(f"    {run.by} sweep: ...{run.text[max(0, at - 300) : at + 1200]}")
     owned = [o for outcome in outcomes for o in outcome.owned]
     verdicts = sum(bool(VERDICT.search(line)) for run in timer.runs for _, line in run.lines)
@@ -669,7 +704,7 @@ def report_reclaiming(outcomes: list[Outcome], reclaiming: Reclaiming) -> None:
             f"{'stopped and drained' if reclaiming.pool_stopped else 'DID NOT STOP'}"
         )
         for _, line in pool.lines:
-            if "WARNING: pool" in line or "internal error" in line or "error:" in line.lower():
+            if "WARNING: pool" in line or INTERNAL in line or "error:" in line.lower():
                 print(f"    pool: {line[-300:]}")
     dead = [o for o in outcomes if o.dead is not None and o.dead.ok]
     back = [o for o in dead if o.reclaim is not None]

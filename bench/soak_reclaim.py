@@ -328,6 +328,12 @@ class WarmPool:
             time.sleep(1.0)
         return False
 
+    def kill(self) -> None:
+        """Stopped hard (an OOM kill, `systemctl kill`): no drain, creates cut short."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self.exit_code = self._proc.wait()
+
     def stop(self, timeout: float = 300.0) -> bool:
         """SIGTERM and wait for the drain; True if it said it stopped."""
         if self._proc is None:

@@ -141,9 +141,12 @@ def read_job(path: str | None = None) -> Job:
             hint="it must be the response.json gitlab-runner writes for the job",
         ) from None
     pipeline = next((v.value for v in response.variables if v.key == "CI_PIPELINE_ID"), "")
+    # The first: GitLab's own predefined value; a job's variables of that name come after.
+    server = next((v.value for v in response.variables if v.key == "CI_SERVER_URL"), "")
     return Job(
         id=response.id,
         project_id=response.job_info.project_id,
         pipeline_id=int(pipeline) if pipeline.isdigit() else None,
         name=response.job_info.name,
+        server_url=server,
     )

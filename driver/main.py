@@ -257,6 +257,13 @@ def parser() -> argparse.ArgumentParser:
         "Reads the pool's records in the state dir; works whether or not the service runs.",
     )
     pool_status.add_argument("--json", action="store_true", help="status as JSON")
+    command(
+        pool_sub,
+        "drain",
+        "remove the pool's ready machines now (the service stopped)",
+        "For a pool turned off, or a service stopped without draining: removes every "
+        "ready machine, several at once. Refused while a pool service runs.",
+    )
     migrate = command(
         sub,
         "migrate",

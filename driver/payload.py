@@ -51,3 +51,5 @@ class Job:
     project_id: int
     pipeline_id: int | None
     name: str
+    # The GitLab instance (CI_SERVER_URL as GitLab sent it): job ids are only unique in one.
+    server_url: str = ""

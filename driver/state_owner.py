@@ -8,6 +8,13 @@ settings would share them: a GCP job could take an AWS pool machine, and
 records a fingerprint of its machine settings in ``owner.json``; prepare, the
 pool service and the sweeper refuse a state dir owned by another config whose
 settings differ. Cheap: one small file read and a hash per call.
+
+Job ids are unique only within one GitLab instance: two `[[runners]]` of two
+instances sharing a driver config would share job dirs, locks and machine
+names, and one's prepare could remove the other's live machine as "left
+over". So the first job's GitLab (CI_SERVER_URL from the response file) is
+recorded in ``gitlab.json``; prepare and cleanup of a job of another GitLab
+refuse, touching nothing, and say how to give that runner its own config.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from driver.errors import ConfigError
 from driver.settings import Settings
@@ -80,6 +88,50 @@ def check(settings: Settings, config: Path, recorded: Owner | None) -> Owner:
         hint=f"give {mine.config} a state_dir (and [docker_machine] storage_path) of its own; "
         f"if {recorded.config} no longer uses it, remove {path}",
     )
+
+
+def _instance(url: str) -> str:
+    """A GitLab instance's URL as one spelling (scheme and host lower-case, no "/" end)."""
+    parts = urlsplit(url.strip())
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), "", ""))
+
+
+def claim_gitlab(settings: Settings, server_url: str) -> None:
+    """Record the GitLab instance whose jobs this state dir serves, on first use;
+    refuse a job of another (ConfigError), before anything of its id is touched."""
+    if not server_url:
+        return  # a stage run by hand (a synthetic payload): no instance to compare
+    mine = _instance(server_url)
+    path = StateDir(settings.state_dir).root / "gitlab.json"
+    recorded = _read_gitlab(path)
+    if recorded is None:
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".gitlab.{os.getpid()}.tmp")
+        write_private(tmp, json.dumps({"url": mine, "since": time.time()}) + "\n")
+        try:
+            os.link(tmp, path)  # of two first jobs at once, exactly one records its GitLab
+        except FileExistsError:
+            pass
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        recorded = _read_gitlab(path) or mine
+    if recorded != mine:
+        raise ConfigError(
+            f"state dir {settings.state_dir} serves the jobs of {recorded}; this job is of "
+            f"{mine}: job ids of two GitLab instances collide, so they would share job "
+            "state, locks and machine names",
+            hint="give the [[runners]] of each GitLab instance a driver config of its own, "
+            "with its own state_dir, [machine] name_prefix and [docker_machine] storage_path",
+        )
+
+
+def _read_gitlab(path: Path) -> str | None:
+    try:
+        url = json.loads(path.read_text())["url"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return url if isinstance(url, str) and url else None
 
 
 def claim(settings: Settings, config: Path) -> None:

@@ -39,17 +39,15 @@ from driver import log, provision, ssh
 from driver import sweeper_leftovers as leftovers
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
+from driver.pool import served
 from driver.settings import Settings
 from driver.state import JobDir, JobPhase, JobRecord, Lock, PoolPhase, StateDir
-
-FINISHED = frozenset({"success", "failed", "canceled", "skipped", "manual"})
-ALIVE = frozenset(
-    {"created", "pending", "running", "waiting_for_resource", "preparing", "scheduled"}
-)
-UNKNOWN = "unknown"  # the prefix of every answer that proves nothing
-JobStatus = Callable[[int, int], str]  # (project id, job id) -> a status, or "unknown (why)"
-# So many unknown answers in one sweep mean a configuration problem, not gone jobs.
-UNKNOWN_ALARM = 3
+from driver.sweeper_gitlab import ALIVE as ALIVE
+from driver.sweeper_gitlab import FINISHED as FINISHED
+from driver.sweeper_gitlab import UNKNOWN as UNKNOWN
+from driver.sweeper_gitlab import UNKNOWN_ALARM as UNKNOWN_ALARM
+from driver.sweeper_gitlab import JobStatus as JobStatus
+from driver.sweeper_gitlab import Questions
 
 
 def name_pattern(settings: Settings) -> str:
@@ -84,6 +82,7 @@ class Facts:
     last_stage_age: float | None = None
     kept_for: float = 0.0  # seconds it is still kept for inspection
     failed: bool = False  # a stage failed and keep_failed_machines is on: its cleanup keeps it
+    pool_off: str = ""  # why no pool service keeps or hands out this pool machine ("": one does)
     host: str = ""
 
 
@@ -110,6 +109,8 @@ def decide(f: Facts, settings: Settings) -> Verdict:
         return keep("a stage of its job is running")
     if f.owner == "pool":
         if f.phase == PoolPhase.READY:
+            if f.pool_off:
+                return remove(f"idle in a warm pool nobody serves: {f.pool_off}")
             return keep("idle in the warm pool")
         if f.phase == PoolPhase.WITHDRAWN:
             return remove("withdrawn from the warm pool")
@@ -170,22 +171,15 @@ class Sweep:
     settings: Settings
     job_status: JobStatus | None
     state: StateDir = field(init=False)
-    answers: dict[tuple[int, int], str] = field(default_factory=dict)
+    questions: Questions = field(init=False)  # to GitLab, within one deadline
     listed: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state = StateDir(self.settings.state_dir)
+        self.questions = Questions(self.job_status)
 
     def ask(self, project_id: int, job_id: int) -> str | None:
-        if self.job_status is None:
-            return None
-        key = (project_id, job_id)
-        if key not in self.answers:
-            try:
-                self.answers[key] = self.job_status(project_id, job_id)
-            except DriverError as e:
-                self.answers[key] = f"{UNKNOWN} ({e.message})"
-        return self.answers[key]
+        return self.questions.ask(project_id, job_id)
 
     def names(self) -> list[str]:
         """Every machine to decide on: docker-machine's entries (read from its storage, so
@@ -271,6 +265,9 @@ class Sweep:
                 busy=not locked and self._held(state.pool_lock(name)),
                 taken_age=now - pool.created if pool and pool.created else None,
                 host=pool.address.host if pool else "",
+                pool_off=served.unserved(self.settings, state, now)
+                if phase == PoolPhase.READY
+                else "",
             )
         busy = False
         if not locked and named_job is not None:
@@ -360,10 +357,8 @@ class Sweep:
         finally:
             for lock in stages:
                 lock.release()
-            for lock in held:
-                lock.release(
-                    remove=lock.path.name.startswith("job-") and not self._job_exists(lock)
-                )
+            for lock in held:  # the records gone, their lock files go too, under the lock
+                lock.release(remove=leftovers.unused_lock(self, lock.path))
 
     def stage_locks(self, owner_locks: list[Lock]) -> list[Lock]:
         """The stage locks (exclusive) of the jobs whose locks these are."""
@@ -374,18 +369,10 @@ class Sweep:
                 locks.append(Lock(self.state.job(int(job)).stage_lock_path, make_dir=False))
         return locks
 
-    def _job_exists(self, lock: Lock) -> bool:
-        job = lock.path.name.removeprefix("job-").removesuffix(".lock")
-        return job.isdigit() and self.state.job(int(job)).exists()
-
     def _held(self, lock: Lock) -> bool:
-        """Whether someone holds ``lock`` right now (a look, not a claim)."""
-        if not lock.path.exists():
-            return False
-        if lock.try_acquire():
-            lock.release()
-            return False
-        return True
+        """Whether someone holds ``lock`` right now (a look, not a claim); a lock file
+        removed meanwhile is not made again."""
+        return served.held(Lock(lock.path, create=False))
 
     def _stage_running(self, job_dir: JobDir) -> bool:
         # Exclusive: refused while a stage holds it shared.
@@ -407,6 +394,13 @@ class Sweep:
             return None
 
     # --- acting
+
+    def withdraw(self, facts: Facts) -> bool:
+        """A ready pool machine is taken out of the ready set before its removal; False
+        if a job claimed it first (then it is that job's)."""
+        if facts.owner != "pool" or facts.phase != PoolPhase.READY:
+            return True
+        return self.state.withdraw(facts.name)
 
     def remove(self, facts: Facts, progress: Callable[[str], None]) -> bool:
         """Remove the machine and every record of it; False if it may be orphaned."""
@@ -480,11 +474,13 @@ def sweep(
             _sweep_one(pass_, name, dry_run, progress, report)
         leftovers.sweep_job_dirs(pass_, dry_run, progress, report)
         if not dry_run:
+            leftovers.sweep_lock_files(pass_)
+        if not dry_run:
             leftovers.retry_tombstones(pass_, progress, report)
         report.tombstones = len(pass_.state.tombstones())
     finally:
         only.release()
-    report.unknown_answers = [a for a in pass_.answers.values() if a.startswith(UNKNOWN)]
+    report.unknown_answers = pass_.questions.unknown()
     doing = "to remove" if dry_run else "removed"
     progress(
         f"{len(report.verdicts)} machine(s) owned, {report.removed} {doing}"
@@ -524,6 +520,8 @@ def _sweep_one(
                 else:
                     # Under the owners' locks: re-read everything, decide again, act.
                     verdict = decide(pass_.facts(name, locked=True), pass_.settings)
+                    if verdict.remove and not pass_.withdraw(verdict.facts):
+                        verdict = Verdict(verdict.facts, False, "a job claimed it just now")
                     if verdict.remove and not pass_.remove(verdict.facts, progress):
                         report.orphaned += 1
     except (DriverError, OSError) as e:
@@ -542,35 +540,6 @@ def _sweep_one(
         remove=verdict.remove,
         reason=verdict.reason,
     )
-
-
-def gitlab_job_status(settings: Settings) -> JobStatus:
-    """Ask GitLab for a job's status. Only a status is an answer: 401, 403, 404 (also what
-    a token that cannot see the project gets) and errors are "unknown"."""
-    import gitlab
-    from gitlab import exceptions
-
-    client = gitlab.Gitlab(
-        settings.gitlab.url,
-        private_token=settings.gitlab.read_token() or None,
-        timeout=settings.gitlab.timeout,
-        retry_transient_errors=True,
-    )
-
-    def status(project_id: int, job_id: int) -> str:
-        try:
-            job = client.projects.get(project_id, lazy=True).jobs.get(job_id)
-        except exceptions.GitlabAuthenticationError as e:
-            return f"{UNKNOWN} (GitLab refused the token: {e.response_code})"
-        except exceptions.GitlabGetError as e:
-            return f"{UNKNOWN} (GitLab answered {e.response_code} for project {project_id})"
-        except exceptions.GitlabError as e:
-            return f"{UNKNOWN} (cannot ask GitLab: {str(e)[:120]})"
-        except Exception as e:  # connection refused, timeouts: requests' errors
-            return f"{UNKNOWN} (GitLab did not answer: {type(e).__name__})"
-        return str(job.status)
-
-    return status
 
 
 def now() -> float:

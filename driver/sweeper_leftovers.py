@@ -9,12 +9,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from driver import log, metrics, ssh
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
-from driver.state import Lock
+from driver.state import Lock, PoolPhase
 from driver.tombstones import Tombstone
 
 if TYPE_CHECKING:
@@ -70,6 +71,36 @@ def sweep_job_dirs(
         finally:
             stage.release()
             lock.release(remove=not job_dir.exists())
+
+
+def unused_lock(pass_: Sweep, path: Path) -> bool:
+    """Whether the lock file ``path`` guards no record any more: a job's without its
+    dir, a pool machine's with no pool record or claim of it. Asked under that lock."""
+    name = path.name.removesuffix(".lock")
+    state = pass_.state
+    if name.startswith("job-") and name[4:].isdigit():
+        return not state.job(int(name[4:])).exists()
+    if name.startswith("pool-") and name != "pool-service":
+        return state.pool_phase(name[5:]) == PoolPhase.GONE
+    return False  # host-wide locks (capacity, sweep, pool-service, ...) stay
+
+
+def sweep_lock_files(pass_: Sweep) -> None:
+    """Lock files whose records are gone (a job cleaned up, a pool machine a job took
+    over, files of earlier versions): removed under their lock, so a process that opened
+    one meanwhile finds it is not the path's file any more and takes the new one."""
+    folder = pass_.state.locks
+    paths = sorted(folder.glob("job-*.lock")) + sorted(folder.glob("pool-*.lock"))
+    for path in paths:
+        if not unused_lock(pass_, path):
+            continue
+        lock = Lock(path, create=False)
+        try:
+            if not lock.try_acquire():
+                continue  # someone is working under it
+        except FileNotFoundError:
+            continue
+        lock.release(remove=unused_lock(pass_, path))
 
 
 def retry_tombstones(pass_: Sweep, progress: Callable[[str], None], report: Report) -> None:

@@ -1,4 +1,5 @@
-"""pool: the warm-pool service (`pool run`), and what it holds (`pool status`)."""
+"""pool: the warm-pool service (`pool run`), what it holds (`pool status`), and
+removing its ready machines by hand (`pool drain`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -15,17 +18,24 @@ from typing import Any
 
 from driver import log, metrics, state_owner
 from driver.commands.sweep import run_sweep
+from driver.docker_machine import DockerMachine
 from driver.errors import ConfigError, DriverError
+from driver.pool import served
 from driver.pool.schedule import current_target
 from driver.pool.service import PoolService
 from driver.settings import Settings, config_path, load_settings
 from driver.state import PoolPhase, StateDir, machine_counts
+from driver.sweeper import Sweep
 
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config_path)
     if args.action == "status":
         return status(settings, as_json=args.json)
+    if args.action == "drain":
+        state_owner.claim(settings, config_path(args.config_path))
+        log.setup(settings.log_path, stage="pool-drain")
+        return drain(settings, progress=log.say)
     # Another config with other [machine] settings on this state dir: no pool for either.
     state_owner.claim(settings, config_path(args.config_path))
     return serve(settings)
@@ -66,6 +76,41 @@ def serve(settings: Settings) -> int:
         service.run(stop, holding_lock=True)
     log.say("pool: stopped")
     return 0
+
+
+def drain(
+    settings: Settings,
+    *,
+    progress: Callable[[str], None],
+    workers: int = 8,
+    dm: DockerMachine | None = None,
+) -> int:
+    """Remove every ready machine of the pool now, several at once: for a pool turned
+    off, or a service stopped without its drain. Refused while a service runs (it
+    would make new ones); machines being claimed or worked on are left alone."""
+    state = StateDir(settings.state_dir)
+    if served.service_running(state):
+        raise DriverError(
+            "a pool service is running on this state dir: it would make new machines",
+            hint="stop it first (systemctl stop gitlab-machine-driver-pool@NAME); with "
+            "[pool] drain_on_stop it drains itself",
+        )
+    look = Sweep(dm or DockerMachine(settings), settings, job_status=None)
+
+    def one(name: str) -> bool:
+        with look.holding(name) as held:
+            if not held or not state.withdraw(name):
+                progress(f"{name}: kept (a job claimed it, or someone works on it)")
+                return False
+            progress(f"{name}: removing (draining the warm pool)")
+            return look.remove(look.facts(name, locked=True), progress)
+
+    names = state.ready()
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) as pool:
+        results = list(pool.map(one, names))
+    progress(f"pool: {sum(results)} of {len(names)} ready machine(s) removed")
+    log.get().info("pool_drained", removed=sum(results), ready=len(names))
+    return 0 if all(results) else 1
 
 
 def _sweep_once(settings: Settings) -> None:

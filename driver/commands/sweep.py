@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from driver import log, state_owner, sweeper
+from driver import log, state_owner, sweeper, sweeper_gitlab
 from driver.docker_machine import DockerMachine, find_program
 from driver.errors import DriverError
 from driver.log import say
@@ -48,7 +48,7 @@ def run_sweep(
     settings: Settings, *, dry_run: bool, progress: Callable[[str], None]
 ) -> sweeper.Report:
     """One sweep, as the timer, an operator and the pool service at start run it."""
-    job_status = sweeper.gitlab_job_status(settings) if settings.gitlab.configured else None
+    job_status = sweeper_gitlab.job_status(settings)
     report = sweeper.sweep(DockerMachine(settings), settings, job_status, dry_run, progress)
     if report.configuration_problem:
         log.get().error("sweep_unknown_answers", problem=report.configuration_problem)

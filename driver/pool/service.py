@@ -19,7 +19,7 @@ from driver.errors import DriverError
 from driver.image.config import pool_images
 from driver.image.containers import prestart_helper
 from driver.image.learn import recent_images
-from driver.pool import images
+from driver.pool import images, served
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.pool.lookahead import Lookahead
 from driver.pool.pipelines import (
@@ -35,6 +35,7 @@ from driver.state import (
     JobPhase,
     JobRecord,
     Lock,
+    LockTimeout,
     PoolPhase,
     PoolRecord,
     StateDir,
@@ -51,6 +52,10 @@ FAILURE_REASONS = {
     "engine": "engine_not_ready",
     "images": "engine_lost",  # an image it cannot pull is skipped: the engine went away
 }
+START_WAIT = 5.0  # for the service's lock at start: a sweep may be looking at it
+# How long a stop may take: within the pool unit's TimeoutStopSec (900 s), with room for
+# the interpreter's exit; what is not done by then the sweeper removes (its creator gone).
+STOP_WITHIN = 840.0
 
 
 def pool_name(settings: Settings) -> str:
@@ -133,9 +138,11 @@ class PoolService:
     @contextlib.contextmanager
     def only_instance(self) -> Iterator[None]:
         """One service per state dir: a second one would remove the first one's creates."""
-        lock = self.state.lock("pool-service")
+        lock = self.state.lock(served.SERVICE_LOCK)
         lock.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not lock.try_acquire():
+        try:  # a sweep looking whether a service runs holds it for an instant
+            lock.acquire(START_WAIT, "the pool service's lock")
+        except LockTimeout:
             try:
                 other = lock.path.read_text().strip() or "unknown"
             except OSError:
@@ -144,24 +151,30 @@ class PoolService:
                 f"another pool service (pid {other}) already serves the state dir "
                 f"{self.settings.state_dir}",
                 hint="run one `pool run` per config; stop the other one first",
-            )
+            ) from None
         try:
             assert lock.fd is not None
             os.ftruncate(lock.fd, 0)
             os.pwrite(lock.fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
+            served.touch(lock)  # when a service last held it: the sweeper's "unserved" clock
             lock.release()
 
     def shutdown(self) -> None:
+        """Drain (with drain_on_stop) all at once, and let creates in flight finish (they
+        cannot be cut short cleanly): within STOP_WITHIN, inside the unit's limit."""
         self.stopping.set()
+        deadline = time.monotonic() + min(STOP_WITHIN, self.settings.create.timeout + 60)
         self.remember()
         if self.settings.pool.drain_on_stop:
             for name in self.state.ready():
                 if self.state.withdraw(name):
-                    self._remove(name, "draining on stop")
-        # A create in flight is let finish (it cannot be cut short cleanly), within bounds.
-        deadline = time.monotonic() + self.settings.create.timeout + 60
+                    with self.lock:  # counted before its thread runs: waited for below
+                        self.removing.add(name)
+                    self._start(
+                        functools.partial(self._remove, name, "draining on stop", deadline=deadline)
+                    )
         while (self.creating or self.removing) and time.monotonic() < deadline:
             time.sleep(0.2)
         left = sorted(self.creating | self.removing)
@@ -388,7 +401,7 @@ class PoolService:
             self.state.mark_withdrawn(name)
             self._remove(name, "its preparation failed", entry)
         finally:
-            entry.release()
+            entry.release(remove=self.state.pool_phase(name) == PoolPhase.GONE)
             with self.lock:
                 self.creating.discard(name)
 
@@ -445,8 +458,11 @@ class PoolService:
         ssh.stop_master(where)
         return result.exit_code == 0
 
-    def _remove(self, name: str, why: str, held: Lock | None = None) -> None:
-        """Remove a machine already out of the ready set (withdrawn, or never ready)."""
+    def _remove(
+        self, name: str, why: str, held: Lock | None = None, deadline: float | None = None
+    ) -> None:
+        """Remove a machine already out of the ready set (withdrawn, or never ready),
+        by ``deadline`` (monotonic) if that is sooner than [cleanup] timeout."""
         structlog.contextvars.bind_contextvars(machine=name)
         with self.lock:
             self.removing.add(name)
@@ -456,15 +472,22 @@ class PoolService:
                 entry.acquire(timeout=60, what=f"the lock of pool machine {name}")
             self.log.info("pool_removing", machine=name, reason=why)
             ssh.stop_master(self.state.pool_dir(name))
+            if deadline is not None:
+                deadline = min(deadline, time.monotonic() + self.settings.cleanup.timeout)
             provision.destroy(
-                self.dm, name, self.settings, self._progress(name), quiet_if_missing=True
+                self.dm,
+                name,
+                self.settings,
+                self._progress(name),
+                deadline=deadline,
+                quiet_if_missing=True,
             )
             self.state.forget_pool(name)
         except Exception as e:
             self._error(f"{name}: removing failed: {e}")
         finally:
-            if held is None:
-                entry.release()
+            if held is None:  # its records gone: so goes its lock file, under the lock
+                entry.release(remove=self.state.pool_phase(name) == PoolPhase.GONE)
             with self.lock:
                 self.removing.discard(name)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from driver import log, provision, ssh
+from driver import log, provision, ssh, state_owner
 from driver.errors import JobError
 from driver.log import say
 from driver.settings import Settings
@@ -20,6 +20,8 @@ from driver.state import JobDir, JobPhase, JobRecord
 def main(args: argparse.Namespace) -> int:
     stage = begin(args.config_path, "cleanup", cancellable=False)
     settings, job_dir = stage.settings, stage.job_dir
+    # Job N of another GitLab instance: job N here is someone else's. Touch nothing.
+    state_owner.claim_gitlab(settings, stage.job.server_url)
     deadline = time.monotonic() + settings.cleanup.timeout
     dm = stage.docker_machine()
     with job_dir.locked(timeout=settings.cleanup.timeout):

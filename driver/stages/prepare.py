@@ -57,6 +57,8 @@ def main(args: argparse.Namespace) -> int:
     settings, job_dir, name = stage.settings, stage.job_dir, stage.machine
     # Another config with other [machine] settings on this state dir: refuse, do nothing.
     state_owner.claim(settings, config_path(args.config_path))
+    # A job of another GitLab instance (its ids collide with ours): refuse, do nothing.
+    state_owner.claim_gitlab(settings, stage.job.server_url)
     dm = stage.docker_machine()
     total = log.Timer()
     image_plan = plan_containers(settings.image, say)  # a refused image costs no machine

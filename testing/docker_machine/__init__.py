@@ -43,7 +43,9 @@ a fault {"times": N} fires for the next N uses, -1 for always:
   "create_hang": {"times"}          sleeps forever once config.json is written
   "create_delay": SECONDS           a slow cloud
   "ssh_never_ready": {"times"}      port 22 accepts TCP but never speaks SSH
-  "rm_fail": {"times", "message"}   the cloud refuses to remove the VM
+  "rm_fail": {"times", "message", "hang"}
+                                    the cloud refuses to remove the VM (after hanging
+                                    for "hang" seconds, if given)
   "boot_timeout": SECONDS           how long a create waits for SSH and the engine
   "fail_pause": SECONDS             a failed create's pause before exiting (2.0)
   "save_gap": SECONDS               widens config.json's empty/absent window (0.0)

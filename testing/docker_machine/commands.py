@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -254,6 +255,8 @@ def remove_remote(store: Store, name: str, force: bool) -> None:
     entry whose driver plugin is missing cannot make at all)."""
     host = load_host(store, name)
     fault = None if drivers.missing(host) else take_fault(store, "rm_fail")
+    if fault and fault.get("hang"):  # a cloud API that hangs, then fails
+        time.sleep(float(fault["hang"]))
     if fault or drivers.missing(host):
         if force:  # the entry goes; the cloud may still run (and bill) the VM
             with open(store.path("orphans.log"), "a", encoding="utf-8") as f:

@@ -228,3 +228,23 @@ def test_a_machine_whose_driver_plugin_is_gone_is_still_seen_and_reclaimed(env: 
     assert forgot.returncode == 0, forgot.stderr
     assert "tombstone" not in env.driver("ls").stdout
     env.assert_nothing_left_but_runner_temp()
+
+
+def test_a_job_of_another_gitlab_with_the_same_id_touches_nothing(env: Env) -> None:
+    """Two [[runners]] of two GitLab instances share one driver config: job 4242 of
+    gitlab-b must not remove job 4242 of gitlab-a's live machine as "left over", and
+    its cleanup must not remove it either. The second instance is refused, saying how
+    to separate them."""
+    mine = Job(id=4242, server_url="https://gitlab-a.example.com")
+    held = env.runner().prepare_only(mine)
+    assert held.ok, held.failure
+    theirs = env.run_job(Job(id=4242, server_url="https://gitlab-b.example.com"))
+    assert theirs.outcome == "system_failure", theirs.describe()
+    assert "this job is of https://gitlab-b.example.com" in theirs.job_log
+    assert "a driver config of its own" in theirs.job_log
+    assert env.machines() == ["gmdt-4242"]  # gitlab-a's job keeps its machine
+    assert env.job_dirs() == ["4242"]
+    again = env.run_job(Job(server_url="https://GITLAB-A.example.com/"))  # one spelling
+    assert again.outcome == "success", again.describe()
+    held.cleanup()
+    env.assert_nothing_left()

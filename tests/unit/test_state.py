@@ -27,11 +27,7 @@ from driver.state import (
     PoolPhase,
     PoolRecord,
     StateDir,
-    ancestors,
-    boot_id,
     machine_counts,
-    pid_namespace,
-    process_start_time,
 )
 
 
@@ -70,44 +66,6 @@ def test_a_corrupt_record_is_named(tmp_path: Path) -> None:
     job.state_file.write_text("{")
     with pytest.raises(JobError, match=r"state\.json is corrupt"):
         job.load()
-
-
-@pytest.mark.parametrize(
-    ("start", "to", "allowed"),
-    [
-        (JobPhase.CREATING, JobPhase.CREATED, True),
-        (JobPhase.CREATED, JobPhase.READY, True),
-        (JobPhase.READY, JobPhase.KEPT, True),
-        (JobPhase.CREATING, JobPhase.READY, False),  # never ready without its checks
-        (JobPhase.KEPT, JobPhase.READY, False),
-        (JobPhase.READY, JobPhase.CREATING, False),
-    ],
-)
-def test_phases_only_move_forward(start: JobPhase, to: JobPhase, allowed: bool) -> None:
-    r = record(phase=start)
-    if allowed:
-        r.advance(to)
-        assert r.phase == to
-    else:
-        with pytest.raises(JobError, match="cannot go from"):
-            r.advance(to)
-
-
-def test_the_runner_is_gone_only_when_every_process_above_prepare_is(tmp_path: Path) -> None:
-    mine = ancestors()
-    assert mine and mine[0][0] == os.getppid()
-    alive = record(
-        owners=[[2**22 + 3, 99], *mine], boot_id=boot_id(), pid_ns=pid_namespace()
-    )  # a dead wrapper
-    assert not alive.runner_gone()
-    assert record(owners=[[2**22 + 3, 99]], boot_id=boot_id(), pid_ns=pid_namespace()).runner_gone()
-    assert record(owners=mine, boot_id="another-boot").runner_gone()  # the host rebooted
-    assert not record(
-        owners=[], boot_id=boot_id(), pid_ns=pid_namespace()
-    ).runner_gone()  # unknown is no proof
-    # A reused pid is not the same process.
-    reused = [[os.getppid(), process_start_time(os.getppid()) + 1]]
-    assert record(owners=reused, pid_ns=pid_namespace()).runner_gone()
 
 
 def ready_machine(state: StateDir, name: str) -> None:
@@ -291,20 +249,6 @@ def test_a_permission_problem_is_reported_with_the_fix(
     assert "owns the state dir" in err
 
 
-def test_a_runner_that_exited_but_was_not_reaped_yet_is_gone() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    started = process_start_time(child.pid)
-    assert started
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-        assert time.monotonic() < deadline, "the child never exited"
-        time.sleep(0.01)  # exited; we (its parent) have not reaped it: a zombie
-    assert record(
-        owners=[[child.pid, started]], boot_id=boot_id(), pid_ns=pid_namespace()
-    ).runner_gone()
-    child.wait()
-
-
 def test_every_state_write_is_synced_file_and_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,15 +266,3 @@ def test_every_state_write_is_synced_file_and_directory(
     job.create()
     job.save(JobRecord(job_id=5, project_id=1, machine="gmd-5"))
     assert synced == ["file", "dir"]
-
-
-def test_owners_of_another_pid_namespace_are_never_proof(tmp_path: Path) -> None:
-    """A runner in the container image, a sweeper on the host (or the reverse): the
-    recorded PIDs name unrelated processes here."""
-    dead = [[2**22 + 3, 99]]  # no such process here
-    other = record(owners=dead, boot_id=boot_id(), pid_ns=pid_namespace() + 1)
-    assert not other.runner_gone()
-    assert not record(owners=dead, boot_id=boot_id()).runner_gone()  # not recorded: unknown
-    assert record(owners=dead, boot_id=boot_id(), pid_ns=pid_namespace()).runner_gone()
-    # A reboot is proof in any namespace: the boot id is the kernel's.
-    assert record(owners=dead, boot_id="another boot", pid_ns=pid_namespace() + 1).runner_gone()

@@ -109,7 +109,9 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
     if f.busy or f.stage_running:
         return True
     if f.owner == "pool":
-        return f.phase == PoolPhase.READY  # claimable
+        # Claimable. Of a pool nobody serves it is withdrawn before its removal: a claim
+        # and a withdrawal are renames of one marker, one wins.
+        return f.phase == PoolPhase.READY and not f.pool_off
     if f.owner in ("job", "none") and not f.record_ok:
         return True  # an unreadable record: it may name this machine, and be in use
     if f.owner != "job":
@@ -141,6 +143,7 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
     kept_for=st.floats(0, 100),
     failed=st.booleans(),
     listed=st.sampled_from(["Running", "Error", "Stopped", ""]),
+    pool_off=st.sampled_from(["", "the warm pool is off"]),
 )
 def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
     owner: str,
@@ -157,6 +160,7 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
     kept_for: float,
     failed: bool,
     listed: str,
+    pool_off: str,
 ) -> None:
     f = facts(
         owner=owner,
@@ -173,6 +177,7 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
         kept_for=kept_for,
         failed=failed,
         listed=listed,
+        pool_off=pool_off,
     )
     verdict = sweeper.decide(f, SETTINGS)
     if verdict.remove and may_still_be_used(f):
@@ -181,7 +186,7 @@ def test_no_machine_a_job_may_still_use_is_removed_before_max_age(
         assert not (busy or stage_running)
         assert taken_age is not None and taken_age > MAX_AGE
         assert gitlab not in sweeper.ALIVE
-    if busy or stage_running or (owner == "pool" and phase == PoolPhase.READY):
+    if busy or stage_running or (owner == "pool" and phase == PoolPhase.READY and not pool_off):
         assert not verdict.remove
     if owner == "job" and record_ok and failed and phase == JobPhase.READY and kept_for > 0:
         assert not verdict.remove  # its cleanup keeps it for inspection
@@ -401,7 +406,7 @@ def test_gitlab_is_not_asked_about_a_machine_a_running_stage_keeps(tmp_path: Pat
     assert stage.try_acquire()  # job 8's `run` is in a stage
     asked: list[int] = []
 
-    def job_status(project_id: int, job_id: int) -> str:
+    def job_status(project_id: int, job_id: int, seconds: float) -> str:
         asked.append(job_id)
         return "running"
 
@@ -724,7 +729,7 @@ def test_a_failed_job_kept_for_inspection_is_not_swept_before_its_cleanup(
     then = time.time() - GRACE - 60
     os.utime(state.job(30).stage_lock_path, (then, then))
     said: list[str] = []
-    sweeper.sweep(dm, settings, lambda p, j: "failed", dry_run=False, progress=said.append)  # type: ignore[arg-type]
+    sweeper.sweep(dm, settings, lambda p, j, s: "failed", dry_run=False, progress=said.append)  # type: ignore[arg-type]
     assert dm.removed == [], said
     assert any("kept for inspection" in line for line in said), said
 
@@ -767,5 +772,5 @@ def test_the_sweeps_own_stage_lock_is_not_a_stage_that_ran(tmp_path: Path) -> No
     dm.add("gmd-34")
     live_job(state, 34, "gmd-34")
     said: list[str] = []
-    sweeper.sweep(dm, settings, lambda p, j: "success", dry_run=False, progress=said.append)  # type: ignore[arg-type]
+    sweeper.sweep(dm, settings, lambda p, j, s: "success", dry_run=False, progress=said.append)  # type: ignore[arg-type]
     assert dm.removed == ["gmd-34"], said

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +14,14 @@ from pathlib import Path
 import pytest
 
 from driver.errors import DriverError
+from driver.pool import service as service_module
 from driver.pool.control import DemandPolicy, Observation
 from driver.pool.service import PoolService
+from driver.process import Result
 from driver.settings import parse_settings
+from driver.state import PoolRecord
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_a_second_pool_service_on_one_state_dir_refuses_naming_the_first(tmp_path: Path) -> None:
@@ -94,3 +101,75 @@ def test_a_discarded_machine_is_counted_by_why(
     counters = metrics.load(tmp_path)["counters"]
     discarded = {key: n for key, n in counters.items() if "pool_discarded" in key}
     assert discarded == {metrics.POOL_DISCARDED.key({"reason": reason}): 1}
+
+
+class MeetingRemovals:
+    """docker-machine whose `rm` waits until ``together`` removals are in flight: a
+    drain one machine after another never gets there, and the barrier breaks."""
+
+    def __init__(self, storage: Path, together: int) -> None:
+        self.storage = storage
+        self.barrier = threading.Barrier(together, timeout=30)
+        self.removed: list[str] = []
+
+    def entry_dir(self, name: str) -> Path:
+        return self.storage / "machines" / name
+
+    def exists(self, name: str) -> bool:
+        return self.entry_dir(name).is_dir()
+
+    def remove(self, name: str, *, force: bool, timeout: float) -> Result:
+        self.barrier.wait()
+        shutil.rmtree(self.entry_dir(name))
+        self.removed.append(name)
+        return Result(["docker-machine", "rm", "-y", name], 0, "", "")
+
+
+def test_the_drain_on_stop_removes_the_ready_machines_at_once(tmp_path: Path) -> None:
+    settings = parse_settings(
+        {
+            "state_dir": str(tmp_path / "st"),
+            "docker_machine": {"storage_path": str(tmp_path / "dm")},
+            "pool": {"idle_count": 3, "drain_on_stop": True},
+        }
+    )
+    service = PoolService(settings)
+    dm = MeetingRemovals(tmp_path / "dm", together=3)
+    service.dm = dm  # type: ignore[assignment]
+    names = ["gmd-p000000a1", "gmd-p000000a2", "gmd-p000000a3"]
+    for name in names:
+        dm.entry_dir(name).mkdir(parents=True)
+        service.state.save_pool(PoolRecord(name=name))
+        service.state.mark_ready(name)
+    service.shutdown()
+    assert sorted(dm.removed) == names
+    assert service.state.pool_names() == [] and service.errors == []
+
+
+def test_the_service_stops_within_its_units_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd kills the service at TimeoutStopSec: its own wait must end before, even
+    with a create in flight that would take [create] timeout + 60 s."""
+    unit = ROOT / "packaging" / "systemd" / "gitlab-machine-driver-pool@.service"
+    limit = next(
+        float(line.split("=", 1)[1])
+        for line in unit.read_text().splitlines()
+        if line.startswith("TimeoutStopSec=")
+    )
+    assert limit >= service_module.STOP_WITHIN + 30
+    settings = parse_settings(
+        {"state_dir": str(tmp_path), "create": {"timeout": 900}, "pool": {"idle_count": 1}}
+    )
+    service = PoolService(settings)
+    service.creating.add("gmd-p000000b1")  # a create that will not finish in time
+    now = [1000.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "sleep", sleep)
+    service.shutdown()
+    monkeypatch.undo()
+    assert now[0] - 1000.0 <= service_module.STOP_WITHIN + 1
