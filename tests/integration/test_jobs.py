@@ -207,7 +207,7 @@ def test_a_bad_config_file_is_a_system_failure_naming_the_problem(env: Env) -> N
     result = env.run_job(Job())
     assert result.outcome == "system_failure", result.describe()
     assert result.execs("config")[0].returncode == SYSTEM_FAILURE
-    assert "name_prefx: unknown setting (a typo?)" in result.job_log
+    assert "name_prefx: unknown setting; did you mean 'name_prefix'?" in result.job_log
     assert str(env.config_path) in result.job_log
 
 
