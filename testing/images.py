@@ -29,6 +29,7 @@ import fcntl
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -37,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from driver.procs import pid_alive
 from testing.world import Env
 
 FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -224,7 +226,7 @@ def test_images() -> list[Image]:
             "ci/crashing:1",
             busybox_rootfs(),
             [
-                "CMD " + json.dumps(["sh", "-c", f"echo {shlex_quote(CRASH_MESSAGE)} >&2; exit 1"]),
+                "CMD " + json.dumps(["sh", "-c", f"echo {shlex.quote(CRASH_MESSAGE)} >&2; exit 1"]),
                 "EXPOSE 5432",
             ],
         ),
@@ -485,7 +487,7 @@ class Registry:
         for image in images:
             tarball = home / (image.name.replace("/", "_").replace(":", "_") + ".tar")
             tarball.write_bytes(image.rootfs)
-            changes = " ".join(f"--change {shlex_quote(c)}" for c in image.changes)
+            changes = " ".join(f"--change {shlex.quote(c)}" for c in image.changes)
             self.run(
                 f"docker import {changes} {tarball} 127.0.0.1:5000/{image.name} >/dev/null && "
                 f"docker push -q 127.0.0.1:5000/{image.name} >/dev/null"
@@ -496,7 +498,7 @@ class Registry:
         target = f"127.0.0.1:5001/{image}"
         self.run(
             f"docker tag 127.0.0.1:5000/{image} {target} && "
-            f"echo {shlex_quote(password)} | docker login -u {user} --password-stdin "
+            f"echo {shlex.quote(password)} | docker login -u {user} --password-stdin "
             f"127.0.0.1:5001 >/dev/null && docker push -q {target} >/dev/null && "
             "docker logout 127.0.0.1:5001 >/dev/null"
         )
@@ -543,7 +545,7 @@ def forwarding(on: bool) -> None:
             users = json.loads(FORWARD_USERS.read_text())
         except (OSError, ValueError):
             users = {"saved": FORWARD.read_text(), "pids": []}
-        live = [pid for pid in users["pids"] if _alive(pid)]
+        live = [pid for pid in users["pids"] if pid_alive(pid)]
         pids = [pid for pid in live if pid != os.getpid()]
         if on:
             if not live:  # the first user: what to restore after the last
@@ -556,22 +558,6 @@ def forwarding(on: bool) -> None:
             return
         users["pids"] = pids
         FORWARD_USERS.write_text(json.dumps(users))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def shlex_quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 def available() -> bool:
