@@ -63,78 +63,79 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    registry_world = new_world()
-    registry = images.Registry(registry_world)
     world = new_world()
     service = None
-    try:
-        helper = [i for i in images.test_images() if i.name == "ci/helper:1"]
-        registry.start("u", "p", helper + images.dind_images())
-        cli, dind_image = f"{registry.open}/ci/docker:cli", f"{registry.open}/ci/docker:dind"
-        world.configure(
-            machine={"engine_insecure_registry": ["10.213.0.0/16"]},
-            image={
-                "mode": "container",
-                "helper_image": f"{registry.open}/ci/helper:1",
-                "pull_policy": ["if-not-present"],
-                **DIND_SERVICE_SETTINGS,
-            },
-            pool={
-                "idle_count": 2,
-                "check_interval": 0.5,
-                "drain_on_stop": True,
-                "images": [cli, dind_image],
-            },
-        )
-        service = world.start_pool(quiet=True)
+    with images.serving(
+        "u",
+        "p",
+        [i for i in images.test_images() if i.name == "ci/helper:1"] + images.dind_images(),
+    ) as registry:
+        try:
+            cli, dind_image = f"{registry.open}/ci/docker:cli", f"{registry.open}/ci/docker:dind"
+            world.configure(
+                machine={"engine_insecure_registry": ["10.213.0.0/16"]},
+                image={
+                    "mode": "container",
+                    "helper_image": f"{registry.open}/ci/helper:1",
+                    "pull_policy": ["if-not-present"],
+                    **DIND_SERVICE_SETTINGS,
+                },
+                pool={
+                    "idle_count": 2,
+                    "check_interval": 0.5,
+                    "drain_on_stop": True,
+                    "images": [cli, dind_image],
+                },
+            )
+            service = world.start_pool(quiet=True)
 
-        def wait_ready(count: int) -> None:
-            deadline = time.monotonic() + 600
-            while len(list((world.state_dir / "pool" / "ready").glob("*"))) < count:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the pool did not fill within 600 s")
-                time.sleep(0.5)
+            def wait_ready(count: int) -> None:
+                deadline = time.monotonic() + 600
+                while len(list((world.state_dir / "pool" / "ready").glob("*"))) < count:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the pool did not fill within 600 s")
+                    time.sleep(0.5)
 
-        jobs: dict[str, Callable[[], Job]] = {
-            "dind (TLS)": lambda: Job(
-                image=cli,
-                services=[Service(dind_image, alias="docker")],
-                variables=[Variable("DOCKER_TLS_CERTDIR", "/certs")],
-                script=script("docker"),
-            ),
-            "VM socket": lambda: Job(image=cli, script=script(GATEWAY)),
-        }
-        samples: dict[str, list[dict[str, float]]] = {name: [] for name in jobs}
-        for _ in range(args.repeat):
-            for name, make in jobs.items():  # interleaved: both see the same load
-                wait_ready(1)
-                result = world.runner().run_job(make())
-                if result.outcome != "success" or PAGE not in result.lines("build_script"):
-                    print(result.describe())
-                    return 1
-                if "from the warm pool" not in result.job_log:
-                    print(f"warning: a {name} job did not get a pool machine")
-                samples[name].append(timings(result))
+            jobs: dict[str, Callable[[], Job]] = {
+                "dind (TLS)": lambda: Job(
+                    image=cli,
+                    services=[Service(dind_image, alias="docker")],
+                    variables=[Variable("DOCKER_TLS_CERTDIR", "/certs")],
+                    script=script("docker"),
+                ),
+                "VM socket": lambda: Job(image=cli, script=script(GATEWAY)),
+            }
+            samples: dict[str, list[dict[str, float]]] = {name: [] for name in jobs}
+            for _ in range(args.repeat):
+                for name, make in jobs.items():  # interleaved: both see the same load
+                    wait_ready(1)
+                    result = world.runner().run_job(make())
+                    if result.outcome != "success" or PAGE not in result.lines("build_script"):
+                        print(result.describe())
+                        return 1
+                    if "from the warm pool" not in result.job_log:
+                        print(f"warning: a {name} job did not get a pool machine")
+                    samples[name].append(timings(result))
 
-        print(f"medians of {args.repeat} jobs each, seconds")
-        print(f"{'':<12} {'prepare':>8} {'build_script':>13} {'whole job':>10}")
-        medians: dict[str, dict[str, float]] = {}
-        for name, runs in samples.items():
-            medians[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            m = medians[name]
-            print(f"{name:<12} {m['prepare']:>8.2f} {m['build_script']:>13.2f} {m['job']:>10.2f}")
-        dind, socket = medians["dind (TLS)"], medians["VM socket"]
-        extra = {key: dind[key] - socket[key] for key in dind}
-        print(
-            f"{'dind costs':<12} {extra['prepare']:>+8.2f} {extra['build_script']:>+13.2f} "
-            f"{extra['job']:>+10.2f}"
-        )
-    finally:
-        if service is not None:
-            stop_pool(service, timeout=180)
-        registry.stop()
-        destroy_world(world)
-        destroy_world(registry_world)
+            print(f"medians of {args.repeat} jobs each, seconds")
+            print(f"{'':<12} {'prepare':>8} {'build_script':>13} {'whole job':>10}")
+            medians: dict[str, dict[str, float]] = {}
+            for name, runs in samples.items():
+                medians[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                m = medians[name]
+                print(
+                    f"{name:<12} {m['prepare']:>8.2f} {m['build_script']:>13.2f} {m['job']:>10.2f}"
+                )
+            dind, socket = medians["dind (TLS)"], medians["VM socket"]
+            extra = {key: dind[key] - socket[key] for key in dind}
+            print(
+                f"{'dind costs':<12} {extra['prepare']:>+8.2f} {extra['build_script']:>+13.2f} "
+                f"{extra['job']:>+10.2f}"
+            )
+        finally:
+            if service is not None:
+                stop_pool(service, timeout=180)
+            destroy_world(world)
     return 0
 
 

@@ -68,113 +68,114 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    registry_world = new_world()
-    registry = images.Registry(registry_world)
     world = new_world()
     service = None
-    try:
-        registry.start("u", "p", [i for i in images.test_images() if "web" not in i.name])
-        busybox = f"{registry.open}/ci/busybox:1"
-        world.configure(
-            machine={"engine_insecure_registry": ["10.213.0.0/16"]},
-            image={
-                "mode": "container",
-                "helper_image": f"{registry.open}/ci/helper:1",
-                "pull_policy": ["if-not-present"],
-            },
-            pool={
-                "idle_count": 2,
-                "check_interval": 0.5,
-                "drain_on_stop": True,
-                "images": [busybox],
-            },
-        )
-        service = world.start_pool(quiet=True)
-
-        def wait_ready(count: int) -> None:
-            deadline = time.monotonic() + 300
-            while len(list((world.state_dir / "pool" / "ready").glob("*"))) < count:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the pool did not fill within 300 s")
-                time.sleep(0.5)
-
-        # --- from prepare's start to the user script's first line, pool hit, image there
-        firsts: list[float] = []
-        for _ in range(args.jobs):
-            wait_ready(2)
-            seen: list[float] = []
-            lock = threading.Lock()
-
-            def on_log(text: str, seen: list[float] = seen, lock: threading.Lock = lock) -> None:
-                with lock:
-                    if not seen and any(line.strip() == MARK for line in text.splitlines()):
-                        seen.append(time.monotonic())
-
-            job = Job(image=busybox, script=[f"echo {MARK}"])
-            run = world.runner().new_run(job, on_log=on_log)
-            start = time.monotonic()
-            result = run.run()
-            if result.outcome != "success" or "from the warm pool" not in result.job_log:
-                print(result.describe())
-                return 1
-            prepare_start = start + result.execs("prepare")[0].started
-            firsts.append(seen[0] - prepare_start)
-
-        # --- per-stage overhead, shell vs image mode, on two prepared jobs
-        wait_ready(2)
-        shell_job = world.runner().prepare_only(Job())
-        image_job = world.runner().prepare_only(Job(image=busybox))
-        if not (shell_job.ok and image_job.ok):
-            print(shell_job.job_log, image_job.job_log)
-            return 1
-        empty = world.base / "empty.sh"
-        empty.write_text("true\n")
-        stage = [*DRIVER, "--config", str(world.config_path), "run", str(empty), "build_script"]
-        samples: dict[str, list[float]] = {"shell mode": [], "image mode": []}
-        for _ in range(args.repeat):  # interleaved: both see the same machine load
-            samples["shell mode"].append(timed_run(stage, shell_job.env))
-            samples["image mode"].append(timed_run(stage, image_job.env))
-        shell_job.cleanup()
-        image_job.cleanup()
-
-        # --- a job's image pull, without and with the pool learning recent jobs' images
-        bash = f"{registry.open}/ci/bash:1"  # not in [pool] images
-        pulls: dict[str, list[float]] = {}
-        for label, learned in (("without learning", 0), ("with learning", 3)):
-            stop_pool(service, timeout=180)
-            world.configure(image={"pool_recent_images": learned}, pool={"images": []})
-            service = world.start_pool(quiet=True)
-            pulls[label] = []
-            for _ in range(args.learn_jobs):
-                wait_ready(2)
-                seconds = pull_seconds(world, Job(image=bash, script=["true"]), bash)
-                if seconds is None:
-                    return 1
-                pulls[label].append(seconds)
-
-        med = {name: statistics.median(s) * 1000 for name, s in samples.items()}
-        print(f"{'run of an empty stage':<28} {'median ms':>10} {'p90 ms':>8}")
-        for name, values in samples.items():
-            p90 = sorted(values)[int(len(values) * 0.9) - 1] * 1000
-            print(f"{name:<28} {med[name]:>10.1f} {p90:>8.1f}")
-        extra = med["image mode"] - med["shell mode"]
-        print(f"image mode's extra per stage:        {extra:6.1f} ms   (target <= 150)")
-        print(
-            f"prepare start -> first user line:    median {statistics.median(firsts):5.2f} s, "
-            f"max {max(firsts):5.2f} s over {len(firsts)} jobs, pool hit, image pre-pulled "
-            "(target < 2.5 s)"
-        )
-        for label, values in pulls.items():
-            print(
-                f"image pull per job, {label + ':':<18} median {statistics.median(values):5.2f} s "
-                f"({', '.join(f'{v:.2f}' for v in values)}) over {len(values)} jobs"
+    with images.serving(
+        "u", "p", [i for i in images.test_images() if "web" not in i.name]
+    ) as registry:
+        try:
+            busybox = f"{registry.open}/ci/busybox:1"
+            world.configure(
+                machine={"engine_insecure_registry": ["10.213.0.0/16"]},
+                image={
+                    "mode": "container",
+                    "helper_image": f"{registry.open}/ci/helper:1",
+                    "pull_policy": ["if-not-present"],
+                },
+                pool={
+                    "idle_count": 2,
+                    "check_interval": 0.5,
+                    "drain_on_stop": True,
+                    "images": [busybox],
+                },
             )
-    finally:
-        if service is not None:
-            stop_pool(service, timeout=180)
-        registry.stop()
-        destroy_world(world)
-        destroy_world(registry_world)
+            service = world.start_pool(quiet=True)
+
+            def wait_ready(count: int) -> None:
+                deadline = time.monotonic() + 300
+                while len(list((world.state_dir / "pool" / "ready").glob("*"))) < count:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the pool did not fill within 300 s")
+                    time.sleep(0.5)
+
+            # --- from prepare's start to the user script's first line, pool hit, image there
+            firsts: list[float] = []
+            for _ in range(args.jobs):
+                wait_ready(2)
+                seen: list[float] = []
+                lock = threading.Lock()
+
+                def on_log(
+                    text: str, seen: list[float] = seen, lock: threading.Lock = lock
+                ) -> None:
+                    with lock:
+                        if not seen and any(line.strip() == MARK for line in text.splitlines()):
+                            seen.append(time.monotonic())
+
+                job = Job(image=busybox, script=[f"echo {MARK}"])
+                run = world.runner().new_run(job, on_log=on_log)
+                start = time.monotonic()
+                result = run.run()
+                if result.outcome != "success" or "from the warm pool" not in result.job_log:
+                    print(result.describe())
+                    return 1
+                prepare_start = start + result.execs("prepare")[0].started
+                firsts.append(seen[0] - prepare_start)
+
+            # --- per-stage overhead, shell vs image mode, on two prepared jobs
+            wait_ready(2)
+            shell_job = world.runner().prepare_only(Job())
+            image_job = world.runner().prepare_only(Job(image=busybox))
+            if not (shell_job.ok and image_job.ok):
+                print(shell_job.job_log, image_job.job_log)
+                return 1
+            empty = world.base / "empty.sh"
+            empty.write_text("true\n")
+            stage = [*DRIVER, "--config", str(world.config_path), "run", str(empty), "build_script"]
+            samples: dict[str, list[float]] = {"shell mode": [], "image mode": []}
+            for _ in range(args.repeat):  # interleaved: both see the same machine load
+                samples["shell mode"].append(timed_run(stage, shell_job.env))
+                samples["image mode"].append(timed_run(stage, image_job.env))
+            shell_job.cleanup()
+            image_job.cleanup()
+
+            # --- a job's image pull, without and with the pool learning recent jobs' images
+            bash = f"{registry.open}/ci/bash:1"  # not in [pool] images
+            pulls: dict[str, list[float]] = {}
+            for label, learned in (("without learning", 0), ("with learning", 3)):
+                stop_pool(service, timeout=180)
+                world.configure(image={"pool_recent_images": learned}, pool={"images": []})
+                service = world.start_pool(quiet=True)
+                pulls[label] = []
+                for _ in range(args.learn_jobs):
+                    wait_ready(2)
+                    seconds = pull_seconds(world, Job(image=bash, script=["true"]), bash)
+                    if seconds is None:
+                        return 1
+                    pulls[label].append(seconds)
+
+            med = {name: statistics.median(s) * 1000 for name, s in samples.items()}
+            print(f"{'run of an empty stage':<28} {'median ms':>10} {'p90 ms':>8}")
+            for name, values in samples.items():
+                p90 = sorted(values)[int(len(values) * 0.9) - 1] * 1000
+                print(f"{name:<28} {med[name]:>10.1f} {p90:>8.1f}")
+            extra = med["image mode"] - med["shell mode"]
+            print(f"image mode's extra per stage:        {extra:6.1f} ms   (target <= 150)")
+            print(
+                f"prepare start -> first user line:    median {statistics.median(firsts):5.2f} s, "
+                f"max {max(firsts):5.2f} s over {len(firsts)} jobs, pool hit, image pre-pulled "
+                "(target < 2.5 s)"
+            )
+            for label, values in pulls.items():
+                print(
+                    f"image pull per job, {label + ':':<18} "
+                    f"median {statistics.median(values):5.2f} s "
+                    f"({', '.join(f'{v:.2f}' for v in values)}) over {len(values)} jobs"
+                )
+        finally:
+            if service is not None:
+                stop_pool(service, timeout=180)
+            destroy_world(world)
     return 0
 
 

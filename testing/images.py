@@ -24,6 +24,7 @@ host files (`docker import`ed and pushed on the registry's host):
 
 from __future__ import annotations
 
+import contextlib
 import crypt  # bcrypt for the registry's htpasswd; deprecated, still in 3.11
 import fcntl
 import io
@@ -34,12 +35,12 @@ import shutil
 import subprocess
 import tarfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from driver.procs import pid_alive
-from testing.world import Env
+from testing.world import Env, destroy_world, new_world
 
 FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 # Who needs forwarding on, and its value before the first of them: test sessions and
@@ -558,6 +559,20 @@ def forwarding(on: bool) -> None:
             return
         users["pids"] = pids
         FORWARD_USERS.write_text(json.dumps(users))
+
+
+@contextlib.contextmanager
+def serving(user: str, password: str, served: list[Image]) -> Iterator[Registry]:
+    """A registry on a test host of its own world, serving ``served`` (and, on its
+    private port, what is pushed there with ``user``/``password``); gone on exit."""
+    world = new_world()
+    registry = Registry(world)
+    try:
+        registry.start(user, password, served)
+        yield registry
+    finally:
+        registry.stop()
+        destroy_world(world)
 
 
 def available() -> bool:

@@ -19,7 +19,7 @@ import pytest
 
 from testing import images
 from testing.runner import Job, Service, Variable
-from testing.world import Env, destroy_world, new_world
+from testing.world import Env
 from tests.integration.test_image_mode import image_world
 
 pytestmark = pytest.mark.skipif(
@@ -53,15 +53,9 @@ SCRIPT = [
 
 @pytest.fixture(scope="module")
 def registry() -> Iterator[images.Registry]:
-    world = new_world()
-    reg = images.Registry(world)
-    try:
-        wanted = [i for i in images.test_images() if i.name == "ci/helper:1"]
-        reg.start("u", "p", wanted + images.dind_images())
+    wanted = [i for i in images.test_images() if i.name == "ci/helper:1"]
+    with images.serving("u", "p", wanted + images.dind_images()) as reg:
         yield reg
-    finally:
-        reg.stop()
-        destroy_world(world)
 
 
 def dind_job(registry: images.Registry, *variables: Variable) -> Job:

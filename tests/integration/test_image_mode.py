@@ -18,7 +18,7 @@ import pytest
 
 from testing import images
 from testing.runner import CancelPlan, Job, Service, Variable
-from testing.world import Env, destroy_world, driver_argv, new_world
+from testing.world import Env, driver_argv
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not images.available(),
@@ -30,15 +30,9 @@ HOSTILE = 'it\'s $(echo no) `echo no` \\ "q" ümlaut\ttab\nline2 $HOME *'
 
 @pytest.fixture(scope="module")
 def registry() -> Iterator[images.Registry]:
-    world = new_world()
-    reg = images.Registry(world)
-    try:
-        reg.start(USER, PASSWORD, images.test_images())
+    with images.serving(USER, PASSWORD, images.test_images()) as reg:
         reg.push_private("ci/busybox:1", USER, PASSWORD)
         yield reg
-    finally:
-        reg.stop()
-        destroy_world(world)
 
 
 def image_world(env: Env, registry: images.Registry, **image: Any) -> None:
