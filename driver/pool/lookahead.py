@@ -9,7 +9,12 @@ past runs say), the next stage's arrival can even be predicted.
 
 `Lookahead` keeps those announced jobs by id, measures how long each took to
 arrive after it was announced (the lead) and how far its arrival was from the
-prediction, and tells the pool controller which arrivals were announced. Both
+prediction, and tells the pool controller which arrivals were announced.
+
+Where several runner managers serve the same tags, an announced job may be
+taken by another one. The lookahead learns, per set of tags, the share of
+announced jobs that came here (`Expected.share`), so the policy counts an
+announced job as that share of one, not as a sure arrival. Both
 the pool service (asking GitLab, driver.pool.pipelines) and the replay
 (bench/replay.py, from the trace) feed it, so both run the same policy code
 on what it reports.
@@ -29,6 +34,8 @@ class Expected:
 
     announced: float  # when it was first announced (clock seconds)
     predicted: float = math.nan  # when it should arrive, if that can be told
+    share: float = 1.0  # the chance it comes to this runner manager, learned per tag set
+    tags: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,33 @@ class Report:
 
 NOTHING_AHEAD = Report((), (), (), 0, 0)
 
+# How many announced jobs per tag set the learned share remembers: enough to be
+# steady, few enough to follow a manager added to or taken from the fleet in a day.
+SHARE_MEMORY = 200.0
+
+
+@dataclass
+class Share:
+    """Announced jobs of one tag set that came here, and that another manager took.
+
+    Starts as one arrival: a single manager, until another is seen taking jobs."""
+
+    came: float = 1.0
+    elsewhere: float = 0.0
+
+    @property
+    def value(self) -> float:
+        return self.came / (self.came + self.elsewhere)
+
+    def add(self, came: bool) -> None:
+        if self.came + self.elsewhere >= SHARE_MEMORY:  # forget the oldest, evenly
+            scale = (SHARE_MEMORY - 1.0) / (self.came + self.elsewhere)
+            self.came, self.elsewhere = self.came * scale, self.elsewhere * scale
+        if came:
+            self.came += 1.0
+        else:
+            self.elsewhere += 1.0
+
 
 class Lookahead:
     """Announced jobs not yet arrived, and what arrived since the last report.
@@ -56,22 +90,46 @@ class Lookahead:
         self.leads: list[float] = []
         self.errors: list[float] = []
         self.hits = self.misses = 0
+        self.shares: dict[frozenset[str], Share] = {}
         self.lock = threading.Lock()
 
-    def announce(self, job_ids: Iterable[int], now: float, predicted: float = math.nan) -> None:
-        """Jobs known to be coming; announced again, they keep their first announcement
-        and take the newest prediction."""
+    def announce(
+        self,
+        job_ids: Iterable[int],
+        now: float,
+        predicted: float = math.nan,
+        tags: frozenset[str] = frozenset(),
+    ) -> None:
+        """Jobs known to be coming (with the tags they ask for); announced again, they
+        keep their first announcement and take the newest prediction."""
         with self.lock:
+            share = self.shares.get(tags, Share()).value
             for job_id in job_ids:
                 known = self.expected.get(job_id)
                 announced = now if known is None else known.announced
-                self.expected[job_id] = Expected(announced, predicted)
+                self.expected[job_id] = Expected(announced, predicted, share, tags)
 
-    def withdraw(self, job_ids: Iterable[int]) -> None:
-        """Jobs that will not come after all (skipped, canceled, taken by another runner)."""
+    def withdraw(self, job_ids: Iterable[int], elsewhere: bool = False) -> None:
+        """Jobs that will not come after all: skipped, canceled, or (`elsewhere`) taken
+        by another runner manager, which lowers the share learned for their tags."""
         with self.lock:
             for job_id in job_ids:
-                self.expected.pop(job_id, None)
+                known = self.expected.pop(job_id, None)
+                if known is not None and elsewhere:
+                    self.shares.setdefault(known.tags, Share()).add(came=False)
+                    self._reshare(known.tags)
+
+    def share(self, tags: frozenset[str]) -> float:
+        """The share of announced jobs with these tags that came to this manager."""
+        with self.lock:
+            return self.shares.get(tags, Share()).value
+
+    def _reshare(self, tags: frozenset[str]) -> None:
+        """Jobs still expected with these tags take the newly learned share."""
+        share = self.shares[tags].value
+        for job_id, known in self.expected.items():
+            if known.tags == tags:
+                self.expected[job_id] = Expected(known.announced, known.predicted, share, tags)
 
     def arrived(self, job_id: int, now: float, hit: bool) -> bool:
         """A job arrived; True if it had been announced."""
@@ -79,6 +137,8 @@ class Lookahead:
             known = self.expected.pop(job_id, None)
             if known is None:
                 return False
+            self.shares.setdefault(known.tags, Share()).add(came=True)
+            self._reshare(known.tags)
             self.leads.append(now - known.announced)
             if not math.isnan(known.predicted):
                 self.errors.append(now - known.predicted)

@@ -160,3 +160,41 @@ def test_a_memory_of_another_version_or_shape_is_refused() -> None:
     for memory in ({"version": 99}, {"version": 1, "starts": [1.0]}, {"version": 1, "starts": "x"}):
         with pytest.raises((ValueError, TypeError, KeyError)):
             policy.recall(memory, 0.0)
+
+
+def test_the_share_of_announced_jobs_that_come_here_is_learned_per_tag_set() -> None:
+    """Two managers serving the same tags: each announced job is only a share of one."""
+    ahead = Lookahead()
+    docker, gpu = frozenset({"docker"}), frozenset({"gpu"})
+    assert ahead.share(docker) == 1.0  # one manager, until another is seen taking jobs
+    for job_id in range(1, 41):
+        ahead.announce([job_id], now=0.0, tags=docker)
+        if job_id % 2:
+            ahead.arrived(job_id, now=10.0, hit=True)
+        else:
+            ahead.withdraw([job_id], elsewhere=True)  # running on the other manager
+    assert ahead.share(docker) == pytest.approx(0.5, abs=0.02)
+    assert ahead.share(gpu) == 1.0  # another tag set learns on its own
+    ahead.withdraw([999], elsewhere=True)  # never announced: learns nothing
+    ahead.announce([100], now=20.0, tags=docker)
+    ahead.announce([101], now=20.0, tags=gpu)
+    shares = {job.tags: job.share for job in ahead.report().expected}
+    assert shares[docker] == pytest.approx(0.5, abs=0.02)
+    assert shares[gpu] == 1.0
+    ahead.withdraw([100])  # skipped or canceled: not the other manager's doing
+    assert ahead.share(docker) == pytest.approx(0.5, abs=0.02)
+
+
+def test_the_learned_share_follows_a_change_of_fleet() -> None:
+    ahead = Lookahead()
+    tags = frozenset({"docker"})
+    for job_id in range(1000):  # long alone, then a second manager joins
+        ahead.announce([job_id], now=0.0, tags=tags)
+        ahead.arrived(job_id, now=1.0, hit=True)
+    for job_id in range(1000, 1400):
+        ahead.announce([job_id], now=0.0, tags=tags)
+        if job_id % 2:
+            ahead.arrived(job_id, now=1.0, hit=True)
+        else:
+            ahead.withdraw([job_id], elsewhere=True)
+    assert ahead.share(tags) < 0.6
