@@ -5,6 +5,11 @@ GET /api/v4/projects/:project/jobs/:job with a PRIVATE-TOKEN header:
 For doctor also /version, /user, and /projects/:project/jobs (200 for a project
 the token may read, else 404). For the pool's lookahead
 /projects/:project/pipelines/:pipeline/jobs: the jobs set in `pipelines`.
+
+Lists are paged as GitLab pages them: `per_page` 20 unless asked, at most 100,
+`page` from 1, with X-Page, X-Per-Page, X-Total, X-Next-Page and a Link header
+(rel="next") that clients follow. `rate_limited` makes the next requests answer
+429 with a Retry-After header, as GitLab's rate limits do.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 JOB_PATH = re.compile(r"^/api/v4/projects/(\d+)/jobs/(\d+)$")
 JOBS_PATH = re.compile(r"^/api/v4/projects/(\d+)/jobs$")
@@ -31,11 +37,19 @@ class FakeGitLab:
         self.pipelines: dict[tuple[int, int], list[dict[str, object]]] = {}
         # project -> its finished jobs, listed by GET .../projects/:id/jobs (name, duration).
         self.finished: dict[int, list[dict[str, object]]] = {}
+        # The next `rate_limited` requests answer 429, with Retry-After `retry_after`.
+        self.rate_limited = 0
+        self.retry_after = "60"
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 fake.requests.append(self.path)
+                if fake.rate_limited > 0:
+                    fake.rate_limited -= 1
+                    return self._reply(
+                        429, {"message": "Retry later"}, {"Retry-After": fake.retry_after}
+                    )
                 if self.headers.get("PRIVATE-TOKEN") != fake.token:
                     return self._reply(401, {"message": "401 Unauthorized"})
                 path = self.path.split("?")[0]
@@ -48,12 +62,12 @@ class FakeGitLab:
                     key = (int(pipeline[1]), int(pipeline[2]))
                     if key not in fake.pipelines:
                         return self._reply(404, {"message": "404 Not found"})
-                    return self._reply(200, list(fake.pipelines[key]))
+                    return self._page(fake.pipelines[key])
                 listing = JOBS_PATH.match(path)
                 if listing:
                     project = int(listing[1])
                     if project in fake.finished:
-                        return self._reply(200, list(fake.finished[project]))
+                        return self._page(fake.finished[project])
                     if project in fake.projects or any(p == project for p, _ in fake.jobs):
                         return self._reply(200, [])
                     return self._reply(404, {"message": "404 Project Not Found"})
@@ -65,10 +79,36 @@ class FakeGitLab:
                     return self._reply(404, {"message": "404 Not found"})
                 self._reply(200, {"id": key[1], "status": fake.jobs[key], "name": "test"})
 
-            def _reply(self, code: int, body: dict[str, object] | list[object]) -> None:
+            def _page(self, items: list[dict[str, object]]) -> None:
+                """One page of a list, with GitLab's pagination headers."""
+                query = parse_qs(urlsplit(self.path).query)
+                per_page = min(100, max(1, int(query.get("per_page", ["20"])[0])))
+                page = max(1, int(query.get("page", ["1"])[0]))
+                chunk = items[(page - 1) * per_page : page * per_page]
+                headers = {
+                    "X-Page": str(page),
+                    "X-Per-Page": str(per_page),
+                    "X-Total": str(len(items)),
+                    "X-Next-Page": "",
+                }
+                if page * per_page < len(items):
+                    headers["X-Next-Page"] = str(page + 1)
+                    after = {k: v[0] for k, v in query.items()} | {"page": str(page + 1)}
+                    url = f"{fake.url}{urlsplit(self.path).path}?{urlencode(after)}"
+                    headers["Link"] = f'<{url}>; rel="next"'
+                self._reply(200, list(chunk), headers)
+
+            def _reply(
+                self,
+                code: int,
+                body: dict[str, object] | list[object],
+                headers: dict[str, str] | None = None,
+            ) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

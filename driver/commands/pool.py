@@ -172,6 +172,9 @@ def status(settings: Settings, *, as_json: bool) -> int:
             "jobs announced by GitLab (the next stage of pipelines here): "
             f"{service['jobs_announced']}"
         )
+    calls = service.get("gitlab_api_calls")
+    if isinstance(calls, dict) and calls:  # since the service started
+        print("GitLab API requests: " + ", ".join(f"{k} {v}" for k, v in sorted(calls.items())))
     for m in machines:
         idle = f", idle {m['idle_seconds']}s" if m["idle_seconds"] is not None else ""
         print(f"  {m['name']}  {m['state']}  age {m['age_seconds']}s{idle}")

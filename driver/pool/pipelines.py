@@ -22,15 +22,13 @@ Only ever a hint: an error or a refused token costs the lookahead, never a job.
 from __future__ import annotations
 
 import math
-import statistics
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
+from driver.pool.gitlab_api import RateLimited
 from driver.pool.lookahead import Lookahead
-from driver.settings import GitLabSettings
 
 RECHECK = 30.0  # seconds between two looks at a pipeline with jobs announced
 USUAL_KEPT = 3600.0  # seconds a project's usual job durations are kept before read again
@@ -89,6 +87,7 @@ class PipelineWatch:
         self.pipelines: dict[int, Pipeline] = {}
         self.usual: dict[int, tuple[float, dict[str, float]]] = {}  # project: (read at, usual)
         self.failing = False  # warn once per run of errors, not every tick
+        self.quiet_until = -math.inf  # GitLab's rate limit said: ask nothing before then
         # The pool's loop tells of arrivals while `poll` may be waiting on GitLab in
         # another thread: GitLab is asked outside this lock, never holding the loop.
         self.lock = threading.Lock()
@@ -114,8 +113,13 @@ class PipelineWatch:
                     del self.pipelines[pipeline_id]
             due = [(i, p.project_id) for i, p in self.pipelines.items() if now >= p.look_at]
         for pipeline_id, project_id in due:
+            if now < self.quiet_until:
+                return  # what is due stays due, looked at once GitLab allows it
             try:
                 jobs = self.list_jobs(project_id, pipeline_id)
+            except RateLimited as e:
+                self._rate_limited(now, e)
+                return
             except Exception as e:  # a hint only: the next look may do better
                 if not self.failing:
                     self.warn(f"cannot list the jobs of pipeline {pipeline_id}: {str(e)[:200]}")
@@ -138,6 +142,12 @@ class PipelineWatch:
                 else:  # nothing more to watch until another of its jobs comes here
                     del self.pipelines[pipeline_id]
 
+    def _rate_limited(self, now: float, limit: RateLimited) -> None:
+        """GitLab said 429: nothing is asked before its Retry-After; nothing withdrawn."""
+        if now >= self.quiet_until:  # said once per 429, not per pipeline
+            self.warn(f"GitLab's rate limit: the lookahead asks again in {limit.seconds:g}s")
+        self.quiet_until = now + limit.seconds
+
     def _usual(self, project_id: int, now: float) -> dict[str, float]:
         """The project's usual job durations, read again once they are USUAL_KEPT old."""
         if self.usual_durations is None:
@@ -146,6 +156,9 @@ class PipelineWatch:
         if now - read_at >= USUAL_KEPT:
             try:
                 usual = self.usual_durations(project_id)
+            except RateLimited as e:  # read again at the next look GitLab allows
+                self._rate_limited(now, e)
+                return {}
             except Exception as e:  # a hint only
                 self.warn(f"cannot read the usual job durations of project {project_id}: {e}")
                 usual = {}
@@ -200,68 +213,3 @@ def _predict(before: list[PipelineJob], usual: dict[str, float], now: float) -> 
     if not before or any(job.name not in usual for job in before):
         return math.nan
     return max((now if job.started is None else job.started) + usual[job.name] for job in before)
-
-
-def gitlab_list_jobs(settings: GitLabSettings) -> ListJobs:
-    """The pipeline jobs endpoint, through python-gitlab (a token with read_api)."""
-    import gitlab
-
-    client = gitlab.Gitlab(
-        settings.url,
-        private_token=settings.read_token() or None,
-        timeout=settings.timeout,
-        retry_transient_errors=False,  # a hint: never hold the pool's loop for retries
-    )
-
-    def list_jobs(project_id: int, pipeline_id: int) -> list[PipelineJob]:
-        project = client.projects.get(project_id, lazy=True)
-        pipeline = project.pipelines.get(pipeline_id, lazy=True)
-        found: list[Any] = pipeline.jobs.list(get_all=True, include_retried=False)
-        return [
-            PipelineJob(
-                int(job.id),
-                str(job.status),
-                str(job.stage),
-                frozenset(str(tag) for tag in (getattr(job, "tag_list", None) or ())),
-                str(getattr(job, "name", "")),
-                _timestamp(getattr(job, "started_at", None)),
-                bool(getattr(job, "allow_failure", False)),
-            )
-            for job in found
-        ]
-
-    return list_jobs
-
-
-def gitlab_usual_durations(settings: GitLabSettings) -> UsualDurations:
-    """The median duration of each job name over a project's last 100 successful jobs."""
-    import gitlab
-
-    client = gitlab.Gitlab(
-        settings.url,
-        private_token=settings.read_token() or None,
-        timeout=settings.timeout,
-        retry_transient_errors=False,
-    )
-
-    def usual_durations(project_id: int) -> dict[str, float]:
-        project = client.projects.get(project_id, lazy=True)
-        found: list[Any] = project.jobs.list(scope="success", per_page=100, get_all=False)
-        by_name: dict[str, list[float]] = {}
-        for job in found:
-            duration = getattr(job, "duration", None)
-            if isinstance(duration, int | float) and duration > 0:
-                by_name.setdefault(str(job.name), []).append(float(duration))
-        return {name: statistics.median(seconds) for name, seconds in by_name.items()}
-
-    return usual_durations
-
-
-def _timestamp(value: object) -> float | None:
-    """GitLab's ISO 8601 time (\"2026-12-01T10:00:00.000Z\") as clock seconds."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

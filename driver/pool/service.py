@@ -21,14 +21,10 @@ from driver.image.containers import prestart_helper
 from driver.image.learn import recent_images
 from driver.pool import images, served
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
+from driver.pool.gitlab_api import ApiCalls
+from driver.pool.gitlab_jobs import GitLabJobs
 from driver.pool.lookahead import Lookahead
-from driver.pool.pipelines import (
-    ListJobs,
-    PipelineWatch,
-    UsualDurations,
-    gitlab_list_jobs,
-    gitlab_usual_durations,
-)
+from driver.pool.pipelines import ListJobs, PipelineWatch, UsualDurations
 from driver.settings import Settings
 from driver.state import (
     Address,
@@ -99,13 +95,16 @@ class PoolService:
         self.jobs_seen: set[int] = set()
         self.pipelines: PipelineWatch | None = None
         self.polling = threading.Event()  # a look at GitLab is in flight
+        self.api_calls = ApiCalls()  # requests to GitLab's API, shown by `pool status`
         pool = settings.pool
         if pool.policy == "demand" and pool.lookahead and settings.gitlab.configured:
+            reader = GitLabJobs(settings.gitlab)  # asks nothing until the first look
+            self.api_calls = reader.calls
             self.pipelines = PipelineWatch(
                 self.lookahead,
-                list_jobs or gitlab_list_jobs(settings.gitlab),
+                list_jobs or reader.list_jobs,
                 lambda message: self.log.warning("pool_lookahead_failed", error=message),
-                usual_durations or gitlab_usual_durations(settings.gitlab),
+                usual_durations or reader.usual_durations,
             )
 
     # --- lifecycle
@@ -509,6 +508,7 @@ class PoolService:
                 "idle_wanted": wanted,
                 "in_use": in_use,
                 "jobs_announced": len(self.lookahead.expected),  # a pipeline's next stage
+                "gitlab_api_calls": self.api_calls.snapshot(),  # by API (rest, graphql)
                 "creating": sorted(self.creating),
                 "removing": sorted(self.removing),
                 "errors": list(self.errors),

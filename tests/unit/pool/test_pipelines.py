@@ -10,15 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from driver.pool.gitlab_api import RateLimited
+from driver.pool.gitlab_jobs import GitLabJobs
 from driver.pool.lookahead import Lookahead
-from driver.pool.pipelines import (
-    RECHECK,
-    WATCHED_AT_MOST,
-    PipelineJob,
-    PipelineWatch,
-    gitlab_list_jobs,
-    gitlab_usual_durations,
-)
+from driver.pool.pipelines import RECHECK, WATCHED_AT_MOST, PipelineJob, PipelineWatch
 from driver.pool.service import PoolService
 from driver.settings import GitLabSettings, parse_settings
 from driver.state import JobDir, JobPhase, JobRecord
@@ -276,12 +271,68 @@ def test_the_pipeline_jobs_are_read_from_gitlab(gitlab: FakeGitLab, tmp_path: Pa
         {"id": i, "name": "compile", "status": "success", "duration": seconds}
         for i, seconds in enumerate([280.0, 300.0, 900.0])
     ]
-    settings = GitLabSettings(url=gitlab.url, token_file=token)
-    assert gitlab_list_jobs(settings)(40, 7) == [
+    reader = GitLabJobs(GitLabSettings(url=gitlab.url, token_file=token))
+    assert reader.list_jobs(40, 7) == [
         PipelineJob(1, "running", "build", frozenset({"vm"}), "compile", 1796119200.0, False),
         PipelineJob(2, "created", "test", frozenset(), "", None, True),
     ]
-    assert gitlab_usual_durations(settings)(40) == {"compile": 300.0}  # the median
+    assert reader.usual_durations(40) == {"compile": 300.0}  # the median
+    assert reader.calls.snapshot() == {"rest": 2}
+
+
+def test_a_long_pipeline_is_read_100_jobs_a_page(gitlab: FakeGitLab, tmp_path: Path) -> None:
+    """GitLab pages its lists 20 items a page unless `per_page` asks for more, at most
+    100 (REST API docs, "Pagination"): a 250-job pipeline in 3 requests, not 13."""
+    gitlab.pipelines[(40, 7)] = [
+        {"id": i, "status": "created", "stage": "test", "tag_list": []} for i in range(250)
+    ]
+    reader = GitLabJobs(GitLabSettings(url=gitlab.url, token=TOKEN))
+    assert [job.id for job in reader.list_jobs(40, 7)] == list(range(250))
+    asked = [r for r in gitlab.requests if "/pipelines/7/jobs" in r]
+    assert len(asked) == 3 and all("per_page=100" in r for r in asked), asked
+    assert reader.calls.snapshot() == {"rest": 3}
+
+
+def test_a_429_is_never_slept_on_and_says_how_long_to_wait(
+    gitlab: FakeGitLab, tmp_path: Path
+) -> None:
+    """GitLab answers 429 with Retry-After (seconds) when a rate limit is hit (docs,
+    "Rate limits": response headers). python-gitlab would sleep that long inside the
+    call, up to 10 times; the lookahead asks once and is told how long to keep quiet."""
+    gitlab.pipelines[(40, 7)] = [{"id": 1, "status": "created", "stage": "test"}]
+    gitlab.rate_limited, gitlab.retry_after = 5, "120"
+    reader = GitLabJobs(GitLabSettings(url=gitlab.url, token=TOKEN))
+    with pytest.raises(RateLimited) as limited:
+        reader.list_jobs(40, 7)
+    assert limited.value.seconds == 120.0
+    assert len(gitlab.requests) == 1  # asked once, not retried
+    assert reader.calls.snapshot() == {"rest": 1}
+
+
+def test_a_rate_limit_quiets_the_lookahead_until_gitlab_allows_it() -> None:
+    pipelines, lookahead, gitlab, warnings = watch()
+    gitlab.jobs[7] = [job(1, "running", "build"), job(2, "created", "test")]
+    pipelines.job_arrived(40, 7, 1, now=100.0, hit=True)
+    pipelines.poll(100.0)
+    answers = gitlab.jobs
+
+    def limited(project_id: int, pipeline_id: int) -> list[PipelineJob]:
+        gitlab.calls += 1
+        raise RateLimited(120.0)
+
+    pipelines.list_jobs = limited
+    pipelines.job_arrived(40, 8, 3, now=130.0, hit=True)
+    pipelines.poll(130.0)
+    calls = gitlab.calls
+    for now in (140.0, 170.0, 249.0):
+        pipelines.poll(now)
+    assert gitlab.calls == calls  # nothing asked within the 120 s GitLab asked for
+    assert list(lookahead.expected) == [2]  # and nothing withdrawn for it
+    assert len(warnings) == 1 and "rate limit" in warnings[0]
+    pipelines.list_jobs = gitlab
+    gitlab.jobs = answers | {8: [job(3, "running", "build")]}
+    pipelines.poll(250.0)
+    assert gitlab.calls > calls
 
 
 def test_the_pool_service_wants_machines_for_the_next_stage_of_a_job_here(
