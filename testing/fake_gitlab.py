@@ -10,6 +10,13 @@ Lists are paged as GitLab pages them: `per_page` 20 unless asked, at most 100,
 `page` from 1, with X-Page, X-Per-Page, X-Total, X-Next-Page and a Link header
 (rel="next") that clients follow. `rate_limited` makes the next requests answer
 429 with a Retry-After header, as GitLab's rate limits do.
+
+A pipeline's jobs may carry what only GraphQL tells (`when`, `needs`,
+`scheduled_at`): the REST list leaves them out, as GitLab's does. Trigger jobs
+are set apart in `bridges` (REST: /pipelines/:id/bridges, with
+`downstream_pipeline`), as GitLab lists them; POST /api/graphql answers the
+lookahead's queries (testing/fake_gitlab_graphql.py), and /projects/:id gives
+a project's `path_with_namespace` (GraphQL names projects by path).
 """
 
 from __future__ import annotations
@@ -21,9 +28,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from testing import fake_gitlab_graphql
+
 JOB_PATH = re.compile(r"^/api/v4/projects/(\d+)/jobs/(\d+)$")
 JOBS_PATH = re.compile(r"^/api/v4/projects/(\d+)/jobs$")
-PIPELINE_JOBS_PATH = re.compile(r"^/api/v4/projects/(\d+)/pipelines/(\d+)/jobs$")
+PIPELINE_JOBS_PATH = re.compile(r"^/api/v4/projects/(\d+)/pipelines/(\d+)/(jobs|bridges)$")
+PROJECT_PATH = re.compile(r"^/api/v4/projects/(\d+)$")
+# What GitLab's REST job entity (API::Entities::Ci::Job) does not carry.
+GRAPHQL_ONLY = {"when", "needs", "scheduled_at"}
 
 
 class FakeGitLab:
@@ -40,7 +52,17 @@ class FakeGitLab:
         # The next `rate_limited` requests answer 429, with Retry-After `retry_after`.
         self.rate_limited = 0
         self.retry_after = "60"
+        # (project, pipeline) -> its trigger jobs (GitLab lists them under /bridges).
+        self.bridges: dict[tuple[int, int], list[dict[str, object]]] = {}
+        # (project, pipeline) -> its stages in order (else in the order its jobs name them).
+        self.stages: dict[tuple[int, int], list[str]] = {}
+        self.paths: dict[int, str] = {}  # project -> path_with_namespace
+        self.graphql_errors: list[str] = []  # answered instead of data (an older GitLab)
+        self.graphql_queries: list[str] = []
         fake = self
+
+        def path_of(project: int) -> str:
+            return fake.paths.get(project, f"group/project-{project}")
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -60,9 +82,23 @@ class FakeGitLab:
                 pipeline = PIPELINE_JOBS_PATH.match(path)
                 if pipeline:
                     key = (int(pipeline[1]), int(pipeline[2]))
-                    if key not in fake.pipelines:
+                    if key not in fake.pipelines and key not in fake.bridges:
                         return self._reply(404, {"message": "404 Not found"})
-                    return self._page(fake.pipelines[key])
+                    listed = fake.pipelines if pipeline[3] == "jobs" else fake.bridges
+                    return self._page(
+                        [
+                            {k: v for k, v in job.items() if k not in GRAPHQL_ONLY}
+                            for job in listed.get(key, [])
+                        ]
+                    )
+                project_path = PROJECT_PATH.match(path)
+                if project_path:
+                    project = int(project_path[1])
+                    if not any(p == project for p, _ in fake.pipelines):
+                        return self._reply(404, {"message": "404 Project Not Found"})
+                    return self._reply(
+                        200, {"id": project, "path_with_namespace": path_of(project)}
+                    )
                 listing = JOBS_PATH.match(path)
                 if listing:
                     project = int(listing[1])
@@ -78,6 +114,39 @@ class FakeGitLab:
                 if key not in fake.jobs:
                     return self._reply(404, {"message": "404 Not found"})
                 self._reply(200, {"id": key[1], "status": fake.jobs[key], "name": "test"})
+
+            def do_POST(self) -> None:
+                fake.requests.append(f"POST {self.path}")
+                if fake.rate_limited > 0:
+                    fake.rate_limited -= 1
+                    return self._reply(
+                        429, {"message": "Retry later"}, {"Retry-After": fake.retry_after}
+                    )
+                if self.path != "/api/graphql":
+                    return self._reply(404, {"error": "404 Not Found"})
+                bearer = self.headers.get("Authorization", "")
+                if fake.token not in (
+                    bearer.removeprefix("Bearer "),
+                    self.headers.get("PRIVATE-TOKEN"),
+                ):
+                    return self._reply(401, {"errors": [{"message": "Invalid token"}]})
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                fake.graphql_queries.append(str(body.get("query")))
+                if fake.graphql_errors:
+                    return self._reply(
+                        200, {"errors": [{"message": m} for m in fake.graphql_errors]}
+                    )
+                self._reply(
+                    200,
+                    fake_gitlab_graphql.execute(
+                        str(body.get("query")),
+                        body.get("variables"),
+                        path_of,
+                        fake.pipelines,
+                        fake.bridges,
+                        fake.stages,
+                    ),
+                )
 
             def _page(self, items: list[dict[str, object]]) -> None:
                 """One page of a list, with GitLab's pagination headers."""

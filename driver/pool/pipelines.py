@@ -1,20 +1,23 @@
 """Ask GitLab which jobs of the pipelines this runner works on are still to come.
 
-When a job of pipeline P starts here, the jobs of P's next stage already exist
-at GitLab in status "created", waiting for this stage to end. The pool
-service (with `policy = "demand"` and `[gitlab]` configured) lists P's jobs
-once, announces to the Lookahead the next stage's jobs this runner could take
-(their tags all among those of the jobs it took, or none if it took an
-untagged one), and looks again every RECHECK seconds while any is announced,
-to withdraw those that will not come here: skipped after a failure, canceled,
-made manual, or taken by another runner. A job of the next stage arriving
-makes the pipeline's following stage the next one to announce.
+When a job of pipeline P starts here, the jobs P runs later already exist at
+GitLab, most in status "created", waiting for the jobs before them. The pool
+service (with `policy = "demand"` and `[gitlab]` configured) lists P's jobs,
+and announces to the Lookahead, with the tags they ask for, those this runner
+could take (their tags all among those of the jobs it took, or none if it took
+an untagged one) that GitLab will start without a person acting
+(driver.pool.plan: `needs:`, stages, `when:`, manual jobs, delays), each once
+every job it waits for has begun, or earlier where its start can be predicted.
+It looks again every RECHECK seconds while any is announced, withdraws those
+that will not come (skipped, canceled, waiting for a resource group), and
+those seen running elsewhere as taken by another runner manager (which the
+lookahead counts per tag set). A job of P arriving asks for a look at once.
 
-It also predicts when that stage starts: when the last of the jobs before it
-should end, each started (or starting now) and taking what its name's last
-successful runs in the project took (their median; GitLab's job list, read
-at most once per USUAL_KEPT seconds per project). Where a job's usual time is
-unknown there is no prediction, and the policy goes by the announcement alone.
+The predictions: a job should end its usual duration (the median of its name's
+last successful runs in the project, read at most once per USUAL_KEPT seconds)
+after it started; a job waiting starts at the latest predicted end of the jobs
+it waits for; a trigger job of `strategy: depend` ends when its child pipeline
+should, which is watched like any pipeline, its jobs announced the same way.
 
 Only ever a hint: an error or a refused token costs the lookahead, never a job.
 """
@@ -29,26 +32,21 @@ from typing import Protocol
 
 from driver.pool.gitlab_api import RateLimited
 from driver.pool.lookahead import Lookahead
+from driver.pool.plan import PipelineJob, Plan, latest
+
+__all__ = ["ListJobs", "PipelineJob", "PipelineWatch", "UsualDurations"]
 
 RECHECK = 30.0  # seconds between two looks at a pipeline with jobs announced
 USUAL_KEPT = 3600.0  # seconds a project's usual job durations are kept before read again
 # A pipeline none of whose jobs came here for this long is no longer watched, and what
 # it announced is withdrawn: GitLab down for hours must not keep machines for it.
 WATCHED_AT_MOST = 3 * 3600.0
-UNFINISHED = {"created", "pending", "waiting_for_resource", "preparing", "running"}
-WAITING = "created"  # GitLab's status of a job whose earlier stages have not ended
-STILL_COMING = {"created", "pending", "waiting_for_resource", "preparing", "scheduled"}
-
-
-@dataclass(frozen=True)
-class PipelineJob:
-    id: int
-    status: str
-    stage: str
-    tags: frozenset[str]
-    name: str = ""
-    started: float | None = None  # when it started running (clock seconds), if it did
-    allow_failure: bool = False
+# An announced job seen running this long without having come here went to another
+# runner manager (GitLab marks it running when a runner takes it; ours writes its
+# record within seconds, seen at the next tick).
+ELSEWHERE_AFTER = RECHECK
+COMING_NOW = {"pending", "preparing"}  # an announced job GitLab queued: it comes now
+RAN = {"running", "waiting_for_callback", "success", "failed", "canceled", "canceling"}
 
 
 class ListJobs(Protocol):
@@ -68,6 +66,11 @@ class Pipeline:
     announced: set[int] = field(default_factory=set)
     look_at: float = 0.0  # when to list its jobs next
     last_arrival: float = 0.0  # when a job of it last came here
+    # The tags of the jobs of it (or of its parent's) that came here: those the runner has.
+    tag_sets: set[frozenset[str]] = field(default_factory=set)
+    ends: float = math.nan  # when its last job should end (a child's: its bridge's end)
+    children: set[int] = field(default_factory=set)  # downstream pipelines seen
+    parent: int | None = None  # the pipeline whose trigger job made it
 
 
 class PipelineWatch:
@@ -111,36 +114,53 @@ class PipelineWatch:
                 if now - old.last_arrival > WATCHED_AT_MOST:
                     self.lookahead.withdraw(old.announced)
                     del self.pipelines[pipeline_id]
-            due = [(i, p.project_id) for i, p in self.pipelines.items() if now >= p.look_at]
-        for pipeline_id, project_id in due:
-            if now < self.quiet_until:
-                return  # what is due stays due, looked at once GitLab allows it
-            try:
-                jobs = self.list_jobs(project_id, pipeline_id)
-            except RateLimited as e:
-                self._rate_limited(now, e)
-                return
-            except Exception as e:  # a hint only: the next look may do better
-                if not self.failing:
-                    self.warn(f"cannot list the jobs of pipeline {pipeline_id}: {str(e)[:200]}")
-                self.failing = True
-                jobs = None
-            usual = self._usual(project_id, now) if jobs else {}
+        looked: set[int] = set()
+        for _ in range(2):  # and once more for the child pipelines the first round found
             with self.lock:
-                pipeline = self.pipelines.get(pipeline_id)
-                if pipeline is None:
-                    continue
-                # A job of it that came meanwhile asks for a look at once.
-                arrived_meanwhile = pipeline.look_at > now
-                if jobs is not None:
-                    self.failing = False
-                    self._update(pipeline, jobs, now, usual)
-                if arrived_meanwhile:
-                    continue
-                if pipeline.announced or jobs is None:
-                    pipeline.look_at = now + RECHECK
-                else:  # nothing more to watch until another of its jobs comes here
-                    del self.pipelines[pipeline_id]
+                due = [
+                    (i, p.project_id)
+                    for i, p in self.pipelines.items()
+                    if now >= p.look_at and i not in looked
+                ]
+            for pipeline_id, project_id in due:
+                if now < self.quiet_until:
+                    return  # what is due stays due, looked at once GitLab allows it
+                looked.add(pipeline_id)
+                if not self._look(pipeline_id, project_id, now):
+                    return
+
+    def _look(self, pipeline_id: int, project_id: int, now: float) -> bool:
+        """List a pipeline's jobs and update what is announced; False on a 429."""
+        try:
+            jobs = self.list_jobs(project_id, pipeline_id)
+        except RateLimited as e:
+            self._rate_limited(now, e)
+            return False
+        except Exception as e:  # a hint only: the next look may do better
+            if not self.failing:
+                self.warn(f"cannot list the jobs of pipeline {pipeline_id}: {str(e)[:200]}")
+            self.failing = True
+            jobs = None
+        usual = self._usual(project_id, now) if jobs else {}
+        with self.lock:
+            pipeline = self.pipelines.get(pipeline_id)
+            if pipeline is None:
+                return True
+            # A job of it that came meanwhile asks for a look at once.
+            arrived_meanwhile = pipeline.look_at > now
+            if jobs is not None:
+                self.failing = False
+                self._update(pipeline_id, pipeline, jobs, now, usual)
+            if arrived_meanwhile:
+                return True
+            parent = self.pipelines.get(pipeline.parent) if pipeline.parent else None
+            # A child a watched parent may wait for is watched until its jobs are done.
+            awaited = parent is not None and pipeline.ends != -math.inf
+            if pipeline.announced or jobs is None or awaited:
+                pipeline.look_at = now + RECHECK
+            else:  # nothing more to watch until another of its jobs comes here
+                del self.pipelines[pipeline_id]
+        return True
 
     def _rate_limited(self, now: float, limit: RateLimited) -> None:
         """GitLab said 429: nothing is asked before its Retry-After; nothing withdrawn."""
@@ -167,49 +187,74 @@ class PipelineWatch:
 
     def _update(
         self,
+        pipeline_id: int,
         pipeline: Pipeline,
         jobs: Iterable[PipelineJob],
         now: float,
         usual: dict[str, float],
     ) -> None:
         jobs = list(jobs)
-        ours = [job.tags for job in jobs if job.id in pipeline.ours]
+        pipeline.tag_sets.update(job.tags for job in jobs if job.id in pipeline.ours)
         # GitLab gives a runner the jobs whose tags it all has; this runner has at least
         # the tags of the jobs it took, and takes untagged jobs if it took one.
-        runner_tags = frozenset().union(*ours)
-        untagged = frozenset() in ours
+        runner_tags = frozenset[str]().union(*pipeline.tag_sets)
+        untagged = frozenset() in pipeline.tag_sets
 
         def could_be_ours(tags: frozenset[str]) -> bool:
             return tags <= runner_tags if tags else untagged
 
-        gone = {
-            job.id
-            for job in jobs
-            if job.id in pipeline.announced and job.status not in STILL_COMING
-        }
+        plan = Plan(jobs, usual, now, self._child_end)
+        pipeline.ends = latest(plan.end(job) for job in jobs)
+        coming: dict[int, tuple[float, frozenset[str]]] = {}
+        for job in jobs:
+            if job.id in pipeline.ours or not could_be_ours(job.tags):
+                continue  # (one of ours still "created": GitLab's list lags behind)
+            at = plan.announced_at(job)
+            if at is not None:
+                coming[job.id] = (at, job.tags)
+        listed = {job.id: job for job in jobs}
+        gone, elsewhere = set(), set()
+        for job_id in pipeline.announced - set(coming):
+            seen = listed.get(job_id)
+            if seen is None:
+                gone.add(job_id)  # retried: GitLab lists the new try under a new id
+            elif seen.status in COMING_NOW or (seen.status == "created" and plan.may_run(seen)):
+                continue  # still coming, its prediction kept
+            elif seen.status in RAN and seen.started is not None:
+                if now - seen.started >= ELSEWHERE_AFTER:
+                    elsewhere.add(job_id)
+            else:  # skipped, canceled, made manual, waiting for a resource group
+                gone.add(job_id)
         self.lookahead.withdraw(gone)
-        pipeline.announced -= gone
-        waiting = [
-            job
-            for job in jobs
-            if job.status == WAITING and could_be_ours(job.tags) and job.id not in pipeline.ours
-        ]  # (one of ours still "created": GitLab's list lagging behind, it came already)
-        if not waiting:
-            return
-        # GitLab numbers a pipeline's jobs stage by stage: the lowest waiting is next.
-        first = min(waiting, key=lambda job: job.id)
-        coming = [job.id for job in waiting if job.stage == first.stage]
-        before = [job for job in jobs if job.id < first.id and job.status in UNFINISHED]
-        if any(
-            job.id < first.id and job.status == "manual" and not job.allow_failure for job in jobs
-        ):
-            return  # the stage waits for someone to start a manual job: maybe never
-        self.lookahead.announce(coming, now, _predict(before, usual, now))
+        self.lookahead.withdraw(elsewhere, elsewhere=True)
+        pipeline.announced -= gone | elsewhere
+        for job_id, (at, tags) in coming.items():
+            self.lookahead.announce([job_id], now, at, tags)
         pipeline.announced.update(coming)
+        for job in jobs:  # child pipelines: watched like any, their jobs announced
+            if job.bridge and job.downstream is not None:
+                self._watch_child(pipeline_id, pipeline, job, now)
 
+    def _watch_child(
+        self, parent_id: int, parent: Pipeline, bridge: PipelineJob, now: float
+    ) -> None:
+        """Watch a bridge's downstream pipeline: once when it appears, and while a
+        `strategy: depend` bridge waits for it (its end is the bridge's end)."""
+        assert bridge.downstream is not None
+        project_id, child_id = bridge.downstream
+        if child_id in self.pipelines:
+            return
+        if child_id in parent.children and bridge.status not in ("running", "pending"):
+            return
+        parent.children.add(child_id)
+        self.pipelines[child_id] = Pipeline(
+            project_id,
+            look_at=now,
+            last_arrival=parent.last_arrival,
+            tag_sets=parent.tag_sets,  # the runner's tags, as far as the parent tells
+            parent=parent_id,
+        )
 
-def _predict(before: list[PipelineJob], usual: dict[str, float], now: float) -> float:
-    """When the jobs `before` should all have ended; NaN if that cannot be told."""
-    if not before or any(job.name not in usual for job in before):
-        return math.nan
-    return max((now if job.started is None else job.started) + usual[job.name] for job in before)
+    def _child_end(self, project_id: int, pipeline_id: int) -> float:
+        child = self.pipelines.get(pipeline_id)
+        return math.nan if child is None else child.ends

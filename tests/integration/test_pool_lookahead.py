@@ -62,7 +62,9 @@ def test_the_next_stage_of_a_pipeline_finds_machines_made_for_it(env: Env) -> No
                 assert result.outcome == "success", result.describe()
                 assert "from the warm pool" in result.job_log
             wait_for(lambda: env.pool_status()["service"]["jobs_announced"] == 0)
-            asked = [r for r in gitlab.requests if "/pipelines/" in r]
+            # Through GraphQL, which tells `when:` and `needs:` (the REST list does not).
+            pipeline = f"Ci::Pipeline/{build.pipeline_id}"
+            asked = [q for q in gitlab.graphql_queries if pipeline in q]
             assert asked, gitlab.requests
         finally:
             print(stop_pool(service))  # shown if the test fails

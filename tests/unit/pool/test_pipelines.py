@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,8 +30,9 @@ def job(
     tags: tuple[str, ...] = ("vm",),
     name: str = "",
     started: float | None = None,
+    **more: Any,
 ) -> PipelineJob:
-    return PipelineJob(id, status, stage, frozenset(tags), name or f"{stage}-{id}", started)
+    return PipelineJob(id, status, stage, frozenset(tags), name or f"{stage}-{id}", started, **more)
 
 
 class Pipelines:
@@ -91,11 +93,12 @@ def test_a_job_whose_tags_this_runner_has_is_announced_others_not() -> None:
 
 def test_jobs_that_will_not_come_are_withdrawn_and_the_following_stage_comes_next() -> None:
     pipelines, lookahead, gitlab, _ = watch()
+    # GitLab skips the on_success jobs after a canceled one; `when: always` ones run.
     gitlab.jobs[7] = [
         job(1, "running", "build"),
         job(2, "created", "test"),
         job(3, "created", "test"),
-        job(6, "created", "deploy"),
+        job(6, "created", "deploy", when="always"),
     ]
     pipelines.job_arrived(40, 7, 1, now=100.0, hit=True)
     pipelines.poll(100.0)
@@ -104,7 +107,7 @@ def test_jobs_that_will_not_come_are_withdrawn_and_the_following_stage_comes_nex
         job(1, "success", "build"),
         job(2, "running", "test"),
         job(3, "canceled", "test"),
-        job(6, "created", "deploy"),
+        job(6, "created", "deploy", when="always"),
     ]
     pipelines.job_arrived(40, 7, 2, now=700.0, hit=True)
     pipelines.poll(700.0)
@@ -272,12 +275,31 @@ def test_the_pipeline_jobs_are_read_from_gitlab(gitlab: FakeGitLab, tmp_path: Pa
         for i, seconds in enumerate([280.0, 300.0, 900.0])
     ]
     reader = GitLabJobs(GitLabSettings(url=gitlab.url, token_file=token))
+    assert sorted(reader.list_jobs(40, 7), key=lambda job: job.id) == [
+        PipelineJob(
+            1, "running", "build", frozenset({"vm"}), "compile", 1796119200.0, False, stage_index=0
+        ),
+        PipelineJob(2, "created", "test", frozenset(), "", None, True, stage_index=1),
+    ]
+    assert reader.usual_durations(40) == {"compile": 300.0}  # the median
+    # The project's path (GraphQL names projects by path), the jobs, the durations.
+    assert reader.calls.snapshot() == {"rest": 2, "graphql": 1}
+    gitlab.graphql_errors = ["GraphQL is down"]  # and by REST: the same jobs, and bridges
+    gitlab.bridges[(40, 7)] = [
+        {
+            "id": 3,
+            "status": "running",
+            "stage": "deploy",
+            "name": "child",
+            "downstream_pipeline": {"id": 8, "project_id": 41, "status": "running"},
+        }
+    ]
+    reader = GitLabJobs(GitLabSettings(url=gitlab.url, token_file=token))
     assert reader.list_jobs(40, 7) == [
         PipelineJob(1, "running", "build", frozenset({"vm"}), "compile", 1796119200.0, False),
         PipelineJob(2, "created", "test", frozenset(), "", None, True),
+        PipelineJob(3, "running", "deploy", frozenset(), "child", bridge=True, downstream=(41, 8)),
     ]
-    assert reader.usual_durations(40) == {"compile": 300.0}  # the median
-    assert reader.calls.snapshot() == {"rest": 2}
 
 
 def test_a_long_pipeline_is_read_100_jobs_a_page(gitlab: FakeGitLab, tmp_path: Path) -> None:
@@ -287,10 +309,16 @@ def test_a_long_pipeline_is_read_100_jobs_a_page(gitlab: FakeGitLab, tmp_path: P
         {"id": i, "status": "created", "stage": "test", "tag_list": []} for i in range(250)
     ]
     reader = GitLabJobs(GitLabSettings(url=gitlab.url, token=TOKEN))
+    # GraphQL: 100 jobs a request (GitLab's largest page for a connection).
+    assert sorted(job.id for job in reader.list_jobs(40, 7)) == list(range(250))
+    assert reader.calls.snapshot() == {"rest": 1, "graphql": 3}
+    assert all("first: 100" in query for query in gitlab.graphql_queries)
+    gitlab.graphql_errors = ["GraphQL is down"]
+    reader = GitLabJobs(GitLabSettings(url=gitlab.url, token=TOKEN))
+    gitlab.requests.clear()
     assert [job.id for job in reader.list_jobs(40, 7)] == list(range(250))
     asked = [r for r in gitlab.requests if "/pipelines/7/jobs" in r]
     assert len(asked) == 3 and all("per_page=100" in r for r in asked), asked
-    assert reader.calls.snapshot() == {"rest": 3}
 
 
 def test_a_429_is_never_slept_on_and_says_how_long_to_wait(
