@@ -210,3 +210,65 @@ def test_no_prediction_is_made_of_nothing() -> None:
     pipelines.poll(100.0)
     assert lookahead.expected[2].predicted == 100.0
     assert not math.isnan(lookahead.expected[2].predicted)
+
+
+def test_a_stage_after_a_depend_trigger_is_predicted_after_the_child_pipeline() -> None:
+    """A trigger job (a bridge) of `strategy: depend` runs until its child pipeline
+    ends; the stage after it waits for that. The child's jobs come like any others."""
+    usual = {"integration": 600.0, "report": 60.0}
+    pipelines, lookahead, gitlab, _ = watch(usual)
+    gitlab.jobs[7] = [
+        job(1, "success", "build", name="build"),
+        job(2, "running", "child", tags=(), name="trigger", bridge=True, downstream=(40, 8)),
+        job(3, "created", "deploy", name="deploy"),
+    ]
+    gitlab.jobs[8] = [
+        job(81, "running", "test", name="integration", started=1000.0),
+        job(82, "created", "after", name="report"),
+        job(83, "created", "after", tags=("windows",), name="report"),  # not for us
+    ]
+    pipelines.job_arrived(40, 7, 1, now=1010.0, hit=True)
+    pipelines.poll(1010.0)
+    assert lookahead.expected[82].predicted == 1600.0  # integration's end
+    pipelines.poll(1010.0 + RECHECK)
+    assert lookahead.expected[3].predicted == 1660.0  # the child's end: report's
+    # Report runs elsewhere: nothing of the child announced, still watched for job 3.
+    gitlab.jobs[8][1] = job(82, "running", "after", name="report", started=1000.0)
+    pipelines.poll(1010.0 + 2 * RECHECK)
+    pipelines.poll(1010.0 + 3 * RECHECK)
+    assert 82 not in lookahead.expected
+    assert lookahead.expected[3].predicted == 1660.0  # job 83, another runner's, to run
+
+
+def test_the_child_of_a_trigger_that_does_not_wait_is_watched_too() -> None:
+    """Without `strategy: depend` the bridge succeeds once the child is made."""
+    pipelines, lookahead, gitlab, _ = watch()
+    gitlab.jobs[7] = [
+        job(1, "running", "build"),
+        job(2, "success", "build", tags=(), name="trigger", bridge=True, downstream=(41, 9)),
+    ]
+    gitlab.jobs[9] = [job(91, "running", "test"), job(92, "created", "deploy")]
+    pipelines.job_arrived(40, 7, 1, now=100.0, hit=True)
+    pipelines.poll(100.0)
+    assert list(lookahead.expected) == [92]
+    assert gitlab.calls == 2
+
+
+def test_graphql_names_a_bridges_child(gitlab: FakeGitLab, tmp_path: Path) -> None:
+    """GraphQL lists bridges among `Pipeline.jobs` (kind BRIDGE), with the child as
+    `downstreamPipeline` (global ids: gid://gitlab/Ci::Pipeline/8)."""
+    gitlab.pipelines[(40, 7)] = [{"id": 1, "status": "success", "stage": "build", "name": "a"}]
+    gitlab.bridges[(40, 7)] = [
+        {
+            "id": 2,
+            "status": "running",
+            "stage": "child",
+            "name": "trigger",
+            "downstream_pipeline": {"id": 8, "project_id": 40, "status": "running"},
+        }
+    ]
+    gitlab.pipelines[(40, 8)] = [{"id": 81, "status": "running", "stage": "test", "name": "t"}]
+    reader = GitLabJobs(GitLabSettings(url=gitlab.url, token=TOKEN))
+    jobs = {j.id: j for j in reader.list_jobs(40, 7)}
+    assert (jobs[2].bridge, jobs[2].downstream, jobs[2].tags) == (True, (40, 8), frozenset())
+    assert (jobs[1].bridge, jobs[1].downstream) == (False, None)
