@@ -194,6 +194,17 @@ class GitLabSettings(Section):
     token: str = ""
     token_file: Path | None = None  # preferred: keeps the token out of this file
     timeout: Seconds = 10.0
+    # The pool's lookahead hears GitLab's pipeline and job events here ("HOST:PORT").
+    webhook_listen: str = ""
+    webhook_secret_file: Path | None = None  # the hook's secret token, mode 0600
+
+    @field_validator("webhook_listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        _, colon, port = listen.rpartition(":")
+        if listen and not (colon and port.isdigit() and int(port) < 65536):
+            raise ValueError(f'{listen!r} is not HOST:PORT (e.g. "0.0.0.0:8950")')
+        return listen
 
     @property
     def configured(self) -> bool:

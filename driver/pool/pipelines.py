@@ -108,6 +108,20 @@ class PipelineWatch:
             pipeline.look_at = now  # its next stage may be the one after this job's
             pipeline.last_arrival = now
 
+    def heard(self, pipeline_id: int, job_id: int | None, status: str, now: float) -> None:
+        """A webhook event of a pipeline (job_id None) or one of its jobs: a cancel
+        withdraws at once; anything else asks for a look at the next poll."""
+        with self.lock:
+            pipeline = self.pipelines.get(pipeline_id)
+            if pipeline is None:
+                return
+            if status in ("canceled", "canceling"):
+                canceled = pipeline.announced if job_id is None else {job_id}
+                canceled = canceled & pipeline.announced
+                self.lookahead.withdraw(canceled)
+                pipeline.announced -= canceled
+            pipeline.look_at = now  # (during a look: looked at again once it is done)
+
     def poll(self, now: float) -> None:
         with self.lock:
             for pipeline_id, old in list(self.pipelines.items()):

@@ -19,7 +19,7 @@ from driver.errors import DriverError
 from driver.image.config import pool_images
 from driver.image.containers import prestart_helper
 from driver.image.learn import recent_images
-from driver.pool import images, served
+from driver.pool import images, served, webhook
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.pool.gitlab_api import ApiCalls
 from driver.pool.gitlab_jobs import GitLabJobs
@@ -129,9 +129,12 @@ class PoolService:
         with contextlib.nullcontext() if holding_lock else self.only_instance():
             self.adopt()
             self.recall()
+            events = webhook.start(self.settings.gitlab, self.pipelines)  # optional
             while not stop.is_set():
                 self.tick(time.time())
                 stop.wait(self.settings.pool.check_interval)
+            if events is not None:
+                events.stop()
             self.shutdown()
 
     @contextlib.contextmanager

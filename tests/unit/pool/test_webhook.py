@@ -1,0 +1,125 @@
+"""GitLab's webhook events withdraw a canceled job at once (GitLab's docs, "Webhook
+events": `X-Gitlab-Event: Job Hook` with `build_id`, `build_status`, `pipeline_id`;
+`Pipeline Hook` with `object_attributes.id` and `.status`; the hook's secret token
+in `X-Gitlab-Token`)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from driver.errors import ConfigError
+from driver.pool.pipelines import RECHECK, PipelineWatch
+from driver.pool.webhook import WEBHOOK_SECRET_ENV, WebhookReceiver, read_secret, start
+from driver.settings import GitLabSettings
+from tests.unit.pool.test_pipelines import job, watch
+
+SECRET = "hook-secret"
+
+
+@pytest.fixture
+def watched() -> Iterator[tuple[PipelineWatch, WebhookReceiver, list[float]]]:
+    pipelines, lookahead, gitlab, _ = watch()
+    gitlab.jobs[7] = [job(1, "running", "build"), job(2, "created", "test")]
+    gitlab.jobs[7] += [job(3, "created", "test")]
+    pipelines.job_arrived(40, 7, 1, now=100.0, hit=True)
+    pipelines.poll(100.0)
+    assert sorted(lookahead.expected) == [2, 3]
+    times: list[float] = []
+    receiver = WebhookReceiver(
+        "127.0.0.1:0",
+        SECRET,
+        lambda pipeline, job_id, status: pipelines.heard(pipeline, job_id, status, 110.0),
+    )
+    try:
+        yield pipelines, receiver, times
+    finally:
+        receiver.stop()
+
+
+def send(receiver: WebhookReceiver, event: str, body: object, token: str = SECRET) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{receiver.port}/",
+        data=json.dumps(body).encode(),
+        headers={"X-Gitlab-Event": event, "X-Gitlab-Token": token},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_a_canceled_job_is_withdrawn_when_gitlab_says_so(
+    watched: tuple[PipelineWatch, WebhookReceiver, list[float]],
+) -> None:
+    pipelines, receiver, _ = watched
+    job_event = {"build_id": 2, "build_status": "canceled", "pipeline_id": 7}
+    assert send(receiver, "Job Hook", job_event) == 200
+    assert sorted(pipelines.lookahead.expected) == [3]  # at once, no look at GitLab
+
+
+def test_a_canceled_pipeline_withdraws_all_it_announced(
+    watched: tuple[PipelineWatch, WebhookReceiver, list[float]],
+) -> None:
+    pipelines, receiver, _ = watched
+    event = {"object_kind": "pipeline", "object_attributes": {"id": 7, "status": "canceled"}}
+    assert send(receiver, "Pipeline Hook", event) == 200
+    assert pipelines.lookahead.expected == {}
+
+
+def test_any_other_event_asks_for_a_look_at_the_next_tick(
+    watched: tuple[PipelineWatch, WebhookReceiver, list[float]],
+) -> None:
+    pipelines, receiver, _ = watched
+    assert pipelines.pipelines[7].look_at == 100.0 + RECHECK
+    job_event = {"build_id": 1, "build_status": "success", "pipeline_id": 7}
+    assert send(receiver, "Job Hook", job_event) == 200
+    assert pipelines.pipelines[7].look_at == 110.0
+
+
+def test_without_the_secret_token_nothing_changes(
+    watched: tuple[PipelineWatch, WebhookReceiver, list[float]],
+) -> None:
+    pipelines, receiver, _ = watched
+    job_event = {"build_id": 2, "build_status": "canceled", "pipeline_id": 7}
+    assert send(receiver, "Job Hook", job_event, token="guess") == 401
+    assert send(receiver, "Job Hook", job_event, token="") == 401
+    assert sorted(pipelines.lookahead.expected) == [2, 3]
+
+
+def test_the_secret_comes_from_a_private_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match="accessible to other users"):
+        read_secret(secret)
+    secret.chmod(0o600)
+    assert read_secret(secret) == SECRET
+    monkeypatch.delenv(WEBHOOK_SECRET_ENV, raising=False)
+    with pytest.raises(ConfigError, match="no secret token"):
+        read_secret(None)
+    monkeypatch.setenv(WEBHOOK_SECRET_ENV, "from-env")
+    assert read_secret(None) == "from-env"
+    # Off unless webhook_listen is set.
+    pipelines, *_ = watch()
+    assert start(GitLabSettings(url="https://gitlab.example.com"), pipelines) is None
+    receiver = start(
+        GitLabSettings(url="https://gitlab.example.com", webhook_listen="127.0.0.1:0"), pipelines
+    )
+    assert receiver is not None
+    receiver.stop()
+
+
+def test_webhook_listen_is_host_and_port() -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        GitLabSettings(webhook_listen="8950")
+    assert GitLabSettings(webhook_listen=":8950").webhook_listen == ":8950"
