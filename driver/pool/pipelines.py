@@ -37,6 +37,8 @@ from driver.pool.plan import PipelineJob, Plan, latest
 __all__ = ["ListJobs", "PipelineJob", "PipelineWatch", "UsualDurations"]
 
 RECHECK = 30.0  # seconds between two looks at a pipeline with jobs announced
+# With GitLab's webhook events, which ask for a look at each change: a safety net only.
+HEARD_RECHECK = 300.0
 USUAL_KEPT = 3600.0  # seconds a project's usual job durations are kept before read again
 # A pipeline none of whose jobs came here for this long is no longer watched, and what
 # it announced is withdrawn: GitLab down for hours must not keep machines for it.
@@ -91,6 +93,7 @@ class PipelineWatch:
         self.usual: dict[int, tuple[float, dict[str, float]]] = {}  # project: (read at, usual)
         self.failing = False  # warn once per run of errors, not every tick
         self.quiet_until = -math.inf  # GitLab's rate limit said: ask nothing before then
+        self.recheck = RECHECK  # HEARD_RECHECK once webhook events come (driver.pool.webhook)
         # The pool's loop tells of arrivals while `poll` may be waiting on GitLab in
         # another thread: GitLab is asked outside this lock, never holding the loop.
         self.lock = threading.Lock()
@@ -171,7 +174,7 @@ class PipelineWatch:
             # A child a watched parent may wait for is watched until its jobs are done.
             awaited = parent is not None and pipeline.ends != -math.inf
             if pipeline.announced or jobs is None or awaited:
-                pipeline.look_at = now + RECHECK
+                pipeline.look_at = now + self.recheck
             else:  # nothing more to watch until another of its jobs comes here
                 del self.pipelines[pipeline_id]
         return True

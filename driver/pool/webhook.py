@@ -5,7 +5,7 @@ a group (or instance) webhook at the runner host makes that seconds: a job event
 "canceled" withdraws the job at once, a pipeline event "canceled" all of that
 pipeline's announced jobs, and any other event of a watched pipeline makes the
 service look at it at its next tick (one look per pipeline per tick, however
-many events came).
+many events came). The looks every 30 s become a safety net every 300 s.
 
 GitLab sends the hook's secret token in `X-Gitlab-Token`; it is compared in
 constant time with the one in `[gitlab] webhook_secret_file` (mode 0600) or
@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from driver.errors import ConfigError
-from driver.pool.pipelines import PipelineWatch
+from driver.pool.pipelines import HEARD_RECHECK, PipelineWatch
 from driver.settings import GitLabSettings
 
 WEBHOOK_SECRET_ENV = "GITLAB_MACHINE_DRIVER_WEBHOOK_SECRET"  # noqa: S105 (a name)
@@ -139,6 +139,7 @@ def start(settings: GitLabSettings, watch: PipelineWatch | None) -> WebhookRecei
     if not settings.webhook_listen or watch is None:
         return None
     secret = read_secret(settings.webhook_secret_file)
+    watch.recheck = HEARD_RECHECK  # events ask for the looks; the timer is a safety net
     return WebhookReceiver(
         settings.webhook_listen,
         secret,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from driver.errors import ConfigError
-from driver.pool.pipelines import RECHECK, PipelineWatch
+from driver.pool.pipelines import HEARD_RECHECK, RECHECK, PipelineWatch
 from driver.pool.webhook import WEBHOOK_SECRET_ENV, WebhookReceiver, read_secret, start
 from driver.settings import GitLabSettings
 from tests.unit.pool.test_pipelines import job, watch
@@ -117,6 +117,7 @@ def test_the_secret_comes_from_a_private_file_or_the_environment(
     )
     assert receiver is not None
     receiver.stop()
+    assert pipelines.recheck == HEARD_RECHECK  # events ask for looks: the timer a safety net
 
 
 def test_webhook_listen_is_host_and_port() -> None:
