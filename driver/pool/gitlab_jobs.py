@@ -161,9 +161,9 @@ class GitLabJobs:
             if pipeline is None:
                 raise LookupError(f"GraphQL does not know pipeline {pipeline_id} of {path}")
             if after is None:
-                stages = [str(stage["name"]) for stage in pipeline["stages"]["nodes"]]
+                stages = [str(stage["name"]) for stage in _nodes(pipeline.get("stages"))]
                 for kind in WHEN:
-                    when |= {gid(job["id"]): kind for job in pipeline[kind]["nodes"]}
+                    when |= {gid(job["id"]): kind for job in _nodes(pipeline.get(kind))}
             nodes += pipeline["jobs"]["nodes"]
             page = pipeline["jobs"]["pageInfo"]
             if not page["hasNextPage"]:
@@ -233,7 +233,7 @@ def _graphql_job(job: dict[str, Any], when: dict[int, str], stages: list[str]) -
         timestamp(job.get("startedAt")),
         bool(job.get("allowFailure")),
         when=when.get(job_id, "on_success"),
-        needs=tuple(str(n["name"]) for n in job["needs"]["nodes"]) if dag else None,
+        needs=tuple(str(n["name"]) for n in _nodes(job.get("needs"))) if dag else None,
         scheduled_at=timestamp(job.get("scheduledAt")),
         stage_index=stages.index(stage) if stage in stages else -1,
         bridge=job.get("kind") == "BRIDGE",
@@ -241,6 +241,13 @@ def _graphql_job(job: dict[str, Any], when: dict[int, str], stages: list[str]) -
         if downstream
         else None,
     )
+
+
+def _nodes(connection: object) -> list[dict[str, Any]]:
+    """A GraphQL connection's nodes; none where GitLab gave null (not allowed to see)."""
+    if not isinstance(connection, dict):
+        return []
+    return [node for node in connection.get("nodes") or () if isinstance(node, dict)]
 
 
 def gid(value: object) -> int:
