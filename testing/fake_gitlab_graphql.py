@@ -130,7 +130,9 @@ def execute(
                 found = [] if retried else found
             if whenExecuted:
                 found = [p for p in found if p[0].get("when", "on_success") in whenExecuted]
-            return _page([ci_job(job, bridge) for job, bridge in found], first, after)
+            page = _page(found, first, after)  # only the page's jobs made into CiJobs
+            page["nodes"] = [ci_job(job, bridge) for job, bridge in page["nodes"]]
+            return page
 
         return {
             "id": f"gid://gitlab/Ci::Pipeline/{pipeline_id}",

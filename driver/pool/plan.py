@@ -84,6 +84,7 @@ class Plan:
         self._ends: dict[int, float] = {}
         self._held: dict[int, bool] = {}
         self._waits: dict[int, list[PipelineJob]] = {}
+        self._upstream: dict[int, str] = {}
 
     def waits_for(self, job: PipelineJob) -> list[PipelineJob]:
         """The jobs GitLab waits for before it starts `job`."""
@@ -98,13 +99,16 @@ class Plan:
 
     def upstream(self, job: PipelineJob) -> str:
         """What the jobs `job` waits for came to so far: failed, canceled or success."""
-        outcome = "success"
-        for other in self.waits_for(job):
-            if other.status == "failed" and not other.allow_failure:
-                return "failed"
-            if other.status in ("canceled", "canceling"):
-                outcome = "canceled"
-        return outcome
+        if job.id not in self._upstream:
+            outcome = "success"
+            for other in self.waits_for(job):
+                if other.status == "failed" and not other.allow_failure:
+                    outcome = "failed"
+                    break
+                if other.status in ("canceled", "canceling"):
+                    outcome = "canceled"
+            self._upstream[job.id] = outcome
+        return self._upstream[job.id]
 
     def blocking(self, job: PipelineJob) -> bool:
         """A manual job that may not fail, not started: what follows waits for a person."""
