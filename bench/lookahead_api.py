@@ -55,14 +55,14 @@ class Job:
 
 def lay_out(pipeline: int, begin: float, fan_out: int) -> list[Job]:
     """One pipeline's jobs, each starting when the stage before it ends."""
-    base = pipeline * 100
+    base = pipeline * 10_000  # ids of its own, whatever --fan-out
     stages = [
         [Job(base + 1, "build", "build", 300.0)],
         [
             Job(base + 2 + n, "test", f"test {n}", 300.0 + 300.0 * n / fan_out)
             for n in range(fan_out)
         ],
-        [Job(base + 99, "deploy", "deploy", 120.0)],
+        [Job(base + 9_999, "deploy", "deploy", 120.0)],
     ]
     at = begin
     for stage in stages:
@@ -151,7 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipelines", type=int, default=150)
     parser.add_argument("--concurrent", type=int, default=50)
-    parser.add_argument("--fan-out", type=int, default=4, help="jobs in the test stage")
+    parser.add_argument("--fan-out", type=int, default=4, help="jobs in the test stage (<9997)")
     parser.add_argument("--modes", default="graphql,rest,webhook")
     args = parser.parse_args()
     print(
