@@ -169,7 +169,7 @@ def status(settings: Settings, *, as_json: bool) -> int:
     print(f"target idle now: {target}")
     if service.get("jobs_announced"):
         print(
-            "jobs announced by GitLab (the next stage of pipelines here): "
+            "jobs announced by GitLab (still to come in pipelines here): "
             f"{service['jobs_announced']}"
         )
     calls = service.get("gitlab_api_calls")

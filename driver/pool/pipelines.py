@@ -76,7 +76,8 @@ class Pipeline:
 
 
 class PipelineWatch:
-    """Announces to `lookahead` the next stage of each pipeline a job of ours is in."""
+    """Announces to `lookahead` the jobs still to come of each pipeline a job of ours is
+    in, and of their child pipelines."""
 
     def __init__(
         self,

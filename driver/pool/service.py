@@ -510,7 +510,7 @@ class PoolService:
                 "updated": time.time(),
                 "idle_wanted": wanted,
                 "in_use": in_use,
-                "jobs_announced": len(self.lookahead.expected),  # a pipeline's next stage
+                "jobs_announced": len(self.lookahead.expected),  # jobs GitLab will run next
                 "gitlab_api_calls": self.api_calls.snapshot(),  # by API (rest, graphql)
                 "creating": sorted(self.creating),
                 "removing": sorted(self.removing),
