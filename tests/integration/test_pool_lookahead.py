@@ -66,6 +66,9 @@ def test_the_next_stage_of_a_pipeline_finds_machines_made_for_it(env: Env) -> No
             pipeline = f"Ci::Pipeline/{build.pipeline_id}"
             asked = [q for q in gitlab.graphql_queries if pipeline in q]
             assert asked, gitlab.requests
+            # `pool status` counts the requests (and they are all GitLab saw).
+            calls = env.pool_status()["service"]["gitlab_api_calls"]
+            assert 1 <= calls["graphql"] <= len(gitlab.graphql_queries)  # (a look may be on)
         finally:
             print(stop_pool(service))  # shown if the test fails
     env.assert_nothing_left()
