@@ -13,6 +13,8 @@ the reader makes (the clients' response hooks), in three modes:
 
   graphql   the default: one GraphQL request per look (100 jobs a page)
   rest      GitLab refuses the GraphQL query: the REST list and /bridges
+  rest20    the same, 20 jobs a page (GitLab's default, which the lookahead
+            asked before it asked for 100)
   webhook   graphql, with a webhook event for every job status change (each
             asks for a look at the next tick; the timed looks every 300 s)
 
@@ -31,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from driver.pool.gitlab_api import PER_PAGE  # noqa: E402
 from driver.pool.gitlab_jobs import GitLabJobs  # noqa: E402
 from driver.pool.lookahead import Lookahead  # noqa: E402
 from driver.pool.pipelines import HEARD_RECHECK, PipelineWatch  # noqa: E402
@@ -93,9 +96,10 @@ def run(mode: str, pipelines: int, concurrent: int, fan_out: int) -> dict[str, f
             {"id": job.id, "name": job.name, "status": "success", "duration": job.duration}
             for job in laid[1]
         ]
-        if mode == "rest":
+        if mode in ("rest", "rest20"):
             gitlab.graphql_errors = ["Field 'jobs' doesn't accept argument 'whenExecuted'"]
-        reader = GitLabJobs(GitLabSettings(url=gitlab.url, token=TOKEN))
+        per_page = 20 if mode == "rest20" else PER_PAGE
+        reader = GitLabJobs(GitLabSettings(url=gitlab.url, token=TOKEN), per_page=per_page)
         lookahead = Lookahead()
         watch = PipelineWatch(lookahead, reader.list_jobs, lambda m: None, reader.usual_durations)
         if mode == "webhook":

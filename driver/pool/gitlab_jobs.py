@@ -73,7 +73,9 @@ ONCE: dict[str, Any] = {"obey_rate_limit": False, "max_retries": 0}
 class GitLabJobs:
     """A pipeline's jobs and a project's usual durations, every request counted."""
 
-    def __init__(self, settings: GitLabSettings, calls: ApiCalls | None = None) -> None:
+    def __init__(
+        self, settings: GitLabSettings, calls: ApiCalls | None = None, per_page: int = PER_PAGE
+    ) -> None:
         import gitlab
         import requests
 
@@ -89,11 +91,11 @@ class GitLabJobs:
             settings.url,
             private_token=token,
             timeout=settings.timeout,
-            per_page=PER_PAGE,
+            per_page=per_page,
             retry_transient_errors=False,  # a hint: never hold the lookahead for retries
             session=session,
         )
-        self.settings, self.token = settings, token
+        self.settings, self.token, self.per_page = settings, token, per_page
         self.graphql: gitlab.GraphQL | None = None  # made at its first use
         self.graphql_failed = -math.inf  # when GraphQL last failed (time.monotonic)
         self.graphql_error = ""
@@ -175,10 +177,10 @@ class GitLabJobs:
         project = self.rest.projects.get(project_id, lazy=True)
         pipeline = project.pipelines.get(pipeline_id, lazy=True)
         found: list[gitlab.base.RESTObject] = pipeline.jobs.list(
-            get_all=True, per_page=PER_PAGE, include_retried=False, **ONCE
+            get_all=True, per_page=self.per_page, include_retried=False, **ONCE
         )
         bridges: list[gitlab.base.RESTObject] = pipeline.bridges.list(
-            get_all=True, per_page=PER_PAGE, **ONCE
+            get_all=True, per_page=self.per_page, **ONCE
         )
         return [_rest_job(job.attributes) for job in found] + [
             _rest_job(bridge.attributes, bridge=True) for bridge in bridges
