@@ -19,7 +19,7 @@ test: setup
 
 # The lane that needs no root, no namespaces and no Docker: seconds, with branch coverage.
 test-fast: setup
-	$(PY) -m pytest -n 2 -m "not slow" --cov --cov-report=term
+	HYPOTHESIS_PROFILE=quick $(PY) -m pytest -n 2 -m "not slow" --cov --cov-report=term
 
 lint: setup
 	$(PY) -m ruff check driver testing tests bench
