@@ -35,3 +35,11 @@ def number(value: object) -> float:
     if isinstance(value, int | float | str):
         return float(value)
     raise TypeError(f"not a number: {value!r}")
+
+
+def array(value: object) -> list[object]:
+    """An array's items; anything else raises TypeError (for a reader that must refuse
+    malformed input rather than read it as empty)."""
+    if not isinstance(value, list):
+        raise TypeError(f"not an array: {type(value).__name__}")
+    return list(value)
