@@ -17,7 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from driver.contract import JOB_DIR_ENV, clean_env, read_job
-from driver.errors import BuildFailure, Cancelled, DriverError, JobError
+from driver.errors import BuildFailure, Cancelled, CommandTimedOut, DriverError, JobError
 from driver.image.stage import wrapper_args
 from driver.state import JobDir, JobPhase, JobRecord, Lock, LockTimeout
 
@@ -375,7 +375,6 @@ def _stop(pid: int, stdin_write: int, grace: float) -> None:
 def _probe(ssh: list[str], token: str) -> tuple[bool, str]:
     """Did the script itself exit 255? If the VM cannot say, also why (ssh's error)."""
     from driver import process  # only after a failure: the success path stays lean
-    from driver.errors import CommandTimedOut
 
     try:
         probe = process.run(
