@@ -4,7 +4,9 @@ Prepare (its readiness check; image mode's containers), the pool (its readiness
 check, its pre-pulls, its pre-started helper) all reach the engine through
 ``connect`` here, at one fixed API version. The docker SDK is imported only when
 a client is made (``warm_up`` starts that import early, in the background): the
-`run` stage never pays for it.
+`run` stage never pays for it. The SDK is untyped: ``connect`` hands out a
+``ContainerAPI``, the Protocol of what the package asks of ``docker.APIClient``
+(with TypedDicts for the inspect records it reads); its users take the smaller ones.
 """
 
 from __future__ import annotations

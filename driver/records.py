@@ -4,8 +4,9 @@ phases their machines go through and how a record proves its runner gone.
 
 Plain classes stored as JSON, not dataclasses or pydantic: `run` reads a job's
 record once per stage, and its start-up is counted. Records of earlier versions
-load (unknown keys are ignored, missing ones defaulted). Re-exported by
-driver.state, which reads and writes them.
+load (unknown keys are ignored, missing ones defaulted); a field of the wrong type
+makes the record corrupt (TypeError). Re-exported by driver.state, which reads and
+writes them.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ accepts works; the keeper prints its PID and waits for stages on a FIFO in its
 channel dir, a VM dir bound into the container (driver/image/stage.py). Each
 stage's pipes are FIFOs there too (made by the VM-side wrapper in
 driver/stages/run.py): no ``docker exec`` per stage, which would cost more than the
-rest of the stage. A cancel goes to the keeper, which ends the stage's process group.
+rest of the stage. A cancel goes to the keeper, which ends the stage's process group
+(a ``docker exec`` signals the container's processes only if it does not answer).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 This runs once per stage, so it stays lean: no pydantic, no structlog, no
 docker SDK on the success path. The script travels on ssh's stdin (it holds
 the job's secrets, so never on argv); ssh's stdout and stderr are ours, so
-output reaches the job log as it comes, with nothing buffering it.
+output reaches the job log as it comes, with nothing buffering it. In image mode
+the VM-side wrapper hands the stage to its container's keeper over FIFOs (see
+WRAPPER): no ``docker exec`` per stage.
 """
 
 from __future__ import annotations
