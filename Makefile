@@ -28,5 +28,5 @@ lint: setup
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 bench: setup
-	PATH="$(CURDIR)/testing/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/stages.py
-	PATH="$(CURDIR)/testing/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/image.py
+	PATH="$(CURDIR)/testing/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) -m bench.stages
+	PATH="$(CURDIR)/testing/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) -m bench.image

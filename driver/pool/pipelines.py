@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from driver.pool.lookahead import Lookahead
 from driver.settings import GitLabSettings
@@ -216,7 +216,7 @@ def gitlab_list_jobs(settings: GitLabSettings) -> ListJobs:
     def list_jobs(project_id: int, pipeline_id: int) -> list[PipelineJob]:
         project = client.projects.get(project_id, lazy=True)
         pipeline = project.pipelines.get(pipeline_id, lazy=True)
-        found: list[Any] = pipeline.jobs.list(get_all=True, include_retried=False)
+        found = pipeline.jobs.list(get_all=True, include_retried=False)
         return [
             PipelineJob(
                 int(job.id),
@@ -246,7 +246,7 @@ def gitlab_usual_durations(settings: GitLabSettings) -> UsualDurations:
 
     def usual_durations(project_id: int) -> dict[str, float]:
         project = client.projects.get(project_id, lazy=True)
-        found: list[Any] = project.jobs.list(scope="success", per_page=100, get_all=False)
+        found = project.jobs.list(scope="success", per_page=100, get_all=False)
         by_name: dict[str, list[float]] = {}
         for job in found:
             duration = getattr(job, "duration", None)
