@@ -19,7 +19,7 @@ test: setup
 
 # The lane that needs no root, no namespaces and no Docker: seconds, with branch coverage.
 test-fast: setup
-	$(PY) -m pytest -n 2 -m "not slow" --cov --cov-report=term
+	HYPOTHESIS_PROFILE=quick $(PY) -m pytest -n 2 -m "not slow" --cov --cov-report=term
 
 lint: setup
 	$(PY) -m ruff check driver testing tests bench
@@ -28,5 +28,5 @@ lint: setup
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 bench: setup
-	PATH="$(CURDIR)/testing/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/stages.py
-	PATH="$(CURDIR)/testing/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) bench/image.py
+	PATH="$(CURDIR)/testing/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) -m bench.stages
+	PATH="$(CURDIR)/testing/bin:$(CURDIR)/.venv/bin:$$PATH" $(PY) -m bench.image

@@ -1,6 +1,6 @@
 """What docker-in-docker costs a job, beside the same job on the VM's own engine.
 
-    PATH=testing/bin:$PATH .venv/bin/python bench/dind.py [--repeat N]
+    PATH=testing/bin:$PATH .venv/bin/python -m bench.dind [--repeat N]
 
 One job, two ways, interleaved, medians of --repeat runs each, side by side:
   - dind: `image: docker:cli`, `services: [docker:dind]`, DOCKER_TLS_CERTDIR=/certs and
@@ -24,15 +24,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from testing import images  # noqa: E402
-from testing.runner import Job, JobResult, Service, Variable  # noqa: E402
-from testing.world import destroy_world, new_world, stop_pool  # noqa: E402
-from tests.integration.test_image_dind import DIND_SERVICE_SETTINGS  # noqa: E402
+from testing import images
+from testing.runner import Job, JobResult, Service, Variable
+from testing.world import destroy_world, new_world, stop_pool
+from tests.integration.test_image_dind import DIND_SERVICE_SETTINGS
 
 PAGE = "hello from the benchmark image"
 GATEWAY = "$(ip route | awk '/^default/ {print $3}')"

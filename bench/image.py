@@ -1,6 +1,6 @@
 """Image mode's costs beside shell mode's, on the local default (the docker-machine double).
 
-    make bench            # or: PATH=testing/bin:$PATH .venv/bin/python bench/image.py
+    make bench            # or: PATH=testing/bin:$PATH .venv/bin/python -m bench.image
 
 In one run, side by side, medians of --repeat interleaved runs:
   - `run` of an empty stage in a shell-mode job and in an image-mode job (busybox image):
@@ -22,12 +22,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from testing import images  # noqa: E402
-from testing.runner import Job  # noqa: E402
-from testing.world import Env, destroy_world, new_world, stop_pool  # noqa: E402
+from testing import images
+from testing.runner import Job
+from testing.world import Env, destroy_world, new_world, stop_pool
 
 DRIVER = [str(Path(sys.executable).parent / "gitlab-machine-driver")]
 MARK = "first-line-of-the-user-script"

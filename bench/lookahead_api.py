@@ -24,21 +24,16 @@ Per minute is counted over the steady part, when --concurrent pipelines run.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from driver.pool.gitlab_api import PER_PAGE  # noqa: E402
-from driver.pool.gitlab_jobs import GitLabJobs  # noqa: E402
-from driver.pool.lookahead import Lookahead  # noqa: E402
-from driver.pool.pipelines import HEARD_RECHECK, PipelineWatch  # noqa: E402
-from driver.settings import GitLabSettings  # noqa: E402
-from testing.fake_gitlab import FakeGitLab  # noqa: E402
+from driver.pool.gitlab_api import PER_PAGE
+from driver.pool.gitlab_jobs import GitLabJobs
+from driver.pool.lookahead import Lookahead
+from driver.pool.pipelines import HEARD_RECHECK, PipelineWatch
+from driver.settings import GitLabSettings
+from testing.fake_gitlab import FakeGitLab
 
 TOKEN = "glpat-bench"
 PROJECT = 40

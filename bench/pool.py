@@ -1,6 +1,6 @@
 """Warm pool: prepare time and cost with and without ready machines, on a slow cloud.
 
-    PATH=$PWD/testing/bin:$PATH .venv/bin/python bench/pool.py
+    PATH=$PWD/testing/bin:$PATH .venv/bin/python -m bench.pool
 
 Every `docker-machine create` of the double sleeps --create-delay seconds
 first (a slow cloud). Each scenario runs in its own world (testing/world.py),
@@ -48,14 +48,10 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from testing.runner import Job, JobResult  # noqa: E402
-from testing.world import Env, destroy_world, driver_argv, new_world  # noqa: E402
+from testing.runner import Job, JobResult
+from testing.world import Env, destroy_world, driver_argv, new_world
 
 HIT = "from the warm pool"
 MISS = "No ready machine in the warm pool"

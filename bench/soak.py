@@ -2,7 +2,7 @@
 
 Every job gets its own VM, on one runner host.
 
-    PATH=$PWD/testing/bin:$PATH .venv/bin/python bench/soak.py --jobs 48 --concurrency 16
+    PATH=$PWD/testing/bin:$PATH .venv/bin/python -m bench.soak --jobs 48 --concurrency 16
 
 One world (testing/world.py) is shared by every job, as one runner host shares
 its docker-machine storage and the driver's state dir. A thread pool of
@@ -61,13 +61,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from soak_faults import Faults  # noqa: E402
-from soak_leaks import Leaks, find_leaks  # noqa: E402
-from soak_measure import WRAPPER, measured_runner, read_usage, usage_table  # noqa: E402
-from soak_reclaim import (  # noqa: E402
+from bench.soak_faults import Faults
+from bench.soak_leaks import Leaks, find_leaks
+from bench.soak_measure import WRAPPER, measured_runner, read_usage, usage_table
+from bench.soak_reclaim import (
     RUNNER_GONE,
     VERDICT,
     DeadRunner,
@@ -81,12 +78,11 @@ from soak_reclaim import (  # noqa: E402
     reclaimed,
     run_dead_runner,
 )
-
-from driver.errors import DriverError  # noqa: E402
-from driver.state import StateDir  # noqa: E402
-from testing import docker_machine as double  # noqa: E402
-from testing.runner import CancelPlan, Job, JobResult, RunnerEmulator  # noqa: E402
-from testing.world import BUILD_FAILURE, SYSTEM_FAILURE, Env, destroy_world, new_world  # noqa: E402
+from driver.errors import DriverError
+from driver.state import StateDir
+from testing import docker_machine as double
+from testing.runner import CancelPlan, Job, JobResult, RunnerEmulator
+from testing.world import BUILD_FAILURE, SYSTEM_FAILURE, Env, destroy_world, new_world
 
 KINDS = ("success", "failed", "cancelled", "lost_vm", "runner_dies")
 EXPECTED = {

@@ -31,8 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from soak_reclaim import WarmPool
-
+from bench.soak_reclaim import WarmPool
 from driver.state import StateDir
 from testing import docker_machine as double
 from testing.world import Env, merge, write_config

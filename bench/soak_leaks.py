@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from driver.state import StateDir  # noqa: E402
-from testing import docker_machine as double  # noqa: E402
-from testing.world import Env  # noqa: E402
+from driver.state import StateDir
+from testing import docker_machine as double
+from testing.world import Env
 
 SETTLE_SECONDS = 15.0  # for VM and driver processes to go after the last job
 

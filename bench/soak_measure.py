@@ -39,12 +39,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from testing.runner import RunnerEmulator  # noqa: E402
-from testing.world import Env  # noqa: E402
+from testing.runner import RunnerEmulator
+from testing.world import Env
 
 EXECUTABLES = ("config", "prepare", "run", "cleanup")
 

@@ -39,11 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from testing.world import Env, driver_argv  # noqa: E402
+from testing.world import Env, driver_argv
 
 REMOVING = re.compile(r"\] (?P<machine>\S+): removing \((?P<reason>.*)\)$")
 # The sweeper also removes job state dirs whose machine is gone: a live job's would be harm.
@@ -362,8 +358,7 @@ class WarmPool:
 
 RUNNER = r"""
 import json, os, sys, time
-root, base, job_id, report = sys.argv[1:5]
-sys.path.insert(0, root)
+base, job_id, report = sys.argv[1:4]  # testing: on PYTHONPATH (Env.process_env)
 from pathlib import Path
 from testing.runner import Job
 from testing.world import Env
@@ -437,7 +432,7 @@ def run_dead_runner(world: Env, job_id: int) -> DeadRunner:
     report = world.base / f"dead-runner-{job_id}.json"
     pid_file = Path(f"{report}.pid")
     dead.began = time.monotonic()
-    runner = [sys.executable, "-c", RUNNER, str(ROOT), str(world.base), str(job_id), str(report)]
+    runner = [sys.executable, "-c", RUNNER, str(world.base), str(job_id), str(report)]
     # `setsid -f`: orphaned at once, its parent is init, as a service's is.
     subprocess.run(
         ["setsid", "-f", *runner],

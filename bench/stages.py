@@ -1,6 +1,6 @@
 """Per-stage cost of the driver against the ways a stage could otherwise be run.
 
-    make bench            # or: PATH=testing/bin:$PATH .venv/bin/python bench/stages.py
+    make bench            # or: PATH=testing/bin:$PATH .venv/bin/python -m bench.stages
 
 On the local default (the docker-machine double: real sshd, own netns), in one
 run, side by side, medians of --repeat runs:
@@ -24,11 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from testing.runner import Job  # noqa: E402
-from testing.world import destroy_world, new_world  # noqa: E402
+from testing.runner import Job
+from testing.world import destroy_world, new_world
 
 DRIVER = [str(Path(sys.executable).parent / "gitlab-machine-driver")]
 

@@ -1,6 +1,6 @@
 """How long one sweep takes when GitLab does not answer (issue 16, point 14).
 
-    .venv/bin/python bench/sweep_gitlab.py --machines 50
+    PATH=$PWD/testing/bin:$PATH .venv/bin/python -m bench.sweep_gitlab --machines 50
 
 A state dir with --machines ready job machines whose runners live (this
 process's own chain: so only GitLab's answer could decide), and the real
@@ -25,11 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from driver.state import JobPhase, JobRecord, StateDir, ancestors, boot_id, pid_namespace  # noqa: E402
-from testing.world import driver_argv, toml_value  # noqa: E402
+from driver.state import JobPhase, JobRecord, StateDir, ancestors, boot_id, pid_namespace
+from testing.world import driver_argv, toml_value
 
 
 class Silent:
@@ -72,7 +69,7 @@ def world(base: Path, machines: int, url: str) -> Path:
     }
     config.write_text(
         "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
-        + '[machine]\nname_prefix = "bench"\n'
+        + '[machine]\ndriver = "local"\nname_prefix = "bench"\n'
         + f"[docker_machine]\nstorage_path = {toml_value(str(storage))}\n"
         + f"[gitlab]\nurl = {toml_value(url)}\ntoken_file = {toml_value(str(token))}\n"
     )

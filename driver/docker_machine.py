@@ -6,13 +6,14 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from driver import process
 from driver.contract import clean_env
 from driver.errors import CommandError, ConfigError, DriverError
+from driver.parsed import integer, items, table
 from driver.settings import Settings
 
 LABEL_PREFIX = "gitlab-machine-driver"
@@ -267,13 +268,16 @@ class DockerMachine:
         return machines
 
 
-def _machine_info(name: str, data: dict[str, Any], storage: Path) -> MachineInfo:
-    driver = data["Driver"]
-    auth = data.get("HostOptions", {}).get("AuthOptions", {}) or {}
-    engine = data.get("HostOptions", {}).get("EngineOptions", {}) or {}
+def _machine_info(name: str, data: Mapping[str, object], storage: Path) -> MachineInfo:
+    if not isinstance(data["Driver"], dict):
+        raise TypeError("its Driver is not an object")
+    driver = table(data["Driver"])
+    host_options = table(data.get("HostOptions"))
+    auth = table(host_options.get("AuthOptions"))
+    engine = table(host_options.get("EngineOptions"))
     machine_dir = storage / "machines" / name
     labels = {}
-    for label in engine.get("Labels") or []:
+    for label in items(engine.get("Labels")):
         key, _, value = str(label).partition("=")
         labels[key] = value
     host = str(driver.get("IPAddress") or "")
@@ -289,7 +293,7 @@ def _machine_info(name: str, data: dict[str, Any], storage: Path) -> MachineInfo
         name=name,
         driver=str(data.get("DriverName", "")),
         host=host,
-        ssh_port=int(driver.get("SSHPort") or 22),
+        ssh_port=integer(driver.get("SSHPort") or 22),
         ssh_user=str(driver.get("SSHUser") or "root"),
         ssh_key=str(driver.get("SSHKeyPath") or machine_dir / "id_rsa"),
         ca_cert=str(auth.get("CaCertPath") or storage / "certs" / "ca.pem"),

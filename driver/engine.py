@@ -4,7 +4,9 @@ Prepare (its readiness check; image mode's containers), the pool (its readiness
 check, its pre-pulls, its pre-started helper) all reach the engine through
 ``connect`` here, at one fixed API version. The docker SDK is imported only when
 a client is made (``warm_up`` starts that import early, in the background): the
-`run` stage never pays for it.
+`run` stage never pays for it. The SDK is untyped: ``connect`` hands out a
+``ContainerAPI``, the Protocol of what the package asks of ``docker.APIClient``
+(with TypedDicts for the inspect records it reads); its users take the smaller ones.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Protocol, TypedDict, TypeVar
 
 from driver.errors import DriverError
 from driver.state import Address
@@ -53,12 +55,81 @@ class EngineAPI(ImageAPI, Protocol):
     def close(self) -> None: ...
 
 
+class ContainerState(TypedDict, total=False):
+    Running: bool
+    ExitCode: int
+    OOMKilled: bool
+    Error: str
+
+
+class ContainerConfig(TypedDict, total=False):
+    Image: str
+    Cmd: list[str] | None
+    Env: list[str] | None
+    Labels: dict[str, str] | None
+    ExposedPorts: dict[str, object] | None
+
+
+class HostConfig(TypedDict, total=False):
+    Binds: list[str] | None
+
+
+class Endpoint(TypedDict, total=False):
+    IPAddress: str
+
+
+class NetworkSettings(TypedDict, total=False):
+    Networks: dict[str, Endpoint | None]
+
+
+class ContainerInfo(TypedDict, total=False):
+    """The parts of ``docker inspect``'s record of a container the package reads."""
+
+    Id: str
+    Image: str
+    State: ContainerState
+    Config: ContainerConfig
+    HostConfig: HostConfig
+    NetworkSettings: NetworkSettings
+
+
+class Socket(Protocol):
+    """An attached container's stdin, as ``attach_socket`` hands it."""
+
+    def sendall(self, data: bytes, /) -> None: ...
+    def close(self) -> None: ...
+
+
+class ContainerAPI(EngineAPI, Protocol):
+    """All ``connect`` hands out: ``docker.APIClient`` as image mode starts a job's
+    containers with it (driver/image/containers.py)."""
+
+    def info(self) -> Mapping[str, object]: ...
+    def import_image(
+        self, *, src: str, repository: str, tag: str, changes: list[str]
+    ) -> object: ...
+    def inspect_container(self, container: str) -> ContainerInfo: ...
+    def logs(self, container: str, *, stdout: bool, stderr: bool) -> bytes: ...
+    def create_volume(self, name: str, *, labels: Mapping[str, str]) -> object: ...
+    def inspect_network(self, net_id: str) -> Mapping[str, object]: ...
+    def create_network(self, name: str, **options: object) -> object: ...
+    def create_host_config(self, **options: object) -> dict[str, object]: ...
+    def create_endpoint_config(self, *, aliases: list[str] | None) -> dict[str, object]: ...
+    def create_networking_config(
+        self, endpoints: Mapping[str, dict[str, object]]
+    ) -> dict[str, object]: ...
+    def create_container(self, image: str, **options: object) -> Mapping[str, object]: ...
+    def attach_socket(self, container: str, *, params: Mapping[str, int]) -> Socket: ...
+    def start(self, container: str) -> None: ...
+    def remove_container(self, container: str, *, force: bool) -> None: ...
+
+
 def connect(
     engine: Engine,
     timeout: float,
     ready_timeout: float,
     progress: Callable[[str], None] | None = None,
-) -> Any:  # docker.APIClient: typed by its users (EngineAPI, or image mode's Starter)
+) -> ContainerAPI:
     """One API client; waits up to ``ready_timeout`` for the engine to answer a ping
     with TLS verified, saying why it does not every ten seconds to ``progress``."""
     import docker
@@ -77,7 +148,8 @@ def connect(
     while True:
         try:
             api.ping()
-            return api
+            client: ContainerAPI = api  # the SDK is untyped: this is what the package uses
+            return client
         except docker.errors.APIError as e:
             if "too new" in str(e) or e.status_code == 400:
                 api.close()
@@ -106,7 +178,7 @@ def connect(
 
 def wait_ready(engine: Engine, *, timeout: float, progress: Callable[[str], None]) -> str:
     """Wait until the engine answers a ping with TLS verified; return its version."""
-    api = cast(EngineAPI, connect(engine, max(1.0, min(10.0, timeout)), timeout, progress))
+    api = connect(engine, max(1.0, min(10.0, timeout)), timeout, progress)
     try:
         return str(api.version().get("Version", "unknown"))
     finally:
@@ -125,15 +197,18 @@ def warm_up() -> None:
     threading.Thread(target=load, name="docker-sdk-import", daemon=True).start()
 
 
-def together(*calls: Callable[[], Any]) -> list[Any]:
+T = TypeVar("T")
+
+
+def together(*calls: Callable[[], T]) -> list[T]:
     """Run the calls at once (each mostly waits on the engine or ssh); their results in
     order, or the first failure in that order once all have ended."""
     import threading
 
-    results: list[Any] = [None] * len(calls)
+    results: dict[int, T] = {}
     errors: list[BaseException | None] = [None] * len(calls)
 
-    def run(index: int, call: Callable[[], Any]) -> None:
+    def run(index: int, call: Callable[[], T]) -> None:
         try:
             results[index] = call()
         except BaseException as e:  # handed to the caller below
@@ -149,7 +224,7 @@ def together(*calls: Callable[[], Any]) -> list[Any]:
     for error in errors:
         if error is not None:
             raise error
-    return results
+    return [results[i] for i in range(len(calls))]
 
 
 def first_line(error: BaseException) -> str:

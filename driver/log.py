@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import structlog
 
@@ -61,7 +61,7 @@ def silence(stream: TextIO) -> None:
         pass
 
 
-def setup(path: Path, **context: Any) -> structlog.typing.FilteringBoundLogger:
+def setup(path: Path, **context: object) -> structlog.typing.FilteringBoundLogger:
     """A logger writing JSON lines to ``path`` (0600), with ``context`` on every line."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -15,10 +15,10 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, TypeGuard, TypeVar
 
 from driver.errors import DriverError
-from driver.state import StateDir, write_private
+from driver.state import StateDir, machine_counts, write_private
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -134,7 +134,23 @@ HISTOGRAMS: tuple[Histogram, ...] = (
     PREPARE_SECONDS,
 )
 
-Data = dict[str, dict[str, Any]]
+
+class HistogramData(TypedDict):
+    """One histogram series in the file: cumulative bucket counts, as Prometheus has them."""
+
+    buckets: list[float]
+    sum: float
+    count: float
+
+
+class Data(TypedDict):
+    """The metrics file: series key (``Counter.key``/``Histogram.key``) -> its figures."""
+
+    counters: dict[str, float]
+    histograms: dict[str, HistogramData]
+
+
+V = TypeVar("V")
 
 
 def count(state_dir: Path, metric: Counter, labels: Mapping[str, str] | None = None) -> None:
@@ -209,11 +225,11 @@ def load(state_dir: Path) -> Data:
     }
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _is_histogram(value: object) -> bool:
+def _is_histogram(value: object) -> TypeGuard[HistogramData]:
     return (
         isinstance(value, dict)
         and isinstance(value.get("buckets"), list)
@@ -224,9 +240,9 @@ def _is_histogram(value: object) -> bool:
     )
 
 
-def _series(section: Mapping[str, Any]) -> dict[str, list[tuple[dict[str, str], Any]]]:
+def _series(section: Mapping[str, V]) -> dict[str, list[tuple[dict[str, str], V]]]:
     """Metric name -> [(labels, value)] from one section of the file."""
-    grouped: dict[str, list[tuple[dict[str, str], Any]]] = {}
+    grouped: dict[str, list[tuple[dict[str, str], V]]] = {}
     for key, value in section.items():
         try:
             name, pairs = json.loads(key)
@@ -257,9 +273,9 @@ def families(state_dir: Path, machines: Mapping[str, int]) -> Iterator[Family]:
     counters = _series(data["counters"])
     for counter in COUNTERS:
         family = CounterMetricFamily(counter.full_name, counter.help, labels=counter.labels)
-        for labels, value in counters.get(counter.name, []):
+        for labels, figure in counters.get(counter.name, []):
             if sorted(labels) == sorted(counter.labels):
-                family.add_metric([labels[k] for k in counter.labels], value)
+                family.add_metric([labels[k] for k in counter.labels], figure)
         yield family
     histograms = _series(data["histograms"])
     for histogram in HISTOGRAMS:
@@ -282,8 +298,6 @@ def registry(state_dir: Path) -> CollectorRegistry:
     collection: for the pool service's /metrics and the textfile alike."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.registry import Collector
-
-    from driver.state import StateDir, machine_counts
 
     class FromStateDir(Collector):
         def collect(self) -> Iterator[Family]:

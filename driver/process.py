@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 from driver.contract import clean_env
 from driver.errors import CommandError, CommandTimedOut
@@ -50,10 +50,11 @@ def run(
     ``input`` (bytes) or ``stdin_file`` (streamed, for large files) feed its stdin.
     """
     argv = [str(part) for part in command]
-    stdin: Any = subprocess.PIPE if input is not None else subprocess.DEVNULL
+    stdin: int | IO[bytes] = subprocess.PIPE if input is not None else subprocess.DEVNULL
+    opened: IO[bytes] | None = None
     try:
         if stdin_file is not None:
-            stdin = open(stdin_file, "rb")  # noqa: SIM115 - closed below
+            stdin = opened = open(stdin_file, "rb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
             argv,
             stdin=stdin,
@@ -62,8 +63,8 @@ def run(
             env=dict(env) if env is not None else clean_env(),
         )
     except OSError as e:
-        if stdin_file is not None and not isinstance(stdin, int):
-            stdin.close()
+        if opened is not None:
+            opened.close()
         raise CommandError(
             argv,
             127,
@@ -71,8 +72,8 @@ def run(
             message=f"starting {argv[0]} ({e.strerror})",
             hint=hint or f"install {argv[0]} or set its path in the config file",
         ) from None
-    if stdin_file is not None:
-        stdin.close()  # the child has its own copy
+    if opened is not None:
+        opened.close()  # the child has its own copy
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -4,15 +4,17 @@ phases their machines go through and how a record proves its runner gone.
 
 Plain classes stored as JSON, not dataclasses or pydantic: `run` reads a job's
 record once per stage, and its start-up is counted. Records of earlier versions
-load (unknown keys are ignored, missing ones defaulted). Re-exported by
-driver.state, which reads and writes them.
+load (unknown keys are ignored, missing ones defaulted); a field of the wrong type
+makes the record corrupt (TypeError). Re-exported by driver.state, which reads and
+writes them.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from typing import Any, Self
+from collections.abc import Mapping
+from typing import Self, TypeVar
 
 from driver.errors import JobError
 from driver.procs import boot_clock, boot_id, pid_namespace, process_start_time
@@ -43,10 +45,48 @@ class PoolPhase(enum.StrEnum):
     GONE = "gone"
 
 
-def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """The fields of ``data`` that ``cls`` takes: records written by older versions load too."""
-    fields = cls.__init__.__annotations__  # type: ignore[misc]
-    return {k: v for k, v in data.items() if k in fields and k != "return"}
+T = TypeVar("T")
+
+
+def _field(data: Mapping[str, object], key: str, kind: type[T], default: T) -> T:
+    """``data[key]``, checked to be a ``kind`` (an int does for a float); ``default`` if
+    absent: records written by older versions load too. A wrong type is a corrupt record."""
+    if key not in data:
+        return default
+    value = data[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind):
+        raise TypeError(f"{key} is a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _required(data: Mapping[str, object], key: str, kind: type[T]) -> T:
+    if key not in data:
+        raise TypeError(f"{key} is missing")
+    value = data[key]
+    if not isinstance(value, kind):
+        raise TypeError(f"{key} is a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _owners(data: Mapping[str, object]) -> list[list[int]]:
+    """``owners``: [[pid, start time], ...]."""
+    owners = []
+    for entry in _field(data, "owners", list, []):
+        if not (isinstance(entry, list) and all(isinstance(n, int) for n in entry)):
+            raise TypeError(f"owners holds {entry!r}, not [pid, start time]")
+        owners.append([int(n) for n in entry])
+    return owners
+
+
+def _timings(data: Mapping[str, object]) -> dict[str, float]:
+    timings = {}
+    for name, seconds in _field(data, "timings", dict, {}).items():
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+            raise TypeError(f"timings[{name!r}] is not a number")
+        timings[str(name)] = float(seconds)
+    return timings
 
 
 class Address:
@@ -79,7 +119,18 @@ class Address:
 
     @classmethod
     def from_dict(cls, data: object) -> Address:
-        return cls(**_known(cls, data)) if isinstance(data, dict) else cls()
+        if not isinstance(data, dict):
+            return cls()
+        return cls(
+            host=_field(data, "host", str, ""),
+            port=_field(data, "port", int, 22),
+            user=_field(data, "user", str, ""),
+            key_path=_field(data, "key_path", str, ""),
+            engine_url=_field(data, "engine_url", str, ""),
+            ca_cert=_field(data, "ca_cert", str, ""),
+            client_cert=_field(data, "client_cert", str, ""),
+            client_key=_field(data, "client_key", str, ""),
+        )
 
 
 class MachineRecord:
@@ -95,7 +146,12 @@ class MachineRecord:
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-        return cls(**{**_known(cls, data), "address": Address.from_dict(data.get("address"))})
+        return cls.from_fields(data, Address.from_dict(data.get("address")))
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, object], address: Address) -> Self:
+        """The record from its JSON object (unknown keys ignored, missing ones defaulted)."""
+        raise NotImplementedError
 
 
 class JobRecord(MachineRecord):
@@ -142,6 +198,28 @@ class JobRecord(MachineRecord):
         self.timings = timings or {}
         self.pid_ns = pid_ns  # the PID namespace the owners' PIDs are of (0: not recorded)
         self.taken_boot = taken_boot  # boot_clock() when it was taken, in boot boot_id
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, object], address: Address) -> Self:
+        pipeline_id = data.get("pipeline_id")
+        return cls(
+            job_id=_required(data, "job_id", int),
+            project_id=_required(data, "project_id", int),
+            machine=_required(data, "machine", str),
+            pipeline_id=None if pipeline_id is None else _field(data, "pipeline_id", int, 0),
+            phase=_field(data, "phase", str, JobPhase.CREATING),
+            address=address,
+            kill_grace=_field(data, "kill_grace", float, 10.0),
+            log_path=_field(data, "log_path", str, ""),
+            prepare_pid=_field(data, "prepare_pid", int, 0),
+            owners=_owners(data),
+            boot_id=_field(data, "boot_id", str, ""),
+            taken_at=_field(data, "taken_at", float, 0.0),
+            kept_until=_field(data, "kept_until", float, 0.0),
+            timings=_timings(data),
+            pid_ns=_field(data, "pid_ns", int, 0),
+            taken_boot=_field(data, "taken_boot", float, 0.0),
+        )
 
     def taken_age(self, now: float) -> float | None:
         """Seconds since this job took its machine, from a clock that does not jump; None
@@ -192,3 +270,13 @@ class PoolRecord(MachineRecord):
         self.created = created
         self.ready_at = ready_at
         self.creator_pid = creator_pid
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, object], address: Address) -> Self:
+        return cls(
+            name=_required(data, "name", str),
+            address=address,
+            created=_field(data, "created", float, 0.0),
+            ready_at=_field(data, "ready_at", float, 0.0),
+            creator_pid=_field(data, "creator_pid", int, 0),
+        )

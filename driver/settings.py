@@ -10,11 +10,14 @@ import difflib
 import os
 import re
 import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
+from driver.cron import cron_fields
 from driver.errors import ConfigError
 from driver.image.config import ImageSettings
 
@@ -240,8 +243,6 @@ class PeriodSettings(Section):
     @field_validator("periods")
     @classmethod
     def _valid_cron(cls, periods: list[str]) -> list[str]:
-        from driver.cron import cron_fields
-
         for period in periods:
             cron_fields(period)
         return periods
@@ -387,7 +388,7 @@ def load_settings(given: str | Path | None) -> Settings:
     return settings
 
 
-def _keys_at(loc: list[Any]) -> list[str]:
+def _keys_at(loc: Sequence[int | str]) -> list[str]:
     """The setting names valid where ``loc`` points: a table of the model."""
     model: type[BaseModel] = Settings
     for part in loc:
@@ -399,7 +400,7 @@ def _keys_at(loc: list[Any]) -> list[str]:
     return list(model.model_fields)
 
 
-def parse_settings(data: dict[str, Any], source: str = "config") -> Settings:
+def parse_settings(data: Mapping[str, object], source: str = "config") -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
@@ -411,7 +412,7 @@ def parse_settings(data: dict[str, Any], source: str = "config") -> Settings:
         ) from None
 
 
-def _describe(err: Any) -> str:
+def _describe(err: ErrorDetails) -> str:
     loc = list(err["loc"])
     field = ".".join(str(part) for part in loc)
     if len(loc) > 1 and isinstance(loc[0], str):

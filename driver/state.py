@@ -9,16 +9,20 @@ the metrics talk to each other only through this module::
         ssh_config, known_hosts, cm           SSH to its machine: config, pinned key, master
         stage.lock                            held (shared) by a running `run`; mtime: last stage
         failed, lost                          markers written by `run`
+        image.json                            image mode: its containers and keepers' PIDs
       pool/machines/<name>/                   a warm-pool machine: info.json (PoolRecord), SSH
       pool/ready/<name>                       idle and claimable
       pool/claimed/<name>@<job id>            taken by that job's prepare, being handed over
       pool/withdrawn/<name>                   taken out of the ready set, being removed
       pool/status.json                        the pool service's last status
       pool/policy-memory.json                 what the demand policy learned
+      pool/image-usage.jsonl                  the images recent jobs ran (image mode)
       tombstones/<name>@<id>/                 a force-removed VM's docker-machine entry (one per VM)
-      locks/                                  flock files: job-<id>, pool-<name>, capacity, ...
-      metrics.json, create-rate.json
+      locks/                                  flock files: job-<id>, pool-<name>, capacity,
+                                              metrics, sweep, pool-service
+      metrics.json, create-rate.json          Prometheus figures; the create rate's tokens
       owner.json                              which config's [machine] settings use it
+      driver.log                              the admin's JSON log (unless log_file names another)
 
 Every write is atomic (write, then rename) and private (0600). Locks are
 ``flock``s: they die with their holder, so a killed stage never leaves one
@@ -306,7 +310,7 @@ class StateDir:
         return self.root / "owner.json"
 
     def lock(self, name: str) -> Lock:
-        """A host-wide lock: "capacity", "metrics", "pool-service", "certs"..."""
+        """A host-wide lock: "capacity", "metrics", "sweep", "pool-service"."""
         return Lock(self.locks / f"{name}.lock")
 
     # --- jobs

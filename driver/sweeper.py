@@ -13,6 +13,8 @@ stage lock). Proof is one of:
 - it was being created and its creator (a prepare, the pool service) is gone;
 - it was claimed from the warm pool by a prepare that died before taking it
   over, or withdrawn from the pool;
+- it is idle in a warm pool nobody serves: the config turned the pool off, or
+  no pool service has run for over `[pool] idle_time`;
 - no record on this host names it (the driver records every machine before
   creating it, so nobody can use one without a record);
 - a job took it longer ago than `max_age` and GitLab does not say the job runs.
@@ -20,8 +22,11 @@ stage lock). Proof is one of:
 Everything else is unknown, and unknown keeps the machine (and says so):
 GitLab answering 401, 403, 404 (a job the token cannot see, not only a gone
 one) or not answering; docker-machine listing it as Error (it does so for
-parts of every create); a broken entry. Broken entries are removed with
-`rm -f` once proven dead, each on its own, so one never stops a sweep.
+parts of every create); a broken entry. A machine proven dead is removed as
+cleanup removes one (driver/provision.py: `rm -y` retried, then `rm -f` keeping a
+tombstone of its entry), each on its own, so one never stops a sweep. Then
+driver/sweeper_leftovers.py: job dirs and lock files nothing uses any more, and
+the tombstones' removals retried.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """What a sweep reclaims besides machines: job dirs whose machine is gone (or whose
-record is unreadable and old), and the tombstones of force-removed machines, retried
-under the locks of their name. Called by driver.sweeper, under the sweep lock."""
+record is unreadable and old), lock files whose records are gone, and the tombstones
+of force-removed machines, retried under the locks of their name. Called by
+driver.sweeper, under the sweep lock."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from driver.migration.runner_patch import (
     redacted,
     runner_config_patch,
 )
+from driver.parsed import items, table
 
 __all__ = ["main", "migrate"]
 
@@ -55,7 +56,8 @@ def main(args: argparse.Namespace) -> int:
     output = Path(args.output).resolve() if args.output else None
     config_dir = output or DRIVER_CONFIG_DIR
     migrations: dict[int, Migration] = {}
-    for index, runner in enumerate(data.get("runners", [])):
+    for index, entry in enumerate(items(data.get("runners"))):
+        runner = table(entry)  # anything but a table reads as a runner of no executor
         title = repr(str(runner.get("name") or f"#{index + 1}"))
         skipped = skip_reason(runner)
         if skipped:

@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from driver import log, metrics, state_owner
 from driver.commands.sweep import run_sweep
 from driver.docker_machine import DockerMachine
 from driver.errors import ConfigError, DriverError
+from driver.parsed import integer, items, table
 from driver.pool import served
 from driver.pool.schedule import current_target
 from driver.pool.service import PoolService
@@ -145,26 +145,26 @@ def status(settings: Settings, *, as_json: bool) -> int:
             }
         )
     try:
-        service = json.loads(state.pool_status_file.read_text())
+        service = table(json.loads(state.pool_status_file.read_text()))
     except (OSError, ValueError):
         service = {}
     target = current_target(settings.pool, datetime.now().astimezone()).idle_count
     if settings.pool.policy == "demand":  # the service's own figure: it follows the jobs
-        target = int(service.get("idle_wanted", 0))
+        target = integer(service.get("idle_wanted", 0))
     running = flock_held(state.lock("pool-service").path)
-    report: dict[str, Any] = {
+    counts = machine_counts(state)
+    report: dict[str, object] = {
         # By its lock, held while it lives: a status file's age says nothing of a service
         # that is busy (a slow create) or of one that died a moment ago.
         "service": {**service, "running": running},
         "target_idle": target,
-        "counts": machine_counts(state),
+        "counts": counts,
         "machines": machines,
     }
     if as_json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"service: {'running, pid ' + str(service.get('pid')) if running else 'not running'}")
-    counts = report["counts"]
     print("machines: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"target idle now: {target}")
     if service.get("jobs_announced"):
@@ -178,7 +178,7 @@ def status(settings: Settings, *, as_json: bool) -> int:
     for m in machines:
         idle = f", idle {m['idle_seconds']}s" if m["idle_seconds"] is not None else ""
         print(f"  {m['name']}  {m['state']}  age {m['age_seconds']}s{idle}")
-    for error in service.get("errors", []):
+    for error in items(service.get("errors")):
         print(f"last error: {error}")
     return 0
 

@@ -14,7 +14,8 @@ accepts works; the keeper prints its PID and waits for stages on a FIFO in its
 channel dir, a VM dir bound into the container (driver/image/stage.py). Each
 stage's pipes are FIFOs there too (made by the VM-side wrapper in
 driver/stages/run.py): no ``docker exec`` per stage, which would cost more than the
-rest of the stage. A cancel goes to the keeper, which ends the stage's process group.
+rest of the stage. A cancel goes to the keeper, which ends the stage's process group
+(a ``docker exec`` signals the container's processes only if it does not answer).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, TypeVar
 
 from driver import log, ssh
-from driver.engine import Engine, connect, together
+from driver.engine import ContainerAPI, Engine, connect, together
 from driver.errors import DriverError
 from driver.files import write_private
 from driver.image import auth, health, helper
@@ -66,6 +67,16 @@ _REFUSED_BY_RUNTIME = re.compile(
 KEEPER_TIMEOUT = 30.0
 
 
+class Record(TypedDict):
+    """``<job dir>/image.json``, which `run` reads every stage (driver/image/stage.py)."""
+
+    build: str
+    helper: str
+    keepers: dict[str, int]  # container -> its keeper's PID
+    services: list[list[str]]  # [container, its aliases joined by "-"]
+    debug_services: bool
+
+
 class Starter:
     """One job's containers on its VM's engine."""
 
@@ -98,9 +109,20 @@ class Starter:
             warn=warn,
             timeout=settings.pull_timeout,
         )
-        self.api: Any = None
+        self._api: ContainerAPI | None = None
         self.ready_timeout = 120.0
         self.helper_arch = ""  # set when the helper is the default one
+
+    @property
+    def api(self) -> ContainerAPI:
+        """The engine's client while connected (``start``, ``prestart_helper``)."""
+        if self._api is None:
+            raise RuntimeError("not connected to the engine")
+        return self._api
+
+    @api.setter
+    def api(self, client: ContainerAPI) -> None:
+        self._api = client
 
     # --- containers
 
@@ -136,7 +158,7 @@ class Starter:
         networking = api.create_networking_config(
             {self.network: api.create_endpoint_config(aliases=network_aliases or None)}
         )
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, object] = {}
         if spec.entrypoint is not None:
             kwargs["entrypoint"] = spec.entrypoint
         container = api.create_container(
@@ -157,7 +179,7 @@ class Starter:
             platform=spec.platform or None,
             **kwargs,
         )
-        self._start(container["Id"], stdin)
+        self._start(str(container["Id"]), stdin)
         return name
 
     def _start(self, container: str, stdin: str | None) -> None:
@@ -253,7 +275,7 @@ class Starter:
                 )
             time.sleep(0.05)
 
-    def start(self, in_vm: InVm) -> dict[str, Any]:
+    def start(self, in_vm: InVm) -> Record:
         """Everything on the engine; returns what image.json records.
 
         ``in_vm(remote command, timeout, check)`` runs a command in the VM (its stdout).
@@ -266,7 +288,7 @@ class Starter:
         finally:
             self.api.close()
 
-    def _containers(self, in_vm: InVm) -> dict[str, Any]:
+    def _containers(self, in_vm: InVm) -> Record:
         """Rounds, each all at once: images, channels, network and volumes; then the
         containers, the build's once the services are up (as on docker, where it is made
         at the first build stage: an entrypoint may look for them, as docker:cli's looks
@@ -370,7 +392,10 @@ class Starter:
         )
 
 
-def starting(*calls: Callable[[], Any]) -> list[Any]:
+T = TypeVar("T")
+
+
+def starting(*calls: Callable[[], T]) -> list[T]:
     """``together``, for the calls that create and start containers: the engine refusing
     one (a shell-less image, a bad entrypoint path, an unknown user) gives the daemon's
     own message, as a job failure: a new VM would refuse it the same way."""
@@ -467,7 +492,7 @@ def channel_bind(container: str) -> str:
     return f"{channel_dir(container)}:{CHANNEL_MOUNT}:ro"
 
 
-def write_record(job_dir: Path, record: dict[str, Any]) -> None:
+def write_record(job_dir: Path, record: Record) -> None:
     """``<job dir>/image.json``, 0600, replaced atomically: `run` reads it every stage."""
     write_private(job_dir / IMAGE_FILE, json.dumps(record))
 

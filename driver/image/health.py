@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
+from driver.engine import ContainerInfo
 from driver.image.programs import WAIT_PORTS
 
 Say = Callable[[str], None]
@@ -24,6 +25,13 @@ HEALTHCHECK_PORT_VARIABLE = "HEALTHCHECK_TCP_PORT"
 SERVICE_LOG_BYTES = 64 * 1024
 
 
+class HealthAPI(Protocol):
+    """What the check asks of the engine's client (driver/engine.py's ContainerAPI)."""
+
+    def inspect_container(self, container: str) -> ContainerInfo: ...
+    def logs(self, container: str, *, stdout: bool, stderr: bool) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Target:
     index: int
@@ -31,7 +39,7 @@ class Target:
     ports: list[int]
 
 
-def targets(api: Any, network: str, services: list[list[str]]) -> list[Target]:
+def targets(api: HealthAPI, network: str, services: list[list[str]]) -> list[Target]:
     """What to wait for: each running service with an address and a port to check."""
     found = []
     for index, (name, _) in enumerate(services):
@@ -45,7 +53,7 @@ def targets(api: Any, network: str, services: list[list[str]]) -> list[Target]:
     return found
 
 
-def _ports(info: dict[str, Any]) -> list[int]:
+def _ports(info: ContainerInfo) -> list[int]:
     env = dict(e.split("=", 1) for e in info["Config"].get("Env") or [] if "=" in e)
     if env.get(HEALTHCHECK_PORT_VARIABLE, "").isdigit():
         return [int(env[HEALTHCHECK_PORT_VARIABLE])]
@@ -54,7 +62,7 @@ def _ports(info: dict[str, Any]) -> list[int]:
 
 
 def wait(
-    api: Any,
+    api: HealthAPI,
     network: str,
     services: list[list[str]],
     timeout: float,
@@ -86,7 +94,7 @@ def wait(
             notice(warning(name, error, service_logs(api, name)))
 
 
-def health_error(api: Any, name: str, target: Target | None, timeout: float) -> str:
+def health_error(api: HealthAPI, name: str, target: Target | None, timeout: float) -> str:
     """Why the service is not up; "" if it is running with nothing to check."""
     state = api.inspect_container(name)["State"]
     if not state.get("Running"):
@@ -111,7 +119,7 @@ def warning(name: str, error: str, logs: str) -> str:
     )
 
 
-def service_logs(api: Any, name: str, limit: int = SERVICE_LOG_BYTES) -> str:
+def service_logs(api: HealthAPI, name: str, limit: int = SERVICE_LOG_BYTES) -> str:
     """The last ``limit`` bytes of the service's stdout and stderr."""
     try:
         data: bytes = api.logs(name, stdout=True, stderr=True)

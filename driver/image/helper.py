@@ -12,9 +12,9 @@ costs no registry pull and meets no rate limit.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from driver.image.reference import pull_target
 
@@ -24,12 +24,21 @@ Say = Callable[[str], None]
 ENTRYPOINT_CHANGE = 'ENTRYPOINT ["/usr/bin/dumb-init", "/entrypoint"]'
 
 
+class HelperAPI(Protocol):
+    """What loading asks of the engine's client (driver/engine.py's ContainerAPI)."""
+
+    def inspect_image(self, image: str) -> Mapping[str, object]: ...
+    def import_image(
+        self, *, src: str, repository: str, tag: str, changes: list[str]
+    ) -> object: ...
+
+
 def prebuilt_tarball(images_dir: Path, arch: str) -> Path:
     """``arch``: the helper tag's architecture (x86_64, arm64, arm, s390x, ...)."""
     return images_dir / f"prebuilt-alpine-{arch}.tar.xz"
 
 
-def load_default(api: Any, ref: str, tarball: Path, say: Say, warn: Say) -> bool:
+def load_default(api: HelperAPI, ref: str, tarball: Path, say: Say, warn: Say) -> bool:
     """The default helper ``ref`` on the engine from the engine or ``tarball``; False if
     neither has it (pull it then). A tarball the engine refuses is warned about."""
     from docker.errors import DockerException, ImageNotFound

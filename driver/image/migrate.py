@@ -6,11 +6,12 @@ with the reason it is not: nothing is dropped silently.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 from pydantic import ValidationError
 
 from driver.image.config import PULL_POLICIES, VOLUME, ImageSettings, parse_volume
+from driver.parsed import items, tables
 
 DOCKER_SOCKET_BIND = "/var/run/docker.sock:/var/run/docker.sock"
 # Same meaning, same name.
@@ -84,19 +85,19 @@ NO_EQUIVALENT = {
 
 
 def from_runners_docker(
-    docker: dict[str, Any], cache_dir: str = "/cache", builds_dir: str = "/builds"
-) -> tuple[dict[str, Any], list[str]]:
+    docker: Mapping[str, object], cache_dir: str = "/cache", builds_dir: str = "/builds"
+) -> tuple[dict[str, object], list[str]]:
     """The [image] section for a [runners.docker] table, and notes on what is not carried
     over, with the reason. ``cache_dir``, ``builds_dir``: the driver's (the VM's), bound
     into every container."""
     if not docker:
         return {}, []
     notes: list[str] = []
-    image: dict[str, Any] = {"mode": "container"}
+    image: dict[str, object] = {"mode": "container"}
     if docker.get("image"):
         image["default"] = str(docker["image"])
     policy = docker.get("pull_policy")
-    policies = [policy] if isinstance(policy, str) else list(policy or [])
+    policies = [policy] if isinstance(policy, str) else [str(p) for p in items(policy)]
     if policies:
         image["pull_policy"] = [p for p in policies if p in PULL_POLICIES]
         for unknown in sorted(set(policies) - set(PULL_POLICIES)):
@@ -104,15 +105,15 @@ def from_runners_docker(
     for key in SAME:
         if key in docker:
             image[key] = docker[key]
-    volumes = _volumes(docker.get("volumes", []), cache_dir, builds_dir, notes)
+    volumes = _volumes(items(docker.get("volumes")), cache_dir, builds_dir, notes)
     if volumes:
         image["volumes"] = volumes
     services = []
-    for service in docker.get("services", []):
+    for service in tables(docker.get("services")):
         services.append({k: service[k] for k in SERVICE_KEYS if service.get(k)})
-        unknown = sorted(set(service) - set(SERVICE_KEYS))
-        if unknown:
-            notes.append(f"[[runners.docker.services]] {', '.join(unknown)}: no equivalent")
+        extra = sorted(set(service) - set(SERVICE_KEYS))
+        if extra:
+            notes.append(f"[[runners.docker.services]] {', '.join(extra)}: no equivalent")
     if services:
         image["services"] = services
     notes += _refused(image)
@@ -132,7 +133,7 @@ def from_runners_docker(
     return image, notes
 
 
-def _volumes(entries: list[Any], cache_dir: str, builds_dir: str, notes: list[str]) -> list[str]:
+def _volumes(entries: list[object], cache_dir: str, builds_dir: str, notes: list[str]) -> list[str]:
     volumes = []
     bound = {cache_dir: "cache_dir", builds_dir: "builds_dir"}
     for entry in entries:
@@ -161,7 +162,7 @@ def _volumes(entries: list[Any], cache_dir: str, builds_dir: str, notes: list[st
     return volumes
 
 
-def _refused(image: dict[str, Any]) -> list[str]:
+def _refused(image: dict[str, object]) -> list[str]:
     """Values gitlab-runner takes but the driver would refuse: left out, with the reason,
     so the driver config written still loads."""
     notes = []

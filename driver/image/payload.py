@@ -8,8 +8,6 @@ Used by driver.payload's JobResponse.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, field_validator
 
 
@@ -30,7 +28,7 @@ class ImageSpec(_Payload):
     variables: list[ImageVariable] | None = None
     pull_policy: list[str] | None = None
     # {"docker": {"platform": ..., "user": ...}}; unknown keys are refused later, by name.
-    executor_opts: dict[str, Any] | None = None
+    executor_opts: dict[str, object] | None = None
 
     @field_validator("alias", "name", mode="before")
     @classmethod
@@ -38,7 +36,7 @@ class ImageSpec(_Payload):
         return "" if value is None else value
 
     @property
-    def docker_options(self) -> dict[str, Any]:
+    def docker_options(self) -> dict[str, object]:
         options = (self.executor_opts or {}).get("docker") or {}
         return options if isinstance(options, dict) else {}
 

@@ -6,8 +6,7 @@ script failure (not retried) with a message naming the setting to change.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from wcmatch import glob
 
@@ -84,7 +83,7 @@ def pull_policies(
     return effective
 
 
-def check_docker_options(options: dict[str, Any], where: str) -> None:
+def check_docker_options(options: Mapping[str, object], where: str) -> None:
     unsupported = sorted(k for k in options if k not in DOCKER_OPTIONS)
     if unsupported:
         raise ImageRefused(

@@ -12,12 +12,13 @@ import json
 import re
 import shutil
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from driver.errors import ConfigError
 from driver.image import migrate as image_migration
+from driver.parsed import integer, items, table, tables
 
 DRIVER_CONFIG_DIR = Path("/etc/gitlab-machine-driver")
 STATE_ROOT = Path("/var/lib/gitlab-machine-driver")
@@ -72,7 +73,7 @@ class Migration:
         return "\n".join(lines + [f"{k}={v}" for k, v in self.secrets.items()]) + "\n"
 
 
-def read_runner_config(path: Path) -> tuple[bytes, str, dict[str, Any]]:
+def read_runner_config(path: Path) -> tuple[bytes, str, dict[str, object]]:
     """config.toml's bytes (for its hash), its text and its parsed content."""
     try:
         raw = path.read_bytes()
@@ -85,7 +86,7 @@ def read_runner_config(path: Path) -> tuple[bytes, str, dict[str, Any]]:
         raise ConfigError(f"runner config {path} is not valid TOML: {e}") from None
 
 
-def skip_reason(runner: dict[str, Any]) -> str:
+def skip_reason(runner: Mapping[str, object]) -> str:
     executor = runner.get("executor", "")
     if executor != "docker+machine":
         return f"executor {executor!r}, not docker+machine: left alone"
@@ -118,13 +119,13 @@ def unique_names(migrations: list[Migration]) -> None:
         seen[m.name] = m.source
 
 
-def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Migration:
-    machine = runner.get("machine", {})
+def migrate(runner: Mapping[str, object], config_dir: Path = DRIVER_CONFIG_DIR) -> Migration:
+    machine = table(runner.get("machine"))
     source = str(runner.get("name") or "runner")
     name = slug(source)[:MAX_NAME].strip("-") or "runner"
     notes: list[str] = []
     state_dir = STATE_ROOT / name
-    top: dict[str, Any] = {
+    top: dict[str, object] = {
         key: runner[key] for key in ("builds_dir", "cache_dir") if runner.get(key)
     }
     # Each runner its own state and storage: pools, limits and machines are never shared.
@@ -132,17 +133,17 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
     # [runners.docker]: jobs keep running in their image: (image mode, driver/image), whose
     # helper image does artifacts and caches; otherwise gitlab-runner must be in the VM.
     image, image_notes = image_migration.from_runners_docker(
-        runner.get("docker") or {},
+        table(runner.get("docker")),
         cache_dir=str(runner.get("cache_dir") or "/cache"),
         builds_dir=str(runner.get("builds_dir") or "/builds"),
     )
     runner_binary = "" if image else shutil.which("gitlab-runner") or RUNNER_BINARY
     if runner_binary:
         top["gitlab_runner_binary"] = runner_binary
-    sections: dict[str, dict[str, Any]] = {
+    sections: dict[str, dict[str, object]] = {
         "docker_machine": {"storage_path": str(state_dir / "machines")}
     }
-    section: dict[str, Any] = {
+    section: dict[str, object] = {
         "driver": str(machine.get("MachineDriver", "")),
         "name_prefix": _prefix(str(machine.get("MachineName", "")), name),
     }
@@ -150,10 +151,12 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
     options: list[str] = []
     shown_options: list[str] = []
     secrets: dict[str, str] = {}
-    for option in machine.get("MachineOptions", []):
+    for option in items(machine.get("MachineOptions")):
         key, _, value = str(option).partition("=")
         if key in ENGINE_OPTIONS:
-            section.setdefault(ENGINE_OPTIONS[key], []).append(value)
+            listed = section.setdefault(ENGINE_OPTIONS[key], [])
+            if isinstance(listed, list):
+                listed.append(value)
         elif key in ENGINE_SINGLE:
             section[ENGINE_SINGLE[key]] = value
         elif key in SECRET_OPTIONS and value:
@@ -174,15 +177,15 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
     if secrets:
         section["env_file"] = str(env_path)
 
-    limits: dict[str, Any] = {}
+    limits: dict[str, object] = {}
     if runner.get("limit"):
-        limits["max_machines"] = int(runner["limit"])
+        limits["max_machines"] = integer(runner["limit"])
     if machine.get("MaxGrowthRate"):
-        limits["max_creating"] = int(machine["MaxGrowthRate"])
+        limits["max_creating"] = integer(machine["MaxGrowthRate"])
     if limits:
         sections["limits"] = limits
     if machine.get("MaxRemovalAttempts"):
-        sections["cleanup"] = {"remove_attempts": min(100, int(machine["MaxRemovalAttempts"]))}
+        sections["cleanup"] = {"remove_attempts": min(100, integer(machine["MaxRemovalAttempts"]))}
     pool, pool_notes = _pool(machine)
     notes += pool_notes
     if pool:
@@ -212,10 +215,10 @@ def migrate(runner: dict[str, Any], config_dir: Path = DRIVER_CONFIG_DIR) -> Mig
 
 
 def _no_equivalent(
-    runner: dict[str, Any], machine: dict[str, Any], binary: str, moved_secrets: bool
+    runner: Mapping[str, object], machine: Mapping[str, object], binary: str, moved_secrets: bool
 ) -> list[str]:
     notes = []
-    builds = int(machine.get("MaxBuilds", 0) or 0)
+    builds = integer(machine.get("MaxBuilds", 0) or 0)
     if builds != 1:
         notes.append(
             f"MaxBuilds = {builds or 'unlimited'}: every machine now serves exactly one job "
@@ -280,7 +283,7 @@ def _custom_build_dir(table: object) -> tuple[bool, list[str]]:
     ]
 
 
-def _machine_notes(machine: dict[str, Any]) -> list[str]:
+def _machine_notes(machine: Mapping[str, object]) -> list[str]:
     handled = MACHINE_HANDLED | set(POOL_KEYS)
     return [
         f"[runners.machine] {key}: no equivalent in the driver; left out"
@@ -321,12 +324,12 @@ POOL_KEYS = {
 }
 
 
-def _pool(machine: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _pool(machine: Mapping[str, object]) -> tuple[dict[str, object], list[str]]:
     """[pool] when docker+machine kept idle machines (IdleCount > 0, at least in one
     autoscaling period); otherwise none, so no pool service is recommended: a [pool]
     without machines to keep makes the service exit and systemd restart it forever."""
     counts = [machine.get("IdleCount")] + [
-        period.get("IdleCount") for period in machine.get("autoscaling", [])
+        period.get("IdleCount") for period in tables(machine.get("autoscaling"))
     ]
     if not any(isinstance(n, int) and n > 0 for n in counts):
         idle = sorted(set(machine) & set(POOL_KEYS) - {"IdleCount"})
@@ -337,10 +340,12 @@ def _pool(machine: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             "IdleCount = 0 (in every autoscaling period too): no idle machines, so no warm "
             f"pool and no pool service; every job waits for its VM{left}"
         ]
-    pool = {ours: machine[theirs] for theirs, ours in POOL_KEYS.items() if machine.get(theirs)}
+    pool: dict[str, object] = {
+        ours: machine[theirs] for theirs, ours in POOL_KEYS.items() if machine.get(theirs)
+    }
     periods = []
-    for period in machine.get("autoscaling", []):
-        entry: dict[str, Any] = {"periods": period.get("Periods", [])}
+    for period in tables(machine.get("autoscaling")):
+        entry: dict[str, object] = {"periods": period.get("Periods", [])}
         if period.get("Timezone"):
             entry["timezone"] = period["Timezone"]
         entry |= {ours: period[theirs] for theirs, ours in POOL_KEYS.items() if theirs in period}
@@ -348,23 +353,25 @@ def _pool(machine: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if periods:
         pool["autoscaling"] = periods
     if pool and machine.get("MaxGrowthRate"):
-        pool["max_growth_rate"] = int(machine["MaxGrowthRate"])
+        pool["max_growth_rate"] = integer(machine["MaxGrowthRate"])
     return pool, []
 
 
-def _toml(top: dict[str, Any], sections: dict[str, dict[str, Any]], source: str) -> str:
+def _toml(
+    top: Mapping[str, object], sections: Mapping[str, Mapping[str, object]], source: str
+) -> str:
     lines = [f"# Migrated from docker+machine runner {source!r} by gitlab-machine-driver migrate."]
     lines += [f"{key} = {_value(value)}" for key, value in top.items()]
     for name, values in sections.items():
-        tables = {
+        arrays = {
             k: v
             for k, v in values.items()
             if isinstance(v, list) and v and all(isinstance(item, dict) for item in v)
         }
         lines += ["", f"[{name}]"]
-        lines += [f"{key} = {_value(value)}" for key, value in values.items() if key not in tables]
-        for key, items in tables.items():
-            for item in items:
+        lines += [f"{key} = {_value(value)}" for key, value in values.items() if key not in arrays]
+        for key, entries in arrays.items():
+            for item in entries:
                 lines += ["", f"[[{name}.{key}]]"]
                 lines += [f"{k} = {_value(v)}" for k, v in item.items()]
     return "\n".join(lines) + "\n"

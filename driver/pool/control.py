@@ -26,11 +26,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
+from driver.parsed import array, integer, number
 from driver.pool.backoff import BACKOFF_MAX, FailureBackoff
 from driver.pool.lookahead import NOTHING_AHEAD, Expected, Report
 from driver.pool.schedule import Target, current_target
@@ -85,10 +86,10 @@ class Policy(Protocol):
     def idle_time(self, now: float) -> float:
         """Seconds a machine beyond `wanted` may stay idle before it is removed."""
 
-    def memory(self) -> dict[str, Any]:
+    def memory(self) -> dict[str, object]:
         """What it learned, as JSON, for the next start of the service."""
 
-    def recall(self, memory: dict[str, Any], now: float) -> None:
+    def recall(self, memory: Mapping[str, object], now: float) -> None:
         """Take back what `memory` gave; what is older than a week is let go."""
 
 
@@ -117,10 +118,10 @@ class IdleCountPolicy:
     def idle_time(self, now: float) -> float:
         return self.target(now).idle_time
 
-    def memory(self) -> dict[str, Any]:
+    def memory(self) -> dict[str, object]:
         return {}  # nothing learned: its settings say it all
 
-    def recall(self, memory: dict[str, Any], now: float) -> None:
+    def recall(self, memory: Mapping[str, object], now: float) -> None:
         pass
 
 
@@ -350,7 +351,7 @@ class DemandPolicy:
 
     MEMORY_VERSION = 1
 
-    def memory(self) -> dict[str, Any]:
+    def memory(self) -> dict[str, object]:
         return {
             "version": self.MEMORY_VERSION,
             "starts": list(self.starts),
@@ -362,7 +363,7 @@ class DemandPolicy:
             "history_until": self.next_sample - self.HISTORY_EVERY if self.history else 0.0,
         }
 
-    def recall(self, memory: dict[str, Any], now: float) -> None:
+    def recall(self, memory: Mapping[str, object], now: float) -> None:
         """A service restarted (an upgrade, a reboot) goes on from what it had learned
         instead of a week of learning again. Anything malformed raises (ValueError,
         TypeError, KeyError): the caller starts afresh then."""
@@ -370,28 +371,29 @@ class DemandPolicy:
             raise ValueError(f"memory version {memory.get('version')!r}")
         week = self.HISTORY_EVERY * self.HISTORY_KEPT
         fanouts = [
-            (float(start), int(size))
-            for start, size in zip(memory["starts"], memory["sizes"], strict=True)
-            if now - week < float(start) <= now and int(size) > 0
+            (number(start), integer(size))
+            for start, size in zip(array(memory["starts"]), array(memory["sizes"]), strict=True)
+            if now - week < number(start) <= now and integer(size) > 0
         ]
         history = [
-            (float(r), int(h), int(m), int(ah), int(am)) for r, h, m, ah, am in memory["history"]
+            (number(r), integer(h), integer(m), integer(ah), integer(am))
+            for r, h, m, ah, am in map(array, array(memory["history"]))
         ]
         # The samples are 10 minutes apart, the newest taken at history_until: keep
         # those of the last week.
-        newest = float(memory["history_until"])
+        newest = number(memory["history_until"])
         keep = sum(1 for i in range(len(history)) if newest - i * self.HISTORY_EVERY > now - week)
         self.starts.extend(start for start, _ in fanouts)
         self.sizes.extend(size for _, size in fanouts)
         if self.starts:
             self.last_arrival = self.starts[-1]
-        creates = [float(c) for c in memory["creates"] if float(c) > 0]
+        creates = [number(c) for c in array(memory["creates"]) if number(c) > 0]
         if creates:
             self.creates.clear()
             self.creates.extend(creates)
             self.measured = True
-        self.leads.extend(float(lead) for lead in memory["leads"])
-        self.errors.extend(float(error) for error in memory["errors"])
+        self.leads.extend(number(lead) for lead in array(memory["leads"]))
+        self.errors.extend(number(error) for error in array(memory["errors"]))
         self.history.extend(history[len(history) - keep :])
 
 

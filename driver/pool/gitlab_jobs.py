@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from driver.parsed import items, table, tables
 from driver.pool.gitlab_api import DEFAULT_QUIET, PER_PAGE, ApiCalls, RateLimited
 from driver.pool.pipelines import PipelineJob
 from driver.settings import GitLabSettings
@@ -153,24 +154,25 @@ class GitLabJobs:
 
     def _graphql_jobs(self, project_id: int, pipeline_id: int) -> list[PipelineJob]:
         path = self._path(project_id)
-        nodes: list[dict[str, Any]] = []
+        nodes: list[dict[str, object]] = []
         when: dict[int, str] = {}
         stages: list[str] = []
         after: str | None = None
         while True:
-            answer = self._graphql().execute(jobs_query(path, pipeline_id, after))
-            pipeline = (answer.get("project") or {}).get("pipeline")
-            if pipeline is None:
+            answer = table(self._graphql().execute(jobs_query(path, pipeline_id, after)))
+            pipeline = table(table(answer.get("project")).get("pipeline"))
+            if not pipeline:
                 raise LookupError(f"GraphQL does not know pipeline {pipeline_id} of {path}")
             if after is None:
-                stages = [str(stage["name"]) for stage in _nodes(pipeline.get("stages"))]
+                stages = [str(stage.get("name")) for stage in _nodes(pipeline.get("stages"))]
                 for kind in WHEN:
-                    when |= {gid(job["id"]): kind for job in _nodes(pipeline.get(kind))}
-            nodes += pipeline["jobs"]["nodes"]
-            page = pipeline["jobs"]["pageInfo"]
-            if not page["hasNextPage"]:
+                    when |= {gid(job.get("id")): kind for job in _nodes(pipeline.get(kind))}
+            jobs = table(pipeline.get("jobs"))
+            nodes += _nodes(jobs)
+            page = table(jobs.get("pageInfo"))
+            if not page.get("hasNextPage"):
                 break
-            after = str(page["endCursor"])
+            after = str(page.get("endCursor"))
         return [_graphql_job(node, when, stages) for node in nodes]
 
     def _rest_jobs(self, project_id: int, pipeline_id: int) -> list[PipelineJob]:
@@ -220,36 +222,34 @@ def _rest_job(job: dict[str, object], bridge: bool = False) -> PipelineJob:
     )
 
 
-def _graphql_job(job: dict[str, Any], when: dict[int, str], stages: list[str]) -> PipelineJob:
+def _graphql_job(job: dict[str, object], when: dict[int, str], stages: list[str]) -> PipelineJob:
     """A job as GitLab's GraphQL `CiJob` gives it (status in capitals, ids global)."""
-    job_id = gid(job["id"])
-    stage = str((job.get("stage") or {}).get("name", ""))
-    downstream = job.get("downstreamPipeline")
+    job_id = gid(job.get("id"))
+    stage = str(table(job.get("stage")).get("name", ""))
+    downstream = table(job.get("downstreamPipeline"))
     dag = job.get("schedulingType") == "dag"
     return PipelineJob(
         job_id,
-        str(job["status"]).lower(),
+        str(job.get("status")).lower(),
         stage,
-        frozenset(str(tag) for tag in job.get("tags") or ()),
+        frozenset(str(tag) for tag in items(job.get("tags"))),
         str(job.get("name") or ""),
         timestamp(job.get("startedAt")),
         bool(job.get("allowFailure")),
         when=when.get(job_id, "on_success"),
-        needs=tuple(str(n["name"]) for n in _nodes(job.get("needs"))) if dag else None,
+        needs=tuple(str(n.get("name")) for n in _nodes(job.get("needs"))) if dag else None,
         scheduled_at=timestamp(job.get("scheduledAt")),
         stage_index=stages.index(stage) if stage in stages else -1,
         bridge=job.get("kind") == "BRIDGE",
-        downstream=(gid(downstream["project"]["id"]), gid(downstream["id"]))
+        downstream=(gid(table(downstream.get("project")).get("id")), gid(downstream.get("id")))
         if downstream
         else None,
     )
 
 
-def _nodes(connection: object) -> list[dict[str, Any]]:
+def _nodes(connection: object) -> list[dict[str, object]]:
     """A GraphQL connection's nodes; none where GitLab gave null (not allowed to see)."""
-    if not isinstance(connection, dict):
-        return []
-    return [node for node in connection.get("nodes") or () if isinstance(node, dict)]
+    return tables(table(connection).get("nodes"))
 
 
 def gid(value: object) -> int:

@@ -12,9 +12,8 @@ registry_username`` for any registry that file does not name.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import cast
 
-from driver.engine import Engine, EngineAPI, connect
+from driver.engine import Engine, connect
 from driver.image.auth import Credentials, Login, from_docker_config, read_admin_file
 from driver.image.policy import ImageRefused
 from driver.image.pull import Puller
@@ -59,10 +58,7 @@ def pull(
         warn=say,
         timeout=settings.image.pull_timeout,
     )
-    api = cast(
-        EngineAPI,
-        connect(Engine.of(address), settings.image.pull_timeout, settings.docker.ready_timeout),
-    )
+    api = connect(Engine.of(address), settings.image.pull_timeout, settings.docker.ready_timeout)
     pulled = []
     try:
         for image in images:

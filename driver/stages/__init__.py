@@ -5,6 +5,6 @@
     run      run_exec:     run one stage's script in the machine (once per stage: lean)
     cleanup  cleanup_exec: destroy the job's machine (idempotent)
 
-The operator's commands (sweep, ls, doctor, pool, ssh, job, migrate) are in
-``driver.commands``.
+The operator's commands (sweep, ls, doctor, pool, ssh, job, migrate,
+config-example) are in ``driver.commands``.
 """

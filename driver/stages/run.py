@@ -3,7 +3,9 @@
 This runs once per stage, so it stays lean: no pydantic, no structlog, no
 docker SDK on the success path. The script travels on ssh's stdin (it holds
 the job's secrets, so never on argv); ssh's stdout and stderr are ours, so
-output reaches the job log as it comes, with nothing buffering it.
+output reaches the job log as it comes, with nothing buffering it. In image mode
+the VM-side wrapper hands the stage to its container's keeper over FIFOs (see
+WRAPPER): no ``docker exec`` per stage.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from driver.contract import JOB_DIR_ENV, clean_env, read_job
-from driver.errors import BuildFailure, Cancelled, DriverError, JobError
+from driver.errors import BuildFailure, Cancelled, CommandTimedOut, DriverError, JobError
 from driver.image.stage import wrapper_args
 from driver.state import JobDir, JobPhase, JobRecord, Lock, LockTimeout
 
@@ -375,7 +377,6 @@ def _stop(pid: int, stdin_write: int, grace: float) -> None:
 def _probe(ssh: list[str], token: str) -> tuple[bool, str]:
     """Did the script itself exit 255? If the VM cannot say, also why (ssh's error)."""
     from driver import process  # only after a failure: the success path stays lean
-    from driver.errors import CommandTimedOut
 
     try:
         probe = process.run(

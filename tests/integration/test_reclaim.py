@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 from driver.contract import synthetic_response
 from testing import docker_machine as double
@@ -128,8 +127,6 @@ def test_after_the_runner_dies_the_sweeper_reclaims_its_machines(env: Env) -> No
     done = env.base / "runner-done"
     runner = textwrap.dedent(
         f"""
-        import sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from pathlib import Path
         from testing.world import Env
         from testing.runner import Job
@@ -139,6 +136,7 @@ def test_after_the_runner_dies_the_sweeper_reclaims_its_machines(env: Env) -> No
         """
     )
     # `setsid -f`: the runner is orphaned at once, its parent is init, as a service's is.
+    # process_env puts the repository on its PYTHONPATH, for `testing`.
     subprocess.run(
         ["setsid", "-f", sys.executable, "-c", runner], check=True, env=env.process_env()
     )

@@ -34,6 +34,52 @@ def test_records_round_trip_through_json_and_ignore_unknown_keys() -> None:
         JobRecord.from_json("[]")
 
 
+def test_every_field_of_a_record_survives_its_json() -> None:
+    saved = record(
+        pipeline_id=3,
+        phase=JobPhase.KEPT,
+        address=Address(host="h", port=2, user="u", key_path="k", engine_url="tcp://h:2376"),
+        kill_grace=4,
+        log_path="/var/log/gmd.log",
+        prepare_pid=11,
+        owners=[[11, 1234], [1, 5]],
+        boot_id="b",
+        taken_at=1.5,
+        kept_until=2.5,
+        timings={"create": 30.0},
+        pid_ns=4026531836,
+        taken_boot=9.25,
+    )
+    loaded = JobRecord.from_json(saved.to_json())
+    assert {**vars(loaded), "address": vars(loaded.address)} == {
+        **vars(saved),
+        "address": vars(saved.address),
+    }
+    pool = PoolRecord(
+        name="gmd-p1", address=Address(host="h"), created=1, ready_at=2, creator_pid=3
+    )
+    again = PoolRecord.from_json(pool.to_json())
+    assert {**vars(again), "address": vars(again.address)} == {
+        **vars(pool),
+        "address": vars(pool.address),
+    }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"port": "22"}, {"owners": [["1", 2]]}, {"timings": {"create": "slow"}}, {"machine": None}],
+    ids=["port", "owners", "timings", "machine"],
+)
+def test_a_field_of_the_wrong_type_is_a_corrupt_record(change: dict[str, object]) -> None:
+    data = json.loads(record().to_json())
+    if "port" in change:
+        data["address"] |= change
+    else:
+        data |= change
+    with pytest.raises(TypeError):
+        JobRecord.from_json(json.dumps(data))
+
+
 @pytest.mark.parametrize(
     ("start", "to", "allowed"),
     [

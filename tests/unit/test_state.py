@@ -195,8 +195,7 @@ def test_a_lock_dies_with_its_holder(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             f"""
-import sys, time
-sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+import time
 from pathlib import Path
 from driver.state import Lock
 Lock(Path({str(path)!r})).acquire(5)
@@ -205,6 +204,7 @@ time.sleep(60)
 """,
         ],
         stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert holder.stdout is not None
     assert holder.stdout.readline() == b"held\n"

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from hypothesis import given
-from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from driver import sweeper
@@ -125,7 +124,6 @@ def may_still_be_used(f: sweeper.Facts) -> bool:
     )
 
 
-@hsettings(max_examples=3000, deadline=None)
 @given(
     owner=st.sampled_from(["job", "pool", "claim", "none"]),
     has_entry=st.booleans(),

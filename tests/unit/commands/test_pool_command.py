@@ -9,6 +9,7 @@ import pytest
 
 from driver.commands import pool
 from driver.errors import DriverError
+from driver.pool import service
 from driver.settings import Settings, parse_settings
 from driver.state import StateDir
 
@@ -31,6 +32,7 @@ def test_a_second_pool_run_refuses_before_sweeping_or_binding_the_port(
     first.path.parent.mkdir(parents=True, mode=0o700)
     assert first.try_acquire()
     done: list[str] = []
+    monkeypatch.setattr(service, "START_WAIT", 0.2)  # the refusal, not the wait, is tested
     monkeypatch.setattr(pool, "_sweep_once", lambda s: done.append("sweep"))
     monkeypatch.setattr(pool, "_serve_metrics", lambda s, service: done.append("metrics"))
     try:

@@ -3,8 +3,7 @@ words, also those that exited and those with no port to check."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from driver.engine import ContainerInfo
 from driver.image import health
 
 NETWORK = "gmd-1-network"
@@ -12,7 +11,7 @@ NETWORK = "gmd-1-network"
 
 def container(
     running: bool, ports: list[str] | None = None, env: list[str] | None = None, code: int = 0
-) -> dict[str, Any]:
+) -> ContainerInfo:
     return {
         "State": {"Running": running, "ExitCode": code, "Error": "", "OOMKilled": False},
         "Config": {"Env": env or [], "ExposedPorts": {p: {} for p in ports or []}},
@@ -21,14 +20,14 @@ def container(
 
 
 class FakeApi:
-    def __init__(self, containers: dict[str, dict[str, Any]], logs: bytes = b"") -> None:
+    def __init__(self, containers: dict[str, ContainerInfo], logs: bytes = b"") -> None:
         self.containers = containers
         self.log = logs
 
-    def inspect_container(self, name: str) -> dict[str, Any]:
-        return self.containers[name]
+    def inspect_container(self, container: str) -> ContainerInfo:
+        return self.containers[container]
 
-    def logs(self, name: str, stdout: bool, stderr: bool) -> bytes:
+    def logs(self, container: str, *, stdout: bool, stderr: bool) -> bytes:
         return self.log
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from docker.errors import NotFound
 
-from driver.engine import Engine
+from driver.engine import ContainerAPI, ContainerInfo, Engine
 from driver.image import binds
 from driver.image.config import ImageSettings
 from driver.image.containers import Starter, channel_bind
@@ -26,13 +26,19 @@ class FakeEngine:
         self.container = container
         self.removed: list[str] = []
 
-    def inspect_container(self, name: str) -> dict[str, Any]:
+    def inspect_container(self, container: str) -> ContainerInfo:
         if self.container is None:
             raise NotFound("no such container")
-        return self.container
+        return cast(ContainerInfo, self.container)
 
-    def remove_container(self, name: str, force: bool = False) -> None:
-        self.removed.append(name)
+    def remove_container(self, container: str, *, force: bool) -> None:
+        self.removed.append(container)
+
+
+def connected(job: Starter, engine: FakeEngine) -> FakeEngine:
+    """``engine`` as the job's client: it answers the only calls _pooled_helper makes."""
+    job.api = cast(ContainerAPI, engine)
+    return engine
 
 
 def starter(volumes: list[str] | None = None) -> Starter:
@@ -82,16 +88,16 @@ def pooled(**changes: Any) -> dict[str, Any]:
 
 def test_a_matching_running_helper_is_used() -> None:
     job = starter()
-    job.api = FakeEngine(pooled())
+    api = connected(job, FakeEngine(pooled()))
     assert job._pooled_helper(NAME) == "sha256:abc"
-    assert job.api.removed == []
+    assert api.removed == []
 
 
 def test_no_helper_from_the_pool_means_none() -> None:
     job = starter()
-    job.api = FakeEngine(None)
+    api = connected(job, FakeEngine(None))
     assert job._pooled_helper(NAME) == ""
-    assert job.api.removed == []
+    assert api.removed == []
 
 
 @pytest.mark.parametrize(
@@ -107,16 +113,16 @@ def test_no_helper_from_the_pool_means_none() -> None:
 )
 def test_a_helper_that_differs_is_removed_and_not_used(changes: dict[str, Any]) -> None:
     job = starter()
-    job.api = FakeEngine(pooled(**changes))
+    api = connected(job, FakeEngine(pooled(**changes)))
     assert job._pooled_helper(NAME) == ""
-    assert job.api.removed == [NAME]
+    assert api.removed == [NAME]
 
 
 def test_other_volumes_since_the_pool_started_it_mean_a_new_helper() -> None:
     job = starter(volumes=["/srv/data:/data:ro"])
-    job.api = FakeEngine(pooled())
+    api = connected(job, FakeEngine(pooled()))
     assert job._pooled_helper(NAME) == ""
-    assert job.api.removed == [NAME]
+    assert api.removed == [NAME]
 
 
 def test_a_helper_the_pool_started_with_a_path_volume_is_the_jobs() -> None:
@@ -124,17 +130,20 @@ def test_a_helper_the_pool_started_with_a_path_volume_is_the_jobs() -> None:
     and the job's, so the pool's is used (and binds the volume the job's services get)."""
     volume = binds.volume_name(MACHINE, "/shared")
     job = starter(volumes=["/shared"])
-    job.api = FakeEngine(
-        pooled(
-            HostConfig={
-                "Binds": [
-                    "/builds:/builds:rw",
-                    "/cache:/cache:rw",
-                    f"{volume}:/shared:rw",
-                    channel_bind(NAME),
-                ]
-            }
-        )
+    api = connected(
+        job,
+        FakeEngine(
+            pooled(
+                HostConfig={
+                    "Binds": [
+                        "/builds:/builds:rw",
+                        "/cache:/cache:rw",
+                        f"{volume}:/shared:rw",
+                        channel_bind(NAME),
+                    ]
+                }
+            )
+        ),
     )
     assert job._pooled_helper(NAME) == "sha256:abc"
-    assert job.api.removed == []
+    assert api.removed == []

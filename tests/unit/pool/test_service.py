@@ -24,7 +24,10 @@ from driver.state import PoolRecord
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def test_a_second_pool_service_on_one_state_dir_refuses_naming_the_first(tmp_path: Path) -> None:
+def test_a_second_pool_service_on_one_state_dir_refuses_naming_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "START_WAIT", 0.2)  # the refusal, not the wait, is tested
     settings = parse_settings({"state_dir": str(tmp_path), "pool": {"idle_count": 1}})
     first, second = PoolService(settings), PoolService(settings)
     refused = f"another pool service \\(pid {os.getpid()}\\)"

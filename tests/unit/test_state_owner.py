@@ -13,7 +13,7 @@ import pytest
 from driver import settings, state_owner
 from driver.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_config(path: Path, state_dir: Path, driver: str, prefix: str, program: str) -> Path:

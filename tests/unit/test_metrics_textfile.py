@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from driver import metrics, metrics_textfile, settings
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
