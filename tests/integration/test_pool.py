@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from driver import metrics
+from driver.state import StateDir
 from testing.runner import Job
 from testing.world import Env, stop_pool, wait_for
 
@@ -135,6 +136,34 @@ def test_an_unhealthy_idle_machine_is_replaced(env: Env) -> None:
     env.assert_nothing_left()
     counters = metrics.load(env.state_dir)["counters"]
     assert counters.get(metrics.POOL_DISCARDED.key({"reason": "ssh_lost"})) == 1
+
+
+def test_a_job_passes_over_a_ready_machine_that_died_and_takes_the_next(env: Env) -> None:
+    from testing import docker_machine as double
+
+    # No health check in between: the job, not the service, finds the dead one.
+    env.configure(pool={"health_interval": 3600})
+    service = env.start_pool()
+    try:
+        wait_for(lambda: idle(env) == 2)
+        dead, live = StateDir(env.state_dir).ready()  # claimed in this order
+        double.kill_vm(str(env.storage), dead)
+        result = env.run_job(Job(script=['echo "on $(hostname)"']))
+        assert result.outcome == "success", result.describe()
+        assert f"Pool machine {dead} did not answer" in result.job_log
+        assert f"Took machine {live} from the warm pool" in result.job_log
+        assert f"on {live}" in result.job_log
+        assert "No ready machine" not in result.job_log
+        # Removed by the service (the job did not wait for that), and replaced.
+        wait_for(lambda: dead not in env.machines() and idle(env) == 2)
+        assert dead not in machine_names(env)
+    finally:
+        stop_pool(service)
+    env.assert_nothing_left()
+    counters = metrics.load(env.state_dir)["counters"]
+    assert counters.get(metrics.POOL_DISCARDED.key({"reason": "dead_at_claim"})) == 1
+    assert counters.get(metrics.POOL_CLAIMS.key({"result": "hit"})) == 1
+    assert metrics.POOL_CLAIMS.key({"result": "miss"}) not in counters
 
 
 def test_sweep_leaves_the_pool_alone_and_status_reports(env: Env) -> None:
