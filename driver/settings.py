@@ -78,7 +78,7 @@ def _default_storage_path() -> Path:
 
 class Section(BaseModel):
     # A typo in the admin's file must be an error, not a silently ignored key.
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DockerMachineSettings(Section):

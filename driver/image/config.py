@@ -38,7 +38,7 @@ SYSCTL = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-/]+)+$")
 
 class _Section(BaseModel):
     # As driver.settings.Section: a typo is an error, not an ignored key.
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ServiceSettings(_Section):
