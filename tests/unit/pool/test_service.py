@@ -239,3 +239,10 @@ def test_a_machine_a_job_rejected_at_its_claim_is_removed_by_the_service(
     assert service.state.withdrawn() == ["gmd-p000000c2"]
     assert service.state.claims() == []
     busy.release()
+
+
+def test_a_restart_of_the_service_leaves_the_connections_it_handed_to_jobs() -> None:
+    """The SSH masters the service opened go to the jobs that claim their machines:
+    systemd must stop the service's own process only, not its whole control group."""
+    unit = ROOT / "packaging" / "systemd" / "gitlab-machine-driver-pool@.service"
+    assert "KillMode=process" in unit.read_text().splitlines()
