@@ -14,19 +14,25 @@ from pathlib import Path
 from driver.errors import DriverError
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str, *, durable: bool = True) -> None:
     """Write a 0600 file atomically and durably: readers see the old or the new content,
     never half, and after a power cut the file is the old or the new one, never empty
-    (the file is synced before the rename, its directory after)."""
+    (the file is synced before the rename, its directory after).
+
+    ``durable=False``: atomic, not synced; for files nobody needs after a power cut
+    (the host's jobs are gone then): a job's SSH files, the metrics. Two fsyncs each
+    are most of a pool claim's file work."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        sync_dir(path.parent)
+        if durable:
+            sync_dir(path.parent)
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -97,11 +97,23 @@ POOL_FAILURE_BACKOFFS = Counter(
     "Times identical failures in a row held the pool's next create back, by reason",
     ("reason",),
 )
+# Why a pool machine was discarded: the step its making failed in (the pool service),
+# ssh_lost (its health check, or a restart, found it gone), interrupted (a restart cut
+# its create short), dead_at_claim (a job's prepare found it dead). docs/metrics.md.
+DISCARD_REASONS = (
+    "create_failed",
+    "ssh_not_ready",
+    "tools_missing",
+    "engine_not_ready",
+    "engine_lost",
+    "preparation_failed",
+    "ssh_lost",
+    "interrupted",
+    "dead_at_claim",
+)
 POOL_DISCARDED = Counter(
     "pool_discarded_machines_total",
-    "Pool machines discarded as unusable, by reason (create_failed, ssh_not_ready, "
-    "tools_missing, engine_not_ready, engine_lost, preparation_failed, ssh_lost, "
-    "interrupted, dead_at_claim)",
+    f"Pool machines discarded as unusable, by reason ({', '.join(DISCARD_REASONS)})",
     ("reason",),
 )
 MACHINE_CREATE_SECONDS = Histogram(
@@ -194,7 +206,8 @@ def _update(state_dir: Path, change: Callable[[Data], None]) -> None:
         with StateDir(state_dir).lock("metrics").held(LOCK_TIMEOUT, "the metrics file"):
             data = load(state_dir)
             change(data)
-            write_private(state_dir / FILE, json.dumps(data))
+            # Not synced: a power cut may cost the last counts, never a job the time.
+            write_private(state_dir / FILE, json.dumps(data), durable=False)
     except (OSError, DriverError, ValueError, TypeError):
         # Metrics never fail their caller: a full disk (DriverError from the write), a
         # held lock or a damaged file drops this one count, never a job or a removal.

@@ -9,6 +9,7 @@ every stage; if it dies, the next stage reconnects against the pinned key.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -77,6 +78,7 @@ def write_config(
     *,
     machine: str,
     address: Address,
+    durable: bool = True,
 ) -> None:
     write_private(
         machine_dir.ssh_config,
@@ -90,6 +92,7 @@ def write_config(
             connect_timeout=settings.connect_timeout,
             keepalive_interval=settings.keepalive_interval,
         ),
+        durable=durable,
     )
 
 
@@ -178,6 +181,22 @@ def wait_ready(
             progress(f"Still waiting for SSH on {target} ({waited:.0f}s): {last_error}")
             next_report += report_every
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def hand_over_master(source: MachineDir, target: MachineDir) -> bool:
+    """Give ``target`` the master connection open at ``source`` (a pool machine's, to the
+    job that claimed it): its socket is renamed, the connection itself goes on, so the
+    job's stages need no new connection. False if ``source`` had none.
+
+    The master keeps the options it was opened with (the pool's ssh_config, the same
+    settings and pinned key); a rekey must present the same host key. When it ends it
+    removes the socket path it was opened at, not ``target``'s: ssh then finds a stale
+    socket at ``target``, removes it and connects afresh (ControlMaster auto)."""
+    try:
+        os.rename(source.control_path, target.control_path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def stop_master(machine_dir: MachineDir) -> None:

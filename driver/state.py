@@ -476,6 +476,14 @@ class StateDir:
                 names.append(name)
         return names
 
+    def reject_claim(self, name: str, job_id: int) -> None:
+        """A claimed machine its job will not take (it did not answer): withdrawn, never
+        ready again; the pool service removes it at its next check (or the sweeper, with
+        no service), as it removes what it withdrew itself."""
+        (self.pool_root / "withdrawn").mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileNotFoundError):  # a sweep took it meanwhile
+            os.rename(self._marker("claimed", f"{name}@{job_id}"), self._marker("withdrawn", name))
+
     def withdraw(self, name: str) -> bool:
         """Take a ready machine out of the ready set for good; False if it was just claimed."""
         (self.pool_root / "withdrawn").mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -484,6 +492,10 @@ class StateDir:
         except FileNotFoundError:
             return False
         return True
+
+    def withdrawn(self) -> list[str]:
+        folder = self.pool_root / "withdrawn"
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
     def mark_withdrawn(self, name: str) -> None:
         """For a machine that was never ready (a failed or abandoned create)."""

@@ -18,7 +18,7 @@ from driver.image.auth import Credentials, Login, from_docker_config, read_admin
 from driver.image.policy import ImageRefused
 from driver.image.pull import Puller
 from driver.settings import Settings
-from driver.state import Address
+from driver.state import Address, PoolPhase, StateDir
 
 Say = Callable[[str], None]
 
@@ -72,4 +72,25 @@ def pull(
             pulled.append(image)
     finally:
         api.close()
+    return pulled
+
+
+def pull_while_ready(
+    state: StateDir,
+    name: str,
+    address: Address,
+    images: Sequence[str],
+    settings: Settings,
+    *,
+    say: Say,
+    skipped: Callable[[str, str], None],
+) -> list[str]:
+    """Pull ``images`` into a machine already ready, one at a time while it stays ready:
+    a claim never waits for it. Once a job claimed it, the rest is abandoned (the
+    job pulls what it needs); an image in flight then simply finishes."""
+    pulled = []
+    for image in images:
+        if state.pool_phase(name) != PoolPhase.READY:
+            break
+        pulled += pull(name, address, [image], settings, say=say, skipped=skipped)
     return pulled

@@ -23,6 +23,7 @@ from driver.pool import images, served, webhook
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.pool.gitlab_api import ApiCalls
 from driver.pool.gitlab_jobs import GitLabJobs
+from driver.pool.learned import LearnedImages
 from driver.pool.lookahead import Lookahead
 from driver.pool.pipelines import ListJobs, PipelineWatch, UsualDurations
 from driver.settings import Settings
@@ -90,6 +91,7 @@ class PoolService:
         )
         self.claims_seen: tuple[float, float] | None = None  # the hit and miss counters
         self.create_measured: set[str] = set()  # ready machines whose create time was taken
+        self.learned = LearnedImages(settings, self.state)  # pulled into ready machines too
         # Jobs known to be coming: the next stage of the pipelines of the jobs here.
         self.lookahead = Lookahead()
         self.jobs_seen: set[int] = set()
@@ -225,7 +227,9 @@ class PoolService:
                 machine = self.state.load_pool(name)
                 if machine and not self._healthy(machine) and self.state.withdraw(name):
                     self._discarded("ssh_lost")
-                    self._start(functools.partial(self._remove, name, "failed its health check"))
+                    self._start_removal(name, "failed its health check")
+        self._remove_rejected()
+        self.learned.tick(self._start)
         self.write_status(decision.wanted, in_use)
         if now - self.last_remembered >= REMEMBER_EVERY:
             self.remember()
@@ -317,7 +321,33 @@ class PoolService:
 
     def _start_remove(self, name: str, why: str) -> None:
         if self.state.withdraw(name):  # False: a job claimed it meanwhile
-            self._start(functools.partial(self._remove, name, why))
+            self._start_removal(name, why)
+
+    def _start_removal(self, name: str, why: str) -> None:
+        """Remove a machine this service withdrew, in a thread of its own."""
+        with self.lock:  # before its thread runs: _remove_rejected leaves it alone
+            self.removing.add(name)
+        self._start(functools.partial(self._remove, name, why))
+
+    def _remove_rejected(self) -> None:
+        """Remove the machines jobs found dead at their claim (withdrawn by the job, its
+        removal left to us: the job does not wait for it); the controller replaces them.
+        One whose lock is held is being made or removed by someone else."""
+        for name in self.state.withdrawn():
+            with self.lock:
+                if name in self.removing or name in self.creating:
+                    continue
+            entry = self.state.pool_lock(name)
+            if entry.try_acquire():
+                with self.lock:
+                    self.removing.add(name)
+                self._start(functools.partial(self._remove_held, name, entry))
+
+    def _remove_held(self, name: str, entry: Lock) -> None:
+        try:
+            self._remove(name, "it did not answer a job's claim", entry)
+        finally:
+            entry.release(remove=self.state.pool_phase(name) == PoolPhase.GONE)
 
     def _start(self, work: Callable[[], None]) -> None:
         threading.Thread(target=work, daemon=True).start()
@@ -385,8 +415,10 @@ class PoolService:
                     self.log.info("pool_helper_started")
             except Exception as e:  # the job starts its own then
                 self.log.warning("pool_helper_not_started", error=str(e)[:300])
-            ssh.stop_master(where)  # the job opens its own; an idle master would only linger
+            # Its master connection stays open (the health checks keep it): the job that
+            # claims it takes it over (driver.ssh.hand_over_master), no new connection.
             record.ready_at = time.time()
+            self.learned.made_ready(name, [*configured, *learned])
             self.state.save_pool(record)
             if self.stopping.is_set() and self.settings.pool.drain_on_stop:
                 reached.append("stopping")
@@ -455,10 +487,14 @@ class PoolService:
         metrics.count(self.settings.state_dir, metrics.POOL_FAILURE_BACKOFFS, {"reason": reason})
 
     def _healthy(self, record: PoolRecord) -> bool:
+        """One round trip on its master connection (opened again if it ended): kept open
+        for the job that claims it."""
         where = self.state.pool_dir(record.name)
-        result = ssh.run(where, "true", timeout=self.settings.ssh.connect_timeout + 5, check=False)
-        ssh.stop_master(where)
-        return result.exit_code == 0
+        timeout = self.settings.ssh.connect_timeout + 5
+        try:
+            return ssh.run(where, "true", timeout=timeout, check=False).exit_code == 0
+        except DriverError:  # timed out
+            return False
 
     def _remove(
         self, name: str, why: str, held: Lock | None = None, deadline: float | None = None

@@ -11,13 +11,11 @@ import argparse
 import contextlib
 import os
 import time
+from typing import TYPE_CHECKING
 
 from driver import limits, log, metrics, provision, signals, ssh, state_owner
 from driver.docker_machine import DockerMachine
-from driver.engine import warm_up
-from driver.errors import DriverError
-from driver.image import containers
-from driver.image.plan import plan as plan_containers
+from driver.errors import CommandError, DriverError
 from driver.log import say
 from driver.payload import Job
 from driver.settings import Settings, config_path
@@ -26,12 +24,20 @@ from driver.state import (
     JobDir,
     JobPhase,
     JobRecord,
+    MachineDir,
     ancestors,
     boot_clock,
     boot_id,
     pid_namespace,
     write_private,
 )
+
+if TYPE_CHECKING:
+    from driver.image.plan import Plan
+
+# A claim's check on the pool's open connection: a round trip takes milliseconds; a VM
+# that went without closing it (a spot reclaim) is not waited for longer than this.
+CLAIM_CHECK_TIMEOUT = 3.0
 
 
 def new_record(settings: Settings, job: Job, machine: str) -> JobRecord:
@@ -61,9 +67,7 @@ def main(args: argparse.Namespace) -> int:
     state_owner.claim_gitlab(settings, stage.job.server_url)
     dm = stage.docker_machine()
     total = log.Timer()
-    image_plan = plan_containers(settings.image, say)  # a refused image costs no machine
-    if image_plan is not None:
-        warm_up()  # the SDK loads while the machine is claimed or created
+    image_plan = _image_plan(settings)  # a refused image costs no machine
     with job_dir.locked(timeout=60):
         job_dir.create()
         ssh.check_control_path(job_dir)
@@ -88,17 +92,7 @@ def main(args: argparse.Namespace) -> int:
                 else:
                     source = "pool"
             if image_plan is not None:  # image mode: the job's containers, on its machine
-                ready = job_dir.load()
-                containers.start(
-                    settings,
-                    job_dir,
-                    image_plan,
-                    ready.machine,
-                    ready.address,
-                    lambda: dm.url(ready.machine),
-                    say,
-                    log.warn,
-                )
+                _start_containers(stage, dm, image_plan)
         except BaseException as e:
             # Never leave a machine behind for a job that will not use it; remove it
             # before saying anything (the job log may be a closed pipe by now).
@@ -114,6 +108,37 @@ def main(args: argparse.Namespace) -> int:
     if source == "create":
         say(f"Machine {name} is ready ({total.seconds:g}s)")
     return 0
+
+
+def _image_plan(settings: Settings) -> Plan | None:
+    """What the job runs in (image mode), checked against the admin's lists; None: the
+    VM's shell. Image mode's modules load only when it is on: they are a good part of
+    the imports of a pool claim that does not need them."""
+    if not settings.image.container_mode:
+        return None
+    from driver.engine import warm_up
+    from driver.image.plan import plan
+
+    image_plan = plan(settings.image, say)
+    if image_plan is not None:
+        warm_up()  # the SDK loads while the machine is claimed or created
+    return image_plan
+
+
+def _start_containers(stage: Stage, dm: DockerMachine, image_plan: Plan) -> None:
+    from driver.image import containers  # image mode only (see _image_plan)
+
+    ready = stage.job_dir.load()
+    containers.start(
+        stage.settings,
+        stage.job_dir,
+        image_plan,
+        ready.machine,
+        ready.address,
+        lambda: dm.url(ready.machine),
+        say,
+        log.warn,
+    )
 
 
 def _remove_machines(
@@ -166,11 +191,22 @@ def _create(
 def _from_pool(stage: Stage, dm: DockerMachine, again: bool = False) -> bool:
     """Take a ready machine from the warm pool; False if there is none (create one then).
 
+    Each machine claimed is checked first (one round trip on the master connection the
+    pool keeps open to it); one that died while it waited is left withdrawn for the pool
+    service to remove and replace, and the next one is tried.
+
     `again`: a job that missed, looking again while it waits for capacity; its miss
     was counted and said already.
     """
     settings, state, job_dir = stage.settings, stage.state, stage.job_dir
-    pooled = state.claim(stage.job.id)
+    timer = log.Timer()
+    while (pooled := state.claim(stage.job.id)) is not None:
+        if _answers(settings, state.pool_dir(pooled.name)):
+            break
+        state.reject_claim(pooled.name, stage.job.id)
+        metrics.count(settings.state_dir, metrics.POOL_DISCARDED, {"reason": "dead_at_claim"})
+        log.get().warning("pool_machine_dead_at_claim", machine=pooled.name)
+        say(f"Pool machine {pooled.name} did not answer: left for the pool to remove")
     if not again:
         found = "hit" if pooled else "miss"
         metrics.count(settings.state_dir, metrics.POOL_CLAIMS, {"result": found})
@@ -178,25 +214,20 @@ def _from_pool(stage: Stage, dm: DockerMachine, again: bool = False) -> bool:
         if not again:
             say("No ready machine in the warm pool: creating one for this job")
         return False
-    timer = log.Timer()
     record = new_record(settings, stage.job, pooled.name)
-    record.phase = JobPhase.CREATED
+    record.phase = JobPhase.READY
     record.address = pooled.address
     job_dir.save(record)  # from here on the job owns it: its cleanup destroys it
-    write_private(job_dir.known_hosts, state.pool_dir(pooled.name).known_hosts.read_text())
-    ssh.write_config(job_dir, settings.ssh, machine=pooled.name, address=pooled.address)
+    source = state.pool_dir(pooled.name)
+    # The job's own SSH files (its dir's paths) and the pool's open connection; not
+    # synced: after a power cut there is no job to use them.
+    write_private(job_dir.known_hosts, source.known_hosts.read_text(), durable=False)
+    ssh.write_config(
+        job_dir, settings.ssh, machine=pooled.name, address=pooled.address, durable=False
+    )
+    ssh.hand_over_master(source, job_dir)
     state.release_claims(stage.job.id)
     state.forget_pool(pooled.name)
-    result = ssh.run(job_dir, "true", timeout=settings.ssh.connect_timeout + 5, check=False)
-    if result.exit_code != 0:
-        ssh.stop_master(job_dir)
-        metrics.count(settings.state_dir, metrics.POOL_DISCARDED, {"reason": "dead_at_claim"})
-        provision.destroy(dm, pooled.name, settings, log.to_admin_log, quiet_if_missing=True)
-        job_dir.state_file.unlink(missing_ok=True)
-        say(f"Pool machine {pooled.name} did not answer ({result.output}); it was removed")
-        return False
-    record.advance(JobPhase.READY)
-    job_dir.save(record)
     idle = time.time() - pooled.ready_at
     say(
         f"Took machine {pooled.name} from the warm pool (ready {idle:.0f}s ago, "
@@ -204,3 +235,16 @@ def _from_pool(stage: Stage, dm: DockerMachine, again: bool = False) -> bool:
     )
     log.get().info("claimed_from_pool", machine=pooled.name, seconds=timer.seconds)
     return True
+
+
+def _answers(settings: Settings, machine: MachineDir) -> bool:
+    """Whether a claimed pool machine answers over SSH, its pinned key enforced. On the
+    pool's open master connection one round trip, given CLAIM_CHECK_TIMEOUT: a VM gone
+    without a word (a spot reclaim) never holds the job longer; without one (it ended),
+    a fresh connection, given the connect timeout."""
+    has_master = machine.control_path.exists()
+    timeout = CLAIM_CHECK_TIMEOUT if has_master else settings.ssh.connect_timeout + 5
+    try:
+        return ssh.run(machine, "true", timeout=timeout, check=False).exit_code == 0
+    except CommandError:  # timed out
+        return False

@@ -3,10 +3,14 @@ serves one job and is destroyed, jobs run whether the service is up or not."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from driver import metrics
+from driver.state import StateDir
 from testing.runner import Job
 from testing.world import Env, stop_pool, wait_for
 
@@ -135,6 +139,74 @@ def test_an_unhealthy_idle_machine_is_replaced(env: Env) -> None:
     env.assert_nothing_left()
     counters = metrics.load(env.state_dir)["counters"]
     assert counters.get(metrics.POOL_DISCARDED.key({"reason": "ssh_lost"})) == 1
+
+
+def master_port(control_path: Path) -> int:
+    """The local TCP port of the SSH master connection opened at ``control_path`` (a
+    master names itself "ssh: CONTROL_PATH [mux]")."""
+    title = f"ssh: {control_path} [mux]"
+    masters = [
+        pid
+        for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+        if _cmdline(pid).startswith(title)
+    ]
+    assert len(masters) == 1, masters
+    out = subprocess.run(["ss", "-tnpH"], capture_output=True, text=True, check=True).stdout
+    (line,) = [line for line in out.splitlines() if f"pid={masters[0]}," in line]
+    return int(line.split()[3].rpartition(":")[2])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def test_the_job_goes_on_over_the_connection_the_pool_kept_open(env: Env) -> None:
+    env.configure(pool={"idle_count": 1, "health_interval": 3600})
+    service = env.start_pool()
+    try:
+        wait_for(lambda: idle(env) == 1)
+        (name,) = StateDir(env.state_dir).ready()
+        port = master_port(StateDir(env.state_dir).pool_dir(name).control_path)
+        result = env.run_job(Job(script=['echo "client: $SSH_CONNECTION"']))
+        assert result.outcome == "success", result.describe()
+        assert f"Took machine {name} from the warm pool" in result.job_log
+        (client,) = [line for line in result.job_log.splitlines() if line.startswith("client:")]
+        assert client.split()[2] == str(port)  # the same TCP connection, no new one
+    finally:
+        stop_pool(service)
+    env.assert_nothing_left()
+
+
+def test_a_job_passes_over_a_ready_machine_that_died_and_takes_the_next(env: Env) -> None:
+    from testing import docker_machine as double
+
+    # No health check in between: the job, not the service, finds the dead one.
+    env.configure(pool={"health_interval": 3600})
+    service = env.start_pool()
+    try:
+        wait_for(lambda: idle(env) == 2)
+        dead, live = StateDir(env.state_dir).ready()  # claimed in this order
+        double.kill_vm(str(env.storage), dead)
+        result = env.run_job(Job(script=['echo "on $(hostname)"']))
+        assert result.outcome == "success", result.describe()
+        assert f"Pool machine {dead} did not answer" in result.job_log
+        assert f"Took machine {live} from the warm pool" in result.job_log
+        assert f"on {live}" in result.job_log
+        assert "No ready machine" not in result.job_log
+        # Removed by the service (the job did not wait for that), and replaced.
+        wait_for(lambda: dead not in env.machines() and idle(env) == 2)
+        assert dead not in machine_names(env)
+    finally:
+        stop_pool(service)
+    env.assert_nothing_left()
+    counters = metrics.load(env.state_dir)["counters"]
+    assert counters.get(metrics.POOL_DISCARDED.key({"reason": "dead_at_claim"})) == 1
+    assert counters.get(metrics.POOL_CLAIMS.key({"result": "hit"})) == 1
+    assert metrics.POOL_CLAIMS.key({"result": "miss"}) not in counters
 
 
 def test_sweep_leaves_the_pool_alone_and_status_reports(env: Env) -> None:

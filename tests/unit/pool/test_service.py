@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import threading
@@ -176,3 +177,75 @@ def test_the_service_stops_within_its_units_limit(
     service.shutdown()
     monkeypatch.undo()
     assert now[0] - 1000.0 <= service_module.STOP_WITHIN + 1
+
+
+def test_the_discard_reasons_are_one_vocabulary_with_the_docs() -> None:
+    from driver import metrics
+
+    assert set(service_module.FAILURE_REASONS.values()) <= set(metrics.DISCARD_REASONS)
+    row = next(
+        line
+        for line in (ROOT / "docs" / "metrics.md").read_text().splitlines()
+        if metrics.POOL_DISCARDED.full_name in line
+    )
+    listed = re.sub(r"\([^)]*\)", "", row.split("`reason`:")[1])  # without the comments
+    assert {word.strip(" |") for word in listed.split(",")} == set(metrics.DISCARD_REASONS)
+
+
+def ready_machine(service: PoolService, name: str) -> None:
+    from driver.state import Address
+
+    service.state.save_pool(PoolRecord(name=name, address=Address(host="10.0.0.9")))
+    service.state.mark_ready(name)
+
+
+def test_a_ready_machine_that_fails_its_health_check_is_counted_ssh_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driver import metrics, ssh
+
+    settings = parse_settings({"state_dir": str(tmp_path), "pool": {"idle_count": 1}})
+    service = PoolService(settings)
+    ready_machine(service, "gmd-p000000b1")  # the target: the controller keeps it
+    monkeypatch.setattr(ssh, "run", lambda *args, **kw: Result(["ssh"], 255, "", "gone"))
+    removed: list[str] = []
+    monkeypatch.setattr(service, "_start", lambda work: work())
+    monkeypatch.setattr(service, "_remove", lambda name, why, held=None: removed.append(name))
+    service.tick(time.time())
+    assert removed == ["gmd-p000000b1"]
+    counters = metrics.load(tmp_path)["counters"]
+    assert counters == {metrics.POOL_DISCARDED.key({"reason": "ssh_lost"}): 1}
+
+
+def test_a_machine_a_job_rejected_at_its_claim_is_removed_by_the_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = parse_settings({"state_dir": str(tmp_path), "pool": {"idle_count": 0}})
+    service = PoolService(settings)
+    for name in ("gmd-p000000c1", "gmd-p000000c2"):
+        ready_machine(service, name)
+        assert service.state.claim(7) is not None
+        service.state.reject_claim(name, 7)  # the job found it dead
+    busy = service.state.pool_lock("gmd-p000000c2")  # being removed by a sweep
+    assert busy.try_acquire()
+    removed: list[str] = []
+
+    def remove(name: str, why: str, held: object = None) -> None:
+        assert held is not None  # under its lock, which the service took
+        removed.append(name)
+        service.state.forget_pool(name)
+
+    monkeypatch.setattr(service, "_start", lambda work: work())
+    monkeypatch.setattr(service, "_remove", remove)
+    service.tick(time.time())
+    assert removed == ["gmd-p000000c1"]
+    assert service.state.withdrawn() == ["gmd-p000000c2"]
+    assert service.state.claims() == []
+    busy.release()
+
+
+def test_a_restart_of_the_service_leaves_the_connections_it_handed_to_jobs() -> None:
+    """The SSH masters the service opened go to the jobs that claim their machines:
+    systemd must stop the service's own process only, not its whole control group."""
+    unit = ROOT / "packaging" / "systemd" / "gitlab-machine-driver-pool@.service"
+    assert "KillMode=process" in unit.read_text().splitlines()
