@@ -36,6 +36,11 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("driver/stages/run.py", "_log_failure", "driver"): START_UP,
     ("driver/stages/run.py", "_probe", "driver"): START_UP,
     ("driver/stages/run.py", "_job_dir_from_config", "driver.settings"): START_UP,
+    # Image mode's modules and the Docker SDK, only when image mode is on: a pool claim
+    # in the VM's shell does not pay for them (docs/pool.md, where a claim's time goes).
+    ("driver/stages/prepare.py", "_image_plan", "driver.engine"): START_UP,
+    ("driver/stages/prepare.py", "_image_plan", "driver.image.*"): START_UP,
+    ("driver/stages/prepare.py", "_start_containers", "driver.image"): START_UP,
 }
 
 
