@@ -1,6 +1,6 @@
 """Where the time of a pool-hit prepare goes, on the double.
 
-    PATH=$PWD/testing/bin:$PATH .venv/bin/python bench/claim.py
+    PATH=$PWD/testing/bin:$PATH .venv/bin/python -m bench.claim
 
 One world (testing/world.py) with a warm pool of --idle machines; --jobs jobs
 run one after the other, each taking a ready machine (the pool refills between
@@ -24,11 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from testing.runner import Job
+from testing.world import Env, destroy_world, new_world, stop_pool, wait_for
 
-from testing.runner import Job  # noqa: E402
-from testing.world import Env, destroy_world, new_world, stop_pool, wait_for  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # (part, file suffix, function name): the cumulative time of that function.
 PARTS = [
