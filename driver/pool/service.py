@@ -100,7 +100,7 @@ class PoolService:
         self.pipelines: PipelineWatch | None = None
         self.polling = threading.Event()  # a look at GitLab is in flight
         pool = settings.pool
-        if pool.policy == "demand" and pool.lookahead and settings.gitlab.configured:
+        if pool.lookahead and settings.gitlab.configured:  # either policy uses it
             self.pipelines = PipelineWatch(
                 self.lookahead,
                 list_jobs or gitlab_list_jobs(settings.gitlab),
