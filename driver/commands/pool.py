@@ -1,5 +1,6 @@
-"""pool: the warm-pool service (`pool run`), what it holds (`pool status`), and
-removing its ready machines by hand (`pool drain`)."""
+"""pool: the warm-pool service (`pool run`), what it holds (`pool status`),
+removing its ready machines by hand (`pool drain`), and replaying jobs through
+its policies (`pool replay`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from driver import log, metrics, state_owner
+from driver.commands import pool_replay
 from driver.commands.sweep import run_sweep
 from driver.docker_machine import DockerMachine
 from driver.errors import ConfigError, DriverError
@@ -29,6 +31,8 @@ from driver.sweeper import Sweep
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.action == "replay":  # the admin's jobs through the pool's policies: no config
+        return pool_replay.main(args)
     settings = load_settings(args.config_path)
     if args.action == "status":
         return status(settings, as_json=args.json)

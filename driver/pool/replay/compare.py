@@ -1,0 +1,362 @@
+"""Each policy at its cheapest setting reaching a hit rate, on one trace, side by side.
+
+The policies compared (each with the setting, searched in hindsight on the
+very trace, that reaches the hit rate at the least total machine-seconds):
+
+  idle_count          docker+machine's IdleCount, one count all week
+  periods             IdleCount N 8:00-18:00 on weekdays, M otherwise (as
+                      `migrate` carries docker+machine's autoscaling periods)
+  periods + lookahead the same, plus one machine per job announced ahead
+  demand              this driver's policy = "demand", lowest hit_rate_target
+                      reaching it, told nothing ahead
+  demand + lookahead  the same, told of the jobs announced ahead
+
+The hindsight search is what no admin can do; the demand policy's target is
+the only knob it needs. Periods are searched as two halves: a run with one
+count N for both shows the hits and costs of working hours and of the rest
+at N, and the cheapest pair is taken from those, then checked by a run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass
+
+from driver.pool.replay.simulate import Replay, Result, StoppedTier, Timing
+from driver.pool.replay.trace import Trace
+from driver.pool.replay.week import WORKING_HOURS
+from driver.settings import LimitSettings, PoolSettings, parse_settings
+
+DAY = 86400.0
+WORK_START, WORK_END = 8 * 3600.0, 18 * 3600.0  # WORKING_HOURS, in seconds of a day
+DEMAND_TARGETS = (
+    *(round(0.5 + 0.05 * i, 2) for i in range(9)),
+    *(round(0.95 + 0.01 * i, 2) for i in range(5)),
+    0.995,
+    0.999,
+)
+
+
+def working(t: float) -> bool:
+    day, second = divmod(t, DAY)
+    return day % 7 < 5 and WORK_START <= second < WORK_END
+
+
+def working_seconds(a: float, b: float) -> float:
+    """The seconds of [a, b) (seconds of the week) within working hours."""
+    total, day = 0.0, math.floor(a / DAY)
+    while day * DAY < b:
+        if day % 7 < 5:
+            total += max(0.0, min(b, day * DAY + WORK_END) - max(a, day * DAY + WORK_START))
+        day += 1
+    return total
+
+
+@dataclass(frozen=True)
+class Half:
+    """Jobs, hits and running machine-seconds of working hours or of the rest."""
+
+    jobs: int
+    hits: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a comparison keeps of one replay."""
+
+    policy: str
+    label: str
+    jobs: int
+    hits: int
+    idle_seconds: float
+    total_seconds: float
+    prepare: tuple[float, float, float]  # p50, p95, p99
+    pool_creates: int
+    never_used: int
+    cost_per_job: float
+    halves: tuple[Half, Half]  # working hours, the rest
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / max(1, self.jobs)
+
+    @property
+    def idle_per_job(self) -> float:
+        return self.idle_seconds / max(1, self.jobs)
+
+    @property
+    def total_per_job(self) -> float:
+        return self.total_seconds / max(1, self.jobs)
+
+
+def summarize(policy: str, result: Result, tier: StoppedTier) -> Summary:
+    work, rest = [0, 0, 0.0], [0, 0, 0.0]
+    for vm in result.vms:
+        until = vm.claimed_at if vm.claimed_at is not None else vm.removed_at
+        end = result.end if until is None else until
+        inside = working_seconds(vm.started, end)
+        work[2] += inside
+        rest[2] += end - vm.started - inside
+    for run in result.runs:
+        half = work if working(run.job.arrival) else rest
+        half[0] += 1
+        half[1] += run.hit
+        half[2] += (run.own_machine or result.claim_seconds) + run.job.duration
+    rest[2] += result.tier_running
+    return Summary(
+        policy,
+        result.label,
+        result.jobs,
+        sum(r.hit for r in result.runs),
+        result.idle_seconds,
+        result.total_seconds,
+        (result.prepare(50), result.prepare(95), result.prepare(99)),
+        len(result.vms),
+        result.never_used,
+        result.cost_per_job(tier),
+        (Half(int(work[0]), int(work[1]), work[2]), Half(int(rest[0]), int(rest[1]), rest[2])),
+    )
+
+
+def idle_pool(peak: int, rest: int, timing: Timing) -> PoolSettings:
+    """IdleCount `rest`, and `peak` in working hours (UTC), as `migrate` writes them."""
+    pool: dict[str, object] = {
+        "idle_count": rest,
+        "idle_time": timing.idle_time,
+        "check_interval": timing.tick,
+    }
+    if peak != rest:
+        pool["autoscaling"] = [{"periods": [WORKING_HOURS], "idle_count": peak, "timezone": "UTC"}]
+    return parse_settings({"pool": pool}).pool
+
+
+def demand_pool(target: float, timing: Timing) -> PoolSettings:
+    return parse_settings(
+        {
+            "pool": {
+                "policy": "demand",
+                "hit_rate_target": target,
+                "demand_window": timing.demand_window,
+                "idle_time": timing.idle_time,
+                "check_interval": timing.tick,
+            }
+        }
+    ).pool
+
+
+@dataclass(frozen=True)
+class Run:
+    """One replay to make: picklable, for a pool of processes."""
+
+    policy: str
+    label: str
+    pool: PoolSettings
+    lookahead: bool
+
+
+_TRACE: tuple[Trace, Timing, int, StoppedTier] | None = None
+
+
+def _given(trace: Trace, timing: Timing, seed: int, tier: StoppedTier) -> None:
+    global _TRACE
+    _TRACE = (trace, timing, seed, tier)
+
+
+def _replay(run: Run) -> Summary:
+    assert _TRACE is not None
+    trace, timing, seed, tier = _TRACE
+    replay = Replay(
+        trace,
+        run.pool,
+        LimitSettings(),
+        seed=seed,
+        creates=timing.creates,
+        claim_seconds=timing.claim_seconds,
+        tick=timing.tick,
+        lookahead=run.lookahead,
+        tier=tier,
+    )
+    return summarize(run.policy, replay.run(run.label), tier)
+
+
+class Comparison:
+    """The replays of one trace, cached by label; `jobs` processes at once."""
+
+    def __init__(
+        self,
+        trace: Trace,
+        timing: Timing,
+        *,
+        seed: int = 1,
+        target: float = 0.95,
+        jobs: int = 1,
+        tier: StoppedTier | None = None,
+        progress: Callable[[Summary], None] | None = None,
+        search_max: int = 80,
+    ) -> None:
+        self.trace, self.timing, self.seed, self.target = trace, timing, seed, target
+        self.tier = tier or StoppedTier()
+        self.progress = progress
+        self.search_max = search_max
+        self.cache: dict[str, Summary] = {}
+        self.jobs = max(1, jobs)
+        self.executor: Executor | None = None
+        _given(trace, timing, seed, self.tier)
+        if jobs > 1:
+            self.executor = ProcessPoolExecutor(
+                jobs, initializer=_given, initargs=(trace, timing, seed, self.tier)
+            )
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
+
+    def runs(self, wanted: Sequence[Run]) -> list[Summary]:
+        todo = list({run.label: run for run in wanted if run.label not in self.cache}.values())
+        if self.executor is not None and len(todo) > 1:
+            done = list(self.executor.map(_replay, todo))
+        else:
+            done = [_replay(run) for run in todo]
+        for summary in done:
+            self.cache[summary.label] = summary
+            if self.progress is not None:
+                self.progress(summary)
+        return [self.cache[run.label] for run in wanted]
+
+    def run(self, run: Run) -> Summary:
+        return self.runs([run])[0]
+
+    # --- the searches
+
+    def idle_run(self, peak: int, rest: int, lookahead: bool) -> Run:
+        policy = "periods" if peak != rest else "idle_count"
+        name = f"{policy}{' + lookahead' if lookahead else ''}"
+        label = f"{name}: {peak} 8-18 mon-fri, else {rest}" if peak != rest else f"{name}: {peak}"
+        return Run(name, label, idle_pool(peak, rest, self.timing), lookahead)
+
+    def scan(self, lookahead: bool) -> list[Summary]:
+        """One idle count all week, 0, 1, 2, ... until both halves reach well past the
+        target (or `search_max`); `jobs` counts replayed at once."""
+        enough = self.target + (1 - self.target) / 2
+        out: list[Summary] = []
+        batch = self.jobs
+        count = 0
+        while count <= self.search_max:
+            tops = range(count, min(self.search_max, count + batch - 1) + 1)
+            out += self.runs([self.idle_run(n, n, lookahead) for n in tops])
+            count = tops[-1] + 1
+            work, rest = out[-1].halves
+            if min(h.hits / h.jobs if h.jobs else 1.0 for h in (work, rest)) >= enough:
+                break
+        return out
+
+    def fixed(self, lookahead: bool = False) -> Summary | None:
+        """The smallest single idle count reaching the target."""
+        for found in self.scan(lookahead):
+            if found.hit_rate >= self.target:
+                return found
+        return None
+
+    def periods(self, lookahead: bool) -> Summary | None:
+        """The cheapest pair of counts reaching the target, from the halves of a scan."""
+        scanned = self.scan(lookahead)
+        need = self.target * sum(h.jobs for h in scanned[0].halves)
+        pairs = []
+        for n, at_n in enumerate(scanned):
+            for m, at_m in enumerate(scanned):
+                work, rest = at_n.halves[0], at_m.halves[1]
+                if work.hits + rest.hits >= need:
+                    pairs.append((work.seconds + rest.seconds, n, m))
+        if not pairs:
+            return None
+        pairs.sort()
+        _, n, m = pairs[0]
+        found = self.run(self.idle_run(n, m, lookahead))
+        # The halves meet at 8:00 and 18:00: add one machine where it buys most, if short.
+        while found.hit_rate < self.target and max(n, m) < len(scanned) - 1:
+
+            def gain(a: int, b: int, half: int) -> float:
+                more = scanned[a].halves[half].hits - scanned[b].halves[half].hits
+                cost = scanned[a].halves[half].seconds - scanned[b].halves[half].seconds
+                return more / max(1.0, cost)
+
+            if m + 1 >= len(scanned) or (
+                n + 1 < len(scanned) and gain(n + 1, n, 0) >= gain(m + 1, m, 1)
+            ):
+                n += 1
+            else:
+                m += 1
+            found = self.run(self.idle_run(n, m, lookahead))
+        return found if found.hit_rate >= self.target else None
+
+    def demand(self, lookahead: bool) -> Summary | None:
+        """The lowest hit_rate_target whose run reaches the target (bisection)."""
+        name = "demand + lookahead" if lookahead else "demand"
+
+        def at(i: int) -> Summary:
+            target = DEMAND_TARGETS[i]
+            label = f"{name}: hit_rate_target {target:g}"
+            return self.run(Run(name, label, demand_pool(target, self.timing), lookahead))
+
+        lo, hi = 0, len(DEMAND_TARGETS) - 1
+        if at(hi).hit_rate < self.target:
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if at(mid).hit_rate >= self.target:
+                hi = mid
+            else:
+                lo = mid + 1
+        return at(hi)
+
+    def all(self) -> list[tuple[str, Summary | None]]:
+        """The five policies, each at its cheapest setting reaching the target."""
+        return [
+            ("idle_count", self.fixed()),
+            ("periods", self.periods(False)),
+            ("periods + lookahead", self.periods(True)),
+            ("demand", self.demand(False)),
+            ("demand + lookahead", self.demand(True)),
+        ]
+
+
+def table(rows: Sequence[tuple[str, Summary | None]], target: float) -> list[str]:
+    """The comparison as Markdown lines; a policy that reached nothing says so."""
+    lines = [
+        "| policy | setting | jobs from the pool | prepare p50 / p95 / p99 s "
+        "| idle machine-s per job | total machine-s per job | pool creates | never used |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for policy, s in rows:
+        if s is None:
+            lines.append(f"| {policy} | none searched reaches {100 * target:g}% | | | | | | |")
+            continue
+        p50, p95, p99 = s.prepare
+        setting = s.label.split(": ", 1)[-1]
+        lines.append(
+            f"| {policy} | {setting} | {100 * s.hit_rate:.1f}% | {p50:.0f} / {p95:.0f} / "
+            f"{p99:.0f} | {s.idle_per_job:.0f} | {s.total_per_job:.0f} | {s.pool_creates} "
+            f"| {s.never_used} |"
+        )
+    return lines
+
+
+def versus(a: Summary | None, b: Summary | None) -> str:
+    """`a` against `b` in total and idle machine-seconds: a saving as "N% less", a
+    loss as "N% MORE"."""
+    if a is None or b is None:
+        return "n/a"
+
+    def change(x: float, y: float) -> str:
+        if y <= 0:
+            return "n/a"
+        d = 1 - x / y
+        return f"{100 * d:.0f}% less" if d >= 0 else f"{100 * -d:.0f}% MORE"
+
+    return (
+        f"total {change(a.total_seconds, b.total_seconds)}, "
+        f"idle {change(a.idle_seconds, b.idle_seconds)}"
+    )
