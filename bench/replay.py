@@ -21,9 +21,11 @@ Then the issue's goals, each PASS or FAIL, measured on total machine-seconds:
 demand + lookahead within 5% of periods + lookahead, and at least 40% below
 periods without lookahead.
 
---tier N: also a stopped tier of N machines (made ahead, kept stopped: start
---tier-start-median s instead of a create), compared on cost per job at the
-prices --running-per-hour and --stopped-per-hour, at equal prepare p95.
+--tier N [N...]: also stopped tiers of N machines (made ahead, kept stopped:
+a start of --tier-start-median s instead of a create, for the pool's creates
+and jobs that miss), compared with none on cost per job at the prices
+--running-per-hour and --stopped-per-hour, each at the lowest demand target
+whose prepare p95 is at most --tier-p95 s.
 
 --fanout: a fan-out of 20 jobs into a pool of 4 ready machines, 200 rounds,
 with no [limits] and with max_creating just enough for the misses: their
@@ -66,7 +68,10 @@ def arguments() -> argparse.Namespace:
     for field in dataclasses.fields(Timing):
         default = getattr(Timing(), field.name)
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=float, default=default)
-    parser.add_argument("--tier", type=int, default=0, help="stopped machines kept (0: none)")
+    parser.add_argument(
+        "--tier", type=int, nargs="*", default=[], help="stopped tier sizes to compare"
+    )
+    parser.add_argument("--tier-p95", type=float, default=45.0, help="prepare p95 compared at")
     parser.add_argument("--tier-start-median", type=float, default=20.0)
     parser.add_argument("--tier-start-p95", type=float, default=40.0)
     parser.add_argument("--running-per-hour", type=float, default=1.0)
@@ -105,7 +110,8 @@ def goals(found: dict[str, Summary | None], target: float) -> bool:
 
 
 def stopped_tier(trace: Trace, timing: Timing, args: argparse.Namespace) -> None:
-    """The best policy with and without a stopped tier, on cost per job."""
+    """demand + lookahead with and without a stopped tier, on cost per job, each at its
+    lowest target whose prepare p95 is within --tier-p95 seconds."""
     tier = StoppedTier(
         args.tier,
         args.tier_start_median,
@@ -115,24 +121,30 @@ def stopped_tier(trace: Trace, timing: Timing, args: argparse.Namespace) -> None
     )
     print()
     print(
-        f"Stopped tier of {tier.size} machines (start median {tier.start_median:g} s, p95 "
-        f"{tier.start_p95:g} s; running {tier.running_per_hour:g}, stopped "
-        f"{tier.stopped_per_hour:g} per machine-hour):"
+        f"Stopped tier (start median {tier.start_median:g} s, p95 {tier.start_p95:g} s; "
+        f"per machine-hour running {tier.running_per_hour:g}, stopped "
+        f"{tier.stopped_per_hour:g}), demand + lookahead at prepare p95 <= {args.tier_p95:g} s:"
     )
-    for size in (0, tier.size):
+    for size in sorted({0, *args.tier}):
         priced = dataclasses.replace(tier, size=size)
-        comparison = Comparison(trace, timing, seed=args.seed, target=args.target, tier=priced)
-        for name, found in [("demand + lookahead", comparison.demand(True))]:
-            if found is None:
-                print(f"  {size} stopped: {name} reaches nothing")
-                continue
-            p50, p95, p99 = found.prepare
-            print(
-                f"  {size} stopped: {name} ({found.label.split(': ')[-1]}) "
-                f"{100 * found.hit_rate:.1f}%, prepare p50/p95/p99 {p50:.0f}/{p95:.0f}/{p99:.0f} "
-                f"s, {found.total_per_job:.0f} running machine-s per job, cost per job "
-                f"{found.cost_per_job:.4f}"
-            )
+        comparison = Comparison(
+            trace, timing, seed=args.seed, target=args.target, jobs=args.jobs, tier=priced
+        )
+        try:
+            found = comparison.demand(True, lambda s: s.prepare[1] <= args.tier_p95)
+        finally:
+            comparison.close()
+        if found is None:
+            print(f"  {size} stopped: no target reaches it")
+            continue
+        p50, p95, p99 = found.prepare
+        print(
+            f"  {size} stopped: {found.label.split(': ')[-1]}, {100 * found.hit_rate:.1f}% from "
+            f"the pool, prepare p50/p95/p99 {p50:.0f}/{p95:.0f}/{p99:.0f} s, "
+            f"{found.total_per_job:.0f} running machine-s per job, cost per job "
+            f"{found.cost_per_job:.4f}",
+            flush=True,
+        )
 
 
 def fanout(timing: Timing, seed: int, max_creating: int) -> tuple[list[float], list[float]]:

@@ -31,6 +31,8 @@ from driver.settings import LimitSettings, PoolSettings, parse_settings
 
 DAY = 86400.0
 WORK_START, WORK_END = 8 * 3600.0, 18 * 3600.0  # WORKING_HOURS, in seconds of a day
+# The idle counts a scan replays: every count up to 6, then wider steps.
+COUNTS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 18, 22, 26, 30, 35, 40, 48, 56, 64, 80, 100, 128)
 DEMAND_TARGETS = (
     *(round(0.5 + 0.05 * i, 2) for i in range(9)),
     *(round(0.95 + 0.01 * i, 2) for i in range(5)),
@@ -238,63 +240,91 @@ class Comparison:
         return Run(name, label, idle_pool(peak, rest, self.timing), lookahead)
 
     def scan(self, lookahead: bool) -> list[Summary]:
-        """One idle count all week, 0, 1, 2, ... until both halves reach well past the
+        """One idle count all week, along COUNTS, until both halves reach well past the
         target (or `search_max`); `jobs` counts replayed at once."""
         enough = self.target + (1 - self.target) / 2
+        counts = [n for n in COUNTS if n <= self.search_max]
         out: list[Summary] = []
-        batch = self.jobs
-        count = 0
-        while count <= self.search_max:
-            tops = range(count, min(self.search_max, count + batch - 1) + 1)
-            out += self.runs([self.idle_run(n, n, lookahead) for n in tops])
-            count = tops[-1] + 1
+        while len(out) < len(counts):
+            batch = counts[len(out) : len(out) + self.jobs]
+            out += self.runs([self.idle_run(n, n, lookahead) for n in batch])
             work, rest = out[-1].halves
             if min(h.hits / h.jobs if h.jobs else 1.0 for h in (work, rest)) >= enough:
                 break
         return out
 
+    def lowest(self, top: int, bottom: int, make: Callable[[int], Run]) -> tuple[int, Summary]:
+        """The smallest count in bottom..top reaching the target (bisection), and its
+        run; `top` reaches it."""
+        while bottom < top:
+            mid = (bottom + top) // 2
+            if self.run(make(mid)).hit_rate >= self.target:
+                top = mid
+            else:
+                bottom = mid + 1
+        return top, self.run(make(top))
+
     def fixed(self, lookahead: bool = False) -> Summary | None:
         """The smallest single idle count reaching the target."""
-        for found in self.scan(lookahead):
+        scanned = self.scan(lookahead)
+        for i, found in enumerate(scanned):
             if found.hit_rate >= self.target:
-                return found
+                n, below = COUNTS[i], COUNTS[i - 1] + 1 if i else 0
+                return self.lowest(n, below, lambda k: self.idle_run(k, k, lookahead))[1]
         return None
 
     def periods(self, lookahead: bool) -> Summary | None:
-        """The cheapest pair of counts reaching the target, from the halves of a scan."""
+        """The cheapest pair of counts reaching the target: the pair the halves of a scan
+        say is cheapest, moved up the scan while short, then each count down as far as
+        it still reaches the target."""
         scanned = self.scan(lookahead)
         need = self.target * sum(h.jobs for h in scanned[0].halves)
         pairs = []
-        for n, at_n in enumerate(scanned):
-            for m, at_m in enumerate(scanned):
-                work, rest = at_n.halves[0], at_m.halves[1]
-                if work.hits + rest.hits >= need:
-                    pairs.append((work.seconds + rest.seconds, n, m))
+        for i, at_i in enumerate(scanned):
+            for j, at_j in enumerate(scanned):
+                work, other = at_i.halves[0], at_j.halves[1]
+                if work.hits + other.hits >= need:
+                    pairs.append((work.seconds + other.seconds, i, j))
         if not pairs:
             return None
-        pairs.sort()
-        _, n, m = pairs[0]
-        found = self.run(self.idle_run(n, m, lookahead))
-        # The halves meet at 8:00 and 18:00: add one machine where it buys most, if short.
-        while found.hit_rate < self.target and max(n, m) < len(scanned) - 1:
+        _, i, j = min(pairs)
+        last = len(scanned) - 1
+        found = self.run(self.idle_run(COUNTS[i], COUNTS[j], lookahead))
+        while found.hit_rate < self.target and (i < last or j < last):
 
-            def gain(a: int, b: int, half: int) -> float:
-                more = scanned[a].halves[half].hits - scanned[b].halves[half].hits
-                cost = scanned[a].halves[half].seconds - scanned[b].halves[half].seconds
-                return more / max(1.0, cost)
+            def gain(k: int, half: int) -> float:
+                a, b = scanned[k + 1].halves[half], scanned[k].halves[half]
+                return (a.hits - b.hits) / max(1.0, a.seconds - b.seconds)
 
-            if m + 1 >= len(scanned) or (
-                n + 1 < len(scanned) and gain(n + 1, n, 0) >= gain(m + 1, m, 1)
-            ):
-                n += 1
+            if j >= last or (i < last and gain(i, 0) >= gain(j, 1)):
+                i += 1
             else:
-                m += 1
-            found = self.run(self.idle_run(n, m, lookahead))
-        return found if found.hit_rate >= self.target else None
+                j += 1
+            found = self.run(self.idle_run(COUNTS[i], COUNTS[j], lookahead))
+        if found.hit_rate < self.target:
+            return None
+        peak, rest = COUNTS[i], COUNTS[j]
+        if i:  # each count down, within the step of the scan, while it still reaches
 
-    def demand(self, lookahead: bool) -> Summary | None:
-        """The lowest hit_rate_target whose run reaches the target (bisection)."""
+            def at_peak(k: int) -> Run:
+                return self.idle_run(k, rest, lookahead)
+
+            peak, found = self.lowest(peak, COUNTS[i - 1] + 1, at_peak)
+        if j:
+
+            def at_rest(k: int) -> Run:
+                return self.idle_run(peak, k, lookahead)
+
+            rest, found = self.lowest(rest, COUNTS[j - 1] + 1, at_rest)
+        return found
+
+    def demand(
+        self, lookahead: bool, accept: Callable[[Summary], bool] | None = None
+    ) -> Summary | None:
+        """The lowest hit_rate_target whose run reaches the target, or is accepted
+        (bisection)."""
         name = "demand + lookahead" if lookahead else "demand"
+        good = accept or (lambda found: found.hit_rate >= self.target)
 
         def at(i: int) -> Summary:
             target = DEMAND_TARGETS[i]
@@ -302,11 +332,11 @@ class Comparison:
             return self.run(Run(name, label, demand_pool(target, self.timing), lookahead))
 
         lo, hi = 0, len(DEMAND_TARGETS) - 1
-        if at(hi).hit_rate < self.target:
+        if not good(at(hi)):
             return None
         while lo < hi:
             mid = (lo + hi) // 2
-            if at(mid).hit_rate >= self.target:
+            if good(at(mid)):
                 hi = mid
             else:
                 lo = mid + 1
