@@ -77,6 +77,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--running-per-hour", type=float, default=1.0)
     parser.add_argument("--stopped-per-hour", type=float, default=0.05)
     parser.add_argument("--fanout", action="store_true", help="also the fan-out check")
+    parser.add_argument(
+        "--learn",
+        action="store_true",
+        help="also demand with pipeline shapes learned from the jobs served (no [gitlab])",
+    )
     return parser.parse_args()
 
 
@@ -201,12 +206,20 @@ def main() -> int:
     )
     try:
         rows = comparison.all()
+        if args.learn:
+            rows.append(("demand + learned shapes", comparison.demand(False, learn=True)))
     finally:
         comparison.close()
     print()
     print("\n".join(table(rows, args.target)))
     print()
     ok = goals(dict(rows), args.target)
+    learned, periods = dict(rows).get("demand + learned shapes"), dict(rows)["periods"]
+    if learned is not None and periods is not None:
+        ok &= goal(
+            learned.total_seconds < periods.total_seconds,
+            f"demand + learned shapes (no [gitlab]) below periods: {versus(learned, periods)}",
+        )
     if args.tier:
         stopped_tier(trace, timing, args)
     if args.fanout:

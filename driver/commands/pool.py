@@ -76,6 +76,8 @@ def serve(settings: Settings) -> int:
             keeping = f"ready machines for {target:.1%} of jobs (policy demand)"
         else:
             keeping = f"{settings.pool.idle_count} machine(s) ready"
+        if settings.pool.lookahead and settings.gitlab.configured:
+            keeping += ", and one for each job GitLab says is coming"
         log.say(f"pool: keeping {keeping} (Ctrl-C or SIGTERM stops)")
         service.run(stop, holding_lock=True)
     log.say("pool: stopped")

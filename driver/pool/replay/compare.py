@@ -161,6 +161,7 @@ class Run:
     label: str
     pool: PoolSettings
     lookahead: bool
+    learn: bool = False  # pipeline shapes learned from the jobs served (no [gitlab])
 
 
 _TRACE: tuple[Trace, Timing, int, StoppedTier] | None = None
@@ -184,6 +185,7 @@ def _replay(run: Run) -> Summary:
         tick=timing.tick,
         lookahead=run.lookahead,
         tier=tier,
+        learn=run.learn,
     )
     return summarize(run.policy, replay.run(run.label), tier)
 
@@ -323,17 +325,22 @@ class Comparison:
         return found
 
     def demand(
-        self, lookahead: bool, accept: Callable[[Summary], bool] | None = None
+        self,
+        lookahead: bool,
+        accept: Callable[[Summary], bool] | None = None,
+        learn: bool = False,
     ) -> Summary | None:
         """The lowest hit_rate_target whose run reaches the target, or is accepted
-        (bisection)."""
-        name = "demand + lookahead" if lookahead else "demand"
+        (bisection); `learn`: with pipeline shapes learned, not told."""
+        name = (
+            "demand + lookahead" if lookahead else "demand + learned shapes" if learn else "demand"
+        )
         good = accept or (lambda found: found.hit_rate >= self.target)
 
         def at(i: int) -> Summary:
             target = DEMAND_TARGETS[i]
             label = f"{name}: hit_rate_target {target:g}"
-            return self.run(Run(name, label, demand_pool(target, self.timing), lookahead))
+            return self.run(Run(name, label, demand_pool(target, self.timing), lookahead, learn))
 
         lo, hi = 0, len(DEMAND_TARGETS) - 1
         if not good(at(hi)):

@@ -36,6 +36,7 @@ from driver.pool.replay.trace import (
     TraceJob,
     announce_by_stage,
 )
+from driver.pool.shapes import PipelineShapes
 from driver.settings import LimitSettings, PoolSettings
 
 
@@ -201,7 +202,11 @@ class Replay:
         start_ready: int = 0,
         lookahead: bool = True,
         tier: StoppedTier | None = None,
+        learn: bool = False,
     ) -> None:
+        """`lookahead`: the trace's announcements (what GitLab tells) reach the pool;
+        `learn`: the pool guesses pipelines' next stages from the jobs it served
+        (driver.pool.shapes), as without [gitlab]."""
         self.trace = trace
         self.jobs = announce_by_stage(trace.jobs, claim_seconds)
         self.pool, self.limits = pool, limits
@@ -225,6 +230,7 @@ class Replay:
         self.wanted_sum = 0.0
         self.lookahead = Lookahead()
         self.announcing = lookahead  # False: a pool that cannot ask GitLab (no [gitlab])
+        self.shapes = PipelineShapes(self.lookahead) if learn else None
         self.ticks = 0
         self.tier = tier or StoppedTier()
         self.tier_starts = LogNormal(self.tier.start_median, self.tier.start_p95)
@@ -310,7 +316,12 @@ class Replay:
         self._at(self.now + run.own_machine, self.JOB_CREATED, run)
 
     def _arrive(self, run: JobRun) -> None:
-        self.lookahead.arrived(run.number, WEEK_START + self.now, hit=bool(self.ready))
+        number, job = run.number, run.job
+        if self.shapes is not None and job.pipeline >= 0:  # one project, stages by number
+            number = self.shapes.arrived(
+                number, 0, job.pipeline, str(job.stage), WEEK_START + self.now
+            )
+        self.lookahead.arrived(number, WEEK_START + self.now, hit=bool(self.ready))
         self.runs.append(run)
         if self.ready:
             machine = self.ready.pop(0)  # the longest idle, as PoolStore.claim takes it
@@ -372,6 +383,8 @@ class Replay:
             self.stopped.append(self.now)
 
     def _step(self) -> None:
+        if self.shapes is not None:
+            self.shapes.expire(WEEK_START + self.now)
         obs = Observation(
             ready=tuple(self.ready),
             creating=self.pool_creating,
