@@ -121,6 +121,7 @@ def _log_error(error: BaseException) -> None:
 
 def parser() -> argparse.ArgumentParser:
     import argparse
+    from pathlib import Path
 
     # --config works before or after the command: `doctor --config X` as well as
     # `--config X doctor`. Given after, it must not be reset by the top level's default.
@@ -263,6 +264,38 @@ def parser() -> argparse.ArgumentParser:
         "remove the pool's ready machines now (the service stopped)",
         "For a pool turned off, or a service stopped without draining: removes every "
         "ready machine, several at once. Refused while a pool service runs.",
+    )
+    pool_replay = command(
+        pool_sub,
+        "replay",
+        "replay a week of jobs through every pool policy and compare their cost",
+        "Your jobs (--trace: a GitLab jobs export as CSV) or the built-in week, through "
+        "docker+machine's idle counts and periods and the demand policy, with and without "
+        "the lookahead, each at its cheapest setting reaching --target; touches nothing.",
+    )
+    pool_replay.add_argument(
+        "--trace",
+        type=Path,
+        metavar="FILE",
+        help="a CSV of jobs: a GitLab jobs export, or the replay's own shape "
+        "(default: the built-in week)",
+    )
+    pool_replay.add_argument(
+        "--runner",
+        type=int,
+        metavar="ID",
+        help="with a GitLab export: this runner manager's id (other runners' jobs were "
+        "taken elsewhere)",
+    )
+    pool_replay.add_argument("--target", type=float, default=0.95, help="hit rate compared at")
+    pool_replay.add_argument("--create-median", type=float, default=90.0, help="seconds")
+    pool_replay.add_argument("--create-p95", type=float, default=240.0, help="seconds")
+    pool_replay.add_argument("--idle-time", type=float, default=600.0, help="seconds")
+    pool_replay.add_argument("--seed", type=int, default=1, help="create times (and the week)")
+    pool_replay.add_argument("--days", type=float, default=7.0, help="of the built-in week")
+    pool_replay.add_argument("--jobs", type=int, default=1, help="replays run at once")
+    pool_replay.add_argument(
+        "--write-trace", type=Path, metavar="FILE", help="write the trace as CSV, and stop"
     )
     migrate = command(
         sub,

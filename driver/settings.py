@@ -282,7 +282,7 @@ class PoolSettings(Section):
     policy: Literal["idle_count", "demand"] = "idle_count"
     hit_rate_target: Annotated[float, Field(ge=0.5, le=0.999)] = 0.95
     demand_window: Seconds = 1800.0  # memory of the arrival-rate estimate
-    # With policy "demand" and [gitlab] set: ask GitLab for the next stage of the
+    # With [gitlab] set (either policy): ask GitLab for the next stage of the
     # pipelines of jobs here, and have their machines ready when it starts.
     lookahead: bool = True
     # This many consecutive identical create or make-ready failures hold the next create

@@ -472,14 +472,14 @@ def check_gitlab(context: Context) -> str:
 def check_pool_lookahead(context: Context) -> str:
     """Whether the pool can have machines ready for each pipeline's next stage."""
     pool, gitlab = context.settings.pool, context.settings.gitlab
-    if pool.policy != "demand":
-        return f"off (policy {pool.policy}: docker+machine's model knows no stages)"
+    if not pool.enabled:
+        return "off (no pool)"
     if not pool.lookahead:
         return "off ([pool] lookahead = false)"
     if not gitlab.configured:
         raise Advice(
-            "off: [gitlab] is not set, so the demand policy must guess every pipeline's "
-            "next stage instead of asking GitLab for it",
+            "off: [gitlab] is not set, so the pool cannot ask GitLab for each "
+            "pipeline's next jobs and keeps only what its policy guesses",
             hint="set [gitlab] url and token_file (a token with read_api)",
         )
     return f"on: the pool service asks {gitlab.url} for the next stage of pipelines here"

@@ -1,5 +1,6 @@
-"""pool: the warm-pool service (`pool run`), what it holds (`pool status`), and
-removing its ready machines by hand (`pool drain`)."""
+"""pool: the warm-pool service (`pool run`), what it holds (`pool status`),
+removing its ready machines by hand (`pool drain`), and replaying jobs through
+its policies (`pool replay`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from driver import log, metrics, state_owner
+from driver.commands import pool_replay
 from driver.commands.sweep import run_sweep
 from driver.docker_machine import DockerMachine
 from driver.errors import ConfigError, DriverError
@@ -29,6 +31,8 @@ from driver.sweeper import Sweep
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.action == "replay":  # the admin's jobs through the pool's policies: no config
+        return pool_replay.main(args)
     settings = load_settings(args.config_path)
     if args.action == "status":
         return status(settings, as_json=args.json)
@@ -72,6 +76,8 @@ def serve(settings: Settings) -> int:
             keeping = f"ready machines for {target:.1%} of jobs (policy demand)"
         else:
             keeping = f"{settings.pool.idle_count} machine(s) ready"
+        if settings.pool.lookahead and settings.gitlab.configured:
+            keeping += ", and one for each job GitLab says is coming"
         log.say(f"pool: keeping {keeping} (Ctrl-C or SIGTERM stops)")
         service.run(stop, holding_lock=True)
     log.say("pool: stopped")

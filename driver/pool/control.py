@@ -23,7 +23,6 @@ never starts a create that a waiting job could have started instead.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from driver.parsed import array, integer, number
+from driver.pool.announced import AnnouncedTiming
 from driver.pool.backoff import BACKOFF_MAX, FailureBackoff
 from driver.pool.lookahead import NOTHING_AHEAD, Expected, Report
 from driver.pool.schedule import Target, current_target
@@ -94,10 +94,15 @@ class Policy(Protocol):
 
 
 class IdleCountPolicy:
-    """docker+machine's model: IdleCount (creating machines count), periods, IdleScaleFactor."""
+    """docker+machine's model: IdleCount (creating machines count), periods, IdleScaleFactor.
 
-    def __init__(self, pool: PoolSettings) -> None:
+    With the lookahead (jobs announced ahead, driver.pool.lookahead), it keeps one
+    machine more for each announced job, started as the demand policy starts them
+    (driver.pool.announced)."""
+
+    def __init__(self, pool: PoolSettings, create_seconds: float = DEFAULT_CREATE_SECONDS) -> None:
         self.pool = pool
+        self.timing = AnnouncedTiming(create_seconds)
         self._minute = -1
         self._target = Target(pool.idle_count, pool.idle_count_min, pool.idle_scale_factor, 0.0)
 
@@ -110,10 +115,11 @@ class IdleCountPolicy:
         return self._target
 
     def observe(self, now: float, obs: Observation) -> None:
-        pass
+        self.timing.observe(obs.create_seconds, obs.ahead)
 
     def wanted(self, now: float, obs: Observation) -> int:
-        return self.target(now).idle_wanted(obs.in_use)
+        due = self.timing.due(now, obs.ahead.expected)
+        return self.target(now).idle_wanted(obs.in_use) + due
 
     def idle_time(self, now: float) -> float:
         return self.target(now).idle_time
@@ -167,14 +173,12 @@ class DemandPolicy:
     RECALIBRATE_EVERY = 3600.0
     REFRESH_EVERY = 6 * 3600.0  # sizes and create times read into the model
     SIZES_KEPT = 500  # fan-outs remembered
-    CREATES_KEPT = 50  # create times remembered
+    CREATES_KEPT = AnnouncedTiming.CREATES_KEPT
     LEAD_POINTS = 5  # create times (quantiles of those measured) the model averages over
     SMALLEST_ALLOWANCE, LARGEST_ALLOWANCE = 1e-5, 0.5
     HIGHEST_AIM = 0.999
     AIM_GAIN = 3.0
-    LEADS_KEPT, LEADS_NEEDED = 200, 10  # announced-to-arrival times remembered, and trusted
-    CREATE_QUANTILE, ARRIVAL_RISK, DELAY_STEP = 0.9, 0.1, 5.0  # see announced_start_delay
-    ERROR_QUANTILE = 0.1  # how early a predicted arrival may come, see announced_due
+    LEADS_NEEDED = AnnouncedTiming.LEADS_NEEDED
 
     def __init__(self, pool: PoolSettings, create_seconds: float = DEFAULT_CREATE_SECONDS) -> None:
         self.pool = pool
@@ -183,10 +187,13 @@ class DemandPolicy:
         self.starts: deque[float] = deque(maxlen=self.SIZES_KEPT)  # when each fan-out began
         self.sizes: deque[int] = deque(maxlen=self.SIZES_KEPT)  # and its jobs
         self.last_arrival = -math.inf
-        self.creates: deque[float] = deque([create_seconds], maxlen=self.CREATES_KEPT)
-        self.leads: deque[float] = deque(maxlen=self.LEADS_KEPT)
-        self.errors: deque[float] = deque(maxlen=self.LEADS_KEPT)  # arrival - prediction
-        self.measured = False  # the prior above goes at the first measured create
+        # Create times, and how announced jobs came (shared with IdleCountPolicy).
+        self.timing = AnnouncedTiming(create_seconds)
+        self.creates, self.leads, self.errors = (
+            self.timing.creates,
+            self.timing.leads,
+            self.timing.errors,
+        )
         # Every 10 minutes: the fan-out rate, the jobs that found a machine or not, and
         # of them the announced ones.
         self.history: deque[tuple[float, int, int, int, int]] = deque(maxlen=self.HISTORY_KEPT)
@@ -200,13 +207,7 @@ class DemandPolicy:
         self.next_calibration = -math.inf
 
     def observe(self, now: float, obs: Observation) -> None:
-        for seconds in obs.create_seconds:
-            if not self.measured:
-                self.creates.clear()
-                self.measured = True
-            self.creates.append(seconds)
-        self.leads.extend(obs.ahead.leads)
-        self.errors.extend(obs.ahead.errors)
+        self.timing.observe(obs.create_seconds, obs.ahead)
         # Announced jobs are known, not guessed: the fan-out model learns from the others.
         arrived = obs.hits + obs.misses - obs.ahead.hits - obs.ahead.misses
         self.hits += obs.hits
@@ -307,44 +308,12 @@ class DemandPolicy:
         return due + self.model.tails(math.exp(bucket * self.RATE_STEP)).stock(self.allowance)
 
     def announced_due(self, now: float, expected: Sequence[Expected]) -> int:
-        """The announced jobs whose machines should be ready or on their way now.
-
-        A job with a predicted arrival gets its machine a slow create before it,
-        moved earlier by how early such predictions came true (once LEADS_NEEDED were
-        checked); one without, `announced_start_delay` after its announcement.
-        """
-        if not expected:
-            return 0
-        create = _quantile(sorted(self.creates), self.CREATE_QUANTILE)
-        early = math.nan
-        if len(self.errors) >= self.LEADS_NEEDED:
-            early = _quantile(sorted(self.errors), self.ERROR_QUANTILE)
-        delay = self.announced_start_delay()
-        due = 0
-        for job in expected:
-            if math.isnan(job.predicted) or math.isnan(early):
-                due += now >= job.announced + delay
-            else:
-                due += now >= job.predicted + early - create
-        return due
+        """The announced jobs' machines that should be ready or on their way now
+        (driver.pool.announced: each job counts as its share of one)."""
+        return self.timing.due(now, expected)
 
     def announced_start_delay(self) -> float:
-        """Seconds after its announcement a job's machine is started: the first moment
-        a job not yet arrived has a chance of ARRIVAL_RISK to arrive within a slow
-        create, from the leads measured (before LEADS_NEEDED of them: at once)."""
-        if len(self.leads) < self.LEADS_NEEDED:
-            return 0.0
-        leads = sorted(self.leads)
-        create = _quantile(sorted(self.creates), self.CREATE_QUANTILE)
-        waited = 0.0
-        while True:
-            later = len(leads) - bisect.bisect_right(leads, waited)
-            if later < self.LEADS_NEEDED:
-                return waited  # too few ever came this late to tell: start it
-            within = bisect.bisect_right(leads, waited + create) - (len(leads) - later)
-            if within >= self.ARRIVAL_RISK * later:
-                return waited
-            waited += self.DELAY_STEP
+        return self.timing.start_delay()
 
     def idle_time(self, now: float) -> float:
         return self.pool.idle_time
@@ -356,7 +325,7 @@ class DemandPolicy:
             "version": self.MEMORY_VERSION,
             "starts": list(self.starts),
             "sizes": list(self.sizes),
-            "creates": list(self.creates) if self.measured else [],
+            "creates": list(self.creates) if self.timing.measured else [],
             "leads": list(self.leads),
             "errors": list(self.errors),
             "history": [list(sample) for sample in self.history],
@@ -391,9 +360,10 @@ class DemandPolicy:
         if creates:
             self.creates.clear()
             self.creates.extend(creates)
-            self.measured = True
+            self.timing.measured = True
         self.leads.extend(number(lead) for lead in array(memory["leads"]))
         self.errors.extend(number(error) for error in array(memory["errors"]))
+        self.timing.changed()
         self.history.extend(history[len(history) - keep :])
 
 
@@ -469,10 +439,6 @@ def jobs_within(
     return ArrivalModel(sizes, leads).tails(fanouts_per_second).stock(allowance)
 
 
-def _quantile(ordered: Sequence[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def _quantile_points(ordered: Sequence[float], points: int) -> list[float]:
     """`points` values spread over the distribution of `ordered` (mid-quantiles)."""
     if len(ordered) <= points:
@@ -483,7 +449,7 @@ def _quantile_points(ordered: Sequence[float], points: int) -> list[float]:
 def make_policy(pool: PoolSettings, create_seconds: float = DEFAULT_CREATE_SECONDS) -> Policy:
     if pool.policy == "demand":
         return DemandPolicy(pool, create_seconds)
-    return IdleCountPolicy(pool)
+    return IdleCountPolicy(pool, create_seconds)
 
 
 class PoolController:

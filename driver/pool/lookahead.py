@@ -36,6 +36,7 @@ class Expected:
     predicted: float = math.nan  # when it should arrive, if that can be told
     share: float = 1.0  # the chance it comes to this runner manager, learned per tag set
     tags: frozenset[str] = frozenset()
+    likely: float = 1.0  # the chance it comes at all (a guess: driver.pool.shapes); in share
 
 
 @dataclass(frozen=True)
@@ -99,15 +100,17 @@ class Lookahead:
         now: float,
         predicted: float = math.nan,
         tags: frozenset[str] = frozenset(),
+        likely: float = 1.0,
     ) -> None:
-        """Jobs known to be coming (with the tags they ask for); announced again, they
-        keep their first announcement and take the newest prediction."""
+        """Jobs known to be coming (with the tags they ask for), or, `likely` below 1,
+        guessed to come with that chance; announced again, they keep their first
+        announcement and take the newest prediction."""
         with self.lock:
-            share = self.shares.get(tags, Share()).value
+            share = self.shares.get(tags, Share()).value * likely
             for job_id in job_ids:
                 known = self.expected.get(job_id)
                 announced = now if known is None else known.announced
-                self.expected[job_id] = Expected(announced, predicted, share, tags)
+                self.expected[job_id] = Expected(announced, predicted, share, tags, likely)
 
     def withdraw(self, job_ids: Iterable[int], elsewhere: bool = False) -> None:
         """Jobs that will not come after all: skipped, canceled, or (`elsewhere`) taken
@@ -129,7 +132,9 @@ class Lookahead:
         share = self.shares[tags].value
         for job_id, known in self.expected.items():
             if known.tags == tags:
-                self.expected[job_id] = Expected(known.announced, known.predicted, share, tags)
+                self.expected[job_id] = Expected(
+                    known.announced, known.predicted, share * known.likely, tags, known.likely
+                )
 
     def arrived(self, job_id: int, now: float, hit: bool) -> bool:
         """A job arrived; True if it had been announced."""

@@ -99,7 +99,7 @@ class PoolService:
         self.polling = threading.Event()  # a look at GitLab is in flight
         self.api_calls = ApiCalls()  # requests to GitLab's API, shown by `pool status`
         pool = settings.pool
-        if pool.policy == "demand" and pool.lookahead and settings.gitlab.configured:
+        if pool.lookahead and settings.gitlab.configured:  # either policy uses it
             reader = GitLabJobs(settings.gitlab)  # asks nothing until the first look
             self.api_calls = reader.calls
             self.pipelines = PipelineWatch(

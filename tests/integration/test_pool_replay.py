@@ -1,10 +1,10 @@
-"""The replay (bench/replay.py) and the real pool service agree on a short trace.
+"""The replay (driver.pool.replay) and the real pool service agree on a short trace.
 
 The same jobs arrive, at the same seconds, at the pool service on the
 docker-machine double (creates slowed down, as a cloud's are) and at the
 replay's simulated pool, which runs the same controller on a virtual clock
 with the create time measured on the double. Which jobs find a ready machine
-must agree: the whole figure of merit of bench/replay.py rests on it.
+must agree: the whole figure of merit of the replay rests on it.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import json
 import random
 import threading
 import time
-from typing import Any
 
+from driver.pool.replay.simulate import Replay
+from driver.pool.replay.trace import Trace, TraceJob
 from driver.state import StateDir
 from testing.runner import Job, JobResult
 from testing.world import Env, stop_pool
-from tests.benches import load_replay
 
 CREATE_DELAY = 8.0  # seconds each create of the double sleeps first
 POOL = {
@@ -105,15 +105,12 @@ def run_for_real(env: Env) -> list[tuple[float, bool]]:
 
 
 def replay_of(create_seconds: float) -> list[tuple[float, bool]]:
-    replay = load_replay()
     from driver.settings import LimitSettings, parse_settings
 
-    jobs = [
-        replay.TraceJob(at, 3.0, create_seconds) for at, count in ARRIVALS for _ in range(count)
-    ]
-    trace = replay.Trace(jobs, ARRIVALS[-1][0] + 120.0, "the test's trace")
+    jobs = [TraceJob(at, 3.0, create_seconds) for at, count in ARRIVALS for _ in range(count)]
+    trace = Trace(jobs, ARRIVALS[-1][0] + 120.0, "the test's trace")
     pool = parse_settings({"pool": POOL}).pool
-    sim: Any = replay.Replay(
+    sim = Replay(
         trace,
         pool,
         LimitSettings(),

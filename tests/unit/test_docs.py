@@ -217,7 +217,7 @@ def test_the_docs_have_commands_of_each_kind_to_check() -> None:
         ("gitlab-machine-driver sweep --dry", "has no option --dry"),
         ("gitlab-machine-driver migrate --aply config.toml", "has no option --aply"),
         ('eval "$(gitlab-machine-driver job start --id 1)"', "has no command 'start'"),
-        ("gitlab-machine-driver pool", "needs one of: drain, run, status"),
+        ("gitlab-machine-driver pool", "needs one of: drain, replay, run, status"),
         ("gitlab-machine-driver migrate", "needs RUNNER_CONFIG_TOML"),
         ("gitlab-machine-driver ls extra", "takes no argument 'extra'"),
         ("make demo && make tset", "no target 'tset'"),

@@ -337,13 +337,18 @@ def test_the_pool_lookahead_is_said_on_or_off_and_why(tmp_path: Path) -> None:
         context = doctor.Context(settings.parse_settings(dict(config)), tmp_path / "config.toml")
         return doctor.check_pool_lookahead(context)
 
-    assert lookahead({}).startswith("off (policy idle_count")
+    assert lookahead({}) == "off (no pool)"
     demand = {"pool": {"policy": "demand"}}
     with pytest.raises(doctor.Advice, match=r"\[gitlab\] is not set") as advice:
         lookahead(demand)
     assert "read_api" in advice.value.hint
     gitlab = {"url": "https://gitlab.example.com", "token": "t"}
     assert lookahead({**demand, "gitlab": gitlab}).startswith("on: ")
+    # docker+machine's periods take the lookahead too.
+    periods = {"pool": {"idle_count": 2}}
+    with pytest.raises(doctor.Advice, match=r"\[gitlab\] is not set"):
+        lookahead(periods)
+    assert lookahead({**periods, "gitlab": gitlab}).startswith("on: ")
     off = {"pool": {"policy": "demand", "lookahead": False}, "gitlab": gitlab}
     assert lookahead(off) == "off ([pool] lookahead = false)"
 

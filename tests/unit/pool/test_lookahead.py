@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from driver.pool.announced import AnnouncedTiming
 from driver.pool.control import DemandPolicy, Observation
 from driver.pool.lookahead import Expected, Lookahead, Report
 from driver.settings import PoolSettings, parse_settings
@@ -88,7 +89,7 @@ def test_a_predicted_arrival_gets_its_machine_a_slow_create_before_it() -> None:
     due_at = Observation(
         ready=(), creating=0, in_use=0, ahead=ahead([Expected(1000.0, predicted=5000.0)])
     )
-    early = -30.0 if DemandPolicy.ERROR_QUANTILE < 0.1 else 0.0
+    early = -30.0 if AnnouncedTiming.ERROR_QUANTILE < 0.1 else 0.0
     start = 5000.0 + early - 100.0
     assert policy.wanted(start - 1, due_at) == 0
     assert policy.wanted(start, due_at) == 1

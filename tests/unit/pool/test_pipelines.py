@@ -363,9 +363,11 @@ def test_a_rate_limit_quiets_the_lookahead_until_gitlab_allows_it() -> None:
     assert gitlab.calls > calls
 
 
+@pytest.mark.parametrize(("pool", "kept"), [({"policy": "demand"}, 0), ({"idle_count": 1}, 1)])
 def test_the_pool_service_wants_machines_for_the_next_stage_of_a_job_here(
-    gitlab: FakeGitLab, tmp_path: Path
+    gitlab: FakeGitLab, tmp_path: Path, pool: dict[str, object], kept: int
 ) -> None:
+    """With either policy: docker+machine's idle counts take the lookahead too."""
     token = tmp_path / "token"
     token.write_text(TOKEN)
     gitlab.pipelines[(40, 7)] = [
@@ -380,7 +382,7 @@ def test_the_pool_service_wants_machines_for_the_next_stage_of_a_job_here(
     settings = parse_settings(
         {
             "state_dir": str(state),
-            "pool": {"policy": "demand"},
+            "pool": pool,
             "gitlab": {"url": gitlab.url, "token_file": str(token)},
         }
     )
@@ -397,7 +399,7 @@ def test_the_pool_service_wants_machines_for_the_next_stage_of_a_job_here(
     observation, _ = service.observe()
     assert len(observation.ahead.expected) == 5
     decision = service.controller.policy.wanted(time.time(), observation)
-    assert decision >= 5
+    assert decision >= 5 + kept
     # Without [gitlab] the service cannot know: nothing is expected.
-    blind = PoolService(parse_settings({"state_dir": str(state), "pool": {"policy": "demand"}}))
+    blind = PoolService(parse_settings({"state_dir": str(state), "pool": pool}))
     assert blind.observe()[0].ahead.expected == ()
