@@ -31,7 +31,7 @@ LANES = {
     HERE / "packaging": ("needs_root", "slow"),
     HERE / "runner": ("slow",),
     HERE / "unit" / "image" / "test_stage_channel.py": ("slow",),
-    HERE / "unit" / "pool" / "test_replay.py": ("slow",),
+    HERE / "unit" / "pool" / "replay" / "test_simulate.py": ("slow",),
 }
 
 

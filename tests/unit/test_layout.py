@@ -215,3 +215,14 @@ def test_the_rules_find_planted_violations_by_file_and_line(tmp_path: Path) -> N
     assert "inner() imports driver.state in its body" in found[6]
     allow = {("driver/planted.py", "quoted", "driver"): "a reason"}
     assert len(problems(package, allow)) == len(found) - 1
+
+
+def test_benchmarks_import_the_harness_as_packages() -> None:
+    """bench/ runs as `python -m bench.NAME` from the repository: no sys.path edits."""
+    edits = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((ROOT / "bench").glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "sys.path.insert" in line or "sys.path.append" in line
+    ]
+    assert edits == []
