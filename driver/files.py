@@ -11,7 +11,24 @@ import errno
 import os
 from pathlib import Path
 
-from driver.errors import DriverError
+from driver.errors import ConfigError, DriverError
+
+
+def read_private(path: Path, setting: str, holds: str, how: str) -> str:
+    """The text of an admin's file of secrets (``setting`` names it in errors), refused
+    unless only its owner may read it; ``how``: how to make a good one."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {setting} {path}: {e.strerror}", hint=how) from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"{setting} {path} is accessible to other users (mode {mode & 0o777:o}); "
+            f"it holds {holds}",
+            hint=f"chmod 600 {path}",
+        )
+    return text
 
 
 def write_private(path: Path, text: str, *, durable: bool = True) -> None:

@@ -19,6 +19,7 @@ from pydantic_core import ErrorDetails
 
 from driver.cron import cron_fields
 from driver.errors import ConfigError
+from driver.files import read_private
 from driver.image.config import ImageSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/gitlab-machine-driver/config.toml")
@@ -34,20 +35,12 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines (blank lines and # comments skipped); secrets, so 0600 only."""
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(
-            f"cannot read [machine] env_file {path}: {e.strerror}",
-            hint="create it with KEY=VALUE lines, mode 0600, readable by the runner's user",
-        ) from None
-    if mode & 0o077:
-        raise ConfigError(
-            f"[machine] env_file {path} is accessible to other users (mode {mode & 0o777:o}); "
-            "it holds cloud credentials",
-            hint=f"chmod 600 {path}",
-        )
+    text = read_private(
+        path,
+        "[machine] env_file",
+        holds="cloud credentials",
+        how="create it with KEY=VALUE lines, mode 0600, readable by the runner's user",
+    )
     env = {}
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()

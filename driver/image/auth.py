@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from driver.errors import ConfigError
+from driver.files import read_private
 from driver.image.payload import Credential
 from driver.image.reference import parse
 
@@ -106,22 +106,12 @@ def from_credentials(credentials: Sequence[Credential]) -> dict[str, Login]:
 
 
 def read_admin_file(path: Path) -> str:
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(
-            f"cannot read [image] auth_config_file {path}: {e.strerror}",
-            hint='a docker config.json ({"auths": {...}}), mode 0600, readable by the '
-            "runner's user",
-        ) from None
-    if mode & 0o077:
-        raise ConfigError(
-            f"[image] auth_config_file {path} is accessible to other users "
-            f"(mode {mode & 0o777:o}); it holds registry passwords",
-            hint=f"chmod 600 {path}",
-        )
-    return text
+    return read_private(
+        path,
+        "[image] auth_config_file",
+        holds="registry passwords",
+        how='a docker config.json ({"auths": {...}}), mode 0600, readable by the runner\'s user',
+    )
 
 
 class Credentials:

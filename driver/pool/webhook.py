@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from driver.errors import ConfigError
+from driver.files import read_private
 from driver.pool.pipelines import HEARD_RECHECK, PipelineWatch
 from driver.settings import GitLabSettings
 
@@ -50,20 +51,12 @@ def read_secret(path: Path | None) -> str:
                 hint=f"set webhook_secret_file (mode 0600) or {WEBHOOK_SECRET_ENV}",
             )
         return secret
-    try:
-        mode = path.stat().st_mode
-        secret = path.read_text().strip()
-    except OSError as e:
-        raise ConfigError(
-            f"cannot read [gitlab] webhook_secret_file {path}: {e.strerror}",
-            hint="create it (mode 0600) with the secret token set on the GitLab webhook",
-        ) from None
-    if mode & 0o077:
-        raise ConfigError(
-            f"[gitlab] webhook_secret_file {path} is accessible to other users "
-            f"(mode {mode & 0o777:o})",
-            hint=f"chmod 600 {path}",
-        )
+    secret = read_private(
+        path,
+        "[gitlab] webhook_secret_file",
+        holds="the webhook's secret token",
+        how="create it (mode 0600) with the secret token set on the GitLab webhook",
+    ).strip()
     if not secret:
         raise ConfigError(f"[gitlab] webhook_secret_file {path} is empty")
     return secret
