@@ -9,7 +9,9 @@ the token may read, else 404). For the pool's lookahead
 Lists are paged as GitLab pages them: `per_page` 20 unless asked, at most 100,
 `page` from 1, with X-Page, X-Per-Page, X-Total, X-Next-Page and a Link header
 (rel="next") that clients follow. `rate_limited` makes the next requests answer
-429 with a Retry-After header, as GitLab's rate limits do.
+429 with a Retry-After header, as GitLab's rate limits do. `answering` cleared
+holds each request unanswered (a slow GitLab), logged in `requests` as it
+comes, until it is set again.
 
 A pipeline's jobs may carry what only GraphQL tells (`when`, `needs`,
 `scheduled_at`): the REST list leaves them out, as GitLab's does. Trigger jobs
@@ -59,6 +61,8 @@ class FakeGitLab:
         self.paths: dict[int, str] = {}  # project -> path_with_namespace
         self.graphql_errors: list[str] = []  # answered instead of data (an older GitLab)
         self.graphql_queries: list[str] = []
+        self.answering = threading.Event()  # cleared: requests wait, unanswered
+        self.answering.set()
         fake = self
 
         def path_of(project: int) -> str:
@@ -67,6 +71,7 @@ class FakeGitLab:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 fake.requests.append(self.path)
+                fake.answering.wait()
                 if fake.rate_limited > 0:
                     fake.rate_limited -= 1
                     return self._reply(
@@ -117,6 +122,7 @@ class FakeGitLab:
 
             def do_POST(self) -> None:
                 fake.requests.append(f"POST {self.path}")
+                fake.answering.wait()
                 if fake.rate_limited > 0:
                     fake.rate_limited -= 1
                     return self._reply(
@@ -199,5 +205,6 @@ class FakeGitLab:
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self.answering.set()  # a request held would hold server_close, which joins it
         self.server.shutdown()
         self.server.server_close()
