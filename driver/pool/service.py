@@ -132,11 +132,13 @@ class PoolService:
             self.adopt()
             self.recall()
             events = webhook.start(self.settings.gitlab, self.pipelines)  # optional
-            while not stop.is_set():
-                self.tick(time.time())
-                stop.wait(self.settings.pool.check_interval)
-            if events is not None:
-                events.stop()
+            try:
+                while not stop.is_set():
+                    self.tick(time.time())
+                    stop.wait(self.settings.pool.check_interval)
+            finally:  # the port is closed whatever ended the loop
+                if events is not None:
+                    events.stop()
             self.shutdown()
 
     @contextlib.contextmanager
