@@ -264,16 +264,28 @@ def probe_writable(directory: Path) -> str:
     return ""
 
 
+# Who refuses each file of secrets that other users may read, and what that costs.
+JOBS_FAIL = "prepare, cleanup and sweep refuse it: every job fails and machines stay up"
+CREDENTIAL_FILES = (
+    ("[machine] env_file", JOBS_FAIL),
+    ("[gitlab] token_file", JOBS_FAIL),
+    ("[gitlab] webhook_secret_file", "`pool run` refuses to start: no warm pool"),
+    ("[image] auth_config_file", "prepare refuses it: every image-mode job fails"),
+)
+
+
 def check_credential_files(context: Context) -> str:
-    """env_file and token_file hold secrets: prepare, cleanup and sweep refuse one that
-    other users can read, so every job would fail and machines would stay up."""
+    """The files of secrets: the driver refuses one that other users can read (see
+    CREDENTIAL_FILES for who and what it costs); better told here, before a job."""
     settings = context.settings
-    files = [
-        ("[machine] env_file", settings.machine.env_file),
-        ("[gitlab] token_file", settings.gitlab.token_file),
-    ]
+    paths = (
+        settings.machine.env_file,
+        settings.gitlab.token_file,
+        settings.gitlab.webhook_secret_file,
+        settings.image.auth_config_file,
+    )
     found = []
-    for setting, path in files:
+    for (setting, refused), path in zip(CREDENTIAL_FILES, paths, strict=True):
         if path is None:
             continue
         full = Path(os.path.abspath(path))
@@ -291,11 +303,15 @@ def check_credential_files(context: Context) -> str:
         if mode & 0o077:
             raise DriverError(
                 f"{where} is readable by other users (mode {mode:o}); it holds secrets, so "
-                "prepare, cleanup and sweep refuse it: every job fails and machines stay up",
+                f"{refused}",
                 hint=f"chmod 600 {full}",
             )
         found.append(f"{setting} {full} (mode {mode:o})")
-    return ", ".join(found) if found else "none set ([machine] env_file, [gitlab] token_file)"
+    return (
+        ", ".join(found)
+        if found
+        else "none set (" + ", ".join(s for s, _ in CREDENTIAL_FILES) + ")"
+    )
 
 
 def check_state_owner(context: Context) -> str:

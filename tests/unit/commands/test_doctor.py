@@ -491,3 +491,31 @@ def test_the_shipped_example_does_not_fail_on_a_host_without_gitlab_runner(
     assert code == 1
     hint = next(x for x in out.splitlines() if x.startswith("  hint: install gitlab-runner"))
     assert str(missing) not in hint and "comment gitlab_runner_binary out" in hint
+
+
+@pytest.mark.parametrize(
+    ("section", "setting", "refused"),
+    [
+        ("gitlab", "webhook_secret_file", "`pool run` refuses to start: no warm pool"),
+        ("image", "auth_config_file", "prepare refuses it: every image-mode job fails"),
+    ],
+)
+def test_the_webhook_secret_and_registry_logins_are_checked_like_the_other_secrets(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, section: str, setting: str, refused: str
+) -> None:
+    secret = tmp_path / f"{setting}.txt"
+    secret.write_text("s3cret\n" if setting == "webhook_secret_file" else '{"auths": {}}\n')
+    secret.chmod(0o640)
+    extra: dict[str, object] = {setting: str(secret)}
+    if section == "gitlab":
+        extra["url"] = "https://gitlab.example.com"
+    config = make_config(tmp_path, **{section: extra})
+    code, out = run_doctor(capsys, config)
+    assert code == 1
+    assert line(out, "credential files") == (
+        f"FAIL  credential files: [{section}] {setting} {secret} (in {config}) is readable by "
+        f"other users (mode 640); it holds secrets, so {refused}"
+    )
+    secret.chmod(0o600)
+    _, out = run_doctor(capsys, config)
+    assert line(out, "credential files").startswith("ok")
