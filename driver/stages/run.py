@@ -70,12 +70,19 @@ exec 3>&2 2>/dev/null
 follow() {
   for s in ${services//,/ }; do
     n=${s%%=*}
-    since=$(cat "$marks.$n")
+    # The follower appends the time of each line it shows: killed mid-line (unfollow), it
+    # loses that line, never the times before it (an overwrite killed after its truncation
+    # left nothing, and the next stage showed the output of the service again from its
+    # start). Here, between stages, the file is cut back to its last line.
+    since=$(tail -n 1 "$marks.$n")
+    if [ -n "$since" ]; then
+      echo "$since" > "$marks.$n.new" && mv -f "$marks.$n.new" "$marks.$n"
+    fi
     set -m
     (docker logs -f -t ${since:+--since "$since"} "$n" 2>&1 | while IFS= read -r l; do
       ts=${l%% *}
       if [ "$ts" != "$since" ]; then
-        printf "[service:%s] %s\n" "${s#*=}" "${l#* }"; echo "$ts" > "$marks.$n"
+        printf "[service:%s] %s\n" "${s#*=}" "${l#* }"; echo "$ts" >> "$marks.$n"
       fi
     done >&3) &
     followers="$followers $!"
