@@ -7,47 +7,20 @@ from collections.abc import Iterator, Mapping
 import pytest
 from docker.errors import ImageNotFound
 
-from driver.engine import Engine
 from driver.pool import images
 from driver.settings import Settings, parse_settings
 from driver.state import Address
+from tests.unit.pool.engine_fake import FakeEngine, connect_to
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
-class FakeApi:
-    """An engine that has every image and pulls anything; records what it was asked."""
-
-    def __init__(self) -> None:
-        self.pulls: list[tuple[str, object]] = []
-        self.closed = False
-
-    def pull(self, repository: str, **options: object) -> Iterator[Mapping[str, object]]:
-        self.pulls.append((repository, options.get("tag")))
-        yield {"status": "Downloaded newer image", "id": "1"}
-
-    def inspect_image(self, image: str) -> Mapping[str, object]:
-        return {"Id": "sha256:feed"}
-
-    def version(self) -> Mapping[str, object]:
-        return {"Version": "27.0"}
-
-    def close(self) -> None:
-        self.closed = True
-
-
 @pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
-    fake = FakeApi()
-
-    def connect(engine: Engine, timeout: float, ready_timeout: float) -> FakeApi:
-        return fake
-
-    monkeypatch.setattr(images, "connect", connect)
-    return fake
+def api(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
+    return connect_to(monkeypatch, FakeEngine())
 
 
-def test_a_digest_pinned_image_is_pulled_by_its_digest(api: FakeApi) -> None:
+def test_a_digest_pinned_image_is_pulled_by_its_digest(api: FakeEngine) -> None:
     said: list[str] = []
     pulled = images.pull(
         "gmd-p1",
@@ -65,7 +38,7 @@ def test_a_digest_pinned_image_is_pulled_by_its_digest(api: FakeApi) -> None:
     assert api.closed
 
 
-def test_a_present_image_counts_under_if_not_present(api: FakeApi) -> None:
+def test_a_present_image_counts_under_if_not_present(api: FakeEngine) -> None:
     said: list[str] = []
     settings = parse_settings({"image": {"pull_policy": ["if-not-present"]}})
     pulled = images.pull(
@@ -83,7 +56,7 @@ def test_a_present_image_counts_under_if_not_present(api: FakeApi) -> None:
 def test_an_image_that_cannot_be_pulled_is_reported_not_raised(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    class Refusing(FakeApi):
+    class Refusing(FakeEngine):
         def pull(self, repository: str, **options: object) -> Iterator[Mapping[str, object]]:
             self.pulls.append((repository, options.get("tag")))
             yield {"error": "manifest unknown", "errorDetail": {"message": "manifest unknown"}}

@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from driver.engine import Engine
-from driver.pool import images
 from driver.pool.learned import LearnedImages
 from driver.settings import Settings, parse_settings
 from driver.state import Address, PoolRecord, StateDir
-
-
-class FakeEngine:
-    """An engine that has no image and pulls anything; ``on_pull`` runs at each pull."""
-
-    def __init__(self, on_pull: Callable[[str], None] = lambda image: None) -> None:
-        self.pulls: list[str] = []
-        self.on_pull = on_pull
-
-    def pull(self, repository: str, **options: object) -> Iterator[Mapping[str, object]]:
-        self.pulls.append(f"{repository}:{options.get('tag')}")
-        self.on_pull(repository)
-        yield {"status": "Downloaded newer image", "id": "1"}
-
-    def inspect_image(self, image: str) -> Mapping[str, object]:
-        return {"Id": "sha256:feed"}
-
-    def version(self) -> Mapping[str, object]:
-        return {"Version": "27.0"}
-
-    def close(self) -> None:
-        pass
+from tests.unit.pool.engine_fake import FakeEngine, connect_to
 
 
 def settings_for(tmp_path: Path, policy: str = "always") -> Settings:
@@ -57,13 +34,7 @@ def run_inline(work: Callable[[], None]) -> None:
 
 @pytest.fixture
 def engine(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
-    fake = FakeEngine()
-
-    def connect(engine: Engine, timeout: float, ready_timeout: float) -> FakeEngine:
-        return fake
-
-    monkeypatch.setattr(images, "connect", connect)
-    return fake
+    return connect_to(monkeypatch, FakeEngine())
 
 
 def test_an_image_learned_later_is_pulled_into_the_waiting_machines_once(
@@ -79,9 +50,9 @@ def test_an_image_learned_later_is_pulled_into_the_waiting_machines_once(
     assert engine.pulls == []  # nothing new
     state.note_images(["ci/test:2"])  # a job took up another image
     learned.tick(run_inline)
-    assert engine.pulls == ["ci/test:2"]
+    assert engine.pulls == [("ci/test", "2")]
     learned.tick(run_inline)
-    assert engine.pulls == ["ci/test:2"]  # not again
+    assert engine.pulls == [("ci/test", "2")]  # not again
 
 
 def test_a_claim_abandons_the_pulls_not_begun(
@@ -95,14 +66,13 @@ def test_a_claim_abandons_the_pulls_not_begun(
     def claim(image: str) -> None:
         assert state.claim(42) is not None
 
-    fake = FakeEngine(on_pull=claim)
-    monkeypatch.setattr(images, "connect", lambda *args: fake)
+    fake = connect_to(monkeypatch, FakeEngine(on_pull=claim))
     learned = LearnedImages(settings, state)
     learned.made_ready("gmd-p000000d2", [])
     state.note_images(["ci/one:1", "ci/two:1"])
     state.note_images(["ci/one:1"])  # the most used first
     learned.tick(run_inline)
-    assert fake.pulls == ["ci/one:1"]  # finished; the second never begun
+    assert fake.pulls == [("ci/one", "1")]  # finished; the second never begun
     assert state.claims() == [("gmd-p000000d2", 42)]
 
 
