@@ -55,16 +55,21 @@ def test_the_textfile_holds_the_metrics_files_figures_and_the_machine_gauge(
     ]
 
 
-def test_a_sweep_rewrites_it_without_any_pool_service(tmp_path: Path) -> None:
-    path = config(tmp_path)
-    textfile = tmp_path / "collector" / "gitlab_machine_driver.prom"
-    swept = subprocess.run(
-        [sys.executable, "-m", "driver", "sweep", "--config", str(path)],
+def sweep(config: Path) -> subprocess.CompletedProcess[str]:
+    """`gitlab-machine-driver sweep`, as the admin's timer runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "driver", "sweep", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+def test_a_sweep_rewrites_it_without_any_pool_service(tmp_path: Path) -> None:
+    path = config(tmp_path)
+    textfile = tmp_path / "collector" / "gitlab_machine_driver.prom"
+    swept = sweep(path)
     assert swept.returncode == 0, swept.stderr
     found = samples(textfile)
     assert found[("gitlab_machine_driver_machines", (("state", "idle"),))] == 0
@@ -74,12 +79,6 @@ def test_a_sweep_rewrites_it_without_any_pool_service(tmp_path: Path) -> None:
 def test_a_textfile_that_cannot_be_written_never_fails_the_command(tmp_path: Path) -> None:
     path = config(tmp_path)
     path.write_text(path.read_text().replace("/collector/", "/missing/"))
-    swept = subprocess.run(
-        [sys.executable, "-m", "driver", "sweep", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    swept = sweep(path)
     assert swept.returncode == 0, swept.stderr
     assert not (tmp_path / "missing").exists()
