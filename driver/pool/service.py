@@ -340,10 +340,14 @@ class PoolService:
                 if name in self.removing or name in self.creating:
                     continue
             entry = self.state.pool_lock(name)
-            if entry.try_acquire():
-                with self.lock:
-                    self.removing.add(name)
-                self._start(functools.partial(self._remove_held, name, entry))
+            if not entry.try_acquire():
+                continue
+            if name not in self.state.withdrawn():  # removed before we held its lock
+                entry.release(remove=self.state.pool_phase(name) == PoolPhase.GONE)
+                continue
+            with self.lock:
+                self.removing.add(name)
+            self._start(functools.partial(self._remove_held, name, entry))
 
     def _remove_held(self, name: str, entry: Lock) -> None:
         try:

@@ -244,6 +244,37 @@ def test_a_machine_a_job_rejected_at_its_claim_is_removed_by_the_service(
     busy.release()
 
 
+def test_a_rejected_machine_removed_meanwhile_is_not_removed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service lists the rejected machines, then takes each one's lock: a sweep
+    that removed one in between (under that lock) leaves nothing for the service."""
+    settings = parse_settings({"state_dir": str(tmp_path), "pool": {"idle_count": 0}})
+    service = PoolService(settings)
+    name = "gmd-p000000c3"
+    ready_machine(service, name)
+    assert service.state.claim(7) is not None
+    service.state.reject_claim(name, 7)
+    listed = service.state.withdrawn()
+
+    def listed_then_swept() -> list[str]:
+        # The listing the service acts on, taken just before a sweep removed it.
+        sweep = service.state.pool_lock(name)
+        assert sweep.try_acquire()
+        service.state.forget_pool(name)
+        sweep.release()
+        monkeypatch.setattr(service.state, "withdrawn", lambda: [])
+        return listed
+
+    monkeypatch.setattr(service.state, "withdrawn", listed_then_swept)
+    removed: list[str] = []
+    monkeypatch.setattr(service, "_start", lambda work: work())
+    monkeypatch.setattr(service, "_remove", lambda name, why, held=None: removed.append(name))
+    service.tick(time.time())
+    assert removed == []
+    assert not service.state.pool_lock(name).path.exists()
+
+
 def test_a_restart_of_the_service_leaves_the_connections_it_handed_to_jobs() -> None:
     """The SSH masters the service opened go to the jobs that claim their machines:
     systemd must stop the service's own process only, not its whole control group."""
