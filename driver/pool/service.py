@@ -132,6 +132,8 @@ class PoolService:
             self.adopt()
             self.recall()
             events = webhook.start(self.settings.gitlab, self.pipelines)  # optional
+            if events is not None:  # the port bound, as the system gave it (":0" asks any)
+                self.log.info("webhook_listening", port=events.port)
             try:
                 while not stop.is_set():
                     self.tick(time.time())
