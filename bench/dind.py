@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 from testing import images
@@ -69,13 +68,7 @@ def main() -> int:
         try:
             cli, dind_image = f"{registry.open}/ci/docker:cli", f"{registry.open}/ci/docker:dind"
             world.configure(
-                machine={"engine_insecure_registry": ["10.213.0.0/16"]},
-                image={
-                    "mode": "container",
-                    "helper_image": f"{registry.open}/ci/helper:1",
-                    "pull_policy": ["if-not-present"],
-                    **DIND_SERVICE_SETTINGS,
-                },
+                **images.image_mode(registry, **DIND_SERVICE_SETTINGS),
                 pool={
                     "idle_count": 2,
                     "check_interval": 0.5,
@@ -84,13 +77,6 @@ def main() -> int:
                 },
             )
             service = world.start_pool(quiet=True)
-
-            def wait_ready(count: int) -> None:
-                deadline = time.monotonic() + 600
-                while len(list((world.state_dir / "pool" / "ready").glob("*"))) < count:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("the pool did not fill within 600 s")
-                    time.sleep(0.5)
 
             jobs: dict[str, Callable[[], Job]] = {
                 "dind (TLS)": lambda: Job(
@@ -104,7 +90,7 @@ def main() -> int:
             samples: dict[str, list[dict[str, float]]] = {name: [] for name in jobs}
             for _ in range(args.repeat):
                 for name, make in jobs.items():  # interleaved: both see the same load
-                    wait_ready(1)
+                    world.wait_ready(1, timeout=600)
                     result = world.runner().run_job(make())
                     if result.outcome != "success" or PAGE not in result.lines("build_script"):
                         print(result.describe())

@@ -73,12 +73,7 @@ def main() -> int:
         try:
             busybox = f"{registry.open}/ci/busybox:1"
             world.configure(
-                machine={"engine_insecure_registry": ["10.213.0.0/16"]},
-                image={
-                    "mode": "container",
-                    "helper_image": f"{registry.open}/ci/helper:1",
-                    "pull_policy": ["if-not-present"],
-                },
+                **images.image_mode(registry),
                 pool={
                     "idle_count": 2,
                     "check_interval": 0.5,
@@ -88,17 +83,10 @@ def main() -> int:
             )
             service = world.start_pool(quiet=True)
 
-            def wait_ready(count: int) -> None:
-                deadline = time.monotonic() + 300
-                while len(list((world.state_dir / "pool" / "ready").glob("*"))) < count:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("the pool did not fill within 300 s")
-                    time.sleep(0.5)
-
             # --- from prepare's start to the user script's first line, pool hit, image there
             firsts: list[float] = []
             for _ in range(args.jobs):
-                wait_ready(2)
+                world.wait_ready(2, timeout=300)
                 seen: list[float] = []
                 lock = threading.Lock()
 
@@ -120,7 +108,7 @@ def main() -> int:
                 firsts.append(seen[0] - prepare_start)
 
             # --- per-stage overhead, shell vs image mode, on two prepared jobs
-            wait_ready(2)
+            world.wait_ready(2, timeout=300)
             shell_job = world.runner().prepare_only(Job())
             image_job = world.runner().prepare_only(Job(image=busybox))
             if not (shell_job.ok and image_job.ok):
@@ -145,7 +133,7 @@ def main() -> int:
                 service = world.start_pool(quiet=True)
                 pulls[label] = []
                 for _ in range(args.learn_jobs):
-                    wait_ready(2)
+                    world.wait_ready(2, timeout=300)
                     seconds = pull_seconds(world, Job(image=bash, script=["true"]), bash)
                     if seconds is None:
                         return 1

@@ -38,6 +38,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from driver.procs import pid_alive
 from testing.world import Env, destroy_world, new_world
@@ -536,6 +537,21 @@ class Registry:
         if self.forwarding:
             forwarding(False)
             self.forwarding = False
+
+
+def image_mode(registry: Registry, **image: Any) -> dict[str, dict[str, Any]]:
+    """Settings for a world whose jobs run in their images from ``registry``: the
+    VMs may pull from the test hosts over plain HTTP, the helper comes from there
+    too. ``image``: more [image] settings. For `Env.configure(**image_mode(...))`."""
+    return {
+        "machine": {"engine_insecure_registry": ["10.213.0.0/16"]},
+        "image": {
+            "mode": "container",
+            "helper_image": f"{registry.open}/ci/helper:1",
+            "pull_policy": ["if-not-present"],
+            **image,
+        },
+    }
 
 
 def forwarding(on: bool) -> None:

@@ -161,6 +161,27 @@ class Env:
     def machines(self) -> list[str]:
         return double.machine_names(str(self.storage))
 
+    def ready_machines(self) -> list[str]:
+        """The pool's ready machines: the markers a job's claim renames."""
+        ready = self.state_dir / "pool" / "ready"
+        return sorted(p.name for p in ready.glob("*"))
+
+    def wait_ready(
+        self, count: int = 1, service: subprocess.Popen[str] | None = None, timeout: float = 180
+    ) -> None:
+        """Until the pool has ``count`` ready machines; a hang detector, not a speed
+        target. Fails early, with the service's output, if ``service`` ended."""
+        deadline = time.monotonic() + timeout
+        while len(self.ready_machines()) < count:
+            if service is not None and service.poll() is not None:
+                output = service.stdout.read() if service.stdout else ""
+                raise AssertionError(f"the pool service ended ({service.returncode}): {output}")
+            if time.monotonic() > deadline:
+                status = self.driver("pool", "status").stdout
+                wanted = f"{count} ready machine(s) not there in {timeout:g}s"
+                raise AssertionError(f"{wanted}:\n{status}")
+            time.sleep(0.5)
+
     def faults(self, **faults: Any) -> None:
         """Faults for the machines' creates. The certificates are made first (as the
         driver's first create would), so the faults hit machine creates only."""

@@ -37,16 +37,8 @@ def registry() -> Iterator[images.Registry]:
 
 def image_world(env: Env, registry: images.Registry, **image: Any) -> None:
     images.forwarding(True)  # again: a session that started before ours may have ended
-    env.configure(
-        machine={"engine_insecure_registry": ["10.213.0.0/16"]},
-        image={
-            "mode": "container",
-            "helper_image": f"{registry.open}/ci/helper:1",
-            "pull_policy": ["if-not-present"],
-            "allowed_pull_policies": ["always", "if-not-present", "never"],
-            **image,
-        },
-    )
+    allowed = ["always", "if-not-present", "never"]
+    env.configure(**images.image_mode(registry, allowed_pull_policies=allowed, **image))
 
 
 def test_a_job_runs_in_its_image_and_the_plumbing_in_the_helper(
@@ -418,19 +410,10 @@ def test_the_pool_learns_the_images_recent_jobs_ran(env: Env, registry: images.R
     image_world(env, registry, pool_recent_images=2)
     env.configure(pool={"idle_count": 1, "check_interval": 0.5, "drain_on_stop": True})
     bash = f"{registry.open}/ci/bash:1"  # in no [pool] images: the first job pulls it
-    service = subprocess.Popen(
-        [*driver_argv(), "--config", str(env.config_path), "pool", "run"],
-        env=env.process_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    service = env.start_pool(quiet=True)
 
     def pool_hit(job: Job) -> str:
-        deadline = time.monotonic() + 180
-        while not list((env.state_dir / "pool" / "ready").glob("*")):
-            assert service.poll() is None
-            assert time.monotonic() < deadline, env.driver("pool", "status").stdout
-            time.sleep(0.5)
+        env.wait_ready(service=service)
         result = env.run_job(job)
         assert result.outcome == "success", result.describe()
         assert "from the warm pool" in result.job_log

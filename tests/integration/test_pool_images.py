@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,11 +98,7 @@ def test_pool_machines_come_with_the_configured_images(env: Env, registry: str) 
     )
     service = env.start_pool()
     try:
-        deadline = time.monotonic() + 120
-        while not list((env.state_dir / "pool" / "ready").glob("*")):
-            assert service.poll() is None, service.stdout.read() if service.stdout else ""
-            assert time.monotonic() < deadline, env.driver("pool", "status").stdout
-            time.sleep(0.5)
+        env.wait_ready(service=service, timeout=120)
         job = Job(script=["docker image ls --format 'image {{.Repository}}:{{.Tag}}'"])
         result = env.run_job(job)
         assert result.outcome == "success", result.describe()
