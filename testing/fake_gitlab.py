@@ -61,6 +61,7 @@ class FakeGitLab:
         self.paths: dict[int, str] = {}  # project -> path_with_namespace
         self.graphql_errors: list[str] = []  # answered instead of data (an older GitLab)
         self.graphql_queries: list[str] = []
+        self.graphql_max_complexity = fake_gitlab_graphql.MAX_COMPLEXITY
         self.answering = threading.Event()  # cleared: requests wait, unanswered
         self.answering.set()
         fake = self
@@ -151,6 +152,7 @@ class FakeGitLab:
                         fake.pipelines,
                         fake.bridges,
                         fake.stages,
+                        fake.graphql_max_complexity,
                     ),
                 )
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from graphql import build_schema, graphql_sync
+from graphql import GraphQLError, build_schema, graphql_sync, parse
+from graphql.language import FieldNode, IntValueNode, OperationDefinitionNode, SelectionSetNode
 
 SCHEMA = build_schema(
     """
@@ -74,6 +75,48 @@ SCHEMA = build_schema(
     """
 )
 MAX_PAGE = 100  # GitLab's max_page_size for connections
+# The most complex query GitLab runs for a signed-in user (app/graphql/gitlab_schema.rb:
+# AUTHENTICATED_COMPLEXITY; 200 without a token, 300 for an admin).
+MAX_COMPLEXITY = 250
+
+
+def complexity(query: str) -> int:
+    """GitLab's score of ``query``, as app/graphql/types/base_field.rb and
+    resolvers/base_resolver.rb count it: a field costs 1 plus its selections; a
+    connection (read through a resolver) its selections plus 1, and 1% more for each
+    item it may return (`first`, at most 100): a page of 100 doubles it. Every
+    connection is counted so here, also those GitLab reads without a resolver: no
+    kinder than GitLab."""
+
+    def score(selections: SelectionSetNode) -> int:
+        total = 0
+        for field in selections.selections:
+            if not isinstance(field, FieldNode):
+                continue
+            inner = score(field.selection_set) if field.selection_set else 0
+            names = (
+                {s.name.value for s in field.selection_set.selections if isinstance(s, FieldNode)}
+                if field.selection_set
+                else set()
+            )
+            if "nodes" in names:  # a connection
+                first = next(
+                    (a.value for a in field.arguments or () if a.name.value == "first"), None
+                )
+                items = (
+                    min(MAX_PAGE, int(first.value)) if isinstance(first, IntValueNode) else MAX_PAGE
+                )
+                total += int((inner + 1) * (1 + items * 0.01))
+            else:
+                total += 1 + inner
+        return total
+
+    document = parse(query)
+    return sum(
+        score(op.selection_set)
+        for op in document.definitions
+        if isinstance(op, OperationDefinitionNode)
+    )
 
 
 def _page(items: list[Any], first: int | None, after: str | None) -> dict[str, Any]:
@@ -100,8 +143,19 @@ def execute(
     pipelines: Mapping[tuple[int, int], list[dict[str, object]]],
     bridges: Mapping[tuple[int, int], list[dict[str, object]]],
     stages: Mapping[tuple[int, int], list[str]],
+    max_complexity: int = MAX_COMPLEXITY,
 ) -> dict[str, Any]:
-    """GitLab's answer to `query`: {"data": ...} and "errors" where GitLab would list any."""
+    """GitLab's answer to `query`: {"data": ...} and "errors" where GitLab would list any.
+    A query over ``max_complexity`` is refused whole, with graphql-ruby's message."""
+    try:
+        score = complexity(query)
+    except GraphQLError:
+        score = 0  # not a query: graphql-core says why below
+    if score > max_complexity:
+        message = (
+            f"Query has complexity of {score}, which exceeds max complexity of {max_complexity}"
+        )
+        return {"errors": [{"message": message}]}
 
     def pipeline(project_id: int, pipeline_id: int) -> dict[str, Any] | None:
         key = (project_id, pipeline_id)

@@ -7,8 +7,10 @@ bridge's `downstreamPipeline`, but no `when`: the jobs of each `when:` come
 from `jobs(whenExecuted: [...])`, asked in the same request. GraphQL names a
 project by its path, read once per project from `/projects/:id`.
 
-Where GraphQL fails (an old GitLab, a field it lacks, a query too complex),
-the REST list is read instead (`/projects/:id/pipelines/:id/jobs` and the
+A query GitLab finds too complex (its limit is 250 for a token's user; this one
+scores under 100 by GitLab's count) is asked again with half the page, down to
+SMALLEST_PAGE jobs. Where GraphQL fails (an old GitLab, a field it lacks, a query
+too complex even so), the REST list is read instead (`/projects/:id/pipelines/:id/jobs` and the
 trigger jobs under `/bridges`, which GitLab lists apart) and GraphQL tried
 again after GRAPHQL_AGAIN seconds. A project's usual job durations come from
 its last 100 successful jobs (REST).
@@ -35,15 +37,17 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 GRAPHQL_AGAIN = 3600.0  # seconds on REST after GraphQL failed, before trying it again
 WHEN = ("on_failure", "always", "manual", "delayed")  # besides on_success, the default
+SMALLEST_PAGE = 12  # halving a too complex query's page stops here (100, 50, 25, 12)
+TOO_COMPLEX = "exceeds max complexity"  # graphql-ruby's error for such a query
 
 
-def jobs_query(path: str, pipeline_id: int, after: str | None) -> str:
-    """One page of 100 jobs of a pipeline, and on the first page the ids of its jobs of
-    each `when:` (rarely 100 of any). Values are written in as JSON strings, which are
-    GraphQL strings: python-gitlab's `execute` takes a query text only."""
+def jobs_query(path: str, pipeline_id: int, after: str | None, first: int = PER_PAGE) -> str:
+    """One page of ``first`` jobs of a pipeline, and on the first page the ids of its jobs
+    of each `when:` (rarely that many of any). Values are written in as JSON strings, which
+    are GraphQL strings: python-gitlab's `execute` takes a query text only."""
     page = f"after: {json.dumps(after)}, " if after else ""
     lists = "".join(
-        f"{kind}: jobs(first: 100, retried: false, whenExecuted: [{json.dumps(kind)}]) "
+        f"{kind}: jobs(first: {first}, retried: false, whenExecuted: [{json.dumps(kind)}]) "
         "{ nodes { id } }\n"
         for kind in WHEN
         if after is None
@@ -52,7 +56,7 @@ def jobs_query(path: str, pipeline_id: int, after: str | None) -> str:
   project(fullPath: {json.dumps(path)}) {{
     pipeline(id: {json.dumps(f"gid://gitlab/Ci::Pipeline/{pipeline_id}")}) {{
       stages {{ nodes {{ name }} }}
-      jobs(first: 100, {page}retried: false) {{
+      jobs(first: {first}, {page}retried: false) {{
         pageInfo {{ hasNextPage endCursor }}
         nodes {{
           id name status allowFailure kind tags startedAt scheduledAt schedulingType
@@ -101,6 +105,7 @@ class GitLabJobs:
         self.graphql_failed = -math.inf  # when GraphQL last failed (time.monotonic)
         self.graphql_error = ""
         self.paths: dict[int, str] = {}  # project id: its full path, for GraphQL
+        self.graphql_page = PER_PAGE  # smaller once GitLab found a page too complex
 
     def _graphql(self) -> gitlab.GraphQL:
         if self.graphql is None:
@@ -159,7 +164,14 @@ class GitLabJobs:
         stages: list[str] = []
         after: str | None = None
         while True:
-            answer = table(self._graphql().execute(jobs_query(path, pipeline_id, after)))
+            query = jobs_query(path, pipeline_id, after, self.graphql_page)
+            try:
+                answer = table(self._graphql().execute(query))
+            except Exception as e:  # gql's TransportQueryError carries GitLab's errors
+                if TOO_COMPLEX not in str(e) or self.graphql_page <= SMALLEST_PAGE:
+                    raise
+                self.graphql_page = max(SMALLEST_PAGE, self.graphql_page // 2)
+                continue
             pipeline = table(table(answer.get("project")).get("pipeline"))
             if not pipeline:
                 raise LookupError(f"GraphQL does not know pipeline {pipeline_id} of {path}")

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from driver.pool.gitlab_jobs import GitLabJobs
+from driver.pool.gitlab_jobs import SMALLEST_PAGE, GitLabJobs, jobs_query
 from driver.pool.pipelines import ELSEWHERE_AFTER, RECHECK, PipelineJob
 from driver.settings import GitLabSettings
+from testing import fake_gitlab_graphql
 from testing.fake_gitlab import FakeGitLab
 from tests.unit.pool.test_pipelines import TOKEN, job, watch
 
@@ -200,6 +201,58 @@ def test_without_graphql_the_rest_list_still_serves(gitlab: FakeGitLab, tmp_path
     calls = reader.calls.snapshot()
     reader.list_jobs(40, 7)
     assert reader.calls.snapshot()["graphql"] == calls["graphql"]  # not asked again yet
+
+
+def test_gitlab_counts_a_query_as_its_source_does() -> None:
+    """The fake's complexity is GitLab's (app/graphql/types/base_field.rb and
+    resolvers/base_resolver.rb): a field 1 plus its selections; a connection its
+    selections plus 1, times 1 + 1% per item it may return. By hand: nodes 1+1+1 = 3,
+    jobs (3+1) x 2 = 8, pipeline 9, project 10."""
+    jobs = "jobs(first: 100) { nodes { id name } }"
+    query = f'{{ project(fullPath: "a") {{ pipeline(id: "x") {{ {jobs} }} }} }}'
+    assert fake_gitlab_graphql.complexity(query) == 10
+    assert fake_gitlab_graphql.complexity(query.replace("100", "50")) == 8  # (3+1) x 1.5
+
+
+def test_the_lookahead_query_is_within_gitlabs_limit() -> None:
+    """GitLab refuses a signed-in user's query over 250 (gitlab_schema.rb): the lookahead's
+    pages, the first with its `when:` lists, stay well under it."""
+    first, later = jobs_query("group/p", 7, None), jobs_query("group/p", 7, "100")
+    assert fake_gitlab_graphql.complexity(first) <= fake_gitlab_graphql.MAX_COMPLEXITY // 2
+    assert fake_gitlab_graphql.complexity(later) < fake_gitlab_graphql.complexity(first)
+
+
+def test_a_query_gitlab_finds_too_complex_is_asked_with_smaller_pages(
+    gitlab: FakeGitLab,
+) -> None:
+    """A GitLab that counts more strictly (another version, an admin's lower limit):
+    refused with "Query has complexity of N, which exceeds max complexity of M", the
+    query is asked again with half the page, and what GraphQL alone tells (needs) is kept;
+    the smaller page is kept for later looks. Too complex even at the smallest page: REST."""
+    gitlab.pipelines[(40, 7)] = [
+        {"id": i, "status": "created", "stage": "test", "name": f"t{i}", "needs": ["a"]}
+        for i in range(1, 31)
+    ]
+    gitlab.graphql_max_complexity = 55  # the first page fits at 25 jobs, not at 50
+    reader = GitLabJobs(GitLabSettings(url=gitlab.url, token=TOKEN))
+    jobs = reader.list_jobs(40, 7)
+    assert sorted(j.id for j in jobs) == list(range(1, 31))
+    assert {j.needs for j in jobs} == {("a",)}  # from GraphQL: REST has no needs
+    assert reader.graphql_page == 25
+    # 100 and 50 refused; 25 answered, then the second page (5 jobs) at 25.
+    assert reader.calls.snapshot() == {"rest": 1, "graphql": 4}
+    gitlab.graphql_queries.clear()
+    reader.list_jobs(40, 7)
+    assert all("first: 25" in query for query in gitlab.graphql_queries)
+    assert len(gitlab.graphql_queries) == 2
+
+    gitlab.graphql_max_complexity = 20
+    reader = GitLabJobs(GitLabSettings(url=gitlab.url, token=TOKEN))
+    jobs = reader.list_jobs(40, 7)
+    assert sorted(j.id for j in jobs) == list(range(1, 31))
+    assert {j.needs for j in jobs} == {None}  # the REST list
+    assert reader.graphql_page == SMALLEST_PAGE
+    assert "exceeds max complexity of 20" in reader.graphql_error
 
 
 def test_no_prediction_is_made_of_nothing() -> None:
