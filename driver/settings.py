@@ -282,10 +282,15 @@ class PoolSettings(Section):
     # back failure_backoff seconds, doubled for each further one (at most an hour).
     failure_threshold: Annotated[int, Field(ge=1)] = 3
     failure_backoff: Seconds = 60.0
+    # Machines made ready, then stopped (disk-only cost): a job that finds none ready
+    # starts one instead of creating its own (driver.pool.stopped). 0: none.
+    stopped_count: Annotated[int, Field(ge=0)] = 0
+    # A start's bound: docker-machine waits up to 60 x 3 s for Running, then SSH and engine.
+    start_timeout: Seconds = 240.0
 
     @property
     def enabled(self) -> bool:
-        if self.policy == "demand":
+        if self.policy == "demand" or self.stopped_count > 0:
             return True
         return self.idle_count > 0 or any(p.idle_count for p in self.autoscaling)
 
