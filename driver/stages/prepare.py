@@ -19,6 +19,7 @@ from driver.errors import CommandError, DriverError
 from driver.log import say
 from driver.payload import Job
 from driver.settings import Settings, config_path
+from driver.stages import stopped
 from driver.stages.common import Stage, begin
 from driver.state import (
     JobDir,
@@ -74,6 +75,8 @@ def main(args: argparse.Namespace) -> int:
         _remove_machines(stage, dm, say, why="left over from an earlier attempt")
         try:
             source = "pool" if settings.pool.enabled and _from_pool(stage, dm) else "create"
+            if source == "create" and stopped.take(stage, dm, new_record):
+                source = "stopped"  # a stopped pool machine, started (driver.stages.stopped)
             if source == "create":
                 record = new_record(settings, stage.job, name)
                 # Saved before the machine exists: a prepare killed mid-create leaves
