@@ -56,8 +56,9 @@ def take(stage: Stage, dm: DockerMachine, new_record: NewRecord) -> bool:
     say(f"Starting stopped pool machine {name} (host key pinned at its creation)...")
     try:
         start(settings, dm, job_dir, record, pooled.address)
-    except DriverError as e:
+    except Exception as e:  # any failure: the machine goes, the job creates its own
         refused = isinstance(e, ssh.HostKeyChanged)
+        why = (e.message if isinstance(e, DriverError) else f"{type(e).__name__}: {e}").strip()
         # Removed before a word to the job log (the runner may be gone, its pipe closed).
         ssh.stop_master(job_dir)
         provision.destroy(dm, name, settings, log.to_admin_log)
@@ -67,9 +68,9 @@ def take(stage: Stage, dm: DockerMachine, new_record: NewRecord) -> bool:
         metrics.count(settings.state_dir, metrics.POOL_DISCARDED, {"reason": reason})
         result = "host_key_changed" if refused else "failed"
         metrics.count(settings.state_dir, metrics.POOL_STOPPED_STARTS, {"result": result})
-        log.get().warning("pool_stopped_start_failed", machine=name, error=e.message[:300])
+        log.get().warning("pool_stopped_start_failed", machine=name, error=why[:300])
         say(
-            f"Stopped pool machine {name} was not used ({e.message.splitlines()[0]}); "
+            f"Stopped pool machine {name} was not used ({(why.splitlines() or [''])[0]}); "
             "it was removed: creating one for this job"
         )
         return False
