@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from driver import metrics, ssh
+from driver import engine, metrics, ssh
 from driver.docker_machine import MachineInfo
 from driver.errors import CommandError, CommandTimedOut
 from driver.payload import Job
@@ -153,9 +153,12 @@ def test_new_engine_certs_when_it_moved_and_the_engine_is_spoken_to(
 ) -> None:
     settings, state, _ = world(tmp_path, monkeypatch, check=True)
     engines: list[str] = []
-    monkeypatch.setattr(
-        stopped.engine, "wait_ready", lambda e, **_: engines.append(e.url) or "27.0"
-    )
+
+    def answers(at: engine.Engine, **_: object) -> str:
+        engines.append(at.url)
+        return "27.0"
+
+    monkeypatch.setattr(engine, "wait_ready", answers)
     dm = StartingMachines(tmp_path / "dm", now_at="10.214.0.6")
     dm.add(NAME)
     assert take(stage_of(settings, state, 42), dm) is True
@@ -167,7 +170,7 @@ def test_no_new_certs_when_it_came_back_where_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings, state, _ = world(tmp_path, monkeypatch, check=True)
-    monkeypatch.setattr(stopped.engine, "wait_ready", lambda e, **_: "27.0")
+    monkeypatch.setattr(engine, "wait_ready", lambda at, **_: "27.0")
     dm = StartingMachines(tmp_path / "dm")
     dm.add(NAME)
     assert take(stage_of(settings, state, 43), dm) is True
