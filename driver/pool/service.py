@@ -439,8 +439,7 @@ class PoolService:
                 reached.append("stopping")
                 raise DriverError("the service is stopping")
             if tier == "stopped":
-                reached.append("stop")
-                self.stopped.park(name)
+                self.stopped.park(name, reached)
             else:
                 self.state.mark_ready(name)
             self.controller.succeeded()

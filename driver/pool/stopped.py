@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from driver import ssh
+from driver.errors import DriverError
 
 if TYPE_CHECKING:
     from driver.pool.service import PoolService
@@ -57,12 +58,17 @@ class StoppedTier:
             with self.service.lock:
                 self.pending -= 1
 
-    def park(self, name: str) -> None:
+    def park(self, name: str, reached: list[str]) -> None:
         """Stop a machine made ready (its create's lock held: the sweeper keeps off), and
         offer it as stopped. Its master connection is closed first: the job that starts
-        it connects afresh, with the key pinned at its creation."""
+        it connects afresh, with the key pinned at its creation. A drain that began while
+        it stopped takes it too (``reached``: the create's steps, see _create_one)."""
         service = self.service
+        reached.append("stop")
         ssh.stop_master(service.state.pool_dir(name))
         service.dm.power("stop", name, timeout=service.settings.pool.start_timeout)
+        if service.stopping.is_set() and service.settings.pool.drain_on_stop:
+            reached.append("stopping")
+            raise DriverError("the service is stopping")
         service.state.mark_ready(name, "stopped")
         service.log.info("pool_machine_stopped", machine=name)

@@ -120,8 +120,9 @@ def start(
     )
     if settings.docker.check:  # as make_ready: image mode's containers ask it themselves
         address.engine_url = dm.url(name)
-        timeout = min(settings.docker.ready_timeout, left())
-        engine.wait_ready(engine.Engine.of(address), timeout=timeout, progress=say)
+        timeout, step = min(settings.docker.ready_timeout, left()), log.Timer()
+        version = engine.wait_ready(engine.Engine.of(address), timeout=timeout, progress=say)
+        say(f"Docker engine {version} answers at {address.engine_url} ({step.seconds:g}s)")
     record.address = address
     record.advance(JobPhase.CREATED)
     record.advance(JobPhase.READY)
