@@ -12,6 +12,7 @@ address, `inspect` (the store only) the old one, and the engine's server certifi
 made at create for the old address, fails TLS until `regenerate-certs` makes a new one
 (commands/regeneratecerts.go: configureAuth, which restarts dockerd).
 
+"start_delay": SECONDS in double.json is a slow cloud's start (as "create_delay").
 Faults (double.json), each {"times": N}:
   "start_new_address"   the VM comes back at a new address
   "start_fail"          the cloud refuses the start ({"message"} optional)
@@ -52,6 +53,9 @@ def start_faults(store: Store, name: str) -> None:
             time.sleep(3600)
     if take_fault(store, "start_new_address"):
         move(store, name)
+    delay = float(settings(store).get("start_delay", 0) or 0)
+    if delay > 0:
+        time.sleep(delay)  # a slow cloud
 
 
 def move(store: Store, name: str) -> None:
