@@ -81,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
                 record = new_record(settings, stage.job, name)
                 # Saved before the machine exists: a prepare killed mid-create leaves
                 # cleanup and the sweeper a name.
-                # While it waits for capacity, a pool machine that becomes ready is
+                # While it waits for capacity, a pool machine that becomes ready (or stopped) is
                 # its: the slot it waits for may be the one that machine holds.
                 if limits.claim_slot(
                     stage.state,
@@ -89,7 +89,10 @@ def main(args: argparse.Namespace) -> int:
                     claim=lambda: job_dir.save(record),
                     progress=say,
                     exclude_job=stage.job.id,
-                    instead=lambda: settings.pool.enabled and _from_pool(stage, dm, again=True),
+                    instead=lambda: (
+                        (settings.pool.enabled and _from_pool(stage, dm, again=True))
+                        or stopped.take(stage, dm, new_record)
+                    ),
                 ):
                     _create(settings, dm, job_dir, record, in_image=image_plan is not None)
                 else:

@@ -130,3 +130,22 @@ def test_a_start_the_cloud_refuses_costs_the_machine_not_the_job(env: Env) -> No
     finally:
         stop_pool(service)
     env.assert_nothing_left()
+
+
+def test_a_job_waiting_for_capacity_takes_the_stopped_machine_that_holds_it(env: Env) -> None:
+    """One slot ([limits] max_machines = 1), held by the tier's create in flight: the job
+    waits for capacity, and takes the machine once it is stopped, as it would a ready one."""
+    env.configure(limits={"max_machines": 1, "wait_timeout": 60})
+    service = env.start_pool()
+    try:
+        wait_for(lambda: env.pool_status()["counts"]["creating"] == 1, timeout=60)
+        result = env.run_job(Job(script=['echo "on $(hostname)"']))
+        assert result.outcome == "success", result.describe()
+        lines = result.lines()
+        assert any(line.startswith(f"{SAY}Waiting for capacity: ") for line in lines), lines
+        started = said(lines, r"Started machine (\S+) from the warm pool's stopped tier \(.*s\)")
+        assert started and f"on {started[0][1]}" in lines
+        assert len(result.execs("prepare")) == 1  # while it waited, not on a retry after
+    finally:
+        stop_pool(service)
+    env.assert_nothing_left()
