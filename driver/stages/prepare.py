@@ -95,8 +95,8 @@ def main(args: argparse.Namespace) -> int:
                     ),
                 ):
                     _create(settings, dm, job_dir, record, in_image=image_plan is not None)
-                else:
-                    source = "pool"
+                else:  # a started stopped machine's record has its start's time
+                    source = "stopped" if "start" in job_dir.load().timings else "pool"
             if image_plan is not None:  # image mode: the job's containers, on its machine
                 _start_containers(stage, dm, image_plan)
         except BaseException as e:

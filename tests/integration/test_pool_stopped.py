@@ -146,6 +146,8 @@ def test_a_job_waiting_for_capacity_takes_the_stopped_machine_that_holds_it(env:
         started = said(lines, r"Started machine (\S+) from the warm pool's stopped tier \(.*s\)")
         assert started and f"on {started[0][1]}" in lines
         assert len(result.execs("prepare")) == 1  # while it waited, not on a retry after
+        histograms = metrics.load(env.state_dir)["histograms"]
+        assert metrics.PREPARE_SECONDS.key({"source": "stopped"}) in histograms
     finally:
         stop_pool(service)
     env.assert_nothing_left()
