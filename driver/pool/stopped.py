@@ -38,15 +38,16 @@ class StoppedTier:
         stopped = service.state.ready("stopped")
         with service.lock:
             pending = self.pending
-        surplus = len(stopped) + pending - wanted
-        for name in stopped[: max(0, min(surplus, len(stopped)))]:
+        # Only what is stopped is ever surplus: a create about to end is no reason to go.
+        for name in stopped[: max(0, len(stopped) - wanted)]:
             if service.state.withdraw(name):  # False: a job claimed it meanwhile
                 service._start_removal(name, "beyond [pool] stopped_count")
-        if surplus >= 0 or service.stopping.is_set():
+        missing = wanted - len(stopped) - pending
+        if missing <= 0 or service.stopping.is_set():
             return
         if service.controller.backoff.holding(time.time()):
             return  # identical failures in a row: the ready pool's creates wait too
-        for _ in range(-surplus):
+        for _ in range(missing):
             with service.lock:
                 self.pending += 1
             service._start(self._make)

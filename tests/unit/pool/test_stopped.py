@@ -14,7 +14,7 @@ from driver import metrics, provision
 from driver.errors import CommandError
 from driver.pool.service import PoolService
 from driver.settings import parse_settings
-from driver.state import Address, PoolPhase
+from driver.state import Address, PoolPhase, PoolRecord
 
 
 class Cloud:
@@ -128,3 +128,17 @@ def test_a_restarted_service_keeps_its_stopped_machines(
     again, _, removed = service_with(tmp_path, monkeypatch, stopped_count=1)
     again.adopt()
     assert removed == [] and len(again.state.ready("stopped")) == 1
+
+
+def test_a_create_about_to_end_is_no_reason_to_remove_a_stopped_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tier create has marked its machine stopped and not yet ended (still pending)
+    when the tick looks: that machine is the count, not beyond it."""
+    service, cloud, removed = service_with(tmp_path, monkeypatch, stopped_count=1)
+    service.state.save_pool(PoolRecord(name="gmd-p000000d1", address=Address(host="10.0.0.9")))
+    service.state.mark_ready("gmd-p000000d1", "stopped")
+    service.stopped.pending = 1  # its create's thread, between the mark and its end
+    service.tick(time.time())
+    assert removed == [] and cloud.actions == []
+    assert service.state.ready("stopped") == ["gmd-p000000d1"]
