@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 
 from driver.cron import cron_fields
@@ -328,6 +335,19 @@ class Settings(Section):
     debug: DebugSettings = DebugSettings()
     image: ImageSettings = ImageSettings()  # where jobs run: the VM's shell or their image
     metrics: MetricsSettings = MetricsSettings()
+
+    @field_validator("pool")
+    @classmethod
+    def _stoppable(cls, pool: PoolSettings, info: ValidationInfo) -> PoolSettings:
+        """docker-machine's none and generic drivers cannot stop or start a machine."""
+        machine = info.data.get("machine")
+        driver = machine.driver if isinstance(machine, MachineSettings) else ""
+        if pool.stopped_count and driver in ("none", "generic"):
+            raise ValueError(
+                f"stopped_count needs a driver that stops and starts machines; {driver!r} "
+                "cannot (docker-machine: it did not make the host): set stopped_count = 0"
+            )
+        return pool
 
     @field_validator("builds_dir", "cache_dir")
     @classmethod

@@ -343,10 +343,17 @@ def no_driver(host: dict[str, Any], verb: str) -> None:
         raise MachineError(f"hosts without a driver cannot be {verb}")
 
 
+def not_generic(host: dict[str, Any], verb: str) -> None:
+    """drivers/generic/generic.go: Start and Stop return this error (a host it did not make)."""
+    if host.get("DriverName") == "generic":
+        raise MachineError(f"generic driver does not support {verb}")
+
+
 def vm_start(store: Store, name: str, host: dict[str, Any]) -> None:
     info(f"Starting {go_quote(name)}...")
     if machine_state(store, name, host) == "Running":
         raise MachineError(f"Machine {go_quote(name)} is already running.")
+    not_generic(host, "start")
     start_faults(store, name)
     power_on(store, name)
     info(f"Machine {go_quote(name)} was started.")
@@ -359,6 +366,7 @@ def vm_stop(store: Store, name: str, host: dict[str, Any]) -> None:
     if machine_state(store, name, host) == "Stopped":
         raise MachineError(f"Machine {go_quote(name)} is already stopped.")
     no_driver(host, "stopped")
+    not_generic(host, "stop")
     power_off(store, name)
     info(f"Machine {go_quote(name)} was stopped.")
 

@@ -4,13 +4,14 @@ an engine certificate that no longer matches it), and `regenerate-certs`
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
 import pytest
 
 from testing import docker_machine as dm
-from tests.doubles.harness import Machine, needs_dockerd, root_only, ssh
+from tests.doubles.harness import Machine, needs_dockerd, root_only, ssh, unused_test_address
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -60,3 +61,18 @@ def test_a_start_the_cloud_refuses_or_that_hangs(fast: Machine) -> None:
     hung.kill()
     hung.wait()
     assert fast.ok("status", "vm") == "Stopped\n"
+
+
+@root_only
+def test_a_generic_host_is_neither_stopped_nor_started(fast: Machine) -> None:
+    """drivers/generic/generic.go: Start and Stop return an error: it did not make the host."""
+    fast.ok("create", "-d", "local", "vm")
+    key = os.path.join(fast.storage, "machines", "vm", "id_rsa")
+    address = unused_test_address()
+    fast.ok(
+        "create", "-d", "generic", "--generic-ip-address", address,
+        "--generic-ssh-key", key, "g",
+    )  # fmt: skip
+    stopped = fast("stop", "g")
+    assert (stopped.returncode, stopped.stderr) == (1, "generic driver does not support stop\n")
+    assert fast.ok("status", "g") == "Running\n"

@@ -36,7 +36,7 @@ def service_with(
     settings = parse_settings(
         {
             "state_dir": str(tmp_path),
-            "machine": {"driver": "none"},
+            "machine": {"driver": "amazonec2"},
             "pool": {"idle_count": idle_count, "stopped_count": stopped_count},
         }
     )
