@@ -115,12 +115,14 @@ def test_another_host_key_is_refused_and_the_job_creates_its_own(env: Env) -> No
     env.assert_nothing_left()
 
 
-def test_a_start_the_cloud_refuses_costs_the_machine_not_the_job(env: Env) -> None:
+@pytest.mark.parametrize("fault", ["start_fail", "start_hang"])
+def test_a_start_that_fails_or_hangs_costs_the_machine_not_the_job(env: Env, fault: str) -> None:
+    env.configure(pool={"start_timeout": 5})  # a hung start is given up after this
     service = env.start_pool()
     try:
         wait_for(lambda: len(stopped(env)) == 1, timeout=180)
         [name] = stopped(env)
-        env.faults(start_fail={"times": 1})
+        env.faults(**{fault: {"times": 1}})
         result = env.run_job(Job(script=['echo "on $(hostname)"']))
         assert result.outcome == "success", result.describe()
         lines = result.lines()
