@@ -230,6 +230,32 @@ class DockerMachine:
             )
         return url
 
+    def power(self, action: str, name: str, timeout: float) -> None:
+        """`start` or `stop` (docker-machine waits up to 60 x 3 s for the state), or
+        `regenerate-certs -f` (a new engine certificate for its address now; dockerd
+        restarts); CommandError (a timeout too) if it fails."""
+        args = ["regenerate-certs", "-f"] if action == "regenerate-certs" else [action]
+        process.run(
+            self._argv(*args, name),
+            timeout=timeout,
+            env=self.env,
+            what=f"docker-machine {action} {name}",
+        )
+
+    def ip(self, name: str) -> str:
+        """The address the driver gives now (amazonec2 asks the cloud): after a start it
+        may differ from the one `inspect` keeps from the create."""
+        result = self._read("ip", name)
+        if result.exit_code != 0 or not result.stdout.strip():
+            raise CommandError(
+                result.command,
+                result.exit_code,
+                result.output,
+                message=f"docker-machine ip {name}",
+                hint="docker-machine could not tell the machine's address",
+            )
+        return result.stdout.strip()
+
     def exists(self, name: str) -> bool:
         """Whether the storage has an entry for ``name`` (as docker-machine itself decides:
         its directory exists), whatever state its files are in."""

@@ -99,7 +99,9 @@ POOL_FAILURE_BACKOFFS = Counter(
 )
 # Why a pool machine was discarded: the step its making failed in (the pool service),
 # ssh_lost (its health check, or a restart, found it gone), interrupted (a restart cut
-# its create short), dead_at_claim (a job's prepare found it dead). docs/metrics.md.
+# its create short), dead_at_claim (a job's prepare found it dead); the stopped tier's:
+# stop_failed (the service's stop), start_failed and host_key_changed (a job's start
+# of it; another host key answered: refused). docs/metrics.md.
 DISCARD_REASONS = (
     "create_failed",
     "ssh_not_ready",
@@ -110,11 +112,19 @@ DISCARD_REASONS = (
     "ssh_lost",
     "interrupted",
     "dead_at_claim",
+    "stop_failed",
+    "start_failed",
+    "host_key_changed",
 )
 POOL_DISCARDED = Counter(
     "pool_discarded_machines_total",
     f"Pool machines discarded as unusable, by reason ({', '.join(DISCARD_REASONS)})",
     ("reason",),
+)
+POOL_STOPPED_STARTS = Counter(
+    "pool_stopped_starts_total",
+    "Stopped pool machines jobs started, by result (started, failed, host_key_changed)",
+    ("result",),
 )
 MACHINE_CREATE_SECONDS = Histogram(
     "machine_create_seconds", "Duration of successful docker-machine creates"
@@ -122,8 +132,12 @@ MACHINE_CREATE_SECONDS = Histogram(
 MACHINE_REMOVE_SECONDS = Histogram("machine_remove_seconds", "Duration of machine removals")
 PREPARE_SECONDS = Histogram(
     "prepare_seconds",
-    "Duration of prepare, by source of the machine (pool or create)",
+    "Duration of prepare, by source of the machine (pool, stopped or create)",
     ("source",),
+)
+POOL_STOPPED_START_SECONDS = Histogram(
+    "pool_stopped_start_seconds",
+    "Duration of a stopped pool machine's start, until SSH (and the engine) answered",
 )
 MACHINES = Gauge(
     "machines",
@@ -139,11 +153,13 @@ COUNTERS: tuple[Counter, ...] = (
     POOL_IMAGE_PULL_FAILURES,
     POOL_FAILURE_BACKOFFS,
     POOL_DISCARDED,
+    POOL_STOPPED_STARTS,
 )
 HISTOGRAMS: tuple[Histogram, ...] = (
     MACHINE_CREATE_SECONDS,
     MACHINE_REMOVE_SECONDS,
     PREPARE_SECONDS,
+    POOL_STOPPED_START_SECONDS,
 )
 
 

@@ -40,6 +40,7 @@ JOB_TRANSITIONS: dict[JobPhase, frozenset[JobPhase]] = {
 class PoolPhase(enum.StrEnum):
     CREATING = "creating"  # the pool service is making it ready (it holds its entry lock)
     READY = "ready"  # idle and claimable
+    STOPPED = "stopped"  # made ready, then stopped ([pool] stopped_count): claimable, to start
     CLAIMED = "claimed"  # a job's prepare took it and is taking it over
     WITHDRAWN = "withdrawn"  # out of the ready set: never claimable again, being removed
     GONE = "gone"

@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 
 from driver.cron import cron_fields
@@ -282,10 +289,15 @@ class PoolSettings(Section):
     # back failure_backoff seconds, doubled for each further one (at most an hour).
     failure_threshold: Annotated[int, Field(ge=1)] = 3
     failure_backoff: Seconds = 60.0
+    # Machines made ready, then stopped (disk-only cost): a job that finds none ready
+    # starts one instead of creating its own (driver.pool.stopped). 0: none.
+    stopped_count: Annotated[int, Field(ge=0)] = 0
+    # A start's bound: docker-machine waits up to 60 x 3 s for Running, then SSH and engine.
+    start_timeout: Seconds = 240.0
 
     @property
     def enabled(self) -> bool:
-        if self.policy == "demand":
+        if self.policy == "demand" or self.stopped_count > 0:
             return True
         return self.idle_count > 0 or any(p.idle_count for p in self.autoscaling)
 
@@ -323,6 +335,19 @@ class Settings(Section):
     debug: DebugSettings = DebugSettings()
     image: ImageSettings = ImageSettings()  # where jobs run: the VM's shell or their image
     metrics: MetricsSettings = MetricsSettings()
+
+    @field_validator("pool")
+    @classmethod
+    def _stoppable(cls, pool: PoolSettings, info: ValidationInfo) -> PoolSettings:
+        """docker-machine's none and generic drivers cannot stop or start a machine."""
+        machine = info.data.get("machine")
+        driver = machine.driver if isinstance(machine, MachineSettings) else ""
+        if pool.stopped_count and driver in ("none", "generic"):
+            raise ValueError(
+                f"stopped_count needs a driver that stops and starts machines; {driver!r} "
+                "cannot (docker-machine: it did not make the host): set stopped_count = 0"
+            )
+        return pool
 
     @field_validator("builds_dir", "cache_dir")
     @classmethod

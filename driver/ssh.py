@@ -24,6 +24,12 @@ CONTROL_PERSIST = "10m"  # the master outlives idle gaps between stages, not a l
 HOST_KEY_CHANGED = re.compile(
     r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed"
 )
+
+
+class HostKeyChanged(DriverError):
+    """The machine presented another host key than the one pinned: someone else answers."""
+
+
 # Unix socket paths are limited to 108 bytes; ssh adds ~17 for its temporary name.
 MAX_CONTROL_PATH = 90
 
@@ -139,8 +145,10 @@ def wait_ready(
     progress: Callable[[str], None],
     interval: float = 1.0,
     report_every: float = 10.0,
+    pinned: bool = False,
 ) -> None:
-    """Wait until the machine accepts our key; pins its host key at the first contact.
+    """Wait until the machine accepts our key; pins its host key at the first contact
+    (``pinned``: the key in known_hosts already is the only one accepted).
 
     The connection that succeeds stays on as the job's master connection.
     """
@@ -158,9 +166,10 @@ def wait_ready(
                 "the runner host; raise [ssh] ready_timeout if the cloud is just slow",
             )
         try:
+            checking = "yes" if pinned else "accept-new"
             process.run(
                 # First contact: learn the host key; it is enforced from here on.
-                [*argv(machine_dir, "-o", "StrictHostKeyChecking=accept-new"), "true"],
+                [*argv(machine_dir, "-o", f"StrictHostKeyChecking={checking}"), "true"],
                 timeout=min(remaining, connect_timeout + 5),
                 what="ssh",
             )
@@ -168,9 +177,10 @@ def wait_ready(
         except CommandError as e:
             if HOST_KEY_CHANGED.search(e.output):
                 # Pinned at an earlier attempt, different now: someone else answers there.
-                raise DriverError(
-                    f"the machine at {target} presented a different SSH host key than at "
-                    "first contact a moment ago: refusing to connect; this may be an attack "
+                when = "at its creation" if pinned else "at first contact a moment ago"
+                raise HostKeyChanged(
+                    f"the machine at {target} presented a different SSH host key than {when}: "
+                    "refusing to connect; this may be an attack "
                     "(someone else answering at its address)",
                     hint="the machine is not used; check the cloud for a VM at that address "
                     "that is not this machine",

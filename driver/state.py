@@ -12,6 +12,7 @@ the metrics talk to each other only through this module::
         image.json                            image mode: its containers and keepers' PIDs
       pool/machines/<name>/                   a warm-pool machine: info.json (PoolRecord), SSH
       pool/ready/<name>                       idle and claimable
+      pool/stopped/<name>                     made ready, then stopped: claimable, to start
       pool/claimed/<name>@<job id>            taken by that job's prepare, being handed over
       pool/withdrawn/<name>                   taken out of the ready set, being removed
       pool/status.json                        the pool service's last status
@@ -392,7 +393,7 @@ class StateDir:
 
     def pool_names(self) -> list[str]:
         names: set[str] = set()
-        for kind in ("machines", "ready", "withdrawn"):
+        for kind in ("machines", "ready", "stopped", "withdrawn"):
             folder = self.pool_root / kind
             if folder.is_dir():
                 names.update(p.name for p in folder.iterdir())
@@ -427,15 +428,17 @@ class StateDir:
     def pool_phase(self, name: str) -> PoolPhase:
         if self._marker("ready", name).exists():
             return PoolPhase.READY
+        if self._marker("stopped", name).exists():
+            return PoolPhase.STOPPED
         if self.claimer(name) is not None:
             return PoolPhase.CLAIMED
         if self._marker("withdrawn", name).exists():
             return PoolPhase.WITHDRAWN
         return PoolPhase.CREATING if self.pool_dir(name).exists() else PoolPhase.GONE
 
-    def ready(self) -> list[str]:
-        """Ready machines, the longest idle first."""
-        folder = self.pool_root / "ready"
+    def ready(self, kind: str = "ready") -> list[str]:
+        """Ready (or, kind "stopped", stopped) machines, the longest idle first."""
+        folder = self.pool_root / kind
         if not folder.is_dir():
             return []
         markers = []
@@ -444,21 +447,21 @@ class StateDir:
                 markers.append((path.stat().st_mtime, path.name))
         return [name for _, name in sorted(markers)]
 
-    def mark_ready(self, name: str) -> None:
-        (self.pool_root / "ready").mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(self._marker("ready", name), "")
+    def mark_ready(self, name: str, kind: str = "ready") -> None:
+        (self.pool_root / kind).mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(self._marker(kind, name), "")
 
-    def claim(self, job_id: int) -> PoolRecord | None:
-        """Take a ready machine for ``job_id``, or None.
+    def claim(self, job_id: int, kind: str = "ready") -> PoolRecord | None:
+        """Take a ready (or, kind "stopped", a stopped) machine for ``job_id``, or None.
 
         The rename from ready/NAME to claimed/NAME@JOB succeeds for one caller only,
         and never after a withdrawal: no machine is both handed out and removed.
         """
         (self.pool_root / "claimed").mkdir(parents=True, exist_ok=True, mode=0o700)
-        for name in self.ready():
+        for name in self.ready(kind):
             claimed = self._marker("claimed", f"{name}@{job_id}")
             try:
-                os.rename(self._marker("ready", name), claimed)
+                os.rename(self._marker(kind, name), claimed)
             except FileNotFoundError:
                 continue  # another job, or a withdrawal, was faster
             record = self.load_pool(name)
@@ -485,13 +488,14 @@ class StateDir:
             os.rename(self._marker("claimed", f"{name}@{job_id}"), self._marker("withdrawn", name))
 
     def withdraw(self, name: str) -> bool:
-        """Take a ready machine out of the ready set for good; False if it was just claimed."""
+        """Take a ready or stopped machine out of the pool for good; False if it was just
+        claimed (a machine has one marker: one rename wins)."""
         (self.pool_root / "withdrawn").mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            os.rename(self._marker("ready", name), self._marker("withdrawn", name))
-        except FileNotFoundError:
-            return False
-        return True
+        for kind in ("ready", "stopped"):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self._marker(kind, name), self._marker("withdrawn", name))
+                return True
+        return False
 
     def withdrawn(self) -> list[str]:
         folder = self.pool_root / "withdrawn"
@@ -504,7 +508,7 @@ class StateDir:
 
     def forget_pool(self, name: str) -> None:
         """Drop the pool's records of ``name`` (its machine is gone, or a job owns it now)."""
-        for kind in ("ready", "withdrawn"):
+        for kind in ("ready", "stopped", "withdrawn"):
             self._marker(kind, name).unlink(missing_ok=True)
         _rmtree(self.pool_dir(name).path, ignore_errors=True)
 
@@ -545,7 +549,8 @@ class StateDir:
 
 def machine_counts(state: StateDir) -> dict[str, int]:
     """Machines by state, for `pool status` and the machines gauge: one vocabulary."""
-    counts = {"creating": 0, "idle": 0, "claimed": 0, "in_use": 0, "kept": 0, "removing": 0}
+    counts = {"creating": 0, "idle": 0, "stopped": 0, "claimed": 0, "in_use": 0, "kept": 0}
+    counts["removing"] = 0
     for record in state.job_records().values():
         if record is None or record.phase in (JobPhase.CREATING, JobPhase.CREATED):
             counts["creating"] += 1
@@ -556,6 +561,7 @@ def machine_counts(state: StateDir) -> dict[str, int]:
     by_pool_phase = {
         PoolPhase.CREATING: "creating",
         PoolPhase.READY: "idle",
+        PoolPhase.STOPPED: "stopped",
         PoolPhase.CLAIMED: "claimed",
         PoolPhase.WITHDRAWN: "removing",
     }

@@ -13,8 +13,9 @@ stage lock). Proof is one of:
 - it was being created and its creator (a prepare, the pool service) is gone;
 - it was claimed from the warm pool by a prepare that died before taking it
   over, or withdrawn from the pool;
-- it is idle in a warm pool nobody serves: the config turned the pool off, or
-  no pool service has run for over `[pool] idle_time`;
+- it is idle (or stopped, `[pool] stopped_count`) in a warm pool nobody serves:
+  the config turned the pool (or the stopped tier) off, or no pool service has
+  run for over `[pool] idle_time`;
 - no record on this host names it (the driver records every machine before
   creating it, so nobody can use one without a record);
 - a job took it longer ago than `max_age` and GitLab does not say the job runs.
@@ -117,6 +118,10 @@ def decide(f: Facts, settings: Settings) -> Verdict:
             if f.pool_off:
                 return remove(f"idle in a warm pool nobody serves: {f.pool_off}")
             return keep("idle in the warm pool")
+        if f.phase == PoolPhase.STOPPED:
+            if f.pool_off:
+                return remove(f"stopped in a warm pool nobody serves: {f.pool_off}")
+            return keep("stopped in the warm pool's stopped tier")
         if f.phase == PoolPhase.WITHDRAWN:
             return remove("withdrawn from the warm pool")
         return remove("its pool create was abandoned (the pool service is gone)")
@@ -272,6 +277,8 @@ class Sweep:
                 host=pool.address.host if pool else "",
                 pool_off=served.unserved(self.settings, state, now)
                 if phase == PoolPhase.READY
+                else served.unserved_stopped(self.settings, state, now)
+                if phase == PoolPhase.STOPPED
                 else "",
             )
         busy = False
@@ -401,9 +408,9 @@ class Sweep:
     # --- acting
 
     def withdraw(self, facts: Facts) -> bool:
-        """A ready pool machine is taken out of the ready set before its removal; False
-        if a job claimed it first (then it is that job's)."""
-        if facts.owner != "pool" or facts.phase != PoolPhase.READY:
+        """A ready or stopped pool machine is taken out of the pool before its removal;
+        False if a job claimed it first (then it is that job's)."""
+        if facts.owner != "pool" or facts.phase not in (PoolPhase.READY, PoolPhase.STOPPED):
             return True
         return self.state.withdraw(facts.name)
 

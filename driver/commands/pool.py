@@ -48,7 +48,8 @@ def main(args: argparse.Namespace) -> int:
 def serve(settings: Settings) -> int:
     if not settings.pool.enabled:
         raise ConfigError(
-            "the warm pool is off: [pool] idle_count is 0 and no autoscaling period sets one",
+            "the warm pool is off: [pool] idle_count and stopped_count are 0 and no "
+            "autoscaling period sets one",
             hint="set [pool] idle_count (machines kept ready) in the config file",
         )
     log.setup(settings.log_path, stage="pool")
@@ -78,6 +79,8 @@ def serve(settings: Settings) -> int:
             keeping = f"{settings.pool.idle_count} machine(s) ready"
         if settings.pool.lookahead and settings.gitlab.configured:
             keeping += ", and one for each job GitLab says is coming"
+        if settings.pool.stopped_count:
+            keeping += f", and {settings.pool.stopped_count} made ready then stopped"
         log.say(f"pool: keeping {keeping} (Ctrl-C or SIGTERM stops)")
         service.run(stop, holding_lock=True)
     log.say("pool: stopped")
@@ -91,9 +94,9 @@ def drain(
     workers: int = 8,
     dm: DockerMachine | None = None,
 ) -> int:
-    """Remove every ready machine of the pool now, several at once: for a pool turned
-    off, or a service stopped without its drain. Refused while a service runs (it
-    would make new ones); machines being claimed or worked on are left alone."""
+    """Remove every ready (or stopped) machine of the pool now, several at once: for a
+    pool turned off, or a service stopped without its drain. Refused while a service runs
+    (it would make new ones); machines being claimed or worked on are left alone."""
     state = StateDir(settings.state_dir)
     if served.service_running(state):
         raise DriverError(
@@ -111,10 +114,10 @@ def drain(
             progress(f"{name}: removing (draining the warm pool)")
             return look.remove(look.facts(name, locked=True), progress)
 
-    names = state.ready()
+    names = state.ready() + state.ready("stopped")
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) as pool:
         results = list(pool.map(one, names))
-    progress(f"pool: {sum(results)} of {len(names)} ready machine(s) removed")
+    progress(f"pool: {sum(results)} of {len(names)} ready or stopped machine(s) removed")
     log.get().info("pool_drained", removed=sum(results), ready=len(names))
     return 0 if all(results) else 1
 

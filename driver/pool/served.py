@@ -1,11 +1,12 @@
 """Whether a warm pool is served: whose ready machines a job may still claim, and
 the removal of ready machines nobody will hand out (`pool drain`, the sweeper).
 
-Ready machines are kept for the jobs that claim them, and refreshed by the pool
-service. With the pool turned off (`idle_count = 0`, no demand policy), or no
-service for longer than `[pool] idle_time` (stopped without a drain, or dead),
-they only hold slots: the sweeper removes them, each withdrawn first (a claim
-and a withdrawal are renames of one marker: one wins, never both).
+Ready machines (and stopped ones, `[pool] stopped_count`) are kept for the jobs that
+claim them, and refreshed by the pool service. With the pool turned off
+(`idle_count = 0`, no demand policy), or no service for longer than `[pool]
+idle_time` (stopped without a drain, or dead), they only hold slots: the sweeper
+removes them, each withdrawn first (a claim and a withdrawal are renames of one
+marker: one wins, never both).
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ def unserved(settings: Settings, state: StateDir, now: float) -> str:
     if seen is None or now - seen > pool.idle_time:
         return f"no pool service has run for over [pool] idle_time ({pool.idle_time:g}s)"
     return ""
+
+
+def unserved_stopped(settings: Settings, state: StateDir, now: float) -> str:
+    """As ``unserved``, for a machine of the stopped tier: kept only while one is wanted."""
+    if settings.pool.stopped_count == 0:
+        return "the stopped tier is off ([pool] stopped_count = 0)"
+    return unserved(settings, state, now)
 
 
 def touch(lock: Lock) -> None:

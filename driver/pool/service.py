@@ -26,6 +26,7 @@ from driver.pool.gitlab_jobs import GitLabJobs
 from driver.pool.learned import LearnedImages
 from driver.pool.lookahead import Lookahead
 from driver.pool.pipelines import ListJobs, PipelineWatch, UsualDurations
+from driver.pool.stopped import StoppedTier
 from driver.settings import Settings
 from driver.state import (
     Address,
@@ -48,6 +49,7 @@ FAILURE_REASONS = {
     "tools": "tools_missing",
     "engine": "engine_not_ready",
     "images": "engine_lost",  # an image it cannot pull is skipped: the engine went away
+    "stop": "stop_failed",  # the stopped tier's (driver.pool.stopped)
 }
 START_WAIT = 5.0  # for the service's lock at start: a sweep may be looking at it
 # How long a stop may take: within the pool unit's TimeoutStopSec (900 s), with room for
@@ -98,6 +100,7 @@ class PoolService:
         self.pipelines: PipelineWatch | None = None
         self.polling = threading.Event()  # a look at GitLab is in flight
         self.api_calls = ApiCalls()  # requests to GitLab's API, shown by `pool status`
+        self.stopped = StoppedTier(self)  # [pool] stopped_count
         pool = settings.pool
         if pool.lookahead and settings.gitlab.configured:  # either policy uses it
             reader = GitLabJobs(settings.gitlab)  # asks nothing until the first look
@@ -119,8 +122,8 @@ class PoolService:
             if phase == PoolPhase.READY and record and self._healthy(record):
                 self.log.info("pool_adopted", machine=name)
                 continue
-            if phase == PoolPhase.CLAIMED:
-                continue  # a job's prepare is taking it over; the sweeper handles a dead one
+            if phase in (PoolPhase.CLAIMED, PoolPhase.STOPPED):
+                continue  # a job's prepare is taking it over (the sweeper: a dead one); stopped
             if phase == PoolPhase.READY and not self.state.withdraw(name):
                 continue  # just claimed
             self._discarded("ssh_lost" if phase == PoolPhase.READY else "interrupted")
@@ -176,7 +179,7 @@ class PoolService:
         deadline = time.monotonic() + min(STOP_WITHIN, self.settings.create.timeout + 60)
         self.remember()
         if self.settings.pool.drain_on_stop:
-            for name in self.state.ready():
+            for name in self.state.ready() + self.state.ready("stopped"):
                 if self.state.withdraw(name):
                     with self.lock:  # counted before its thread runs: waited for below
                         self.removing.add(name)
@@ -233,6 +236,7 @@ class PoolService:
                     self._discarded("ssh_lost")
                     self._start_removal(name, "failed its health check")
         self._remove_rejected()
+        self.stopped.tick()
         self.learned.tick(self._start)
         self.write_status(decision.wanted, in_use)
         if now - self.last_remembered >= REMEMBER_EVERY:
@@ -260,8 +264,8 @@ class PoolService:
         )
         hits, misses = self._claims_since_last()
         self._watch_pipelines(records)
-        with self.lock:
-            creating = len(self.creating)
+        with self.lock:  # the stopped tier's creates are no ready machines to come
+            creating = len(self.creating - self.stopped.making)
         observation = Observation(
             ready=ready,
             creating=creating,
@@ -362,11 +366,14 @@ class PoolService:
 
     # --- one machine
 
-    def _create_one(self) -> None:
+    def _create_one(self, tier: str = "ready") -> None:
+        """``tier`` "stopped": made ready, then stopped (driver.pool.stopped)."""
         name = pool_name(self.settings)
         structlog.contextvars.bind_contextvars(machine=name)  # this thread's log lines
         with self.lock:
             self.creating.add(name)
+            if tier == "stopped":
+                self.stopped.making.add(name)
         timer = log.Timer()
         reached = ["create"]  # the steps begun: the last one is where a failure happened
         record = PoolRecord(name=name, created=time.time(), creator_pid=os.getpid())
@@ -417,7 +424,7 @@ class PoolService:
             reached.append("helper")
             # Image mode: the job's helper container started ahead (prepare checks it).
             try:
-                if prestart_helper(
+                if tier == "ready" and prestart_helper(
                     self.settings, where, record.address, name, lambda: self.dm.url(name)
                 ):
                     self.log.info("pool_helper_started")
@@ -431,7 +438,10 @@ class PoolService:
             if self.stopping.is_set() and self.settings.pool.drain_on_stop:
                 reached.append("stopping")
                 raise DriverError("the service is stopping")
-            self.state.mark_ready(name)
+            if tier == "stopped":
+                self.stopped.park(name, reached)
+            else:
+                self.state.mark_ready(name)
             self.controller.succeeded()
             self.log.info("pool_machine_ready", machine=name, seconds=timer.seconds)
         except Exception as e:  # every failure: remove what was made, remember why
@@ -446,6 +456,7 @@ class PoolService:
             entry.release(remove=self.state.pool_phase(name) == PoolPhase.GONE)
             with self.lock:
                 self.creating.discard(name)
+                self.stopped.making.discard(name)
 
     def _pull_images(
         self,

@@ -19,6 +19,7 @@ from driver.errors import CommandError, DriverError
 from driver.log import say
 from driver.payload import Job
 from driver.settings import Settings, config_path
+from driver.stages import stopped
 from driver.stages.common import Stage, begin
 from driver.state import (
     JobDir,
@@ -74,11 +75,13 @@ def main(args: argparse.Namespace) -> int:
         _remove_machines(stage, dm, say, why="left over from an earlier attempt")
         try:
             source = "pool" if settings.pool.enabled and _from_pool(stage, dm) else "create"
+            if source == "create" and stopped.take(stage, dm, new_record):
+                source = "stopped"  # a stopped pool machine, started (driver.stages.stopped)
             if source == "create":
                 record = new_record(settings, stage.job, name)
                 # Saved before the machine exists: a prepare killed mid-create leaves
                 # cleanup and the sweeper a name.
-                # While it waits for capacity, a pool machine that becomes ready is
+                # While it waits for capacity, a pool machine that becomes ready (or stopped) is
                 # its: the slot it waits for may be the one that machine holds.
                 if limits.claim_slot(
                     stage.state,
@@ -86,11 +89,14 @@ def main(args: argparse.Namespace) -> int:
                     claim=lambda: job_dir.save(record),
                     progress=say,
                     exclude_job=stage.job.id,
-                    instead=lambda: settings.pool.enabled and _from_pool(stage, dm, again=True),
+                    instead=lambda: (
+                        (settings.pool.enabled and _from_pool(stage, dm, again=True))
+                        or stopped.take(stage, dm, new_record)
+                    ),
                 ):
                     _create(settings, dm, job_dir, record, in_image=image_plan is not None)
-                else:
-                    source = "pool"
+                else:  # a started stopped machine's record has its start's time
+                    source = "stopped" if "start" in job_dir.load().timings else "pool"
             if image_plan is not None:  # image mode: the job's containers, on its machine
                 _start_containers(stage, dm, image_plan)
         except BaseException as e:

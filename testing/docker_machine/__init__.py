@@ -27,6 +27,7 @@ Modules, each depending only on those above it:
              `env`, `start`, `stop`, `kill`, `restart` (the double's own tests and an
              operator debugging the demo by hand use them)
   listing    `ls`
+  power      what a `start` changes (a new address), `regenerate-certs`
   helpers    for tests: what happens behind docker-machine's back, what is left over
   cli        global flags and the command table
 
@@ -50,6 +51,13 @@ a fault {"times": N} fires for the next N uses, -1 for always:
   "fail_pause": SECONDS             a failed create's pause before exiting (2.0)
   "save_gap": SECONDS               widens config.json's empty/absent window (0.0)
   "keygen_time": SECONDS            scale of the CA and client key generation time (0.2)
+  "start_new_address": {"times"}    a start brings the VM back at a new address: `ip`,
+                                    `url`, `ssh` say so, `inspect` keeps the old one, the
+                                    engine's certificate fails until `regenerate-certs`
+  "start_fail": {"times", "message"}
+                                    the cloud refuses to start the VM
+  "start_hang": {"times"}           a start that never returns
+  "start_delay": SECONDS            a slow cloud's start
 
 The helpers in helpers.py (`set_faults`, `kill_vm`, `kill_sshd`, `rotate_host_key`,
 `make_driver_missing`, `vm_pids`, `teardown_all`, ...) are for tests;

@@ -22,6 +22,7 @@ from .create import cmd_create
 from .flags import GLOBAL_FLAGS, UsageError, parse_flags
 from .helpers import teardown_all
 from .listing import cmd_ls
+from .power import cmd_regenerate_certs
 from .store import Store, log_call
 from .vminit import vm_init_main
 
@@ -32,7 +33,7 @@ APP_HELP = (
     "Run 'docker-machine COMMAND --help' for more information on a command.\n"
 )
 # Commands of docker-machine the double does not play: the driver never runs them.
-UNIMPLEMENTED = {"active", "mount", "provision", "regenerate-certs", "scp", "upgrade", "help"}
+UNIMPLEMENTED = {"active", "mount", "provision", "scp", "upgrade", "help"}
 
 
 def main(argv: list[str]) -> int:
@@ -89,6 +90,7 @@ def run(argv: list[str]) -> int:
         "stop": lambda s, a: power_action(s, a, "stop"),
         "kill": lambda s, a: power_action(s, a, "kill"),
         "restart": lambda s, a: power_action(s, a, "restart"),
+        "regenerate-certs": cmd_regenerate_certs,
     }
     if command in handlers:
         return handlers[command](store, args)

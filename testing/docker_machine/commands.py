@@ -18,8 +18,9 @@ from .engine import engine_check
 from .faults import RM_CLOUD_ERROR, request_id, take_fault
 from .flags import HelpFlag, parse_command
 from .gotext import NO_VALUE, GoTemplate, TemplateError, go_json
-from .machines import machine_state, machine_url, power_off, power_on
+from .machines import current_ip, machine_state, machine_url, power_off, power_on
 from .netns import destroy_vm, kill_until_gone, machine_pids
+from .power import start_faults
 from .store import Store, load_host, machine_exists, remove_entry
 
 
@@ -58,8 +59,8 @@ def cmd_ip(store: Store, args: list[str]) -> int:
     names = positional or [target_name(store, [])]
     hosts = [(n, load_host(store, n)) for n in names]
     errors = []
-    for _name, host in hosts:
-        ip = host["Driver"].get("IPAddress", "")
+    for name, host in hosts:
+        ip = current_ip(store, name, host)
         if drivers.missing(host):
             errors.append(f"Error getting IP address: {drivers.not_loadable(host['DriverName'])}")
         elif ip:
@@ -274,7 +275,7 @@ def ssh_args(store: Store, name: str, host: dict[str, Any]) -> list[str]:
         user, address, port, key = "", "", 0, ""
     else:  # empty SSHUser means root, 0 means port 22, no key path means the machine's
         user = driver.get("SSHUser") or "root"
-        address = driver.get("IPAddress", "")
+        address = current_ip(store, name, host)
         port = driver.get("SSHPort") or 22
         key = driver.get("SSHKeyPath") or os.path.join(store.machine_dir(name), "id_rsa")
     args = ["ssh", "-F", "/dev/null"]
@@ -342,10 +343,18 @@ def no_driver(host: dict[str, Any], verb: str) -> None:
         raise MachineError(f"hosts without a driver cannot be {verb}")
 
 
+def not_generic(host: dict[str, Any], verb: str) -> None:
+    """drivers/generic/generic.go: Start and Stop return this error (a host it did not make)."""
+    if host.get("DriverName") == "generic":
+        raise MachineError(f"generic driver does not support {verb}")
+
+
 def vm_start(store: Store, name: str, host: dict[str, Any]) -> None:
     info(f"Starting {go_quote(name)}...")
     if machine_state(store, name, host) == "Running":
         raise MachineError(f"Machine {go_quote(name)} is already running.")
+    not_generic(host, "start")
+    start_faults(store, name)
     power_on(store, name)
     info(f"Machine {go_quote(name)} was started.")
     info("Waiting for SSH to be available...")
@@ -357,6 +366,7 @@ def vm_stop(store: Store, name: str, host: dict[str, Any]) -> None:
     if machine_state(store, name, host) == "Stopped":
         raise MachineError(f"Machine {go_quote(name)} is already stopped.")
     no_driver(host, "stopped")
+    not_generic(host, "stop")
     power_off(store, name)
     info(f"Machine {go_quote(name)} was stopped.")
 

@@ -169,7 +169,7 @@ def boot_vm(store: Store, name: str, vm: dict[str, Any]) -> subprocess.Popen[byt
     if vm["mode"] == "netns":
         if not os.path.exists(os.path.join(NETNS_DIR, netns_name(vm["index"]))):
             ip_cmd("netns", "add", netns_name(vm["index"]))
-        ensure_link(vm["index"], vm.get("extra_ip"))
+        ensure_link(vm["index"], vm.get("extra_ip"), moved=bool(vm.get("moved_ip")))
     elif os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation
     with contextlib.suppress(FileNotFoundError):
@@ -346,6 +346,15 @@ def machine_state(store: Store, name: str, host: dict[str, Any]) -> str:
     return "Stopped" if read_vm(store, name).get("phase") == "created" else "Error"
 
 
+def current_ip(store: Store, name: str, host: dict[str, Any]) -> str:
+    """Driver.GetIP: the cloud's answer now. After a start that moved the VM (power.py) it
+    differs from the IPAddress config.json kept from the create, as amazonec2's does."""
+    ip = str(host["Driver"].get("IPAddress", ""))
+    if host.get("DriverName") == "local" and os.path.isdir(store.machine_dir(name)):
+        return str(read_vm(store, name).get("moved_ip") or ip)
+    return ip
+
+
 def machine_url(store: Store, name: str, host: dict[str, Any]) -> str:
     """Driver.GetURL: tcp://IP:PORT while running (the driver's EnginePort, else 2376), else
     'Host is not running'."""
@@ -354,7 +363,7 @@ def machine_url(store: Store, name: str, host: dict[str, Any]) -> str:
         return str(driver.get("URL", ""))
     if machine_state(store, name, host) != "Running":
         raise MachineError("Host is not running")
-    ip = str(driver.get("IPAddress", ""))
+    ip = current_ip(store, name, host)
     host_part = f"[{ip}]" if ":" in ip else ip  # net.JoinHostPort
     return f"tcp://{host_part}:{drivers.engine_port(host)}" if ip else ""
 

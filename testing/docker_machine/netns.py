@@ -219,11 +219,13 @@ def allocate_netns(store: Store, name: str) -> int:
     )
 
 
-def ensure_link(index: int, extra_ip: str | None = None) -> None:
+def ensure_link(index: int, extra_ip: str | None = None, *, moved: bool = False) -> None:
     """The veth pair between host and VM; recreated by `start` after kill_vm removed it.
 
     `extra_ip` (a generic host's given address) is added in the VM and routed to it from
-    the host; the route goes with the link.
+    the host; the route goes with the link. `moved`: a VM a start gave a new address
+    (testing/docker_machine/power.py): `extra_ip` is its only address, the old one answers
+    no more, as a cloud's released public address does not.
     """
     host_if, vm_if = f"dmdh{index}", f"dmdm{index}"
     if os.path.exists(f"/sys/class/net/{host_if}"):
@@ -232,6 +234,12 @@ def ensure_link(index: int, extra_ip: str | None = None) -> None:
     host_ip, vm_ip = vm_addresses(index)
     ip_cmd("link", "add", host_if, "type", "veth", "peer", "name", vm_if, "netns", ns)
     ip_cmd("-batch", "-", stdin=f"addr add {host_ip}/30 dev {host_if}\nlink set {host_if} up\n")
+    if moved and extra_ip:
+        inside = f"addr add {extra_ip}/32 dev {vm_if}\nlink set {vm_if} up\nlink set lo up\n"
+        inside += f"route add {host_ip}/32 dev {vm_if}\n"
+        ip_cmd("-n", ns, "-batch", "-", stdin=inside + f"route add default via {host_ip}\n")
+        ip_cmd("route", "add", f"{extra_ip}/32", "dev", host_if)
+        return
     inside = f"addr add {vm_ip}/30 dev {vm_if}\nlink set {vm_if} up\nlink set lo up\n"
     if extra_ip:
         inside += f"addr add {extra_ip}/32 dev {vm_if}\n"

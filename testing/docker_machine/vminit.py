@@ -101,7 +101,7 @@ class VmInit:
         os.set_blocking(read_end, False)
         os.set_blocking(write_end, False)
         signal.set_wakeup_fd(write_end)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
             signal.signal(sig, lambda signum, _frame: self.pending.append(signum))
         self.selector.register(read_end, selectors.EVENT_READ)
         self.start_ssh()
@@ -121,6 +121,8 @@ class VmInit:
                     return 0
                 if signum == signal.SIGHUP:
                     self.restart_ssh()
+                if signum == signal.SIGUSR1:  # `regenerate-certs`: dockerd takes new certs
+                    self.restart_engine()
             self.reap()
 
     def listen_address(self) -> tuple[str, int]:
@@ -165,6 +167,12 @@ class VmInit:
             f"dockerd started, pid {self.dockerd.pid}"
             + (" (no bridge)" if self.engine_fallback else "")
         )
+
+    def restart_engine(self) -> None:
+        if self.dockerd is not None:
+            self.stop_child(self.dockerd, signal.SIGTERM, 15.0)
+            self.dockerd = None
+        self.start_engine()
 
     def reap(self) -> None:
         while True:

@@ -98,3 +98,12 @@ def test_config_path_prefers_the_flag_then_the_environment(
     assert settings.config_path(None) == Path("/from/env.toml")
     monkeypatch.delenv(settings.CONFIG_PATH_ENV)
     assert settings.config_path(None) == settings.DEFAULT_CONFIG_PATH
+
+
+def test_a_stopped_tier_needs_a_driver_that_stops_and_starts_machines() -> None:
+    for driver in ("none", "generic"):
+        with pytest.raises(ConfigError, match="stopped_count needs a driver that stops and st"):
+            settings.parse_settings({"machine": {"driver": driver}, "pool": {"stopped_count": 1}})
+    cloud = {"machine": {"driver": "amazonec2"}, "pool": {"stopped_count": 1}}
+    pool = settings.parse_settings(cloud).pool
+    assert pool.stopped_count == 1 and pool.enabled

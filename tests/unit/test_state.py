@@ -117,10 +117,13 @@ def test_machine_counts_speak_one_vocabulary(tmp_path: Path) -> None:
         state.job(job_id).save(record(job_id, phase=phase))
     ready_machine(state, "gmd-p00000001")
     state.save_pool(PoolRecord(name="gmd-p00000002"))  # being created
+    state.save_pool(PoolRecord(name="gmd-p00000003"))
+    state.mark_ready("gmd-p00000003", "stopped")  # the stopped tier's
     counts = machine_counts(state)
     assert counts == {
         "creating": 2,
         "idle": 1,
+        "stopped": 1,
         "claimed": 0,
         "in_use": 1,
         "kept": 1,

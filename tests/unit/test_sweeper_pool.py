@@ -130,7 +130,7 @@ def test_pool_drain_removes_the_ready_machines_at_once(tmp_path: Path) -> None:
     assert pool_command.drain(settings, progress=said.append, dm=dm) == 0  # type: ignore[arg-type]
     assert sorted(dm.removed) == ["gmd-p000000e1", "gmd-p000000e2", "gmd-p000000e3"]
     assert state.pool_names() == [] and state.machines_owned() == (0, 0)
-    assert said[-1] == "pool: 3 of 3 ready machine(s) removed"
+    assert said[-1] == "pool: 3 of 3 ready or stopped machine(s) removed"
 
 
 def test_pool_drain_is_refused_while_a_service_runs(tmp_path: Path) -> None:

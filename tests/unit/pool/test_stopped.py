@@ -1,0 +1,144 @@
+"""The pool service's stopped tier ([pool] stopped_count): made ready, stopped, kept at
+its count, never taken for ready machines to come, surplus removed, kept across a
+restart of the service. docker-machine and the cloud are fakes; the threads run inline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from driver import metrics, provision
+from driver.errors import CommandError
+from driver.pool.service import PoolService
+from driver.settings import parse_settings
+from driver.state import Address, PoolPhase, PoolRecord
+
+
+class Cloud:
+    """What the service asks of docker-machine and the VMs, recorded."""
+
+    def __init__(self) -> None:
+        self.actions: list[tuple[str, str]] = []
+        self.stop_fails = False
+
+    def power(self, action: str, name: str, timeout: float) -> None:
+        self.actions.append((action, name))
+        if self.stop_fails:
+            raise CommandError(["docker-machine", action, name], 1, "the cloud said no")
+
+
+def service_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stopped_count: int, idle_count: int = 0
+) -> tuple[PoolService, Cloud, list[str]]:
+    settings = parse_settings(
+        {
+            "state_dir": str(tmp_path),
+            "machine": {"driver": "amazonec2"},
+            "pool": {"idle_count": idle_count, "stopped_count": stopped_count},
+        }
+    )
+    service = PoolService(settings)
+    cloud = Cloud()
+    removed: list[str] = []
+
+    def make_ready(*args: object, reached: Callable[[str], None], **options: object) -> None:
+        reached("ssh")
+
+    monkeypatch.setattr(provision, "create", lambda *args: 1)
+    monkeypatch.setattr(provision, "locate", lambda *args: Address(host="10.0.0.9"))
+    monkeypatch.setattr(provision, "make_ready", make_ready)
+    monkeypatch.setattr(service.dm, "power", cloud.power)
+    monkeypatch.setattr(service, "_start", lambda work: work())
+
+    def remove(name: str, why: str, held: object = None, deadline: object = None) -> None:
+        removed.append(name)
+        service.state.forget_pool(name)
+
+    monkeypatch.setattr(service, "_remove", remove)
+    return service, cloud, removed
+
+
+def test_the_service_keeps_its_count_of_stopped_machines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, cloud, _ = service_with(tmp_path, monkeypatch, stopped_count=2)
+    service.tick(time.time())
+    stopped = service.state.ready("stopped")
+    assert len(stopped) == 2 and service.state.ready() == []
+    assert sorted(cloud.actions) == sorted(("stop", name) for name in stopped)
+    assert all(service.state.pool_phase(n) == PoolPhase.STOPPED for n in stopped)
+    service.tick(time.time())  # at its count: nothing more
+    assert len(cloud.actions) == 2
+    taken = service.state.claim(9, "stopped")  # a job took one
+    assert taken is not None
+    service.state.release_claims(9)
+    service.state.forget_pool(taken.name)
+    service.tick(time.time())
+    assert len(service.state.ready("stopped")) == 2  # made again
+    assert service.stopped.pending == 0 and service.creating == set()
+
+
+def test_a_stopped_tier_lowered_removes_the_surplus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, _, _ = service_with(tmp_path, monkeypatch, stopped_count=2)
+    service.tick(time.time())
+    first = service.state.ready("stopped")[0]  # the longest stopped
+    # The config lowered it, the service restarted: what is beyond the count goes.
+    lowered, _, removed = service_with(tmp_path, monkeypatch, stopped_count=1)
+    lowered.adopt()
+    lowered.tick(time.time())
+    assert removed == [first]
+    assert len(lowered.state.ready("stopped")) == 1
+
+
+def test_a_failed_stop_discards_the_machine_and_counts_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, cloud, removed = service_with(tmp_path, monkeypatch, stopped_count=1)
+    cloud.stop_fails = True
+    service.tick(time.time())
+    assert len(removed) == 1 and service.state.ready("stopped") == []
+    counters = metrics.load(tmp_path)["counters"]
+    assert counters[metrics.POOL_DISCARDED.key({"reason": "stop_failed"})] == 1
+
+
+def test_the_tiers_creates_are_no_ready_machines_to_come(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, _, _ = service_with(tmp_path, monkeypatch, stopped_count=1, idle_count=1)
+    seen: list[int] = []
+
+    def make_ready(*args: object, reached: Callable[[str], None], **options: object) -> None:
+        seen.append(service.observe()[0].creating)  # while a create is in flight
+
+    monkeypatch.setattr(provision, "make_ready", make_ready)
+    service.stopped.tick()  # the tier's create only
+    assert seen == [0]
+
+
+def test_a_restarted_service_keeps_its_stopped_machines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, _, _ = service_with(tmp_path, monkeypatch, stopped_count=1)
+    service.tick(time.time())
+    again, _, removed = service_with(tmp_path, monkeypatch, stopped_count=1)
+    again.adopt()
+    assert removed == [] and len(again.state.ready("stopped")) == 1
+
+
+def test_a_create_about_to_end_is_no_reason_to_remove_a_stopped_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tier create has marked its machine stopped and not yet ended (still pending)
+    when the tick looks: that machine is the count, not beyond it."""
+    service, cloud, removed = service_with(tmp_path, monkeypatch, stopped_count=1)
+    service.state.save_pool(PoolRecord(name="gmd-p000000d1", address=Address(host="10.0.0.9")))
+    service.state.mark_ready("gmd-p000000d1", "stopped")
+    service.stopped.pending = 1  # its create's thread, between the mark and its end
+    service.tick(time.time())
+    assert removed == [] and cloud.actions == []
+    assert service.state.ready("stopped") == ["gmd-p000000d1"]
