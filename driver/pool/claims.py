@@ -211,6 +211,12 @@ class ClaimServer:
         with conn, contextlib.suppress(OSError):  # a peer gone: its prepare goes on itself
             conn.settimeout(READ_TIMEOUT)
             conn.sendall(reply.encode())
+            conn.shutdown(socket.SHUT_WR)
+            # What a refused or oversized request left unread, dropped (bounded): closed
+            # with it unread, the socket would reset and the peer lose the reply.
+            for _ in range(MAX_REQUEST // 4096 + 1):
+                if not conn.recv(4096):
+                    break
 
 
 def read_line(conn: socket.socket) -> bytes:
