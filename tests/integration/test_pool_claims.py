@@ -111,3 +111,38 @@ def test_the_pool_service_passes_over_a_dead_machine_and_takes_the_next(env: Env
     assert counters.get(metrics.POOL_DISCARDED.key({"reason": "dead_at_claim"})) == 1
     assert counters.get(metrics.POOL_CLAIMS.key({"result": "hit"})) == 1
     assert metrics.POOL_CLAIMS.key({"result": "miss"}) not in counters
+
+
+def test_a_machine_taken_for_a_prepare_that_lost_the_answer_is_still_its_own(env: Env) -> None:
+    """The service took a machine for the job, but its answer never reached the prepare
+    (it gave up waiting): prepare's own path takes that machine over, removes nothing."""
+    from driver.docker_machine import DockerMachine
+    from driver.pool.claims import ClaimDesk, ClaimServer, Reply, Request
+    from driver.settings import load_settings
+
+    env.configure(pool={"idle_count": 1})
+    service = env.start_pool()
+    wait_for(lambda: idle(env) == 1)
+    (name,) = StateDir(env.state_dir).ready()
+    service.send_signal(signal.SIGKILL)  # its machine stays ready; a desk of ours answers
+    service.communicate()
+    settings = load_settings(env.config_path)
+    desk = ClaimDesk(settings, env.config_path, DockerMachine(settings))
+
+    def answer_lost(request: Request, peer_pid: int) -> Reply:
+        assert desk.answer(request, peer_pid).outcome == "claimed"
+        return Reply("error", "the answer was lost")
+
+    server = ClaimServer(env.state_dir / "pool" / "claim.sock", answer_lost)
+    server.start()
+    try:
+        job = Job(script=['echo "on $(hostname)"'])
+        result = env.run_job(job)
+    finally:
+        server.stop()
+    assert result.outcome == "success", result.describe()
+    taken = f"[gitlab-machine-driver] Took machine {name} from the warm pool (claimed by the pool "
+    assert taken + "service)" in result.lines()
+    assert f"on {name}" in result.lines()
+    assert "left over" not in result.job_log
+    env.assert_nothing_left()
