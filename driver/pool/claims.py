@@ -249,7 +249,7 @@ class ClaimDesk:
         self.dm = dm
 
     def answer(self, request: Request, peer_pid: int) -> Reply:
-        settings, claimant = self.settings, request.claimant
+        settings, claimant, answered = self.settings, request.claimant, log.Timer()
         if request.config != str(self.config_file):
             return Reply(NOT_HERE, "another config file than the pool service's")
         try:
@@ -278,9 +278,15 @@ class ClaimDesk:
             via="pool_service",
             prepare_pid=claimant.pid,
         ):
-            return self._claim(stage, claimant)
+            return self._claim(stage, claimant, answered)
 
-    def _claim(self, stage: Stage, claimant: Claimant) -> Reply:
+    def _claim(self, stage: Stage, claimant: Claimant, answered: log.Timer) -> Reply:
+        reply = self._claim_locked(stage, claimant)
+        # Its share of the job's prepare, for bench/claim.py; no content of the request.
+        log.get().info("claim_answered", outcome=reply.outcome, seconds=answered.seconds)
+        return reply
+
+    def _claim_locked(self, stage: Stage, claimant: Claimant) -> Reply:
         lock = stage.job_dir.lock()
         if not lock.try_acquire():
             return Reply(NOT_HERE, "the job's lock is held (an earlier attempt, or its cleanup)")
