@@ -121,19 +121,19 @@ def main() -> int:
         destroy_world(env)
     print(f"pool-hit prepare under cProfile, median of {args.jobs} jobs, ms")
     print(
-        f"{'interpreter start (python -c pass, no profiler)':<50} "
+        f"{'interpreter start (python -c pass, no profiler)':<60} "
         f"{1000 * interpreter_seconds(10):8.1f}"
     )
     imports = interpreter_seconds(10, "import driver.main, driver.stages.prepare_fast")
     print(
-        f"{'... and imports of driver.main, the fast path (no profiler)':<50} {1000 * imports:8.1f}"
+        f"{'... and imports of driver.main, the fast path (no profiler)':<60} {1000 * imports:8.1f}"
     )
-    print(f"{'imports, before main() runs':<50} {1000 * statistics.median(before_main):8.1f}")
+    print(f"{'imports, before main() runs':<60} {1000 * statistics.median(before_main):8.1f}")
     for name, values in parts.items():
-        print(f"{name:<50} {1000 * statistics.median(values):8.1f}")
+        print(f"{name:<60} {1000 * statistics.median(values):8.1f}")
     for name, values in service_parts.items():
         figure = f"{1000 * statistics.median(values):8.1f}" if values else "     n/a"
-        print(f"{name:<50} {figure}")
+        print(f"{name:<60} {figure}")
     return 0
 
 
