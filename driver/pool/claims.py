@@ -18,8 +18,10 @@ import json
 import os
 import select
 import socket
+import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,9 @@ from driver.state import StateDir, pid_namespace
 
 MAX_REQUEST = 16 * 1024  # a request is a few hundred bytes
 READ_TIMEOUT = 5.0  # for the request line: a peer that sends nothing holds no thread long
+MAX_RESPONSE_FILE = 64 * 1024 * 1024  # larger: prepare reads it, not the service
 MAX_AT_ONCE = 32  # connections served at once; more are told to use prepare's own path
+STOP_WAIT = 30.0  # at the service's stop, for claims in flight
 
 
 @dataclass
@@ -126,6 +130,7 @@ class ClaimServer:
         self.sock: socket.socket | None = None
         self.wake_r, self.wake_w = os.pipe()
         self.thread: threading.Thread | None = None
+        self.serving: set[threading.Thread] = set()  # a connection's thread each
         self.inode = 0
 
     def start(self) -> None:
@@ -158,6 +163,11 @@ class ClaimServer:
             os.write(self.wake_w, b"x")
         if self.thread is not None:
             self.thread.join(timeout=10)
+        # A claim in flight finishes (a few milliseconds, or a dead machine's check):
+        # cut short, it would leave its job a half-made hand-over to undo.
+        deadline = time.monotonic() + STOP_WAIT
+        for serving in list(self.serving):
+            serving.join(timeout=max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(OSError):
             if os.stat(self.path).st_ino == self.inode:
                 self.path.unlink()
@@ -180,12 +190,15 @@ class ClaimServer:
             if not self.slots.acquire(blocking=False):
                 self._reply(conn, Reply(NOT_HERE, "the pool service is busy"))
                 continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            serving = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.serving.add(serving)
+            serving.start()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
             self._reply(conn, self.handle(conn))
         finally:
+            self.serving.discard(threading.current_thread())
             self.slots.release()
 
     def handle(self, conn: socket.socket) -> Reply:
@@ -249,23 +262,19 @@ class ClaimDesk:
         self.dm = dm
 
     def answer(self, request: Request, peer_pid: int) -> Reply:
-        settings, claimant, answered = self.settings, request.claimant, log.Timer()
-        if request.config != str(self.config_file):
-            return Reply(NOT_HERE, "another config file than the pool service's")
-        try:
-            if self.config_file.read_bytes() != self.config_bytes:
-                return Reply(NOT_HERE, "the config file changed since the pool service started")
-        except OSError:
-            return Reply(NOT_HERE, "the config file cannot be read")
-        if settings.image.container_mode:
-            return Reply(NOT_HERE, "image mode: prepare starts the job's containers itself")
-        if claimant.pid_ns == pid_namespace() and claimant.pid != peer_pid:
-            return Reply(ERROR, "refused: the pid given is not the connecting process's")
+        answered = log.Timer()
+        early = self._refusal(request, peer_pid)
+        if early is not None:
+            # Why prepare claims itself, for the admin; the reason's words are ours.
+            log.get().info("claim_left_to_prepare", outcome=early.outcome, reason=early.reason)
+            return early
+        settings, claimant = self.settings, request.claimant
         try:  # as prepare checks them; prepare says what is wrong, in its own words
             job = read_job(request.response_file)
             state_owner.claim(settings, self.config_file)
             state_owner.claim_gitlab(settings, job.server_url)
         except DriverError as e:
+            log.get().info("claim_left_to_prepare", outcome=NOT_HERE, reason=type(e).__name__)
             return Reply(NOT_HERE, e.message.splitlines()[0])
         stage = Stage(
             settings, job, self.state, self.state.job(job.id), settings.machine_name(job.id)
@@ -279,6 +288,28 @@ class ClaimDesk:
             prepare_pid=claimant.pid,
         ):
             return self._claim(stage, claimant, answered)
+
+    def _refusal(self, request: Request, peer_pid: int) -> Reply | None:
+        """Why the desk does not answer this request itself, or None."""
+        if request.config != str(self.config_file):
+            return Reply(NOT_HERE, "another config file than the pool service's")
+        try:
+            if self.config_file.read_bytes() != self.config_bytes:
+                return Reply(NOT_HERE, "the config file changed since the pool service started")
+        except OSError:
+            return Reply(NOT_HERE, "the config file cannot be read")
+        if self.settings.image.container_mode:
+            return Reply(NOT_HERE, "image mode: prepare starts the job's containers itself")
+        claimant = request.claimant
+        if claimant.pid_ns == pid_namespace() and claimant.pid != peer_pid:
+            return Reply(ERROR, "refused: the pid given is not the connecting process's")
+        try:  # the runner's response file; a FIFO or device is not read into the service
+            response = os.stat(request.response_file)
+        except OSError:
+            return Reply(NOT_HERE, "the job's response file cannot be read")
+        if not stat.S_ISREG(response.st_mode) or response.st_size > MAX_RESPONSE_FILE:
+            return Reply(NOT_HERE, "the job's response file is no regular file of a job's size")
+        return None
 
     def _claim(self, stage: Stage, claimant: Claimant, answered: log.Timer) -> Reply:
         reply = self._claim_locked(stage, claimant)

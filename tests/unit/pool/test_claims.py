@@ -304,3 +304,17 @@ def test_a_claim_through_the_socket_leaves_what_prepares_own_claim_leaves(
     assert counters(world)[metrics.POOL_CLAIMS.key({"result": "hit"})] == 2
     histogram = metrics.load(world.settings.state_dir)["histograms"]
     assert histogram[metrics.PREPARE_SECONDS.key({"source": "pool"})]["count"] == 1
+
+
+def test_a_response_file_that_is_no_file_is_not_read_by_the_service(
+    world: World, desk: ClaimServer
+) -> None:
+    world.ready("gmdu-p1")
+    fifo = world.base / "fifo"
+    os.mkfifo(fifo)  # read, it would hold the service's thread until someone writes
+    reply = asked(world, request(world, 71, response_file=str(fifo)))
+    assert (reply["outcome"], reply["reason"]) == (
+        "not_here",
+        "the job's response file is no regular file of a job's size",
+    )
+    assert world.state.ready() == ["gmdu-p1"]
