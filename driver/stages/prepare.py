@@ -35,7 +35,8 @@ def main(args: argparse.Namespace) -> int:
     total = log.Timer()
     image_plan = _image_plan(settings)  # a refused image costs no machine
     with job_dir.locked(timeout=60):
-        if image_plan is None and (taken := claimed_for(stage, Claimant.this_process())):
+        adoptable = image_plan is None and job_dir.state_file.exists()
+        if adoptable and (taken := claimed_for(stage, Claimant.this_process())):
             # The pool service took it for this very process, whose fast path gave up
             # waiting for the answer: it is this job's (its claim counted there).
             say(f"Took machine {taken.machine} from the warm pool (claimed by the pool service)")
