@@ -4,18 +4,24 @@
 
 One world (testing/world.py) with a warm pool of --idle machines; --jobs jobs
 run one after the other, each taking a ready machine (the pool refills between
-them). Each prepare runs under cProfile (`python -m cProfile -o FILE -m driver
-... prepare`); the profile is cut into the parts below, as the median over the
-jobs, in milliseconds. Under the profiler everything runs slower than without:
-the shares, not the sums, are the figure; bench/pool.py gives the prepare time
-itself. "interpreter" is `python -c pass`, timed apart; "imports" is the
-profile's whole time less the stage's main(): importing driver.main and the
-stage's modules (a module imported lazily inside main counts in its part).
+them). With the pool service running, prepare asks it over its claim socket
+(driver.stages.prepare_fast) and the service takes the machine
+(driver.pool.claims): the prepare process does only Python's start, a few
+imports and the request. Each prepare runs under cProfile (`python -m cProfile
+-o FILE -m driver ... prepare`); its profile is cut into the parts below, as
+the median over the jobs, in milliseconds. Under the profiler everything runs
+slower than without: the shares, not the sums, are the figure; bench/pool.py
+gives the prepare time itself. "interpreter" is `python -c pass`, timed apart;
+"imports" is the profile's whole time less driver.main's main(). The service's
+share (not profiled: its own process) is read from the admin log: its answer
+(`claim_answered`: the job's payload, owner checks, lock, claim) and, within
+it, the claim itself (`claimed_from_pool`: rename, liveness check, writes).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pstats
 import statistics
 import subprocess
@@ -31,19 +37,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (part, file suffix, function name): the cumulative time of that function.
 PARTS = [
-    ("settings (TOML, validation)", "driver/settings.py", "load_settings"),
-    ("the job's payload", "driver/contract.py", "read_job"),
-    ("admin log set-up", "driver/log.py", "setup"),
-    ("state dir owner checks", "driver/state_owner.py", "claim"),
-    ("job lock", "driver/state.py", "acquire"),
-    ("leftovers of an earlier attempt", "driver/stages/prepare.py", "_remove_machines"),
-    ("claim (rename, pool record)", "driver/state.py", "claim"),
-    ("job record writes", "driver/state.py", "save"),
-    ("known_hosts, ssh_config", "driver/ssh.py", "write_config"),
-    ("liveness check (ssh true)", "driver/ssh.py", "run"),
-    ("metrics (counters, histogram)", "driver/metrics.py", "count"),
-    ("metrics (prepare histogram)", "driver/metrics.py", "observe"),
-    ("whole prepare", "driver/stages/prepare.py", "main"),
+    (
+        "the fast path (config, request, answer, lines)",
+        "driver/stages/prepare_fast.py",
+        "claimed_by_pool",
+    ),
+    ("of which the service's answer (socket round trip)", "driver/stages/prepare_fast.py", "ask"),
+    ("of which the state dir from the config (TOML)", "tomllib/_parser.py", "load"),
+    ("of which the job log lines", "driver/stages/prepare_fast.py", "reply_says_claimed"),
+    ("whole prepare (driver.main's main)", "driver/main.py", "main"),
+]
+# (part, admin log event): the service's seconds, by the event's "seconds".
+SERVICE_PARTS = [
+    ("in the service: its answer (payload, checks, lock, claim)", "claim_answered"),
+    ("in the service: of which the claim (rename, check, writes)", "claimed_from_pool"),
 ]
 
 
@@ -55,6 +62,17 @@ def cumulative(stats: pstats.Stats, suffix: str, function: str) -> float:
             continue
         total += ct
     return total
+
+
+def service_seconds(env: Env, job_id: int, event: str) -> list[float]:
+    """The seconds of the service's ``event`` lines for the job (admin log)."""
+    found = []
+    for line in (env.state_dir / "driver.log").read_text().splitlines():
+        entry = json.loads(line)
+        mine = (entry.get("event"), entry.get("job_id"), entry.get("via"))
+        if mine == (event, job_id, "pool_service"):
+            found.append(float(entry["seconds"]))
+    return found
 
 
 def interpreter_seconds(runs: int, code: str = "pass") -> float:
@@ -77,6 +95,7 @@ def main() -> int:
     service = None
     parts: dict[str, list[float]] = {name: [] for name, _, _ in PARTS}
     before_main: list[float] = []
+    service_parts: dict[str, list[float]] = {name: [] for name, _ in SERVICE_PARTS}
     try:
         if env.run_job(Job(script=["true"])).outcome != "success":  # docker-machine's certs
             raise RuntimeError("warm-up job failed")
@@ -89,9 +108,11 @@ def main() -> int:
             result = env.runner(prepare_args=argv).run_job(Job(script=["true"]))
             if result.outcome != "success" or "from the warm pool" not in result.job_log:
                 raise RuntimeError(f"job {i}: not a pool hit: {result.describe()}")
+            for name, event in SERVICE_PARTS:
+                service_parts[name] += service_seconds(env, result.job.id, event)
             stats = pstats.Stats(str(profile))
             total = stats.total_tt  # type: ignore[attr-defined]
-            before_main.append(total - cumulative(stats, "driver/stages/prepare.py", "main"))
+            before_main.append(total - cumulative(stats, "driver/main.py", "main"))
             for name, suffix, function in PARTS:
                 parts[name].append(cumulative(stats, suffix, function))
     finally:
@@ -100,14 +121,19 @@ def main() -> int:
         destroy_world(env)
     print(f"pool-hit prepare under cProfile, median of {args.jobs} jobs, ms")
     print(
-        f"{'interpreter start (python -c pass, no profiler)':<50} "
+        f"{'interpreter start (python -c pass, no profiler)':<60} "
         f"{1000 * interpreter_seconds(10):8.1f}"
     )
-    imports = interpreter_seconds(10, "import driver.main, driver.stages.prepare")
-    print(f"{'... and imports of driver.main, the stage (no profiler)':<50} {1000 * imports:8.1f}")
-    print(f"{'imports, before the stage runs':<50} {1000 * statistics.median(before_main):8.1f}")
+    imports = interpreter_seconds(10, "import driver.main, driver.stages.prepare_fast")
+    print(
+        f"{'... and imports of driver.main, the fast path (no profiler)':<60} {1000 * imports:8.1f}"
+    )
+    print(f"{'imports, before main() runs':<60} {1000 * statistics.median(before_main):8.1f}")
     for name, values in parts.items():
-        print(f"{name:<50} {1000 * statistics.median(values):8.1f}")
+        print(f"{name:<60} {1000 * statistics.median(values):8.1f}")
+    for name, values in service_parts.items():
+        figure = f"{1000 * statistics.median(values):8.1f}" if values else "     n/a"
+        print(f"{name:<60} {figure}")
     return 0
 
 

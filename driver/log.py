@@ -11,13 +11,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
 
 import structlog
 
-from driver import NAME
-
-_PREFIX = f"[{NAME}]"
+from driver.job_log import PREFIX as _PREFIX
+from driver.job_log import silence as silence
+from driver.job_log import write as _write
 
 
 def say(message: str) -> None:
@@ -39,26 +38,6 @@ def to_admin_log(message: str) -> None:
     job log (a full or closed pipe) before removing what they made."""
     if structlog.is_configured():
         get().info("progress", message=message)
-
-
-def _write(stream: TextIO, line: str) -> None:
-    """Write a line to the runner's pipe. If it is closed (the runner died or was
-    restarted), point the stream at /dev/null: nothing on any path may fail because
-    the job log is gone, not even the interpreter's last flush."""
-    try:
-        print(line, file=stream, flush=True)
-    except (OSError, ValueError):
-        silence(stream)
-
-
-def silence(stream: TextIO) -> None:
-    try:
-        fd = stream.fileno()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, fd)
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
 
 
 def setup(path: Path, **context: object) -> structlog.typing.FilteringBoundLogger:

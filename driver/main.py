@@ -397,14 +397,30 @@ def run_stage_args(argv: list[str]) -> RunStage | None:
     full parser would cost every stage more than parsing these four words does.
     Anything else (help, other commands, odd spellings) goes through argparse.
     """
-    config, rest = None, argv
-    if rest[:1] == ["--config"] and len(rest) > 1:
-        config, rest = rest[1], rest[2:]
-    elif rest[:1] and rest[0].startswith("--config="):
-        config, rest = rest[0].split("=", 1)[1], rest[1:]
+    config, rest = _leading_config(argv)
     if len(rest) == 3 and rest[0] == "run" and not any(a.startswith("-") for a in rest[1:]):
         return RunStage(config_path=config, script=rest[1], stage=rest[2])
     return None
+
+
+def _leading_config(argv: list[str]) -> tuple[str | None, list[str]]:
+    """A leading `--config PATH` (or `--config=PATH`), and the words after it."""
+    if argv[:1] == ["--config"] and len(argv) > 1:
+        return argv[1], argv[2:]
+    if argv[:1] and argv[0].startswith("--config="):
+        return argv[0].split("=", 1)[1], argv[1:]
+    return None, argv
+
+
+def claimed_by_pool_service(argv: list[str]) -> bool:
+    """`[--config PATH] prepare`, answered by the pool service (driver.stages.prepare_fast):
+    before argparse and prepare's imports, which cost a pool claim most of its time."""
+    config, rest = _leading_config(argv)
+    if rest != ["prepare"]:
+        return False
+    from driver.stages.prepare_fast import claimed_by_pool
+
+    return claimed_by_pool(config)
 
 
 if TYPE_CHECKING:
@@ -478,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    if claimed_by_pool_service(words):
+        return 0  # the service wrote the figures ([metrics] textfile too)
     with error_handler(), closed_stdout_ends_quietly() as ending:
         args = parser().parse_args(words)  # --help writes to stdout too
         if args.command in RUNNER_STAGES:

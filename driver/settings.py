@@ -24,13 +24,14 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from driver.config_file import CONFIG_PATH_ENV as CONFIG_PATH_ENV
+from driver.config_file import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
+from driver.config_file import config_path as config_path
+from driver.config_file import default_state_dir
 from driver.cron import cron_fields
 from driver.errors import ConfigError
 from driver.files import read_private
 from driver.image.config import ImageSettings
-
-DEFAULT_CONFIG_PATH = Path("/etc/gitlab-machine-driver/config.toml")
-CONFIG_PATH_ENV = "GITLAB_MACHINE_DRIVER_CONFIG"
 
 Seconds = Annotated[float, Field(gt=0)]
 Count = Annotated[int, Field(ge=1, le=100)]
@@ -64,13 +65,6 @@ def read_env_file(path: Path) -> dict[str, str]:
             value = value[1:-1]  # as systemd's EnvironmentFile= reads quoted values
         env[name.strip()] = value
     return env
-
-
-def _default_state_dir() -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/lib/gitlab-machine-driver")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "gitlab-machine-driver"
 
 
 def _default_storage_path() -> Path:
@@ -318,7 +312,7 @@ class MetricsSettings(Section):
 class Settings(Section):
     builds_dir: str = "/builds"
     cache_dir: str = "/cache"
-    state_dir: Path = Field(default_factory=_default_state_dir)
+    state_dir: Path = Field(default_factory=default_state_dir)
     log_file: Path | None = None  # JSON log lines; default <state_dir>/driver.log
     gitlab_runner_binary: Path | None = None  # uploaded into VMs that lack gitlab-runner
     docker_machine: DockerMachineSettings = DockerMachineSettings()
@@ -368,10 +362,6 @@ class Settings(Section):
 def example_config_path() -> Path:
     """The example config shipped in the package; `gitlab-machine-driver config-example`."""
     return Path(__file__).parent / "data" / "config.example.toml"
-
-
-def config_path(given: str | Path | None) -> Path:
-    return Path(given or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
 
 
 def load_settings(given: str | Path | None) -> Settings:

@@ -18,6 +18,7 @@ the metrics talk to each other only through this module::
       pool/status.json                        the pool service's last status
       pool/policy-memory.json                 what the demand policy learned
       pool/image-usage.jsonl                  the images recent jobs ran (image mode)
+      pool/claim.sock                         the pool service's claim socket (driver.pool.claims)
       tombstones/<name>@<id>/                 a force-removed VM's docker-machine entry (one per VM)
       locks/                                  flock files: job-<id>, pool-<name>, capacity,
                                               metrics, sweep, pool-service

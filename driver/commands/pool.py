@@ -42,10 +42,10 @@ def main(args: argparse.Namespace) -> int:
         return drain(settings, progress=log.say)
     # Another config with other [machine] settings on this state dir: no pool for either.
     state_owner.claim(settings, config_path(args.config_path))
-    return serve(settings)
+    return serve(settings, config_path(args.config_path))
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, config_file: Path | None = None) -> int:
     if not settings.pool.enabled:
         raise ConfigError(
             "the warm pool is off: [pool] idle_count and stopped_count are 0 and no "
@@ -60,7 +60,7 @@ def serve(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    service = PoolService(settings)
+    service = PoolService(settings, config_file=config_file)
     # The single-instance lock first: a second service must neither sweep nor take the
     # metrics port before it is told another one serves this state dir.
     with service.only_instance():

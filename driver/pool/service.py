@@ -10,6 +10,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import structlog
 
@@ -19,7 +20,7 @@ from driver.errors import DriverError
 from driver.image.config import pool_images
 from driver.image.containers import prestart_helper
 from driver.image.learn import recent_images
-from driver.pool import images, served, webhook
+from driver.pool import claims, images, served, webhook
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.pool.gitlab_api import ApiCalls
 from driver.pool.gitlab_jobs import GitLabJobs
@@ -69,8 +70,10 @@ class PoolService:
         settings: Settings,
         list_jobs: ListJobs | None = None,
         usual_durations: UsualDurations | None = None,
+        config_file: Path | None = None,  # given: jobs' prepares may ask it for a machine
     ) -> None:
         self.settings = settings
+        self.config_file = config_file
         self.state = StateDir(settings.state_dir)
         self.dm = DockerMachine(settings)
         self.log = log.get()
@@ -137,13 +140,16 @@ class PoolService:
             events = webhook.start(self.settings.gitlab, self.pipelines)  # optional
             if events is not None:  # the port bound, as the system gave it (":0" asks any)
                 self.log.info("webhook_listening", port=events.port)
+            desk = claims.start(self.settings, self.config_file, self.dm)  # prepare's fast path
             try:
                 while not stop.is_set():
                     self.tick(time.time())
                     stop.wait(self.settings.pool.check_interval)
-            finally:  # the port is closed whatever ended the loop
+            finally:  # the port and the claim socket are closed whatever ended the loop
                 if events is not None:
                     events.stop()
+                if desk is not None:
+                    desk.stop()
             self.shutdown()
 
     @contextlib.contextmanager

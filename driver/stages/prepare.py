@@ -8,55 +8,21 @@ job log told afterwards: the runner may be gone and its pipe closed.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import time
 from typing import TYPE_CHECKING
 
 from driver import limits, log, metrics, provision, signals, ssh, state_owner
 from driver.docker_machine import DockerMachine
-from driver.errors import CommandError, DriverError
+from driver.errors import DriverError
 from driver.log import say
-from driver.payload import Job
 from driver.settings import Settings, config_path
 from driver.stages import stopped
+from driver.stages.claim import Claimant, claimed_for, new_record, remove_machines, take_from_pool
 from driver.stages.common import Stage, begin
-from driver.state import (
-    JobDir,
-    JobPhase,
-    JobRecord,
-    MachineDir,
-    ancestors,
-    boot_clock,
-    boot_id,
-    pid_namespace,
-    write_private,
-)
+from driver.state import JobDir, JobPhase, JobRecord
 
 if TYPE_CHECKING:
     from driver.image.plan import Plan
-
-# A claim's check on the pool's open connection: a round trip takes milliseconds; a VM
-# that went without closing it (a spot reclaim) is not waited for longer than this.
-CLAIM_CHECK_TIMEOUT = 3.0
-
-
-def new_record(settings: Settings, job: Job, machine: str) -> JobRecord:
-    """This job's record of its machine, owned by this prepare and the runner above it."""
-    return JobRecord(
-        job_id=job.id,
-        project_id=job.project_id,
-        pipeline_id=job.pipeline_id,
-        machine=machine,
-        kill_grace=settings.run.kill_grace,
-        log_path=str(settings.log_path),
-        prepare_pid=os.getpid(),
-        owners=ancestors(),
-        boot_id=boot_id(),
-        pid_ns=pid_namespace(),
-        taken_at=time.time(),
-        taken_boot=boot_clock(),
-    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -70,12 +36,20 @@ def main(args: argparse.Namespace) -> int:
     total = log.Timer()
     image_plan = _image_plan(settings)  # a refused image costs no machine
     with job_dir.locked(timeout=60):
+        adoptable = image_plan is None and job_dir.state_file.exists()
+        if adoptable and (taken := claimed_for(stage, Claimant.this_process())):
+            # The pool service took it for this very process, whose fast path gave up
+            # waiting for the answer: it is this job's (its claim counted there).
+            say(f"Took machine {taken.machine} from the warm pool (claimed by the pool service)")
+            log.get().info("pool_service_claim_adopted", machine=taken.machine)
+            return 0
         job_dir.create()
         ssh.check_control_path(job_dir)
-        _remove_machines(stage, dm, say, why="left over from an earlier attempt")
+        remove_machines(stage, dm, say, why="left over from an earlier attempt")
         try:
-            source = "pool" if settings.pool.enabled and _from_pool(stage, dm) else "create"
-            if source == "create" and stopped.take(stage, dm, new_record):
+            pool = settings.pool.enabled
+            source = "pool" if pool and take_from_pool(stage, say) else "create"
+            if source == "create" and stopped.take(stage, dm):
                 source = "stopped"  # a stopped pool machine, started (driver.stages.stopped)
             if source == "create":
                 record = new_record(settings, stage.job, name)
@@ -90,8 +64,7 @@ def main(args: argparse.Namespace) -> int:
                     progress=say,
                     exclude_job=stage.job.id,
                     instead=lambda: (
-                        (settings.pool.enabled and _from_pool(stage, dm, again=True))
-                        or stopped.take(stage, dm, new_record)
+                        (pool and take_from_pool(stage, say, count=())) or stopped.take(stage, dm)
                     ),
                 ):
                     _create(settings, dm, job_dir, record, in_image=image_plan is not None)
@@ -104,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
             # before saying anything (the job log may be a closed pipe by now).
             signals.ignore_termination()
             ssh.stop_master(job_dir)
-            _remove_machines(stage, dm, log.to_admin_log, why="its prepare failed")
+            remove_machines(stage, dm, log.to_admin_log, why="its prepare failed")
             job_dir.remove()
             reason = e.message if isinstance(e, DriverError) else type(e).__name__
             say(f"Preparing failed ({reason.splitlines()[0]}); its machine was removed")
@@ -147,24 +120,6 @@ def _start_containers(stage: Stage, dm: DockerMachine, image_plan: Plan) -> None
     )
 
 
-def _remove_machines(
-    stage: Stage, dm: DockerMachine, progress: provision.Progress, *, why: str
-) -> None:
-    """Every machine this job may hold: its own name, the one its record names (an earlier
-    attempt's, or a pool machine), and pool machines it claimed but never took over."""
-    names = {stage.machine}
-    if stage.job_dir.state_file.exists():
-        with contextlib.suppress(DriverError):
-            names.add(stage.job_dir.load().machine)
-    names.update(stage.state.release_claims(stage.job.id))
-    for name in sorted(names):
-        if dm.exists(name):
-            progress(f"Removing machine {name} ({why})...")
-            provision.destroy(dm, name, stage.settings, progress)
-        stage.state.forget_pool(name)
-    stage.job_dir.state_file.unlink(missing_ok=True)
-
-
 def _create(
     settings: Settings, dm: DockerMachine, job_dir: JobDir, record: JobRecord, *, in_image: bool
 ) -> None:
@@ -192,65 +147,3 @@ def _create(
     )
     record.advance(JobPhase.READY)
     job_dir.save(record)
-
-
-def _from_pool(stage: Stage, dm: DockerMachine, again: bool = False) -> bool:
-    """Take a ready machine from the warm pool; False if there is none (create one then).
-
-    Each machine claimed is checked first (one round trip on the master connection the
-    pool keeps open to it); one that died while it waited is left withdrawn for the pool
-    service to remove and replace, and the next one is tried.
-
-    `again`: a job that missed, looking again while it waits for capacity; its miss
-    was counted and said already.
-    """
-    settings, state, job_dir = stage.settings, stage.state, stage.job_dir
-    timer = log.Timer()
-    while (pooled := state.claim(stage.job.id)) is not None:
-        if _answers(settings, state.pool_dir(pooled.name)):
-            break
-        state.reject_claim(pooled.name, stage.job.id)
-        metrics.count(settings.state_dir, metrics.POOL_DISCARDED, {"reason": "dead_at_claim"})
-        log.get().warning("pool_machine_dead_at_claim", machine=pooled.name)
-        say(f"Pool machine {pooled.name} did not answer: left for the pool to remove")
-    if not again:
-        found = "hit" if pooled else "miss"
-        metrics.count(settings.state_dir, metrics.POOL_CLAIMS, {"result": found})
-    if pooled is None:
-        if not again:
-            say("No ready machine in the warm pool: creating one for this job")
-        return False
-    record = new_record(settings, stage.job, pooled.name)
-    record.phase = JobPhase.READY
-    record.address = pooled.address
-    job_dir.save(record)  # from here on the job owns it: its cleanup destroys it
-    source = state.pool_dir(pooled.name)
-    # The job's own SSH files (its dir's paths) and the pool's open connection; not
-    # synced: after a power cut there is no job to use them.
-    write_private(job_dir.known_hosts, source.known_hosts.read_text(), durable=False)
-    ssh.write_config(
-        job_dir, settings.ssh, machine=pooled.name, address=pooled.address, durable=False
-    )
-    ssh.hand_over_master(source, job_dir)
-    state.release_claims(stage.job.id)
-    state.forget_pool(pooled.name)
-    idle = time.time() - pooled.ready_at
-    say(
-        f"Took machine {pooled.name} from the warm pool (ready {idle:.0f}s ago, "
-        f"host key pinned at its creation; {timer.seconds:g}s)"
-    )
-    log.get().info("claimed_from_pool", machine=pooled.name, seconds=timer.seconds)
-    return True
-
-
-def _answers(settings: Settings, machine: MachineDir) -> bool:
-    """Whether a claimed pool machine answers over SSH, its pinned key enforced. On the
-    pool's open master connection one round trip, given CLAIM_CHECK_TIMEOUT: a VM gone
-    without a word (a spot reclaim) never holds the job longer; without one (it ended),
-    a fresh connection, given the connect timeout."""
-    has_master = machine.control_path.exists()
-    timeout = CLAIM_CHECK_TIMEOUT if has_master else settings.ssh.connect_timeout + 5
-    try:
-        return ssh.run(machine, "true", timeout=timeout, check=False).exit_code == 0
-    except CommandError:  # timed out
-        return False

@@ -17,21 +17,18 @@ pipe), and the job creates its own machine.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from driver import engine, log, metrics, provision, ssh
 from driver.docker_machine import DockerMachine
 from driver.errors import DriverError
 from driver.log import say
-from driver.payload import Job
 from driver.settings import Settings
+from driver.stages.claim import new_record
 from driver.stages.common import Stage
 from driver.state import Address, JobDir, JobPhase, JobRecord, write_private
 
-NewRecord = Callable[[Settings, Job, str], JobRecord]  # prepare.new_record
 
-
-def take(stage: Stage, dm: DockerMachine, new_record: NewRecord) -> bool:
+def take(stage: Stage, dm: DockerMachine) -> bool:
     """Claim a stopped pool machine for this job and start it; False if there is none,
     or it could not be used (it is removed then, and the job creates its own)."""
     settings, state, job_dir = stage.settings, stage.state, stage.job_dir

@@ -28,6 +28,9 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("driver/main.py", "command", "driver.stages.*"): START_UP,
     ("driver/main.py", "command", "driver.commands.*"): START_UP,
     ("driver/main.py", "main", "driver.stages.run"): "the run stage's fast path, before argparse",
+    ("driver/main.py", "claimed_by_pool_service", "driver.stages.prepare_fast"): (
+        "prepare's fast path (the pool service claims), before argparse"
+    ),
     # metrics_textfile imports settings (pydantic), only after prepare, cleanup and sweep.
     ("driver/main.py", "_write_metrics_textfile", "driver"): START_UP,
     # The payload's pydantic models: `run` imports contract but reads no job payload.

@@ -18,7 +18,6 @@ from driver.process import Result
 from driver.settings import Settings, parse_settings
 from driver.stages import stopped
 from driver.stages.common import Stage
-from driver.stages.prepare import new_record
 from driver.state import Address, JobDir, JobPhase, PoolRecord, StateDir
 from tests.unit.test_sweeper import FakeMachines
 
@@ -120,7 +119,7 @@ def stage_of(settings: Settings, state: StateDir, job_id: int) -> Stage:
 
 
 def take(stage: Stage, dm: StartingMachines) -> bool:
-    return stopped.take(stage, dm, new_record)  # type: ignore[arg-type]
+    return stopped.take(stage, dm)  # type: ignore[arg-type]
 
 
 def counted(settings: Settings, metric: metrics.Counter, label: str, value: str) -> float:

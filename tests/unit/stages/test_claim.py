@@ -10,7 +10,7 @@ from driver import ssh
 from driver.errors import CommandTimedOut
 from driver.process import Result
 from driver.settings import parse_settings
-from driver.stages import prepare
+from driver.stages import claim
 from driver.state import MachineDir
 
 
@@ -33,8 +33,8 @@ def test_a_vm_gone_without_a_word_is_not_waited_for_beyond_the_claim_bound(
         raise CommandTimedOut(["ssh"], timeout, "")
 
     monkeypatch.setattr(ssh, "run", hangs)
-    assert prepare._answers(settings, machine) is False
-    assert given == [prepare.CLAIM_CHECK_TIMEOUT]
+    assert claim.answers(settings, machine) is False
+    assert given == [claim.CLAIM_CHECK_TIMEOUT]
 
 
 def test_without_an_open_connection_the_check_gets_the_connect_timeout(
@@ -48,7 +48,7 @@ def test_without_an_open_connection_the_check_gets_the_connect_timeout(
         return Result(["ssh"], 0, "", "")
 
     monkeypatch.setattr(ssh, "run", answers)
-    assert prepare._answers(settings, machine) is True
+    assert claim.answers(settings, machine) is True
     assert given == [35]
 
 
