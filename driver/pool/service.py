@@ -26,6 +26,7 @@ from driver.pool.gitlab_jobs import GitLabJobs
 from driver.pool.learned import LearnedImages
 from driver.pool.lookahead import Lookahead
 from driver.pool.pipelines import ListJobs, PipelineWatch, UsualDurations
+from driver.pool.shapes import ServedShapes, create_horizon
 from driver.settings import Settings
 from driver.state import (
     Address,
@@ -108,6 +109,8 @@ class PoolService:
                 lambda message: self.log.warning("pool_lookahead_failed", error=message),
                 usual_durations or reader.usual_durations,
             )
+        # Without it: the next stages guessed from the shapes of the pipelines served.
+        self.shapes = ServedShapes(self.lookahead) if pool.learn_shapes else None
 
     # --- lifecycle
 
@@ -280,19 +283,25 @@ class PoolService:
         """Tell the pipeline watch of the jobs that came since the last tick, and let it
         ask GitLab what their pipelines run next."""
         if self.pipelines is None:
+            if self.shapes is not None:
+                horizon = create_horizon(self.controller.policy)
+                self.shapes.served(records, time.time(), self._pool_machine, horizon)
             return
         now = time.time()
         for job_id, record in records.items():
             if record is None or job_id in self.jobs_seen:
                 continue
             self.jobs_seen.add(job_id)
-            hit = record.machine != self.settings.machine_name(job_id)  # a pool machine
+            hit = self._pool_machine(job_id, record)
             self.pipelines.job_arrived(record.project_id, record.pipeline_id, job_id, now, hit)
         self.jobs_seen &= set(records)
         # GitLab is asked in a thread of its own: a slow GitLab never holds the pool's loop.
         if not self.polling.is_set():
             self.polling.set()
             self._start(functools.partial(self._poll_pipelines, self.pipelines, now))
+
+    def _pool_machine(self, job_id: int, record: JobRecord) -> bool:
+        return record.machine != self.settings.machine_name(job_id)  # not its own: a hit
 
     def _poll_pipelines(self, pipelines: PipelineWatch, now: float) -> None:
         try:
