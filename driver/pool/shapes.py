@@ -54,6 +54,7 @@ class _Pipeline:
     coming: list[int] = field(default_factory=list)  # placeholders its stage takes
     ahead: list[int] = field(default_factory=list)  # placeholders for the next stage
     likely: float = -1.0  # what `ahead` was last announced with
+    learned: int = 0  # its stages whose successor has been learned
 
 
 class _Followed:
@@ -80,15 +81,13 @@ class _Followed:
         return sum(came) / len(came) if came else 0.0
 
     def chance(self, elapsed: float, horizon: float) -> float:
-        """The chance a next stage comes within (elapsed, elapsed + horizon], given it
-        has not come by `elapsed`."""
+        """The chance a next stage comes within `horizon` seconds, given it has not come
+        by `elapsed` (give or take a PICKUP: it may be due this very moment)."""
         lags = self.lags
-        later = len(lags) - bisect.bisect_right(lags, elapsed)
-        possible = len(self.outcomes) - len(lags) + later
-        if not later or not possible:
-            return 0.0
-        within = bisect.bisect_right(lags, elapsed + horizon) - (len(lags) - later)
-        return within / possible
+        earlier = bisect.bisect_right(lags, elapsed - PICKUP)
+        possible = len(self.outcomes) - earlier
+        within = bisect.bisect_right(lags, elapsed + horizon) - earlier
+        return within / possible if within > 0 else 0.0
 
 
 class PipelineShapes:
@@ -118,13 +117,18 @@ class PipelineShapes:
             seen.stages[-1].jobs += 1
         elif any(s.name == stage for s in seen.stages):
             pass  # a retry of an earlier stage's job: not a new stage
-        else:  # a new stage: the one before the last is over, and so is its count
-            if len(seen.stages) >= 2:
-                self._learn(seen, seen.stages[-2], seen.stages[-1])
+        else:  # a new stage: the last one's count is final
+            self._learn_counted(seen)
             seen.stages.append(_Stage(stage, now))
             self.lookahead.withdraw(seen.coming)
             seen.coming, seen.ahead, seen.likely = seen.ahead, [], -1.0
         return seen.coming.pop() if seen.coming else job_id
+
+    def _learn_counted(self, seen: _Pipeline) -> None:
+        """What followed the stage before the last, once the last one's jobs are all in."""
+        if len(seen.stages) - 1 > seen.learned:
+            self._learn(seen, seen.stages[-2], seen.stages[-1])
+            seen.learned = len(seen.stages) - 1
 
     def _learn(self, seen: _Pipeline, stage: _Stage, after: _Stage | None) -> None:
         followed = self.followed.setdefault((seen.project, stage.name), _Followed(self.KEPT))
@@ -138,12 +142,11 @@ class PipelineShapes:
         horizon = self.horizon if horizon is None else horizon
         for pipeline, seen in list(self.pipelines.items()):
             stage = seen.stages[-1]
-            if seen.coming and now - seen.last > PICKUP:  # its stage took what it needed
-                self.lookahead.withdraw(seen.coming)
+            if now - seen.last > PICKUP:  # its stage's jobs are all in
+                self.lookahead.withdraw(seen.coming)  # the placeholders none took
                 seen.coming = []
-            if now - seen.last > self.FORGET:
-                if len(seen.stages) >= 2:
-                    self._learn(seen, seen.stages[-2], stage)
+                self._learn_counted(seen)
+            if now - seen.last > self.FORGET:  # no next stage came: it ended (or failed)
                 self._learn(seen, stage, None)
                 self.lookahead.withdraw(seen.ahead)
                 del self.pipelines[pipeline]
