@@ -78,6 +78,8 @@ def serve(settings: Settings) -> int:
             keeping = f"{settings.pool.idle_count} machine(s) ready"
         if settings.pool.lookahead and settings.gitlab.configured:
             keeping += ", and one for each job GitLab says is coming"
+        elif settings.pool.learn_shapes:
+            keeping += ", and for the next stages the pipeline shapes learned here foretell"
         log.say(f"pool: keeping {keeping} (Ctrl-C or SIGTERM stops)")
         service.run(stop, holding_lock=True)
     log.say("pool: stopped")
