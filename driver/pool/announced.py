@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import bisect
 import math
+from statistics import NormalDist
 from collections import deque
 from collections.abc import Sequence
-from statistics import NormalDist
 
 from driver.pool.lookahead import Expected, Report
 
