@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from statistics import NormalDist
 from collections import deque
 from collections.abc import Sequence
 
@@ -37,7 +36,6 @@ class AnnouncedTiming:
         self.measured = False  # the prior above goes at the first measured create
         # (slow create, how early predictions come, start delay): computed once per change.
         self._learned: tuple[float, float, float] | None = None
-        self._risked: tuple[tuple[tuple[float, ...], float], int] | None = None
 
     def observe(self, create_seconds: Sequence[float], ahead: Report) -> None:
         for seconds in create_seconds:
@@ -63,41 +61,29 @@ class AnnouncedTiming:
             self._learned = (create, early, self._start_delay(create))
         return self._learned
 
-    def due(self, now: float, expected: Sequence[Expected], risk: float = 0.0) -> int:
+    def due(self, now: float, expected: Sequence[Expected]) -> int:
         """The machines the announced jobs should have ready or on their way now.
 
         A job with a predicted arrival gets its machine a slow create before it,
         moved earlier by how early such predictions came true (once LEADS_NEEDED were
         checked); one without, `start_delay` after its announcement. Each counts as
         its share (the chance it comes to this runner manager rather than another),
-        and the sum is rounded up: a part of a machine is a machine. Guesses
-        (driver.pool.shapes), each coming or not with its share: with a `risk`, as
-        many as come with at most that chance of more (the demand policy's
-        allowance, as for the jobs it guesses itself); without, their shares' sum.
+        and the sum is rounded up: a part of a machine is a machine.
         """
         if not expected:
             return 0
         create, early, delay = self.learned()
         due = 0.0
-        guesses = [job.share for job in expected if job.guess]
-        if guesses:
-            due = float(self._at_risk(tuple(guesses), risk)) if risk > 0 else sum(guesses)
         for job in expected:
             if job.guess:
-                continue
-            if math.isnan(job.predicted) or math.isnan(early):
+                started = True
+            elif math.isnan(job.predicted) or math.isnan(early):
                 started = now >= job.announced + delay
             else:
                 started = now >= job.predicted + early - create
             if started:
                 due += job.share
         return math.ceil(due - 1e-9)
-
-    def _at_risk(self, chances: tuple[float, ...], risk: float) -> int:
-        """`at_risk`, for the guesses of the last call again (they change seldom)."""
-        if self._risked is None or self._risked[0] != (chances, risk):
-            self._risked = ((chances, risk), at_risk(chances, risk))
-        return self._risked[1]
 
     def start_delay(self) -> float:
         return self.learned()[2]
@@ -118,11 +104,3 @@ class AnnouncedTiming:
             if within >= self.ARRIVAL_RISK * later:
                 return waited
             waited += self.DELAY_STEP
-
-
-def at_risk(chances: Sequence[float], risk: float) -> int:
-    """About the smallest k with P(more than k of independent events with these chances
-    happen) <= risk: their sum taken as normal (mean and variance exact)."""
-    mean = sum(chances)
-    spread = math.sqrt(sum(p * (1 - p) for p in chances))
-    return max(0, math.ceil(mean + NormalDist().inv_cdf(1 - risk) * spread - 1e-9))

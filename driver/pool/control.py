@@ -310,7 +310,7 @@ class DemandPolicy:
     def announced_due(self, now: float, expected: Sequence[Expected]) -> int:
         """The announced jobs' machines that should be ready or on their way now
         (driver.pool.announced: each job counts as its share of one)."""
-        return self.timing.due(now, expected, self.allowance)
+        return self.timing.due(now, expected)
 
     def announced_start_delay(self) -> float:
         return self.timing.start_delay()

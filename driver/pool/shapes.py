@@ -9,18 +9,17 @@ of failures lowers the chance of a next stage, it never rules it out.
 
 The next stage's jobs are announced to the lookahead as placeholders
 (negative ids) only as their arrival draws near: at each tick, for a pipeline
-whose stage began `e` seconds ago, the share of the outcomes remembered whose
-next stage came within (e, e + horizon] among those still possible after `e`
-(the pipelines that ended there, and those whose next stage came later) is the
-chance it comes within one create time. There are as many placeholders as
-the largest next stage remembered; the i-th counts as that chance times the
-share of next stages with at least i jobs (`Expected.likely`, a `guess`: its
-machine is due at once). The demand policy keeps machines for the guesses at
-its own allowance, as for the jobs it guesses from the arrival rate
-(driver.pool.announced); docker+machine's idle counts, their expected number.
-A next stage that came takes the placeholders; those it did not need are
-withdrawn once its jobs stopped arriving, and all of them once no outcome
-remembered came that late.
+whose stage began `e` seconds ago, the share of the outcomes remembered that
+came within (e, e + horizon] among those still possible after `e` (the
+pipelines that ended there, and those whose next stage came later than `e`)
+is the chance the next stage comes within one create time. Each placeholder
+counts as that chance times the usual size of the next stage over the
+placeholders announced (`Expected.likely`): the pool keeps about the jobs
+expected within a create time, as the demand policy does for the rest, and
+starts their machines at once (no predicted time: the guess is only made when
+it is near). A next stage that came takes the placeholders; those it did not
+need are withdrawn once its jobs stopped arriving, and all of them once no
+outcome remembered came that late.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ class _Pipeline:
     last: float  # when its latest job arrived
     coming: list[int] = field(default_factory=list)  # placeholders its stage takes
     ahead: list[int] = field(default_factory=list)  # placeholders for the next stage
-    likely: tuple[float, ...] = ()  # what `ahead` was last announced with
+    likely: float = -1.0  # what `ahead` was last announced with
     learned: int = 0  # its stages whose successor has been learned
 
 
@@ -76,11 +75,10 @@ class _Followed:
             self._lags = sorted(lag for jobs, lag in self.outcomes if jobs > 0)
         return self._lags
 
-    def sizes(self) -> list[float]:
-        """For i = 1, 2, ...: the share of the next stages that came with at least i
-        jobs (their sum is the mean size)."""
-        came = sorted((jobs for jobs, _ in self.outcomes if jobs > 0), reverse=True)
-        return [sum(1 for n in came if n > i) / len(came) for i in range(came[0])] if came else []
+    def size(self) -> float:
+        """The mean jobs of a next stage that came."""
+        came = [jobs for jobs, _ in self.outcomes if jobs > 0]
+        return sum(came) / len(came) if came else 0.0
 
     def chance(self, elapsed: float, horizon: float) -> float:
         """The chance a next stage comes within `horizon` seconds, given it has not come
@@ -123,7 +121,7 @@ class PipelineShapes:
             self._learn_counted(seen)
             seen.stages.append(_Stage(stage, now))
             self.lookahead.withdraw(seen.coming)
-            seen.coming, seen.ahead, seen.likely = seen.ahead, [], ()
+            seen.coming, seen.ahead, seen.likely = seen.ahead, [], -1.0
         return seen.coming.pop() if seen.coming else job_id
 
     def _learn_counted(self, seen: _Pipeline) -> None:
@@ -163,17 +161,15 @@ class PipelineShapes:
         if chance <= 0.0:
             if seen.ahead:
                 self.lookahead.withdraw(seen.ahead)
-                seen.ahead, seen.likely = [], ()
+                seen.ahead, seen.likely = [], -1.0
             return
         assert followed is not None
-        sizes = followed.sizes()
-        seen.ahead += [next(self.ids) for _ in range(len(sizes) - len(seen.ahead))]
-        # The i-th placeholder comes if the stage does, and has at least i jobs.
-        likely = tuple(min(1.0, chance * share) for share in sizes)
-        likely += (0.0,) * (len(seen.ahead) - len(likely))  # sizes seen before, no more
-        if seen.likely != likely:
-            for job_id, each in zip(seen.ahead, likely, strict=True):
-                self.lookahead.announce([job_id], now, likely=each, guess=True)
+        size = followed.size()
+        if not seen.ahead:
+            seen.ahead = [next(self.ids) for _ in range(math.ceil(size))]
+        likely = min(1.0, chance * size / len(seen.ahead))
+        if abs(likely - seen.likely) > 0.01:
+            self.lookahead.announce(seen.ahead, now, likely=likely, guess=True)
             seen.likely = likely
 
 

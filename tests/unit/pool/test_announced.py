@@ -54,15 +54,3 @@ def test_idle_count_keeps_a_machine_more_for_each_announced_job() -> None:
     assert policy.timing.due(1000.0, later.ahead.expected) == demand.announced_due(
         1000.0, later.ahead.expected
     )
-
-
-def test_guessed_jobs_are_kept_for_at_the_demand_policys_allowance() -> None:
-    # Ten guessed jobs (driver.pool.shapes), each coming within a create half the time.
-    guesses = [Expected(100.0, share=0.5, likely=0.5, guess=True)] * 10
-    docker_machine = IdleCountPolicy(pool(idle_count=1))
-    assert docker_machine.timing.due(100.0, guesses) == 5  # their expected number
-    demand = DemandPolicy(pool(policy="demand"))
-    demand.allowance = 0.5
-    assert demand.announced_due(100.0, guesses) == 5
-    demand.allowance = 0.01  # at most 1% of the time more than kept: about 5 + 2.33 sd
-    assert demand.announced_due(100.0, guesses) == 9
