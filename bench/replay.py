@@ -12,7 +12,8 @@ same for admins): the week's shape and knobs are driver.pool.replay.week's
 driver.pool.replay.simulate, the search driver.pool.replay.compare. For each
 of five policies (idle_count, periods, periods + lookahead, demand, demand +
 lookahead) the cheapest setting reaching --target of jobs from the pool is
-searched in hindsight on the very trace and printed: hit rate, prepare
+searched in hindsight on the very trace and printed (and the floor: perfect
+foresight, a machine made one create before each job, never idle): hit rate, prepare
 p50/p95/p99, idle machine-seconds per job (ready with no job, and the whole
 life of machines removed unused) and total machine-seconds per job
 (creating, idle and running jobs: what the cloud bills).
@@ -40,7 +41,7 @@ import random
 import sys
 from pathlib import Path
 
-from driver.pool.replay.compare import Comparison, Summary, idle_pool, table, versus
+from driver.pool.replay.compare import Comparison, Summary, idle_pool, oracle, table, versus
 from driver.pool.replay.simulate import Replay, StoppedTier, Timing, percentile
 from driver.pool.replay.trace import Trace, TraceJob, read_trace, write_trace
 from driver.pool.replay.week import Shape, working_week
@@ -208,6 +209,7 @@ def main() -> int:
         rows = comparison.all()
         if args.learn:
             rows.append(("demand + learned shapes", comparison.demand(False, learn=True)))
+        rows.append(("oracle (the floor)", oracle(trace, timing)))
     finally:
         comparison.close()
     print()
@@ -219,6 +221,14 @@ def main() -> int:
         ok &= goal(
             learned.total_seconds < periods.total_seconds,
             f"demand + learned shapes (no [gitlab]) below periods: {versus(learned, periods)}",
+        )
+    floor, best = dict(rows)["oracle (the floor)"], dict(rows)["periods"]
+    if floor is not None and best is not None:
+        print(
+            f"The floor (perfect foresight: each machine made one create before its job, never "
+            f"idle) is {floor.total_per_job:.0f} total machine-s per job, "
+            f"{100 * (1 - floor.total_seconds / best.total_seconds):.0f}% below periods "
+            f"({best.total_per_job:.0f}): 40% below periods is {0.6 * best.total_per_job:.0f}."
         )
     if args.tier:
         stopped_tier(trace, timing, args)

@@ -148,5 +148,6 @@ def read_job(path: str | None = None) -> Job:
         project_id=response.job_info.project_id,
         pipeline_id=int(pipeline) if pipeline.isdigit() else None,
         name=response.job_info.name,
+        stage=response.job_info.stage,
         server_url=server,
     )

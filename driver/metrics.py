@@ -335,3 +335,12 @@ def registry(state_dir: Path) -> CollectorRegistry:
     collected = CollectorRegistry()
     collected.register(FromStateDir())
     return collected
+
+
+def mean_create_seconds(state_dir: Path) -> tuple[float, ...]:
+    """The mean create time the metrics have seen on this host, if any (the demand
+    policy's first guess, until the pool has measured creates of its own)."""
+    histogram = load(state_dir)["histograms"].get(MACHINE_CREATE_SECONDS.key(None))
+    if not histogram or not histogram["count"]:
+        return ()
+    return (float(histogram["sum"]) / float(histogram["count"]),)

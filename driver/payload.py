@@ -20,6 +20,7 @@ class Payload(BaseModel):
 class JobInfo(Payload):
     project_id: int = Field(ge=0)
     name: str = ""
+    stage: str = ""  # gitlab-runner's common.JobInfo: the pool learns pipeline shapes from it
 
 
 class Variable(Payload):
@@ -51,5 +52,6 @@ class Job:
     project_id: int
     pipeline_id: int | None
     name: str
+    stage: str = ""
     # The GitLab instance (CI_SERVER_URL as GitLab sent it): job ids are only unique in one.
     server_url: str = ""

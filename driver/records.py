@@ -170,6 +170,7 @@ class JobRecord(MachineRecord):
         project_id: int,
         machine: str,
         pipeline_id: int | None = None,
+        stage: str = "",
         phase: str = JobPhase.CREATING,
         address: Address | None = None,
         kill_grace: float = 10.0,
@@ -187,6 +188,7 @@ class JobRecord(MachineRecord):
         self.project_id = project_id
         self.machine = machine
         self.pipeline_id = pipeline_id
+        self.stage = stage  # its pipeline stage: the pool learns what follows it
         self.phase = JobPhase(phase)
         self.address = address or Address()
         self.kill_grace = kill_grace
@@ -208,6 +210,7 @@ class JobRecord(MachineRecord):
             project_id=_required(data, "project_id", int),
             machine=_required(data, "machine", str),
             pipeline_id=None if pipeline_id is None else _field(data, "pipeline_id", int, 0),
+            stage=_field(data, "stage", str, ""),
             phase=_field(data, "phase", str, JobPhase.CREATING),
             address=address,
             kill_grace=_field(data, "kill_grace", float, 10.0),

@@ -279,6 +279,10 @@ class PoolSettings(Section):
     # With [gitlab] set (either policy): ask GitLab for the next stage of the
     # pipelines of jobs here, and have their machines ready when it starts.
     lookahead: bool = True
+    # Without that lookahead: learn each project's pipeline shapes (what follows each
+    # stage, and when) from the jobs served here, and have machines ready for the next
+    # stage when it is near (driver.pool.shapes).
+    learn_shapes: bool = True
     # This many consecutive identical create or make-ready failures hold the next create
     # back failure_backoff seconds, doubled for each further one (at most an hour).
     failure_threshold: Annotated[int, Field(ge=1)] = 3

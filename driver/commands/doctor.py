@@ -493,9 +493,12 @@ def check_pool_lookahead(context: Context) -> str:
     if not pool.lookahead:
         return "off ([pool] lookahead = false)"
     if not gitlab.configured:
+        guess = "what its policy guesses"
+        if pool.learn_shapes:
+            guess += " and what the pipeline shapes it learns from the jobs here foretell"
         raise Advice(
             "off: [gitlab] is not set, so the pool cannot ask GitLab for each "
-            "pipeline's next jobs and keeps only what its policy guesses",
+            f"pipeline's next jobs and keeps only {guess}",
             hint="set [gitlab] url and token_file (a token with read_api)",
         )
     return f"on: the pool service asks {gitlab.url} for the next stage of pipelines here"

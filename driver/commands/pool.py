@@ -79,6 +79,8 @@ def serve(settings: Settings, config_file: Path | None = None) -> int:
             keeping = f"{settings.pool.idle_count} machine(s) ready"
         if settings.pool.lookahead and settings.gitlab.configured:
             keeping += ", and one for each job GitLab says is coming"
+        elif settings.pool.learn_shapes:
+            keeping += ", and for the next stages the pipeline shapes learned here foretell"
         if settings.pool.stopped_count:
             keeping += f", and {settings.pool.stopped_count} made ready then stopped"
         log.say(f"pool: keeping {keeping} (Ctrl-C or SIGTERM stops)")

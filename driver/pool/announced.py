@@ -75,7 +75,9 @@ class AnnouncedTiming:
         create, early, delay = self.learned()
         due = 0.0
         for job in expected:
-            if math.isnan(job.predicted) or math.isnan(early):
+            if job.guess:
+                started = True
+            elif math.isnan(job.predicted) or math.isnan(early):
                 started = now >= job.announced + delay
             else:
                 started = now >= job.predicted + early - create

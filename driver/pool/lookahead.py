@@ -37,6 +37,7 @@ class Expected:
     share: float = 1.0  # the chance it comes to this runner manager, learned per tag set
     tags: frozenset[str] = frozenset()
     likely: float = 1.0  # the chance it comes at all (a guess: driver.pool.shapes); in share
+    guess: bool = False  # guessed only as it draws near (driver.pool.shapes): due at once
 
 
 @dataclass(frozen=True)
@@ -101,16 +102,19 @@ class Lookahead:
         predicted: float = math.nan,
         tags: frozenset[str] = frozenset(),
         likely: float = 1.0,
+        guess: bool = False,
     ) -> None:
         """Jobs known to be coming (with the tags they ask for), or, `likely` below 1,
         guessed to come with that chance; announced again, they keep their first
-        announcement and take the newest prediction."""
+        announcement and take the newest prediction. A `guess` (driver.pool.shapes) is
+        announced only when it is near: its machine is due at once, and its arrival
+        teaches nothing of how far ahead announcements come."""
         with self.lock:
             share = self.shares.get(tags, Share()).value * likely
             for job_id in job_ids:
                 known = self.expected.get(job_id)
                 announced = now if known is None else known.announced
-                self.expected[job_id] = Expected(announced, predicted, share, tags, likely)
+                self.expected[job_id] = Expected(announced, predicted, share, tags, likely, guess)
 
     def withdraw(self, job_ids: Iterable[int], elsewhere: bool = False) -> None:
         """Jobs that will not come after all: skipped, canceled, or (`elsewhere`) taken
@@ -133,7 +137,12 @@ class Lookahead:
         for job_id, known in self.expected.items():
             if known.tags == tags:
                 self.expected[job_id] = Expected(
-                    known.announced, known.predicted, share * known.likely, tags, known.likely
+                    known.announced,
+                    known.predicted,
+                    share * known.likely,
+                    tags,
+                    known.likely,
+                    known.guess,
                 )
 
     def arrived(self, job_id: int, now: float, hit: bool) -> bool:
@@ -144,9 +153,10 @@ class Lookahead:
                 return False
             self.shares.setdefault(known.tags, Share()).add(came=True)
             self._reshare(known.tags)
-            self.leads.append(now - known.announced)
-            if not math.isnan(known.predicted):
-                self.errors.append(now - known.predicted)
+            if not known.guess:
+                self.leads.append(now - known.announced)
+                if not math.isnan(known.predicted):
+                    self.errors.append(now - known.predicted)
             if hit:
                 self.hits += 1
             else:

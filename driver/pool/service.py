@@ -27,6 +27,7 @@ from driver.pool.gitlab_jobs import GitLabJobs
 from driver.pool.learned import LearnedImages
 from driver.pool.lookahead import Lookahead
 from driver.pool.pipelines import ListJobs, PipelineWatch, UsualDurations
+from driver.pool.shapes import ServedShapes, create_horizon
 from driver.pool.stopped import StoppedTier
 from driver.settings import Settings
 from driver.state import (
@@ -91,7 +92,7 @@ class PoolService:
             clock=time.time,
             create=self._start_create,
             remove=self._start_remove,
-            policy=make_policy(settings.pool, *_measured_create_seconds(settings)),
+            policy=make_policy(settings.pool, *metrics.mean_create_seconds(settings.state_dir)),
             alarm=self._alarm,
         )
         self.claims_seen: tuple[float, float] | None = None  # the hit and miss counters
@@ -114,6 +115,8 @@ class PoolService:
                 lambda message: self.log.warning("pool_lookahead_failed", error=message),
                 usual_durations or reader.usual_durations,
             )
+        # Without it: the next stages guessed from the shapes of the pipelines served.
+        self.shapes = ServedShapes(self.lookahead) if pool.learn_shapes else None
 
     # --- lifecycle
 
@@ -290,19 +293,27 @@ class PoolService:
         """Tell the pipeline watch of the jobs that came since the last tick, and let it
         ask GitLab what their pipelines run next."""
         if self.pipelines is None:
+            if self.shapes is not None:
+                horizon = create_horizon(self.controller.policy)
+                self.shapes.served(records, time.time(), self._pool_machine, horizon)
             return
         now = time.time()
         for job_id, record in records.items():
             if record is None or job_id in self.jobs_seen:
                 continue
             self.jobs_seen.add(job_id)
-            hit = record.machine != self.settings.machine_name(job_id)  # a pool machine
+            hit = self._pool_machine(job_id, record)
             self.pipelines.job_arrived(record.project_id, record.pipeline_id, job_id, now, hit)
         self.jobs_seen &= set(records)
         # GitLab is asked in a thread of its own: a slow GitLab never holds the pool's loop.
         if not self.polling.is_set():
             self.polling.set()
             self._start(functools.partial(self._poll_pipelines, self.pipelines, now))
+
+    def _pool_machine(self, job_id: int, record: JobRecord) -> bool:
+        """A hit: a ready machine, not its own, nor a stopped one it waited to start."""
+        own = record.machine == self.settings.machine_name(job_id)
+        return not own and "start" not in record.timings
 
     def _poll_pipelines(self, pipelines: PipelineWatch, now: float) -> None:
         try:
@@ -579,14 +590,3 @@ class PoolService:
             }
         self.state.pool_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(self.state.pool_status_file, json.dumps(status))
-
-
-def _measured_create_seconds(settings: Settings) -> tuple[float, ...]:
-    """The mean create time the metrics have seen on this host, if any: the demand
-    policy's first guess until the pool has measured creates of its own."""
-    histogram = metrics.load(settings.state_dir)["histograms"].get(
-        metrics.MACHINE_CREATE_SECONDS.key(None)
-    )
-    if not histogram or not histogram["count"]:
-        return ()
-    return (float(histogram["sum"]) / float(histogram["count"]),)

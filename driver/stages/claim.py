@@ -59,6 +59,7 @@ def new_record(
         job_id=job.id,
         project_id=job.project_id,
         pipeline_id=job.pipeline_id,
+        stage=job.stage,
         machine=machine,
         kill_grace=settings.run.kill_grace,
         log_path=str(settings.log_path),

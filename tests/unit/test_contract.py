@@ -23,7 +23,7 @@ def test_identity_comes_from_the_response_file_not_job_variables(
         {
             "id": 1234,
             "token": "secret",
-            "job_info": {"project_id": 77, "name": "build"},
+            "job_info": {"project_id": 77, "name": "build", "stage": "compile"},
             "variables": [
                 {"key": "CI_PIPELINE_ID", "value": "55"},
                 {"key": "CI_JOB_ID", "value": "999"},
@@ -31,7 +31,9 @@ def test_identity_comes_from_the_response_file_not_job_variables(
         },
     )
     monkeypatch.setenv("JOB_RESPONSE_FILE", path)
-    assert contract.read_job() == payload.Job(id=1234, project_id=77, pipeline_id=55, name="build")
+    assert contract.read_job() == payload.Job(
+        id=1234, project_id=77, pipeline_id=55, name="build", stage="compile"
+    )
 
 
 def test_a_missing_environment_variable_says_how_to_run_by_hand(

@@ -37,6 +37,7 @@ def test_records_round_trip_through_json_and_ignore_unknown_keys() -> None:
 def test_every_field_of_a_record_survives_its_json() -> None:
     saved = record(
         pipeline_id=3,
+        stage="test",
         phase=JobPhase.KEPT,
         address=Address(host="h", port=2, user="u", key_path="k", engine_url="tcp://h:2376"),
         kill_grace=4,

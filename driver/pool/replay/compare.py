@@ -127,6 +127,34 @@ def summarize(policy: str, result: Result, tier: StoppedTier) -> Summary:
     )
 
 
+def oracle(trace: Trace, timing: Timing, tier: StoppedTier | None = None) -> Summary:
+    """Perfect foresight, the floor of any policy: each job's machine is started one
+    create before it arrives (its own create time, as drawn for it) and never idles."""
+    work, rest = [0, 0.0], [0, 0.0]
+    for job in trace.jobs:
+        if job.runs and job.here:
+            half = work if working(job.arrival) else rest
+            half[0] += 1
+            half[1] += job.create + timing.claim_seconds + job.duration
+    jobs = int(work[0] + rest[0])
+    total = work[1] + rest[1]
+    claim = timing.claim_seconds
+    price = (tier or StoppedTier()).running_per_hour
+    return Summary(
+        "oracle",
+        "oracle: a machine ready as each job arrives, never idle",
+        jobs,
+        jobs,
+        0.0,
+        total,
+        (claim, claim, claim),
+        jobs,
+        0,
+        total * price / 3600 / max(1, jobs),
+        (Half(int(work[0]), int(work[0]), work[1]), Half(int(rest[0]), int(rest[0]), rest[1])),
+    )
+
+
 def idle_pool(peak: int, rest: int, timing: Timing) -> PoolSettings:
     """IdleCount `rest`, and `peak` in working hours (UTC), as `migrate` writes them."""
     pool: dict[str, object] = {

@@ -36,7 +36,7 @@ from driver.pool.replay.trace import (
     TraceJob,
     announce_by_stage,
 )
-from driver.pool.shapes import PipelineShapes
+from driver.pool.shapes import PipelineShapes, create_horizon
 from driver.settings import LimitSettings, PoolSettings
 
 
@@ -317,9 +317,9 @@ class Replay:
 
     def _arrive(self, run: JobRun) -> None:
         number, job = run.number, run.job
-        if self.shapes is not None and job.pipeline >= 0:  # one project, stages by number
+        if self.shapes is not None and job.pipeline >= 0:  # stages by number
             number = self.shapes.arrived(
-                number, 0, job.pipeline, str(job.stage), WEEK_START + self.now
+                number, job.project, job.pipeline, str(job.stage), WEEK_START + self.now
             )
         self.lookahead.arrived(number, WEEK_START + self.now, hit=bool(self.ready))
         self.runs.append(run)
@@ -384,7 +384,7 @@ class Replay:
 
     def _step(self) -> None:
         if self.shapes is not None:
-            self.shapes.expire(WEEK_START + self.now)
+            self.shapes.tick(WEEK_START + self.now, create_horizon(self.controller.policy))
         obs = Observation(
             ready=tuple(self.ready),
             creating=self.pool_creating,

@@ -10,7 +10,7 @@ Two CSV shapes are read:
 
 - this replay's own (`write_trace` writes it): arrival seconds, duration
   seconds, then optionally pipeline, stage, runs (1/0), usual seconds,
-  announced seconds, predicted seconds, here (1/0);
+  announced seconds, predicted seconds, here (1/0), project;
 - a GitLab jobs export (a header with `started_at`): one row per job as the
   jobs API returns it (see `read_gitlab_export`).
 """
@@ -50,6 +50,7 @@ class TraceJob:
     announced: float | None = None
     predicted: float = math.nan  # when the service predicts it arrives, if it can tell
     here: bool = True  # False: another runner manager takes it (at `arrival`)
+    project: int = 0  # the project its pipeline belongs to (what shapes are learned by)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def read_trace(path: Path, creates: LogNormal, seed: int, runner: int | None = N
     jobs = []
     for number, row in enumerate(rows, start=1):
         try:
-            cells = [cell.strip() for cell in row] + [""] * 9
+            cells = [cell.strip() for cell in row] + [""] * 10
             arrival, duration = float(cells[0]), float(cells[1])
             pipeline = int(cells[2]) if cells[2] else -1
             stage = int(cells[3]) if cells[3] else 0
@@ -129,17 +130,20 @@ def read_trace(path: Path, creates: LogNormal, seed: int, runner: int | None = N
             announced = float(cells[6]) if cells[6] else None
             predicted = float(cells[7]) if cells[7] else math.nan
             here = cells[8] != "0"
+            project = int(cells[9]) if cells[9] else 0
         except (ValueError, IndexError):
             if number == 1:
                 continue  # a header
             raise TraceError(
                 f"{path}:{number}: expected 'arrival seconds,duration seconds"
-                f"[,pipeline,stage,runs,usual seconds,announced,predicted,here]', got {row!r}"
+                f"[,pipeline,stage,runs,usual seconds,announced,predicted,here,project]', "
+                f"got {row!r}"
             ) from None
         if arrival < 0 or duration < 0:
             raise TraceError(f"{path}:{number}: negative time in {row!r}")
         job = TraceJob(arrival, duration, creates.draw(rng), pipeline, stage, runs, usual)
-        jobs.append(replace(job, announced=announced, predicted=predicted, here=here))
+        job = replace(job, announced=announced, predicted=predicted, here=here, project=project)
+        jobs.append(job)
     if not jobs:
         raise TraceError(f"{path}: no jobs in it")
     jobs.sort(key=lambda j: j.arrival)
@@ -252,6 +256,7 @@ def read_gitlab_export(
             ran,
             usual.get((cells.get("project_id", ""), cells["name"]), math.nan),
             here=here,
+            project=int(project) if (project := cells.get("project_id", "")).isdigit() else 0,
         )
         if cells["status"] == "manual":  # waits for a person: nobody announces it
             job = replace(job, announced=NEVER)
@@ -280,6 +285,7 @@ def write_trace(jobs: Iterable[TraceJob], path: Path) -> None:
                 "announced_seconds",
                 "predicted_seconds",
                 "here",
+                "project",
             ]
         )
         for job in jobs:
@@ -296,5 +302,6 @@ def write_trace(jobs: Iterable[TraceJob], path: Path) -> None:
                     announced or number(job.announced),
                     number(job.predicted),
                     int(job.here),
+                    job.project,
                 ]
             )

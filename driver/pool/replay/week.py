@@ -11,6 +11,13 @@ up over `pickup` seconds. Each job has a usual duration (log-normal, median
 log-sd `duration_spread`. A stage fails with `stage_failure`: the jobs after
 it are skipped (announced, never run).
 
+With `projects` N > 0, each pipeline belongs to one of N projects (picked
+at random), and a project's staged pipelines keep its shape: how many
+stages, how many jobs each, and each job's usual duration are drawn once per
+project (each run still takes its usual times the spread, and still fails
+with `stage_failure`). With 0 (the standard week) every pipeline draws its
+own: there is no shape to learn beyond the whole week's.
+
 The knobs (shares, 0 by default) reshape that week as GitLab does:
 
   dag         pipelines whose jobs use `needs:`: each job waits for one or two
@@ -90,6 +97,7 @@ class Shape:
     cancel: float = 0.0
     retry: float = 0.0
     poll: float = 30.0
+    projects: int = 0
 
 
 def week_level(seconds: float) -> float:
@@ -119,6 +127,7 @@ class _Node:
     runs: bool = True
     here: bool = True
     retry: _Node | None = None
+    project: int = 0
 
     @property
     def end(self) -> float:
@@ -136,15 +145,24 @@ class _Week:
         self.durations = LogNormal(shape.job_median, shape.job_p95)
         self.pipelines = 0
         self.nodes: list[_Node] = []
+        self.seed = seed
+        self.templates: dict[int, list[list[float]]] = {}  # per project: its stages' usuals
 
     def chance(self, share: float) -> bool:
         """A draw only where the knob is set: the standard week stays as it was."""
         return share > 0 and self.rng.random() < share
 
-    def job(self, pipeline: int, stage: int, start: float, waits: list[_Node]) -> _Node:
+    def job(
+        self,
+        pipeline: int,
+        stage: int,
+        start: float,
+        waits: list[_Node],
+        usual: float | None = None,
+    ) -> _Node:
         rng = self.rng
         arrival = start + rng.uniform(0.0, self.shape.pickup)
-        usual = self.durations.draw(rng)
+        usual = self.durations.draw(rng) if usual is None else usual
         duration = usual * rng.lognormvariate(0.0, self.shape.duration_spread)
         node = _Node(pipeline, stage, usual, duration, self.creates.draw(rng), waits)
         node.arrival = arrival
@@ -162,18 +180,53 @@ class _Week:
         return max(n.arrival + self.claim + n.duration for n in done)
 
     def stage_jobs(
-        self, pipeline: int, stage: int, start: float, before: list[_Node], first: bool, dag: bool
+        self,
+        pipeline: int,
+        stage: int,
+        start: float,
+        before: list[_Node],
+        first: bool,
+        dag: bool,
+        usuals: list[float] | None = None,
     ) -> list[_Node]:
         """A stage's jobs: all starting at `start`, or (`dag`) each when the one or two
-        jobs of `before` it needs end."""
+        jobs of `before` it needs end; `usuals`: its project's jobs' usual durations."""
         nodes = []
-        for _ in range(self.fanout(first)):
+        for i in range(self.fanout(first) if usuals is None else len(usuals)):
             waits, begin = before, start
             if dag and before:
                 waits = self.rng.sample(before, min(len(before), self.rng.randint(1, 2)))
                 begin = self.ends(waits)
-            nodes.append(self.job(pipeline, stage, begin, waits))
+            usual = None if usuals is None else usuals[i]
+            nodes.append(self.job(pipeline, stage, begin, waits, usual))
         return nodes
+
+    def project(self) -> tuple[int, list[list[float]] | None]:
+        """The project of a new pipeline, and its stages' usual job durations (None:
+        the standard week, every pipeline its own shape). Drawn from their own stream:
+        a project's shape is the same whatever else the week draws."""
+        if not self.shape.projects:
+            return 0, None
+        number = self.rng.randrange(self.shape.projects)
+        if number not in self.templates:
+            rng = random.Random(self.seed * 1009 + number)
+            stages = rng.randint(1, self.shape.stages) if self.shape.stages > 1 else 1
+            median = [self.shape.fanout_median] * stages
+            if stages > 1:
+                median[0] = self.shape.first_stage_median
+            self.templates[number] = [
+                [
+                    self.durations.draw(rng)
+                    for _ in range(
+                        min(
+                            self.shape.fanout_max,
+                            math.ceil(rng.lognormvariate(math.log(m), self.shape.fanout_sigma)),
+                        )
+                    )
+                ]
+                for m in median
+            ]
+        return number + 1, self.templates[number]
 
     def pipeline(self, t: float) -> None:
         shape, rng = self.shape, self.rng
@@ -182,14 +235,20 @@ class _Week:
         if self.chance(shape.chains):
             self.chain(pid, t)
             return
-        stages = rng.randint(1, shape.stages) if shape.stages > 1 else 1
+        project, template = self.project()
+        if template is not None:
+            stages = len(template)
+        else:
+            stages = rng.randint(1, shape.stages) if shape.stages > 1 else 1
         dag = stages > 1 and self.chance(shape.dag)
         child = stages > 1 and self.chance(shape.children)
         start, runs, failed_at = t, True, math.nan
         before: list[_Node] = []
         made: list[_Node] = []
         for stage in range(stages):
-            nodes = self.stage_jobs(pid, stage, start, before, stage == 0 and stages > 1, dag)
+            usuals = None if template is None else template[stage]
+            first = stage == 0 and stages > 1
+            nodes = self.stage_jobs(pid, stage, start, before, first, dag, usuals)
             for node in nodes:
                 node.runs = runs
             made += nodes + self.extras(nodes, runs)
@@ -206,6 +265,8 @@ class _Week:
             node = self.job(pid, stages, failed_at, [])
             node.announceable = False
             made.append(node)
+        for node in made:
+            node.project = project
         self.finish(made, t)
 
     def extras(self, nodes: list[_Node], runs: bool) -> list[_Node]:
@@ -304,6 +365,7 @@ class _Week:
                     announced,
                     predicted,
                     node.here,
+                    node.project,
                 )
             )
         jobs.sort(key=lambda j: j.arrival)

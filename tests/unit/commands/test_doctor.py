@@ -342,6 +342,13 @@ def test_the_pool_lookahead_is_said_on_or_off_and_why(tmp_path: Path) -> None:
     with pytest.raises(doctor.Advice, match=r"\[gitlab\] is not set") as advice:
         lookahead(demand)
     assert "read_api" in advice.value.hint
+    assert advice.value.message.endswith(
+        "keeps only what its policy guesses and what the pipeline shapes it learns from "
+        "the jobs here foretell"
+    )
+    with pytest.raises(doctor.Advice) as advice:
+        lookahead({"pool": {"policy": "demand", "learn_shapes": False}})
+    assert advice.value.message.endswith("keeps only what its policy guesses")
     gitlab = {"url": "https://gitlab.example.com", "token": "t"}
     assert lookahead({**demand, "gitlab": gitlab}).startswith("on: ")
     # docker+machine's periods take the lookahead too.

@@ -5,43 +5,153 @@ from __future__ import annotations
 import pytest
 
 from driver.pool.lookahead import Lookahead
-from driver.pool.shapes import PipelineShapes
+from driver.pool.shapes import PICKUP, PipelineShapes, ServedShapes
+from driver.records import JobRecord
+
+PROJECT = 40
+HORIZON = 100.0  # a create
+GAP = 5000.0  # between pipelines: each is over (FORGET) before the next starts
 
 
-def pipeline(shapes: PipelineShapes, number: int, start: float, tests: int = 3) -> list[int]:
-    """A build job, then `tests` test jobs 300 s later; the ids their arrivals count as."""
-    ids = [shapes.arrived(number * 100, 40, number, "build", start)]
-    for i in range(tests):
-        ids.append(shapes.arrived(number * 100 + 1 + i, 40, number, "test", start + 300 + i))
-    return ids
+class Week:
+    """Pipelines of one project through PipelineShapes, on a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.lookahead = Lookahead()
+        self.shapes = PipelineShapes(self.lookahead, horizon=HORIZON)
+        self.now = 0.0
+        self.pipelines = 0
+
+    def at(self, when: float) -> None:
+        self.now = when
+        self.shapes.tick(when)
+
+    def stage(self, pipeline: int, name: str, jobs: int) -> list[int]:
+        """`jobs` jobs of the stage arrive now; the ids their arrivals count as."""
+        counted = []
+        for i in range(jobs):
+            counted.append(
+                self.shapes.arrived(pipeline * 100 + i, PROJECT, pipeline, name, self.now)
+            )
+            self.lookahead.arrived(counted[-1], self.now, hit=True)
+        return counted
+
+    def pipeline(self, b_jobs: int = 3) -> int:
+        """A(2 jobs), then `b_jobs` of B 300 s later (0: it failed at A)."""
+        self.pipelines += 1
+        number = self.pipelines
+        self.at(number * GAP)
+        self.stage(number, "A", 2)
+        if b_jobs:
+            self.at(number * GAP + 300.0)
+            self.stage(number, "B", b_jobs)
+        return number
+
+    def guessed(self) -> float:
+        """The machines the guesses count as now: the sum of their shares."""
+        return sum(job.share for job in self.lookahead.expected.values())
 
 
-def test_after_a_few_pipelines_the_next_stage_is_announced_and_taken() -> None:
+def test_an_a_job_announces_the_three_b_jobs_one_create_before_they_come() -> None:
+    week = Week()
+    for _ in range(PipelineShapes.NEEDED):
+        week.pipeline()
+    number = week.pipeline(b_jobs=0)  # the next one, its A just arrived
+    start = number * GAP
+    assert week.lookahead.expected == {}  # B is 300 s away: nothing yet
+    week.at(start + 300.0 - HORIZON - 10)
+    assert week.lookahead.expected == {}
+    week.at(start + 300.0 - HORIZON)  # B is one create away: its 3 jobs, surely
+    guessed = list(week.lookahead.expected.values())
+    assert len(guessed) == 3 and all(job.guess for job in guessed)
+    assert week.guessed() == pytest.approx(3.0)
+    week.at(start + 300.0)
+    week.lookahead.report()
+    taken = week.stage(number, "B", 3)  # B's jobs arrive as the placeholders
+    assert all(i < 0 for i in taken)
+    assert week.lookahead.expected == {}
+    assert week.lookahead.report().hits == 3  # counted as announced arrivals
+
+
+def test_guesses_shrink_by_the_share_of_predicted_stages_that_came() -> None:
+    week = Week()
+    for n in range(8):  # half the pipelines stop after A (failed there)
+        week.pipeline(b_jobs=3 if n % 2 else 0)
+    number = week.pipeline(b_jobs=0)
+    week.at(number * GAP + 300.0 - HORIZON)
+    assert len(week.lookahead.expected) == 3
+    assert week.guessed() == pytest.approx(1.5)  # 3 jobs, each half likely
+    week.at(number * GAP + 300.0 + PICKUP + 1)  # later than any B came: given up
+    assert week.lookahead.expected == {}
+
+
+def test_pipelines_that_failed_at_a_do_not_teach_that_b_never_comes() -> None:
+    week = Week()
+    for _ in range(PipelineShapes.KEPT):
+        week.pipeline()
+    for _ in range(PipelineShapes.KEPT // 2):  # a bad day: everything fails at A
+        week.pipeline(b_jobs=0)
+    number = week.pipeline(b_jobs=0)
+    week.at(number * GAP + 300.0 - HORIZON)
+    assert week.guessed() == pytest.approx(3 * 0.5, abs=0.1)  # less likely, not never
+    for _ in range(PipelineShapes.KEPT):  # fixed: B comes again, and is counted on again
+        week.pipeline()
+    number = week.pipeline(b_jobs=0)
+    week.at(number * GAP + 300.0 - HORIZON)
+    assert week.guessed() == pytest.approx(3.0)
+
+
+def test_placeholders_a_smaller_stage_did_not_take_are_withdrawn() -> None:
+    week = Week()
+    for _ in range(PipelineShapes.NEEDED):
+        week.pipeline()
+    number = week.pipeline(b_jobs=0)
+    week.at(number * GAP + 300.0 - HORIZON)
+    week.at(number * GAP + 300.0)
+    week.stage(number, "B", 1)  # this time B ran one job of the three
+    assert len(week.lookahead.expected) == 2
+    week.at(week.now + PICKUP + 1)
+    assert week.lookahead.expected == {}
+
+
+def test_each_project_and_stage_is_learned_on_its_own() -> None:
+    week = Week()
+    for _ in range(PipelineShapes.NEEDED):
+        week.pipeline()
+    week.at(100 * GAP)
+    week.shapes.arrived(1, PROJECT + 1, 1000, "A", week.now)  # another project's A
+    week.at(100 * GAP + 300.0 - HORIZON)
+    assert week.lookahead.expected == {}  # nothing learned of that project
+
+
+def record(job_id: int, pipeline: int, stage: str, pool: bool) -> JobRecord:
+    machine = f"gmd-p{job_id}" if pool else f"gmd-job-{job_id}"
+    return JobRecord(
+        job_id=job_id, project_id=PROJECT, pipeline_id=pipeline, stage=stage, machine=machine
+    )
+
+
+def test_the_service_view_learns_from_job_records_and_counts_hits() -> None:
     lookahead = Lookahead()
-    shapes = PipelineShapes(lookahead)
-    for number in range(1, 6):  # learned once each is over (quiet for FORGET)
-        pipeline(shapes, number, number * 10000.0)
-    assert lookahead.expected == {}  # nothing guessed before NEEDED were seen
-    shapes.arrived(600, 40, 6, "build", 60000.0)  # its guess never comes: overdue by
-    shapes.arrived(700, 40, 7, "build", 70000.0)  # now, and withdrawn
-    guessed = lookahead.report().expected
-    assert len(guessed) == 3  # the usual test stage: 3 jobs, 300 s after the build
-    assert {job.predicted for job in guessed} == {70300.0}
-    # The test jobs arrive as the placeholders announced for them, a lead measured each.
-    taken = [shapes.arrived(701 + i, 40, 7, "test", 70300.0 + i) for i in range(3)]
-    assert all(number < 0 for number in taken)
-    for number in taken:
-        assert lookahead.arrived(number, 70300.0, hit=True)
-    assert lookahead.report().leads == pytest.approx((300.0, 300.0, 300.0))
+    served = ServedShapes(lookahead)
+    records: dict[int, JobRecord | None] = {}
 
+    def pool_machine(job_id: int, r: JobRecord) -> bool:
+        return r.machine.startswith("gmd-p")
 
-def test_a_guess_that_does_not_come_is_withdrawn_and_counts_by_its_likelihood() -> None:
-    lookahead = Lookahead()
-    shapes = PipelineShapes(lookahead)
-    for number in range(1, 7):  # half the pipelines end after the build
-        pipeline(shapes, number, number * 10000.0, tests=3 if number % 2 else 0)
-    shapes.arrived(800, 40, 8, "build", 80000.0)
-    guessed = lookahead.report().expected
-    assert len(guessed) == 3 and all(job.share == pytest.approx(0.5) for job in guessed)
-    shapes.expire(80000.0 + 300.0 + 601.0)  # well overdue: given up
-    assert lookahead.expected == {}
+    for p in range(1, PipelineShapes.NEEDED + 2):
+        start = p * GAP
+        records = {p * 10: record(p * 10, p, "build", pool=True)}
+        served.served(records, start, pool_machine, HORIZON)
+        if p == PipelineShapes.NEEDED + 1:
+            break
+        records = {p * 10 + i: record(p * 10 + i, p, "test", pool=False) for i in (1, 2, 3)}
+        served.served(records, start + 300.0, pool_machine, HORIZON)
+        lookahead.report()
+    served.served(records, start + 300.0 - HORIZON, pool_machine, HORIZON)
+    assert len(lookahead.expected) == 3
+    records = {p * 10 + i: record(p * 10 + i, p, "test", pool=True) for i in (1, 2, 3)}
+    served.served(records, start + 300.0, pool_machine, HORIZON)
+    report = lookahead.report()
+    assert (report.hits, report.misses) == (3, 0)  # the announced ones, all from the pool
+    assert report.leads == ()  # a guess teaches nothing of how far ahead GitLab announces

@@ -24,6 +24,7 @@ def run(
     *,
     lookahead: bool = True,
     tier: StoppedTier | None = None,
+    learn: bool = False,
 ) -> Result:
     creates = LogNormal(90.0, 240.0)
     replay = Replay(
@@ -35,6 +36,7 @@ def run(
         claim_seconds=1.0,
         lookahead=lookahead,
         tier=tier,
+        learn=learn,
     )
     return replay.run("x")
 
@@ -104,6 +106,21 @@ def test_a_pipelines_next_stage_finds_machines_made_when_it_was_announced() -> N
     assert sum(r.hit for r in unseen.runs) <= 2
     # Without the lookahead ([gitlab] not set) the demand policy guesses as well.
     assert sum(r.hit for r in run(staged(1), demand_pool(0.95, TIMING), lookahead=False).runs) <= 2
+
+
+def test_learned_shapes_have_a_known_next_stage_ready_without_being_told() -> None:
+    jobs = []
+    for p in range(10):  # one project's pipelines: a build, then 5 tests 600 s later
+        start = 3600.0 * (p + 1)
+        jobs.append(TraceJob(start, 590.0, 80.0, p, 0))
+        jobs += [TraceJob(start + 600.0 + i, 300.0, 80.0, p, 1) for i in range(5)]
+    trace = Trace(jobs, 86400.0, "test")
+    learned = run(trace, idle_pool(0, 0, TIMING), lookahead=False, learn=True)
+    # Learned from the first ones (NEEDED), the later pipelines' tests find machines.
+    tests = [r.hit for r in learned.runs if r.job.stage == 1]
+    assert not any(tests[:25])
+    assert sum(tests[25:]) >= 20  # of 25: some creates are slower than the slow one
+    assert run(trace, idle_pool(0, 0, TIMING), lookahead=False).hit_rate == 0
 
 
 def test_idle_counts_with_the_lookahead_have_the_next_stage_ready_too() -> None:

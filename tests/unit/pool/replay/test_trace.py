@@ -20,14 +20,14 @@ def test_a_csv_trace_is_read_back_as_written_and_a_bad_line_named(tmp_path: Path
     good.write_text("arrival_seconds,duration_seconds\n10,300\n5,60\n")
     trace = read_trace(good, CREATES, 1)
     assert [(j.arrival, j.duration) for j in trace.jobs] == [(5.0, 60.0), (10.0, 300.0)]
-    week = working_week(Shape(days=1, managers=2, manual=0.2), 2, CREATES, 1.0)
+    week = working_week(Shape(days=1, managers=2, manual=0.2, projects=4), 2, CREATES, 1.0)
     staged = tmp_path / "staged.csv"
     write_trace(week.jobs, staged)
     again = read_trace(staged, CREATES, 2)
 
-    def seen(j: TraceJob) -> tuple[int, int, bool, bool, bool]:
+    def seen(j: TraceJob) -> tuple[int, int, bool, bool, bool, int]:
         never = j.announced is not None and math.isnan(j.announced)
-        return (j.pipeline, j.stage, j.runs, j.here, never)
+        return (j.pipeline, j.stage, j.runs, j.here, never, j.project)
 
     assert [seen(j) for j in again.jobs] == [seen(j) for j in week.jobs]
     bad = tmp_path / "bad.csv"

@@ -85,3 +85,19 @@ def test_a_stageless_chain_announces_each_job_when_the_one_it_needs_arrives() ->
             assert j.predicted == before.arrival + 1.0 + before.usual
             checked += 1
     assert checked > 100
+
+
+def test_a_projects_pipelines_keep_its_shape() -> None:
+    trace = week(projects=3)
+    shapes: dict[int, set[tuple[tuple[int, int, int], ...]]] = {}
+    pipelines: dict[int, list[TraceJob]] = {}
+    for j in trace.jobs:
+        pipelines.setdefault(j.pipeline, []).append(j)
+    for jobs in pipelines.values():
+        if all(j.runs for j in jobs):  # failed ones are cut short
+            stages = sorted({j.stage for j in jobs})
+            count = tuple((s, sum(j.stage == s for j in jobs), 0) for s in stages)
+            shapes.setdefault(jobs[0].project, set()).add(count)
+    assert set(shapes) == {1, 2, 3}
+    assert all(len(seen) == 1 for seen in shapes.values())  # one shape per project
+    assert {j.project for j in week().jobs} == {0}  # the standard week: none
