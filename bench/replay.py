@@ -28,6 +28,10 @@ and jobs that miss), compared with none on cost per job at the prices
 --running-per-hour and --stopped-per-hour, each at the lowest demand target
 whose prepare p95 is at most --tier-p95 s.
 
+--tier-starts jobs: only jobs that miss start a stopped machine, as the pool
+service does today (the model's default also has the pool's creates start
+them). --tier-only: that comparison alone.
+
 --fanout: a fan-out of 20 jobs into a pool of 4 ready machines, 200 rounds,
 with no [limits] and with max_creating just enough for the misses: their
 prepare against their own create.
@@ -77,6 +81,16 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--tier-start-p95", type=float, default=40.0)
     parser.add_argument("--running-per-hour", type=float, default=1.0)
     parser.add_argument("--stopped-per-hour", type=float, default=0.05)
+    parser.add_argument(
+        "--tier-starts",
+        choices=["pool-and-jobs", "jobs"],
+        default="pool-and-jobs",
+        help="who starts stopped machines: the pool's creates and jobs that miss (the "
+        "model), or only jobs that miss (the pool service as built)",
+    )
+    parser.add_argument(
+        "--tier-only", action="store_true", help="only the stopped tier's comparison"
+    )
     parser.add_argument("--fanout", action="store_true", help="also the fan-out check")
     parser.add_argument(
         "--learn",
@@ -124,12 +138,14 @@ def stopped_tier(trace: Trace, timing: Timing, args: argparse.Namespace) -> None
         args.tier_start_p95,
         args.running_per_hour,
         args.stopped_per_hour,
+        pool_starts=args.tier_starts == "pool-and-jobs",
     )
     print()
     print(
         f"Stopped tier (start median {tier.start_median:g} s, p95 {tier.start_p95:g} s; "
         f"per machine-hour running {tier.running_per_hour:g}, stopped "
-        f"{tier.stopped_per_hour:g}), demand + lookahead at prepare p95 <= {args.tier_p95:g} s:"
+        f"{tier.stopped_per_hour:g}; started by {args.tier_starts}), demand + lookahead at "
+        f"prepare p95 <= {args.tier_p95:g} s:"
     )
     for size in sorted({0, *args.tier}):
         priced = dataclasses.replace(tier, size=size)
@@ -193,6 +209,9 @@ def main() -> int:
         print(f"wrote {len(trace.jobs)} jobs to {args.write_trace}")
         return 0
     print(f"trace: {trace.describe}", flush=True)
+    if args.tier_only:
+        stopped_tier(trace, timing, args)
+        return 0
 
     def progress(s: Summary) -> None:
         if args.verbose:

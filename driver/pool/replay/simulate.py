@@ -12,8 +12,8 @@ trace says. Creates take log-normal times; nothing fails.
 
 Optionally a tier of machines is kept stopped (made ahead, then stopped: a
 disk-only cost): a create of the pool, or a job that misses, starts one of
-them (`start` seconds) instead of a full create, and the tier is refilled by
-full creates.
+them (`start` seconds) instead of a full create (`pool_starts` False: only a
+job), and the tier is refilled by full creates.
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ class StoppedTier:
     start_p95: float = 40.0
     running_per_hour: float = 1.0
     stopped_per_hour: float = 0.05
+    # The pool's own creates start a stopped machine too; False: only jobs that find no
+    # ready machine do, as the pool service does today (driver.pool.stopped).
+    pool_starts: bool = True
 
 
 @dataclass
@@ -278,7 +281,7 @@ class Replay:
             return False
         vm = self._new_vm()
         self.pool_creating += 1
-        start = self._from_tier()
+        start = self._from_tier() if self.tier.pool_starts else None
         seconds = self.creates.draw(self.rng) if start is None else start
         self._at(self.now + seconds, self.POOL_READY, vm)
         return True

@@ -183,3 +183,18 @@ def test_a_stopped_tier_starts_a_machine_instead_of_creating_one() -> None:
     assert 9.0 <= (first.prepared or 0.0) <= 12.0  # started from the tier
     assert second.prepared == 80.0  # the tier was still being refilled: a full create
     assert result.stopped_seconds == pytest.approx(100.0 + 86400.0 - (100.0 + result.tier_running))
+
+
+def test_a_stopped_tier_only_jobs_start_waits_for_a_job_that_misses() -> None:
+    """pool_starts False (the pool service as built): the pool's own create of its one
+    ready machine is a full create, and the stopped machine waits for a job that finds
+    none ready; in the model the pool's create starts it at once."""
+    jobs = day([(50.0, 300.0, 80.0), (5000.0, 300.0, 80.0)])
+    model = run(jobs, idle_pool(1, 1, TIMING), tier=StoppedTier(size=1))
+    built = run(jobs, idle_pool(1, 1, TIMING), tier=StoppedTier(size=1, pool_starts=False))
+    # The model's first pool create took the tier's machine (refilled at once, so it is
+    # stopped again a create later); as built, it is taken by the job at 50 s that the
+    # pool's full create (80 s or more) has not served yet.
+    assert built.runs[0].hit is False
+    assert 9.0 <= (built.runs[0].prepared or 0.0) <= 60.0  # a start, not a create
+    assert model.runs[0].hit is True  # the pool's start was ready within the start time
