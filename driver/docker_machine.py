@@ -6,7 +6,7 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,17 +218,9 @@ class DockerMachine:
 
     def url(self, name: str) -> str:
         """The Docker engine's URL, as docker-machine reports it (its port is the driver's)."""
-        result = self._read("url", name)
-        url = result.stdout.strip()
-        if result.exit_code != 0 or not url.startswith("tcp://"):
-            raise CommandError(
-                result.command,
-                result.exit_code,
-                result.output,
-                message=f"docker-machine url {name}",
-                hint="docker-machine could not tell the machine's Docker engine address",
-            )
-        return url
+        return self._answer(
+            "url", name, "the machine's Docker engine address", lambda url: url.startswith("tcp://")
+        )
 
     def power(self, action: str, name: str, timeout: float) -> None:
         """`start` or `stop` (docker-machine waits up to 60 x 3 s for the state), or
@@ -245,16 +237,21 @@ class DockerMachine:
     def ip(self, name: str) -> str:
         """The address the driver gives now (amazonec2 asks the cloud): after a start it
         may differ from the one `inspect` keeps from the create."""
-        result = self._read("ip", name)
-        if result.exit_code != 0 or not result.stdout.strip():
+        return self._answer("ip", name, "the machine's address", bool)
+
+    def _answer(self, command: str, name: str, what: str, valid: Callable[[str], bool]) -> str:
+        """The one line `docker-machine COMMAND NAME` answers; CommandError unless valid."""
+        result = self._read(command, name)
+        answer = result.stdout.strip()
+        if result.exit_code != 0 or not valid(answer):
             raise CommandError(
                 result.command,
                 result.exit_code,
                 result.output,
-                message=f"docker-machine ip {name}",
-                hint="docker-machine could not tell the machine's address",
+                message=f"docker-machine {command} {name}",
+                hint=f"docker-machine could not tell {what}",
             )
-        return result.stdout.strip()
+        return answer
 
     def exists(self, name: str) -> bool:
         """Whether the storage has an entry for ``name`` (as docker-machine itself decides:

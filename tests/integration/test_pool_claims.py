@@ -11,6 +11,7 @@ from driver import metrics
 from driver.state import StateDir
 from testing.runner import Job
 from testing.world import Env, stop_pool, wait_for
+from tests.integration.test_pool import assert_one_hit_past_a_dead_machine, idle
 
 POOL = {
     "idle_count": 2,
@@ -20,12 +21,6 @@ POOL = {
     "drain_on_stop": True,
 }
 WORLD = {"pool": POOL}  # the env fixture's world (tests/integration/conftest.py)
-
-
-def idle(env: Env) -> int:
-    counts = env.pool_status()["counts"]
-    assert isinstance(counts, dict)
-    return int(counts["idle"])
 
 
 def took(name: str) -> re.Pattern[str]:
@@ -107,10 +102,7 @@ def test_the_pool_service_passes_over_a_dead_machine_and_takes_the_next(env: Env
     finally:
         stop_pool(service)
     env.assert_nothing_left()
-    counters = metrics.load(env.state_dir)["counters"]
-    assert counters.get(metrics.POOL_DISCARDED.key({"reason": "dead_at_claim"})) == 1
-    assert counters.get(metrics.POOL_CLAIMS.key({"result": "hit"})) == 1
-    assert metrics.POOL_CLAIMS.key({"result": "miss"}) not in counters
+    assert_one_hit_past_a_dead_machine(env)
 
 
 def test_a_machine_taken_for_a_prepare_that_lost_the_answer_is_still_its_own(env: Env) -> None:

@@ -5,9 +5,11 @@ once. Interleavings are forced through hooks, never sleeps."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,17 @@ def pool_world(tmp_path: Path, idle_count: int) -> tuple[Settings, StateDir, Fak
         }
     )
     return settings, StateDir(settings.state_dir), FakeMachines(tmp_path / "dm")
+
+
+@contextlib.contextmanager
+def service_running(state: StateDir) -> Iterator[None]:
+    """A pool service holds its lock (as `pool run` does while it runs)."""
+    service = state.lock("pool-service")
+    assert service.try_acquire()
+    try:
+        yield
+    finally:
+        service.release()
 
 
 def service_seen(state: StateDir, ago: float) -> None:
@@ -74,12 +87,8 @@ def test_a_running_pool_service_keeps_its_ready_machines(tmp_path: Path) -> None
     settings, state, dm = pool_world(tmp_path, idle_count=2)
     ready_pool_machine(state, dm, "gmd-p000000c1")
     service_seen(state, ago=IDLE_TIME * 5)  # a service hung in a long tick still holds it
-    service = state.lock("pool-service")
-    assert service.try_acquire()
-    try:
+    with service_running(state):
         said = run_sweep(settings, dm)
-    finally:
-        service.release()
     assert dm.removed == [], said
     assert any("keeping (idle in the warm pool)" in s for s in said)
 

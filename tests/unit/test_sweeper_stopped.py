@@ -10,7 +10,7 @@ from driver.commands import pool as pool_command
 from driver.settings import Settings, parse_settings
 from driver.state import Address, PoolPhase, PoolRecord, StateDir, machine_counts
 from tests.unit.test_sweeper import FakeMachines, run_sweep
-from tests.unit.test_sweeper_pool import IDLE_TIME, service_seen
+from tests.unit.test_sweeper_pool import IDLE_TIME, service_running, service_seen
 
 
 def stopped_world(tmp_path: Path, stopped_count: int) -> tuple[Settings, StateDir, FakeMachines]:
@@ -37,12 +37,8 @@ def test_a_stopped_machine_the_service_keeps_survives_a_sweep(tmp_path: Path) ->
     settings, state, dm = stopped_world(tmp_path, stopped_count=1)
     stopped_pool_machine(state, dm, "gmd-p000000s1")
     service_seen(state, ago=IDLE_TIME * 5)  # a service in a long tick still holds its lock
-    service = state.lock("pool-service")
-    assert service.try_acquire()
-    try:
+    with service_running(state):
         said = run_sweep(settings, dm)
-    finally:
-        service.release()
     assert dm.removed == [], said
     assert any("keeping (stopped in the warm pool's stopped tier)" in s for s in said), said
     assert state.pool_phase("gmd-p000000s1") == PoolPhase.STOPPED
