@@ -26,14 +26,17 @@ from tests.unit.test_sweeper import FakeMachines, live_job, ready_pool_machine, 
 IDLE_TIME = 600.0
 
 
-def pool_world(tmp_path: Path, idle_count: int) -> tuple[Settings, StateDir, FakeMachines]:
+def pool_world(
+    tmp_path: Path, idle_count: int, **pool: object
+) -> tuple[Settings, StateDir, FakeMachines]:
+    """``pool``: more [pool] settings."""
     settings = parse_settings(
         {
             "state_dir": str(tmp_path / "st"),
             "machine": {"name_prefix": "gmd"},
             "docker_machine": {"storage_path": str(tmp_path / "dm")},
             "cleanup": {"timeout": 5, "remove_attempts": 1, "remove_timeout": 5},
-            "pool": {"idle_count": idle_count, "idle_time": IDLE_TIME},
+            "pool": {"idle_count": idle_count, "idle_time": IDLE_TIME, **pool},
         }
     )
     return settings, StateDir(settings.state_dir), FakeMachines(tmp_path / "dm")

@@ -7,23 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from driver.commands import pool as pool_command
-from driver.settings import Settings, parse_settings
+from driver.settings import Settings
 from driver.state import Address, PoolPhase, PoolRecord, StateDir, machine_counts
 from tests.unit.test_sweeper import FakeMachines, run_sweep
-from tests.unit.test_sweeper_pool import IDLE_TIME, service_running, service_seen
+from tests.unit.test_sweeper_pool import IDLE_TIME, pool_world, service_running, service_seen
 
 
 def stopped_world(tmp_path: Path, stopped_count: int) -> tuple[Settings, StateDir, FakeMachines]:
-    settings = parse_settings(
-        {
-            "state_dir": str(tmp_path / "st"),
-            "machine": {"name_prefix": "gmd"},
-            "docker_machine": {"storage_path": str(tmp_path / "dm")},
-            "cleanup": {"timeout": 5, "remove_attempts": 1, "remove_timeout": 5},
-            "pool": {"idle_count": 1, "stopped_count": stopped_count, "idle_time": IDLE_TIME},
-        }
-    )
-    return settings, StateDir(settings.state_dir), FakeMachines(tmp_path / "dm")
+    return pool_world(tmp_path, 1, stopped_count=stopped_count)
 
 
 def stopped_pool_machine(state: StateDir, dm: FakeMachines, name: str) -> None:
