@@ -20,6 +20,7 @@ from driver.errors import DriverError
 from driver.image.config import pool_images
 from driver.image.containers import prestart_helper
 from driver.image.learn import recent_images
+from driver.parsed import table
 from driver.pool import claims, images, served, webhook
 from driver.pool.control import Observation, PoolController, ReadyMachine, make_policy
 from driver.pool.gitlab_api import ApiCalls
@@ -212,6 +213,8 @@ class PoolService:
         path = self.state.pool_memory_file
         try:
             memory = json.loads(path.read_text())
+            if self.shapes is not None:  # first: a policy refusing its part raises
+                self.shapes.shapes.recall(table(memory).get("shapes"))
             self.controller.policy.recall(memory, time.time())
         except FileNotFoundError:
             return
@@ -224,6 +227,8 @@ class PoolService:
     def remember(self) -> None:
         self.last_remembered = time.time()
         memory = self.controller.policy.memory()
+        if self.shapes is not None and self.shapes.shapes.followed:
+            memory["shapes"] = self.shapes.shapes.memory()
         if not memory:
             return
         try:

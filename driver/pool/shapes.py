@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from driver.parsed import array, integer, items, number
 from driver.pool.control import DemandPolicy, IdleCountPolicy, Policy
 from driver.pool.lookahead import Lookahead
 from driver.records import JobRecord
@@ -104,6 +105,26 @@ class PipelineShapes:
         self.followed: dict[tuple[int, str], _Followed] = {}
         self.pipelines: dict[int, _Pipeline] = {}
         self.ids = itertools.count(-1, -1)
+
+    def memory(self) -> list[object]:
+        """What followed each (project, stage), as JSON, for the next start of the service."""
+        return [
+            [project, stage, [list(outcome) for outcome in followed.outcomes]]
+            for (project, stage), followed in self.followed.items()
+        ]
+
+    def recall(self, memory: object) -> None:
+        """Take back what `memory` gave; an entry that is not one is left out."""
+        for entry in items(memory):
+            try:
+                project, stage, outcomes = array(entry)
+                followed = _Followed(self.KEPT)
+                for outcome in array(outcomes):
+                    jobs, lag = array(outcome)
+                    followed.add(integer(jobs), number(lag))
+                self.followed[(integer(project), str(stage))] = followed
+            except (TypeError, ValueError):
+                continue
 
     def arrived(self, job_id: int, project: int, pipeline: int, stage: str, now: float) -> int:
         """A job arrived; the id the lookahead counts its arrival under (a placeholder

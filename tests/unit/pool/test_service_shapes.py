@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from driver.pool import service as service_module
+from driver.pool.lookahead import Lookahead
 from driver.pool.service import PoolService
 from driver.pool.shapes import PipelineShapes
 from driver.settings import Settings, parse_settings
@@ -71,6 +72,22 @@ def test_served_jobs_announce_their_pipelines_next_stage_when_it_is_near(
     clock[0] += 300.0 - create
     observation, _ = service.observe()
     assert len(observation.ahead.expected) == (3 if learn else 0)  # one create away
+    if learn:  # what it learned outlives a restart of the service (an upgrade, a reboot)
+        service.remember()
+        again = PoolService(settings)
+        again.recall()
+        assert service.shapes is not None and again.shapes is not None
+        assert again.shapes.shapes.memory() == service.shapes.shapes.memory() != []
+
+
+def test_remembered_shapes_that_are_not_are_left_out() -> None:
+    """A torn or foreign memory file costs that learning only, never the service."""
+    shapes = PipelineShapes(Lookahead())
+    good = [40, "build", [[3, 300.0], [0, 0.0]]]
+    shapes.recall([good, [41, "test", "not outcomes"], "junk", [42]])
+    assert shapes.memory() == [good]
+    shapes.recall({"not": "a list"})
+    assert shapes.memory() == [good]
 
 
 def test_a_job_that_started_a_stopped_machine_is_no_hit(tmp_path: Path) -> None:
