@@ -265,12 +265,14 @@ def test_a_container_that_stops_mid_stage_is_a_lost_container(container: Contain
 
 
 def _alive(pid: int) -> bool:
+    """Running, not a zombie. Reaped between any two steps here: gone (the kernel says
+    so at the open, FileNotFoundError, or at the read, ProcessLookupError)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_debug_services_follows_their_output_during_each_stage(container: Container) -> None:
