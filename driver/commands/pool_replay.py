@@ -2,7 +2,9 @@
 
 Each policy is searched, in hindsight on the trace, for its cheapest setting
 reaching --target of jobs from the pool (driver.pool.replay.compare), and the
-comparison is printed as a Markdown table. Nothing on this host is touched:
+comparison is printed as a Markdown table, with the demand policy on pipeline
+shapes learned from the jobs served (the pool without [gitlab]) and the floor
+no policy can beat (perfect foresight). Nothing on this host is touched:
 no config, no machines.
 """
 
@@ -12,7 +14,7 @@ import argparse
 import sys
 
 from driver.errors import ConfigError
-from driver.pool.replay.compare import Comparison, Summary, table, versus
+from driver.pool.replay.compare import Comparison, Summary, oracle, table, versus
 from driver.pool.replay.simulate import Timing
 from driver.pool.replay.trace import TraceError, read_trace, write_trace
 from driver.pool.replay.week import Shape, working_week
@@ -56,6 +58,9 @@ def main(args: argparse.Namespace) -> int:
     )
     try:
         rows = comparison.all()
+        # Without [gitlab]: the pool service learns pipeline shapes from the jobs it serves.
+        rows.append(("demand + learned shapes", comparison.demand(False, learn=True)))
+        rows.append(("oracle (the floor)", oracle(trace, timing)))
     finally:
         comparison.close()
     print()
@@ -75,4 +80,10 @@ def main(args: argparse.Namespace) -> int:
     )
     against = versus(found["demand + lookahead"], found["periods"])
     print(f"demand + lookahead against periods: {against}")
+    learned = versus(found["demand + learned shapes"], found["periods"])
+    print(f"demand + learned shapes (no [gitlab]) against periods: {learned}")
+    print(
+        "oracle: perfect foresight, each machine made one create before its job and never "
+        "idle: no policy does better"
+    )
     return 0

@@ -25,9 +25,12 @@ def test_a_gitlab_export_is_replayed_through_every_policy(
         "periods + lookahead",
         "demand",
         "demand + lookahead",
+        "demand + learned shapes",
+        "oracle (the floor)",
     ]
     assert "total machine-s per job" in out
     assert "demand + lookahead against periods + lookahead: total" in out
+    assert "demand + learned shapes (no [gitlab]) against periods: total" in out
 
 
 def test_an_unreadable_trace_is_said_plainly(
