@@ -43,7 +43,7 @@ from driver.stages.prepare_fast import (
     NOT_HERE,
     SOCKET_NAME,
 )
-from driver.state import StateDir, pid_namespace
+from driver.state import StateDir, pid_namespace, process_start_time
 
 MAX_REQUEST = 16 * 1024  # a request is a few hundred bytes
 READ_TIMEOUT = 5.0  # for the request line: a peer that sends nothing holds no thread long
@@ -263,6 +263,8 @@ class ClaimDesk:
 
     def answer(self, request: Request, peer_pid: int) -> Reply:
         answered = log.Timer()
+        # The asking prepare as it is now: one gone later (a cancel) is owed no machine.
+        peer = (peer_pid, process_start_time(peer_pid))
         early = self._refusal(request, peer_pid)
         if early is not None:
             # Why prepare claims itself, for the admin; the reason's words are ours.
@@ -287,7 +289,7 @@ class ClaimDesk:
             via="pool_service",
             prepare_pid=claimant.pid,
         ):
-            return self._claim(stage, claimant, answered)
+            return self._claim(stage, claimant, peer, answered)
 
     def _refusal(self, request: Request, peer_pid: int) -> Reply | None:
         """Why the desk does not answer this request itself, or None."""
@@ -311,18 +313,24 @@ class ClaimDesk:
             return Reply(NOT_HERE, "the job's response file is no regular file of a job's size")
         return None
 
-    def _claim(self, stage: Stage, claimant: Claimant, answered: log.Timer) -> Reply:
-        reply = self._claim_locked(stage, claimant)
+    def _claim(
+        self, stage: Stage, claimant: Claimant, peer: tuple[int, int], answered: log.Timer
+    ) -> Reply:
+        reply = self._claim_locked(stage, claimant, peer)
         # Its share of the job's prepare, for bench/claim.py; no content of the request.
         log.get().info("claim_answered", outcome=reply.outcome, seconds=answered.seconds)
         return reply
 
-    def _claim_locked(self, stage: Stage, claimant: Claimant) -> Reply:
+    def _claim_locked(self, stage: Stage, claimant: Claimant, peer: tuple[int, int]) -> Reply:
         lock = stage.job_dir.lock()
         if not lock.try_acquire():
             return Reply(NOT_HERE, "the job's lock is held (an earlier attempt, or its cleanup)")
         job_dir, made_dir = stage.job_dir, not stage.job_dir.exists()
         try:
+            # A prepare cancelled before this lock: its cleanup may have run already, and
+            # nobody would remove a machine taken for it now.
+            if _gone(peer):
+                return Reply(NOT_HERE, "the asking prepare is gone")
             leftover = self._leftover(stage)
             if leftover:
                 return Reply(NOT_HERE, f"left over from an earlier attempt: {leftover}")
@@ -345,6 +353,12 @@ class ClaimDesk:
                 if made_dir:
                     job_dir.remove()
                 return Reply(MISS, "no ready machine answered", lines)
+            if _gone(peer):  # cancelled while we claimed: undone under its lock, as cleanup
+                ssh.stop_master(job_dir)
+                remove_machines(stage, self.dm, log.to_admin_log, why="its prepare is gone")
+                job_dir.remove()
+                log.get().warning("claim_undone", reason="the asking prepare is gone")
+                return Reply(FAILED, "the asking prepare is gone")
             seconds = total.seconds
             metrics.observe(
                 self.settings.state_dir, metrics.PREPARE_SECONDS, seconds, {"source": "pool"}
@@ -373,6 +387,14 @@ class ClaimDesk:
             metrics_textfile.write(self.settings, self.settings.metrics.textfile)
         except Exception as e:  # figures never change a claim's outcome
             log.get().warning("metrics_textfile_not_written", error=str(e)[:300])
+
+
+def _gone(peer: tuple[int, int]) -> bool:
+    """Whether the connecting process (pid, start time when its request came) has ended
+    (or is a zombie); one the kernel could not name to us (pid 0: from a PID namespace
+    outside ours) counts as alive."""
+    pid, started = peer
+    return pid > 0 and (started == 0 or process_start_time(pid) != started)
 
 
 def start(settings: Settings, config_file: Path | None, dm: DockerMachine) -> ClaimServer | None:

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +25,15 @@ from driver.settings import Settings, load_settings
 from driver.stages import claim
 from driver.stages.common import Stage
 from driver.stages.prepare_fast import ask
-from driver.state import Address, PoolRecord, StateDir, ancestors, pid_namespace, write_private
+from driver.state import (
+    Address,
+    JobDir,
+    PoolRecord,
+    StateDir,
+    ancestors,
+    pid_namespace,
+    write_private,
+)
 
 CONFIG = """\
 state_dir = "{state}"
@@ -318,3 +327,63 @@ def test_a_response_file_that_is_no_file_is_not_read_by_the_service(
         "the job's response file is no regular file of a job's size",
     )
     assert world.state.ready() == ["gmdu-p1"]
+
+
+# --- a prepare cancelled while the service claims for it
+
+
+@pytest.fixture
+def claimant() -> Iterator[subprocess.Popen[bytes]]:
+    """A process standing for the job's prepare (the runner cancels it: SIGTERM)."""
+    process = subprocess.Popen(["sleep", "600"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def cancelled(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait()  # reaped, as the runner does before it runs cleanup
+
+
+def ask_for(world: World, process: subprocess.Popen[bytes], job_id: int) -> Reply:
+    desk = ClaimDesk(world.settings, world.config, world.dm)
+    body = request(world, job_id, pid=process.pid)
+    return desk.answer(claims.parse_request(json.dumps(body).encode()), process.pid)
+
+
+def test_a_prepare_cancelled_before_the_claim_gets_no_machine(
+    world: World, claimant: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.ready("gmdu-p1")
+    # The cancel comes after the desk read the request, before it holds the job's lock.
+    job = StateDir.job
+
+    def cancelled_then_job(self: StateDir, job_id: int) -> JobDir:
+        cancelled(claimant)
+        return job(self, job_id)
+
+    monkeypatch.setattr(StateDir, "job", cancelled_then_job)
+    reply = ask_for(world, claimant, 81)
+    assert (reply.outcome, reply.reason) == ("not_here", "the asking prepare is gone")
+    assert world.state.ready() == ["gmdu-p1"]  # still the pool's
+    assert world.state.job_ids() == []
+
+
+def test_a_prepare_cancelled_during_the_claim_leaves_no_machine_held(
+    world: World, claimant: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.ready("gmdu-p1")
+
+    def answers_then_cancelled(settings: Settings, machine: object) -> bool:
+        cancelled(claimant)  # the runner's cleanup waits for the job's lock
+        return True
+
+    monkeypatch.setattr(claim, "answers", answers_then_cancelled)
+    reply = ask_for(world, claimant, 82)
+    assert (reply.outcome, reply.reason) == ("failed", "the asking prepare is gone")
+    # Nothing is left for a cleanup that may have come and gone: no record, no machine.
+    assert world.state.job_ids() == [] and world.state.claims() == []
+    assert world.state.pool_names() == []
