@@ -20,7 +20,7 @@ import time
 
 from driver import engine, log, metrics, provision, ssh
 from driver.docker_machine import DockerMachine
-from driver.errors import DriverError
+from driver.errors import Cancelled, DriverError
 from driver.log import say
 from driver.settings import Settings
 from driver.stages.claim import new_record
@@ -53,6 +53,8 @@ def take(stage: Stage, dm: DockerMachine) -> bool:
     say(f"Starting stopped pool machine {name} (host key pinned at its creation)...")
     try:
         start(settings, dm, job_dir, record, pooled.address)
+    except Cancelled:  # the job is over: prepare's failure path removes it (its record)
+        raise
     except Exception as e:  # any failure: the machine goes, the job creates its own
         refused = isinstance(e, ssh.HostKeyChanged)
         why = (e.message if isinstance(e, DriverError) else f"{type(e).__name__}: {e}").strip()

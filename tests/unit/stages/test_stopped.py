@@ -5,14 +5,16 @@ it); the whole path on the double's VMs is in tests/integration/test_pool_stoppe
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from pathlib import Path
 
 import pytest
 
-from driver import engine, metrics, ssh
+from driver import engine, metrics, signals, ssh
 from driver.docker_machine import MachineInfo
-from driver.errors import CommandError, CommandTimedOut
+from driver.errors import Cancelled, CommandError, CommandTimedOut
 from driver.payload import Job
 from driver.process import Result
 from driver.settings import Settings, parse_settings
@@ -240,3 +242,30 @@ def test_two_jobs_for_one_stopped_machine_one_starts_it(
     assert winner.job_dir.load().machine == NAME
     loser = next(s for s in stages if not results[s.job.id])
     assert not loser.job_dir.state_file.exists()
+
+
+def test_a_cancel_during_the_start_ends_the_prepare_not_the_machine_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, state, connections = world(tmp_path, monkeypatch)
+    dm = StartingMachines(tmp_path / "dm")
+    dm.add(NAME)
+    stage = stage_of(settings, state, 48)
+    starting = dm.power
+
+    def cancelled_while_starting(action: str, name: str, timeout: float) -> None:
+        starting(action, name, timeout)
+        os.kill(os.getpid(), signal.SIGTERM)  # the runner cancels the job (prepare's handler)
+
+    monkeypatch.setattr(dm, "power", cancelled_while_starting)
+    previous = signal.getsignal(signal.SIGTERM)
+    signals.raise_on_termination()
+    try:
+        with pytest.raises(Cancelled):  # prepare ends: it must not go on to create a machine
+            take(stage, dm)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # Its record names the machine still: prepare's failure path (and cleanup) removes it.
+    assert stage.job_dir.load().machine == NAME
+    assert counted(settings, metrics.POOL_DISCARDED, "reason", "start_failed") == 0
+    assert connections.seen == []
