@@ -98,11 +98,9 @@ def take_from_pool(
         metrics.count(settings.state_dir, metrics.POOL_DISCARDED, {"reason": "dead_at_claim"})
         log.get().warning("pool_machine_dead_at_claim", machine=pooled.name)
         say(f"Pool machine {pooled.name} did not answer: left for the pool to remove")
-    found = "hit" if pooled else "miss"
-    if found in count:
-        metrics.count(settings.state_dir, metrics.POOL_CLAIMS, {"result": found})
     if pooled is None:
         if "miss" in count:
+            metrics.count(settings.state_dir, metrics.POOL_CLAIMS, {"result": "miss"})
             say("No ready machine in the warm pool: creating one for this job")
         return False
     record = new_record(settings, stage.job, pooled.name, claimant)
@@ -119,6 +117,9 @@ def take_from_pool(
     ssh.hand_over_master(source, job_dir)
     state.release_claims(stage.job.id)
     state.forget_pool(pooled.name)
+    # Counted once taken: a hand-over that failed is followed by the job's next claim.
+    if "hit" in count:
+        metrics.count(settings.state_dir, metrics.POOL_CLAIMS, {"result": "hit"})
     idle = time.time() - pooled.ready_at
     say(
         f"Took machine {pooled.name} from the warm pool (ready {idle:.0f}s ago, "

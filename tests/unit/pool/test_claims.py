@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from driver import metrics
+from driver import metrics, ssh
 from driver.docker_machine import DockerMachine
+from driver.errors import DriverError
 from driver.payload import Job
 from driver.pool import claims
 from driver.pool.claims import ClaimDesk, ClaimServer, Reply, Request
@@ -28,6 +29,7 @@ from driver.stages.prepare_fast import ask
 from driver.state import (
     Address,
     JobDir,
+    MachineDir,
     PoolRecord,
     StateDir,
     ancestors,
@@ -387,3 +389,31 @@ def test_a_prepare_cancelled_during_the_claim_leaves_no_machine_held(
     # Nothing is left for a cleanup that may have come and gone: no record, no machine.
     assert world.state.job_ids() == [] and world.state.claims() == []
     assert world.state.pool_names() == []
+
+
+def test_a_claim_the_desk_could_not_hand_over_is_not_counted_twice(
+    world: World, desk: ClaimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.ready("gmdu-p1")
+    world.ready("gmdu-p2")
+    handing_over = ssh.hand_over_master
+    failures = iter([DriverError("the pool's connection could not be handed over")])
+
+    def fails_once(source: MachineDir, target: MachineDir) -> bool:
+        for error in failures:
+            raise error
+        return handing_over(source, target)
+
+    monkeypatch.setattr(ssh, "hand_over_master", fails_once)
+    reply = asked(world, request(world, 91))
+    assert reply["outcome"] == "failed"  # its prepare goes down its own path: one more claim
+    stage = Stage(
+        world.settings,
+        Job(id=91, project_id=1, pipeline_id=None, name=""),
+        world.state,
+        world.state.job(91),
+        "gmdu-91",
+    )
+    stage.job_dir.create()
+    assert claim.take_from_pool(stage, lambda line: None)
+    assert counters(world)[metrics.POOL_CLAIMS.key({"result": "hit"})] == 1  # one job, one hit
