@@ -316,9 +316,11 @@ class PoolService:
             self._start(functools.partial(self._poll_pipelines, self.pipelines, now))
 
     def _pool_machine(self, job_id: int, record: JobRecord) -> bool:
-        """A hit: a ready machine, not its own, nor a stopped one it waited to start."""
+        """A hit: a ready machine, not its own, nor a stopped one it waited to start (one
+        being started has its record, not yet ready: a ready one's is saved ready)."""
         own = record.machine == self.settings.machine_name(job_id)
-        return not own and "start" not in record.timings
+        starting = record.phase in (JobPhase.CREATING, JobPhase.CREATED)
+        return not own and not starting and "start" not in record.timings
 
     def _poll_pipelines(self, pipelines: PipelineWatch, now: float) -> None:
         try:

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from driver.payload import Job
 from driver.pool import service as service_module
 from driver.pool.lookahead import Lookahead
 from driver.pool.service import PoolService
 from driver.pool.shapes import PipelineShapes
 from driver.settings import Settings, parse_settings
+from driver.stages.claim import new_record
 from driver.state import JobDir, JobPhase, JobRecord
 
 PROJECT = 40
@@ -95,10 +97,23 @@ def test_a_job_that_started_a_stopped_machine_is_no_hit(tmp_path: Path) -> None:
     machine waited for it: one that started a stopped machine waited for the start."""
     service = PoolService(parse_settings({"state_dir": str(tmp_path)}))
     own = JobRecord(job_id=1, project_id=PROJECT, machine=service.settings.machine_name(1))
-    ready = JobRecord(job_id=2, project_id=PROJECT, machine="gmd-pool-7")
+    ready = JobRecord(job_id=2, project_id=PROJECT, machine="gmd-pool-7", phase=JobPhase.READY)
     started = JobRecord(job_id=3, project_id=PROJECT, machine="gmd-pool-8", timings={"start": 21.0})
     assert [service._pool_machine(r.job_id, r) for r in (own, ready, started)] == [
         False,
         True,
         False,
     ]
+
+
+def test_a_job_seen_while_its_stopped_machine_starts_is_no_hit(tmp_path: Path) -> None:
+    """The service may look while the start is under way (tens of seconds): the job's
+    record names the pool machine then, and has no start time yet."""
+    service = PoolService(parse_settings({"state_dir": str(tmp_path)}))
+    assert service.shapes is not None
+    job = Job(id=4, project_id=PROJECT, pipeline_id=90, name="test", stage="test")
+    starting = new_record(service.settings, job, "gmd-pool-9")  # as stopped.take saves it
+    service.lookahead.announce([4], 100.0)
+    service.shapes.served({4: starting}, 110.0, service._pool_machine)
+    report = service.lookahead.report()
+    assert (report.hits, report.misses) == (0, 1)
