@@ -29,7 +29,7 @@ from driver.pool.learned import LearnedImages
 from driver.pool.lookahead import Lookahead
 from driver.pool.pipelines import ListJobs, PipelineWatch, UsualDurations
 from driver.pool.shapes import ServedShapes, create_horizon
-from driver.pool.stopped import StoppedTier
+from driver.pool.stopped import StoppedTier, offer
 from driver.settings import Settings
 from driver.state import (
     Address,
@@ -465,7 +465,7 @@ class PoolService:
             if tier == "stopped":
                 self.stopped.park(name, reached)
             else:
-                self.state.mark_ready(name)
+                offer(self, name, "ready", reached)
             self.controller.succeeded()
             self.log.info("pool_machine_ready", machine=name, seconds=timer.seconds)
         except Exception as e:  # every failure: remove what was made, remember why

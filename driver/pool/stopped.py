@@ -71,5 +71,16 @@ class StoppedTier:
         if service.stopping.is_set() and service.settings.pool.drain_on_stop:
             reached.append("stopping")
             raise DriverError("the service is stopping")
-        service.state.mark_ready(name, "stopped")
+        offer(service, name, "stopped", reached)
         service.log.info("pool_machine_stopped", machine=name)
+
+
+def offer(service: PoolService, name: str, kind: str, reached: list[str]) -> None:
+    """Mark a machine made ready (``kind`` "ready" or "stopped") claimable. A drain on stop
+    that began meanwhile listed the claimable machines before this one was: taken back
+    (unless a job claimed it first) and removed by the create's failure path."""
+    service.state.mark_ready(name, kind)
+    draining = service.stopping.is_set() and service.settings.pool.drain_on_stop
+    if draining and service.state.withdraw(name):
+        reached.append("stopping")
+        raise DriverError("the service is stopping")

@@ -31,13 +31,18 @@ class Cloud:
 
 
 def service_with(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stopped_count: int, idle_count: int = 0
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stopped_count: int,
+    idle_count: int = 0,
+    drain_on_stop: bool = False,
 ) -> tuple[PoolService, Cloud, list[str]]:
+    pool = {"idle_count": idle_count, "stopped_count": stopped_count}
     settings = parse_settings(
         {
             "state_dir": str(tmp_path),
             "machine": {"driver": "amazonec2"},
-            "pool": {"idle_count": idle_count, "stopped_count": stopped_count},
+            "pool": {**pool, "drain_on_stop": drain_on_stop},
         }
     )
     service = PoolService(settings)
@@ -142,3 +147,24 @@ def test_a_create_about_to_end_is_no_reason_to_remove_a_stopped_machine(
     service.tick(time.time())
     assert removed == [] and cloud.actions == []
     assert service.state.ready("stopped") == ["gmd-p000000d1"]
+
+
+@pytest.mark.parametrize("tier", ["ready", "stopped"])
+def test_a_machine_made_ready_as_a_drain_on_stop_lists_the_pool_is_drained_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tier: str
+) -> None:
+    counts = {"stopped_count": 1} if tier == "stopped" else {"stopped_count": 0, "idle_count": 1}
+    service, _, removed = service_with(tmp_path, monkeypatch, drain_on_stop=True, **counts)
+    marking = service.state.mark_ready
+
+    def stop_begins_first(name: str, kind: str = "ready") -> None:
+        # The create checked for a stop a moment ago; the service's stop begins now, and
+        # its drain lists what is claimable: this machine is not, yet.
+        service.stopping.set()
+        assert service.state.ready() + service.state.ready("stopped") == []
+        marking(name, kind)
+
+    monkeypatch.setattr(service.state, "mark_ready", stop_begins_first)
+    service._create_one(tier=tier)
+    assert service.state.ready() + service.state.ready("stopped") == []
+    assert len(removed) == 1 and service.state.pool_names() == []
