@@ -345,8 +345,10 @@ class ClaimDesk:
                 job_dir.remove()
                 reason = e.message if isinstance(e, DriverError) else type(e).__name__
                 log.get().error("claim_failed", kind=type(e).__name__, error=reason[:300])
+                # Not the job's failure: its prepare goes on, on its own path.
                 lines.append(
-                    f"Preparing failed ({reason.splitlines()[0]}); its machine was removed"
+                    f"The pool service could not hand a machine over ({reason.splitlines()[0]}); "
+                    "it was removed: preparing without it"
                 )
                 return Reply(FAILED, "the claim failed", lines)
             if not taken:

@@ -417,3 +417,22 @@ def test_a_claim_the_desk_could_not_hand_over_is_not_counted_twice(
     stage.job_dir.create()
     assert claim.take_from_pool(stage, lambda line: None)
     assert counters(world)[metrics.POOL_CLAIMS.key({"result": "hit"})] == 1  # one job, one hit
+
+
+def test_a_failed_hand_over_does_not_tell_the_job_its_prepare_failed(
+    world: World, desk: ClaimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.ready("gmdu-p1")
+
+    def fails(source: MachineDir, target: MachineDir) -> bool:
+        raise DriverError("the pool's connection could not be handed over")
+
+    monkeypatch.setattr(ssh, "hand_over_master", fails)
+    reply = asked(world, request(world, 92))
+    assert reply["outcome"] == "failed"
+    # Its prepare goes on (and may well succeed): the job log says what happened, no more.
+    assert reply["lines"] == [
+        "The pool service could not hand a machine over (the pool's connection could not "
+        "be handed over); it was removed: preparing without it"
+    ]
+    assert world.state.pool_names() == [] and world.state.job_ids() == []
