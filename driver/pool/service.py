@@ -129,8 +129,8 @@ class PoolService:
             if phase == PoolPhase.READY and record and self._healthy(record):
                 self.log.info("pool_adopted", machine=name)
                 continue
-            if phase in (PoolPhase.CLAIMED, PoolPhase.STOPPED):
-                continue  # a job's prepare is taking it over (the sweeper: a dead one); stopped
+            if phase in (PoolPhase.CLAIMED, PoolPhase.STOPPED, PoolPhase.GONE):
+                continue  # a job's prepare is taking (or took) it over; stopped; removed
             if phase == PoolPhase.READY and not self.state.withdraw(name):
                 continue  # just claimed
             self._discarded("ssh_lost" if phase == PoolPhase.READY else "interrupted")

@@ -168,3 +168,30 @@ def test_a_machine_made_ready_as_a_drain_on_stop_lists_the_pool_is_drained_too(
     service._create_one(tier=tier)
     assert service.state.ready() + service.state.ready("stopped") == []
     assert len(removed) == 1 and service.state.pool_names() == []
+
+
+def test_a_machine_a_job_takes_while_a_restarted_service_looks_is_left_to_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, _, removed = service_with(tmp_path, monkeypatch, stopped_count=1, idle_count=1)
+    state = service.state
+    for name, kind in (("gmd-p00000001", "ready"), ("gmd-p00000002", "stopped")):
+        state.save_pool(PoolRecord(name=name, address=Address(host="10.0.0.9"), ready_at=1.0))
+        state.mark_ready(name, kind)
+    taken: list[str] = []
+
+    def healthy_while_a_job_starts_the_stopped_one(record: PoolRecord) -> bool:
+        # The restarted service checks its ready machines one by one; a job's prepare
+        # meanwhile takes the stopped one, all the way (driver.stages.stopped.take).
+        claimed = state.claim(7, "stopped")
+        if claimed is not None:
+            state.release_claims(7)
+            state.forget_pool(claimed.name)
+            taken.append(claimed.name)
+        return True
+
+    monkeypatch.setattr(service, "_healthy", healthy_while_a_job_starts_the_stopped_one)
+    service.adopt()
+    assert taken == ["gmd-p00000002"]
+    assert removed == []  # the job's now: not the service's to remove
+    assert state.ready() == ["gmd-p00000001"]
