@@ -115,8 +115,10 @@ def take_from_pool(
         job_dir, settings.ssh, machine=pooled.name, address=pooled.address, durable=False
     )
     ssh.hand_over_master(source, job_dir)
-    state.release_claims(stage.job.id)
+    # The pool's records first, the claim last: never a moment with neither a claim nor
+    # the job's hold on it, when a restarted pool service would take it for a lost create.
     state.forget_pool(pooled.name)
+    state.release_claims(stage.job.id)
     # Counted once taken: a hand-over that failed is followed by the job's next claim.
     if "hit" in count:
         metrics.count(settings.state_dir, metrics.POOL_CLAIMS, {"result": "hit"})

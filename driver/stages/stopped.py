@@ -48,8 +48,8 @@ def take(stage: Stage, dm: DockerMachine) -> bool:
     record.address = pooled.address
     write_private(job_dir.known_hosts, pinned_key, durable=False)
     job_dir.save(record)
+    state.forget_pool(name)  # first: as driver.stages.claim.take_from_pool
     state.release_claims(stage.job.id)
-    state.forget_pool(name)
     say(f"Starting stopped pool machine {name} (host key pinned at its creation)...")
     try:
         start(settings, dm, job_dir, record, pooled.address)

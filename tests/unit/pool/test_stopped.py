@@ -4,6 +4,8 @@ restart of the service. docker-machine and the cloud are fakes; the threads run 
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +14,12 @@ import pytest
 
 from driver import metrics, provision
 from driver.errors import CommandError
+from driver.payload import Job
 from driver.pool.service import PoolService
 from driver.settings import parse_settings
-from driver.state import Address, PoolPhase, PoolRecord
+from driver.stages import claim
+from driver.stages.common import Stage
+from driver.state import Address, PoolPhase, PoolRecord, StateDir
 
 
 class Cloud:
@@ -195,3 +200,52 @@ def test_a_machine_a_job_takes_while_a_restarted_service_looks_is_left_to_the_jo
     assert taken == ["gmd-p00000002"]
     assert removed == []  # the job's now: not the service's to remove
     assert state.ready() == ["gmd-p00000001"]
+
+
+def test_a_machine_a_job_is_taking_over_while_a_restarted_service_looks_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, _, removed = service_with(tmp_path, monkeypatch, stopped_count=0, idle_count=2)
+    state = service.state
+    for name, age in (("gmd-p00000001", 10), ("gmd-p00000002", 20)):  # 2 idle the longest
+        state.save_pool(PoolRecord(name=name, address=Address(host="10.0.0.9"), ready_at=1.0))
+        state.pool_dir(name).known_hosts.write_text(f"{name} ssh-ed25519 AAAAkey\n")
+        state.mark_ready(name)
+        os.utime(state.pool_root / "ready" / name, (time.time() - age, time.time() - age))
+    monkeypatch.setattr(claim, "answers", lambda settings, machine: True)
+    # The job's take stops between dropping its claim and the pool's record of the
+    # machine (whichever it does first) until the service has looked at every machine.
+    between, go = threading.Event(), threading.Event()
+    dropped: list[str] = []
+    for method in ("release_claims", "forget_pool"):
+        original = getattr(StateDir, method)
+
+        def dropping(
+            self: StateDir, arg: object, _original: Callable[..., object] = original
+        ) -> object:
+            if threading.current_thread().name == "job" and len(dropped) == 1:
+                between.set()
+                assert go.wait(10)
+            dropped.append(str(arg))
+            return _original(self, arg)
+
+        monkeypatch.setattr(StateDir, method, dropping)
+    job = Job(id=7, project_id=1, pipeline_id=None, name="")
+    stage = Stage(service.settings, job, state, state.job(7), "gmd-7")
+    stage.job_dir.create()
+    taking = threading.Thread(target=claim.take_from_pool, args=(stage, print), name="job")
+
+    def healthy_while_a_job_takes_the_other(record: PoolRecord) -> bool:
+        if not taking.is_alive() and not between.is_set():
+            taking.start()
+            assert between.wait(10)
+        return True
+
+    monkeypatch.setattr(service, "_healthy", healthy_while_a_job_takes_the_other)
+    try:
+        service.adopt()
+    finally:
+        go.set()
+        taking.join(10)
+    assert stage.job_dir.load().machine == "gmd-p00000002"
+    assert removed == []  # the job's: not the service's to remove
