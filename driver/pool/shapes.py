@@ -209,7 +209,9 @@ class ServedShapes:
     def __init__(self, lookahead: Lookahead) -> None:
         self.lookahead = lookahead
         self.shapes = PipelineShapes(lookahead)
-        self.seen: set[int] = set()
+        # Jobs counted, and when last seen: a job whose prepare the runner retries
+        # (its record gone, then back) is one job of its stage, not two.
+        self.seen: dict[int, float] = {}
 
     def served(
         self,
@@ -221,14 +223,17 @@ class ServedShapes:
         """The records of the jobs on this host now; `pool_machine(job_id, record)`: it
         took a ready machine (a hit)."""
         for job_id, record in records.items():
-            if record is None or job_id in self.seen:
+            if record is None:
                 continue
-            self.seen.add(job_id)
+            counted_before = job_id in self.seen
+            self.seen[job_id] = now
+            if counted_before:
+                continue
             counted = job_id
             if record.pipeline_id is not None and record.stage:
                 counted = self.shapes.arrived(
                     job_id, record.project_id, record.pipeline_id, record.stage, now
                 )
             self.lookahead.arrived(counted, now, pool_machine(job_id, record))
-        self.seen &= set(records)
+        self.seen = {job: at for job, at in self.seen.items() if now - at < PipelineShapes.FORGET}
         self.shapes.tick(now, horizon)

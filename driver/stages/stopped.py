@@ -42,7 +42,7 @@ def take(stage: Stage, dm: DockerMachine) -> bool:
     try:
         pinned_key = state.pool_dir(name).known_hosts.read_text()
     except OSError:
-        pinned_key = ""  # no pinned key: no key is accepted (refused below)
+        pinned_key = ""  # no proof of identity: never started (see below)
     # The job owns it from here: its record names it for cleanup, the sweeper, a cancel.
     record = new_record(settings, stage.job, name)
     record.address = pooled.address
@@ -52,6 +52,8 @@ def take(stage: Stage, dm: DockerMachine) -> bool:
     state.release_claims(stage.job.id)
     say(f"Starting stopped pool machine {name} (host key pinned at its creation)...")
     try:
+        if not pinned_key.strip():  # a start would be wasted: no key would be accepted
+            raise DriverError(f"no host key was pinned for {name} at its creation")
         start(settings, dm, job_dir, record, pooled.address)
     except Cancelled:  # the job is over: prepare's failure path removes it (its record)
         raise

@@ -155,3 +155,18 @@ def test_the_service_view_learns_from_job_records_and_counts_hits() -> None:
     report = lookahead.report()
     assert (report.hits, report.misses) == (3, 0)  # the announced ones, all from the pool
     assert report.leads == ()  # a guess teaches nothing of how far ahead GitLab announces
+
+
+def test_a_job_whose_prepare_is_retried_is_one_job_of_its_stage() -> None:
+    """The runner retries a prepare that failed, after its cleanup (shared notes,
+    custom-executor.md: three attempts, 3 s apart): the job's record is gone between the
+    attempts, then back. One job."""
+    served = ServedShapes(Lookahead())
+
+    def own_machine(job_id: int, r: JobRecord) -> bool:
+        return False
+
+    served.served({1: record(1, 7, "build", pool=False)}, 100.0, own_machine, HORIZON)
+    served.served({}, 130.0, own_machine, HORIZON)  # the first attempt failed: no record
+    served.served({1: record(1, 7, "build", pool=False)}, 160.0, own_machine, HORIZON)
+    assert [stage.jobs for stage in served.shapes.pipelines[7].stages] == [1]

@@ -211,6 +211,23 @@ def test_a_start_that_fails_or_hangs_costs_the_machine_not_the_job(
     assert counted(settings, metrics.POOL_DISCARDED, "reason", "start_failed") == 1
 
 
+def test_a_machine_without_its_pinned_key_is_never_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its pinned key lost (a disk error, a hand): nothing could prove the machine is
+    ours, so it is removed unstarted, counted as a failed start, not as an attack."""
+    settings, state, connections = world(tmp_path, monkeypatch)
+    state.pool_dir(NAME).known_hosts.unlink()
+    dm = StartingMachines(tmp_path / "dm")
+    dm.add(NAME)
+    stage = stage_of(settings, state, 48)
+    assert take(stage, dm) is False
+    assert [action for action, _ in dm.calls] == ["rm"]
+    assert connections.seen == []
+    assert counted(settings, metrics.POOL_DISCARDED, "reason", "start_failed") == 1
+    assert counted(settings, metrics.POOL_DISCARDED, "reason", "host_key_changed") == 0
+
+
 def test_two_jobs_for_one_stopped_machine_one_starts_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
