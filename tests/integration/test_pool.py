@@ -11,6 +11,7 @@ from pathlib import Path
 
 from driver import metrics
 from driver.state import StateDir
+from testing import docker_machine as double
 from testing.runner import Job
 from testing.world import Env, stop_pool, wait_for
 
@@ -125,8 +126,6 @@ def test_a_restarted_service_adopts_ready_machines_and_drains_on_stop(env: Env) 
 
 
 def test_an_unhealthy_idle_machine_is_replaced(env: Env) -> None:
-    from testing import docker_machine as double
-
     env.configure(pool={"idle_count": 1})
     service = env.start_pool()
     try:
@@ -182,8 +181,6 @@ def test_the_job_goes_on_over_the_connection_the_pool_kept_open(env: Env) -> Non
 
 
 def test_a_job_passes_over_a_ready_machine_that_died_and_takes_the_next(env: Env) -> None:
-    from testing import docker_machine as double
-
     # No health check in between: the job, not the service, finds the dead one.
     env.configure(pool={"health_interval": 3600})
     service = env.start_pool()
