@@ -23,25 +23,16 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 
 from bench.pool import pool_status, start_service, stop_service
 from testing.runner import Job, JobResult
-from testing.world import Env, destroy_world, new_world
+from testing.world import Env, destroy_world, new_world, wait_for
 
 STARTED = re.compile(r"Started machine \S+ from the warm pool's stopped tier")
 
 
 def stopped_count(env: Env) -> int:
     return int(pool_status(env)["counts"]["stopped"])
-
-
-def wait_stopped(env: Env, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while stopped_count(env) < 1:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the service never had its stopped machine")
-        time.sleep(0.5)
 
 
 def prepare_seconds(result: JobResult) -> float:
@@ -69,7 +60,7 @@ def main() -> int:
         env.faults(create_delay=args.create_delay, start_delay=args.start_delay)
         service = start_service(env)
         for _ in range(args.rounds):
-            wait_stopped(env, 3 * args.create_delay + 120)
+            wait_for(lambda: stopped_count(env) >= 1, 3 * args.create_delay + 120)
             started = env.run_job(Job(script=['echo "job on $(hostname)"']))
             if not STARTED.search(started.job_log):
                 raise RuntimeError("job A did not start the stopped machine")
