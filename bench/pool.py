@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import signal
 import statistics
@@ -53,6 +52,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from driver.pool.replay.simulate import percentile
 from testing.runner import Job, JobResult
 from testing.world import Env, destroy_world, driver_argv, new_world
 
@@ -130,11 +130,6 @@ class Sampler:
         )
         window = self.samples[-1][0] - self.samples[0][0]
         return area, window, max(n for _, n in self.samples)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def start_service(env: Env) -> subprocess.Popen[bytes]:
