@@ -41,7 +41,7 @@ from driver.stages.prepare_fast import (
     FAILED,
     MISS,
     NOT_HERE,
-    SOCKET_NAME,
+    claim_socket,
 )
 from driver.state import StateDir, pid_namespace, process_start_time
 
@@ -405,7 +405,7 @@ def start(settings: Settings, config_file: Path | None, dm: DockerMachine) -> Cl
     through prepare's own path, as without the service."""
     if config_file is None:
         return None
-    path = StateDir(settings.state_dir).pool_root / SOCKET_NAME
+    path = Path(claim_socket(str(settings.state_dir)))  # where prepare's fast path asks
     try:
         server = ClaimServer(path, ClaimDesk(settings, config_file, dm).answer)
         server.start()

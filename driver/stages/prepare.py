@@ -47,11 +47,15 @@ def main(args: argparse.Namespace) -> int:
         ssh.check_control_path(job_dir)
         remove_machines(stage, dm, say, why="left over from an earlier attempt")
         try:
-            pool = settings.pool.enabled
-            source = "pool" if pool and take_from_pool(stage, say) else "create"
-            if source == "create" and stopped.take(stage, dm):
-                source = "stopped"  # a stopped pool machine, started (driver.stages.stopped)
+            source = _taken(stage, dm, first=True) or "create"
             if source == "create":
+                found = ""
+
+                def instead() -> bool:
+                    nonlocal found
+                    found = _taken(stage, dm, first=False)
+                    return bool(found)
+
                 record = new_record(settings, stage.job, name)
                 # Saved before the machine exists: a prepare killed mid-create leaves
                 # cleanup and the sweeper a name.
@@ -63,13 +67,11 @@ def main(args: argparse.Namespace) -> int:
                     claim=lambda: job_dir.save(record),
                     progress=say,
                     exclude_job=stage.job.id,
-                    instead=lambda: (
-                        (pool and take_from_pool(stage, say, count=())) or stopped.take(stage, dm)
-                    ),
+                    instead=instead,
                 ):
                     _create(settings, dm, job_dir, record, in_image=image_plan is not None)
-                else:  # a started stopped machine's record has its start's time
-                    source = "stopped" if "start" in job_dir.load().timings else "pool"
+                else:
+                    source = found
             if image_plan is not None:  # image mode: the job's containers, on its machine
                 _start_containers(stage, dm, image_plan)
         except BaseException as e:
@@ -87,6 +89,17 @@ def main(args: argparse.Namespace) -> int:
     if source == "create":
         say(f"Machine {name} is ready ({total.seconds:g}s)")
     return 0
+
+
+def _taken(stage: Stage, dm: DockerMachine, *, first: bool) -> str:
+    """A machine taken without a create: "pool" (a ready one), "stopped" (a stopped pool
+    machine, started: driver.stages.stopped), or "" (none). Not `first`: a job looking
+    again while it waits for capacity, whose pool miss was counted and said already."""
+    if stage.settings.pool.enabled and take_from_pool(
+        stage, say, count=("hit", "miss") if first else ()
+    ):
+        return "pool"
+    return "stopped" if stopped.take(stage, dm) else ""
 
 
 def _image_plan(settings: Settings) -> Plan | None:

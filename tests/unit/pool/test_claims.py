@@ -276,6 +276,19 @@ def counters(world: World) -> dict[str, float]:
     return found
 
 
+def taken_by_prepare(world: World, job_id: int) -> bool:
+    """prepare's own claim (no desk) of a ready machine for job ``job_id``."""
+    stage = Stage(
+        world.settings,
+        Job(id=job_id, project_id=1, pipeline_id=None, name=""),
+        world.state,
+        world.state.job(job_id),
+        f"gmdu-{job_id}",
+    )
+    stage.job_dir.create()
+    return claim.take_from_pool(stage, lambda line: None)
+
+
 def test_a_claim_through_the_socket_leaves_what_prepares_own_claim_leaves(
     world: World, desk: ClaimServer
 ) -> None:
@@ -287,15 +300,7 @@ def test_a_claim_through_the_socket_leaves_what_prepares_own_claim_leaves(
     assert str(lines[0]).startswith("Took machine gmdu-p1 from the warm pool (ready 0s ago, ")
     # The same claim, by prepare's own path, for a twin job.
     world.ready("gmdu-p2")
-    twin = Stage(
-        world.settings,
-        Job(id=52, project_id=1, pipeline_id=None, name=""),
-        world.state,
-        world.state.job(52),
-        "gmdu-52",
-    )
-    twin.job_dir.create()
-    assert claim.take_from_pool(twin, lambda line: None)
+    assert taken_by_prepare(world, 52)
     fast, own = world.state.job(51), world.state.job(52)
     fast_record, own_record = fast.load(), own.load()
     for field in ("phase", "prepare_pid", "owners", "pid_ns", "boot_id", "log_path"):
@@ -407,15 +412,7 @@ def test_a_claim_the_desk_could_not_hand_over_is_not_counted_twice(
     monkeypatch.setattr(ssh, "hand_over_master", fails_once)
     reply = asked(world, request(world, 91))
     assert reply["outcome"] == "failed"  # its prepare goes down its own path: one more claim
-    stage = Stage(
-        world.settings,
-        Job(id=91, project_id=1, pipeline_id=None, name=""),
-        world.state,
-        world.state.job(91),
-        "gmdu-91",
-    )
-    stage.job_dir.create()
-    assert claim.take_from_pool(stage, lambda line: None)
+    assert taken_by_prepare(world, 91)
     assert counters(world)[metrics.POOL_CLAIMS.key({"result": "hit"})] == 1  # one job, one hit
 
 
