@@ -63,6 +63,10 @@ def cmd_ip(store: Store, args: list[str]) -> int:
         ip = current_ip(store, name, host)
         if drivers.missing(host):
             errors.append(f"Error getting IP address: {drivers.not_loadable(host['DriverName'])}")
+        elif host.get("DriverName") == "local" and machine_state(store, name, host) != "Running":
+            # Driver.GetIP of a stopped VM: virtualbox's ErrHostIsNotRunning (amazonec2's
+            # public address is released); never the create's stale address.
+            errors.append("Error getting IP address: Host is not running")
         elif ip:
             info(ip)
         else:
