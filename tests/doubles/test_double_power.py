@@ -64,6 +64,18 @@ def test_a_start_the_cloud_refuses_or_that_hangs(fast: Machine) -> None:
 
 
 @root_only
+def test_a_stop_the_cloud_refuses(fast: Machine) -> None:
+    fast.ok("create", "-d", "local", "vm")
+    dm.set_faults(fast.storage, {"stop_fail": {"times": 1}})
+    failed = fast("stop", "vm")
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("InternalError: ")
+    assert fast.ok("status", "vm") == "Running\n"
+    fast.ok("stop", "vm")
+    assert fast.ok("status", "vm") == "Stopped\n"
+
+
+@root_only
 def test_a_stopped_machine_has_no_address(fast: Machine) -> None:
     """Driver.GetIP of a stopped VM fails (virtualbox: ErrHostIsNotRunning; amazonec2: its
     public address is released), so `ip` cannot hand out a stale address."""
