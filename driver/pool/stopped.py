@@ -35,9 +35,11 @@ class StoppedTier:
         """Make what the tier lacks, remove what is beyond it (the longest stopped first)."""
         service = self.service
         wanted = service.settings.pool.stopped_count
-        stopped = service.state.ready("stopped")
+        # Creates in flight first: one that ends in between is then counted twice (made
+        # next tick), never in neither (made twice, and the surplus removed).
         with service.lock:
             pending = self.pending
+        stopped = service.state.ready("stopped")
         # Only what is stopped is ever surplus: a create about to end is no reason to go.
         for name in stopped[: max(0, len(stopped) - wanted)]:
             if service.state.withdraw(name):  # False: a job claimed it meanwhile

@@ -58,6 +58,7 @@ a fault {"times": N} fires for the next N uses, -1 for always:
                                     the cloud refuses to start the VM
   "start_hang": {"times"}           a start that never returns
   "start_delay": SECONDS            a slow cloud's start
+  "stop_fail": {"times", "message"} the cloud refuses to stop the VM
 
 The helpers in helpers.py (`set_faults`, `kill_vm`, `kill_sshd`, `rotate_host_key`,
 `make_driver_missing`, `vm_pids`, `teardown_all`, ...) are for tests;

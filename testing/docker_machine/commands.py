@@ -20,7 +20,7 @@ from .flags import HelpFlag, parse_command
 from .gotext import NO_VALUE, GoTemplate, TemplateError, go_json
 from .machines import current_ip, machine_state, machine_url, power_off, power_on
 from .netns import destroy_vm, kill_until_gone, machine_pids
-from .power import start_faults
+from .power import start_faults, stop_faults
 from .store import Store, load_host, machine_exists, remove_entry
 
 
@@ -63,6 +63,10 @@ def cmd_ip(store: Store, args: list[str]) -> int:
         ip = current_ip(store, name, host)
         if drivers.missing(host):
             errors.append(f"Error getting IP address: {drivers.not_loadable(host['DriverName'])}")
+        elif host.get("DriverName") == "local" and machine_state(store, name, host) != "Running":
+            # Driver.GetIP of a stopped VM: virtualbox's ErrHostIsNotRunning (amazonec2's
+            # public address is released); never the create's stale address.
+            errors.append("Error getting IP address: Host is not running")
         elif ip:
             info(ip)
         else:
@@ -367,6 +371,7 @@ def vm_stop(store: Store, name: str, host: dict[str, Any]) -> None:
         raise MachineError(f"Machine {go_quote(name)} is already stopped.")
     no_driver(host, "stopped")
     not_generic(host, "stop")
+    stop_faults(store)
     power_off(store, name)
     info(f"Machine {go_quote(name)} was stopped.")
 

@@ -17,6 +17,7 @@ Faults (double.json), each {"times": N}:
   "start_new_address"   the VM comes back at a new address
   "start_fail"          the cloud refuses the start ({"message"} optional)
   "start_hang"          the start never returns
+  "stop_fail"           the cloud refuses the stop ({"message"} optional)
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ START_CLOUD_ERROR = (
     "Availability Zone you requested."
 )
 
+STOP_CLOUD_ERROR = "InternalError: An internal error has occurred"
+
 
 def start_faults(store: Store, name: str) -> None:
     """Before the VM boots: a cloud that refuses or hangs, or a new address."""
@@ -56,6 +59,14 @@ def start_faults(store: Store, name: str) -> None:
     delay = float(settings(store).get("start_delay", 0) or 0)
     if delay > 0:
         time.sleep(delay)  # a slow cloud
+
+
+def stop_faults(store: Store) -> None:
+    """Before the VM stops: a cloud that refuses (the VM keeps running)."""
+    fault = take_fault(store, "stop_fail")
+    if fault:
+        message = str(fault.get("message") or STOP_CLOUD_ERROR)
+        raise MachineError(f"{message}\n\tstatus code: 500, request id: {request_id()}")
 
 
 def move(store: Store, name: str) -> None:

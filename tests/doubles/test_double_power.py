@@ -64,6 +64,33 @@ def test_a_start_the_cloud_refuses_or_that_hangs(fast: Machine) -> None:
 
 
 @root_only
+def test_a_stop_the_cloud_refuses(fast: Machine) -> None:
+    fast.ok("create", "-d", "local", "vm")
+    dm.set_faults(fast.storage, {"stop_fail": {"times": 1}})
+    failed = fast("stop", "vm")
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("InternalError: ")
+    assert fast.ok("status", "vm") == "Running\n"
+    fast.ok("stop", "vm")
+    assert fast.ok("status", "vm") == "Stopped\n"
+
+
+@root_only
+def test_a_stopped_machine_has_no_address(fast: Machine) -> None:
+    """Driver.GetIP of a stopped VM fails (virtualbox: ErrHostIsNotRunning; amazonec2: its
+    public address is released), so `ip` cannot hand out a stale address."""
+    fast.ok("create", "-d", "local", "vm")
+    fast.ok("stop", "vm")
+    stopped = fast("ip", "vm")
+    assert (stopped.returncode, stopped.stderr) == (
+        1,
+        "Error getting IP address: Host is not running\n",
+    )
+    fast.ok("start", "vm")
+    assert fast.ok("ip", "vm") == fast.inspect("vm", "{{.Driver.IPAddress}}") + "\n"
+
+
+@root_only
 def test_a_generic_host_is_neither_stopped_nor_started(fast: Machine) -> None:
     """drivers/generic/generic.go: Start and Stop return an error: it did not make the host."""
     fast.ok("create", "-d", "local", "vm")

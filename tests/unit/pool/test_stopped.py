@@ -249,3 +249,29 @@ def test_a_machine_a_job_is_taking_over_while_a_restarted_service_looks_is_left_
         taking.join(10)
     assert stage.job_dir.load().machine == "gmd-p00000002"
     assert removed == []  # the job's: not the service's to remove
+
+
+def test_a_create_that_ends_while_the_tier_counts_is_not_made_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its machine is stopped just after the tier listed its stopped machines, and no more
+    pending when it looks at the creates in flight: counted in one of the two, not neither."""
+    service, cloud, _ = service_with(tmp_path, monkeypatch, stopped_count=1)
+    service.stopped.pending = 1  # a create in flight
+    listed = StateDir.ready
+    looked: list[str] = []
+
+    def listed_then_create_ends(self: StateDir, kind: str = "ready") -> list[str]:
+        names = listed(self, kind)
+        if kind == "stopped" and not looked:
+            looked.append(kind)
+            self.save_pool(PoolRecord(name="gmd-p000000e1", address=Address(host="10.0.0.9")))
+            self.mark_ready("gmd-p000000e1", "stopped")
+            with service.lock:
+                service.stopped.pending -= 1
+        return names
+
+    monkeypatch.setattr(StateDir, "ready", listed_then_create_ends)
+    service.stopped.tick()
+    assert cloud.actions == []  # nothing made: the tier is at its count
+    assert service.state.ready("stopped") == ["gmd-p000000e1"]

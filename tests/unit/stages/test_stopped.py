@@ -32,10 +32,14 @@ class StartingMachines(FakeMachines):
     """docker-machine for a stopped machine: `start` (or its fault), then `ip` says where
     it is now while `inspect` (the store) keeps the create's address, as amazonec2 does."""
 
-    def __init__(self, storage: Path, now_at: str = CREATED_AT, start_fault: str = "") -> None:
+    def __init__(
+        self, storage: Path, now_at: str = CREATED_AT, start_fault: str = "", port_after: int = 22
+    ) -> None:
         super().__init__(storage)
         self.now_at = now_at
         self.start_fault = start_fault
+        self.port_after = port_after  # virtualbox's start may forward SSH on another port
+        self.started = False
         self.calls: list[tuple[str, float]] = []
 
     def power(self, action: str, name: str, timeout: float) -> None:
@@ -48,13 +52,14 @@ class StartingMachines(FakeMachines):
                 1,
                 "InsufficientInstanceCapacity: Insufficient capacity to start the instance",
             )
+        self.started = self.started or action == "start"
 
     def inspect(self, name: str) -> MachineInfo:
         return MachineInfo(
             name=name,
             driver="amazonec2",
             host=CREATED_AT,
-            ssh_port=22,
+            ssh_port=self.port_after if self.started else 22,
             ssh_user="ubuntu",
             ssh_key=str(self.storage / "machines" / name / "id_rsa"),
             ca_cert="ca.pem",
@@ -65,6 +70,8 @@ class StartingMachines(FakeMachines):
         )
 
     def ip(self, name: str) -> str:
+        if not self.started:  # a stopped VM has no address (the double's `ip` fails too)
+            raise CommandError(["docker-machine", "ip", name], 1, "Host is not running")
         return self.now_at
 
     def url(self, name: str) -> str:
@@ -147,6 +154,18 @@ def test_a_machine_back_at_a_new_address_is_reached_there(
     assert [action for action, _ in dm.calls] == ["start"]
     assert state.pool_names() == []  # the job's now, not the pool's
     assert counted(settings, metrics.POOL_STOPPED_STARTS, "result", "started") == 1
+
+
+def test_the_ssh_port_is_read_after_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, state, connections = world(tmp_path, monkeypatch)
+    dm = StartingMachines(tmp_path / "dm", port_after=50022)
+    dm.add(NAME)
+    stage = stage_of(settings, state, 49)
+    assert take(stage, dm) is True
+    assert stage.job_dir.load().address.port == 50022
+    assert "  Port 50022\n" in connections.seen[0][0]
 
 
 def test_new_engine_certs_when_it_moved_and_the_engine_is_spoken_to(
