@@ -45,7 +45,15 @@ import random
 import sys
 from pathlib import Path
 
-from driver.pool.replay.compare import Comparison, Summary, idle_pool, oracle, table, versus
+from driver.pool.replay.compare import (
+    Comparison,
+    Summary,
+    idle_pool,
+    oracle,
+    table,
+    unforeseen,
+    versus,
+)
 from driver.pool.replay.simulate import Replay, StoppedTier, Timing, percentile
 from driver.pool.replay.trace import Trace, TraceJob, read_trace, write_trace
 from driver.pool.replay.week import Shape, working_week
@@ -229,6 +237,7 @@ def main() -> int:
         if args.learn:
             rows.append(("demand + learned shapes", comparison.demand(False, learn=True)))
         rows.append(("oracle (the floor)", oracle(trace, timing)))
+        rows.append(("bound (unannounced jobs unforeseen)", unforeseen(trace, timing, args.target)))
     finally:
         comparison.close()
     print()
@@ -249,6 +258,23 @@ def main() -> int:
             f"{100 * (1 - floor.total_seconds / best.total_seconds):.0f}% below periods "
             f"({best.total_per_job:.0f}): 40% below periods is {0.6 * best.total_per_job:.0f}."
         )
+    bound = dict(rows)["bound (unannounced jobs unforeseen)"]
+    if bound is not None:  # always: a row
+        unseen = bound.label.split(": ", 1)[-1]
+        print(
+            f"The bound (driver/pool/replay/bound.py): a pool that cannot see jobs coming "
+            f"before GitLab announces them ({unseen}) pays at least "
+            f"{bound.total_per_job:.0f} total machine-s per job at {100 * args.target:g}%, "
+            f"even meeting every announced job at its arrival and replacing each ready "
+            f"machine the instant it is taken."
+        )
+        if best is not None:
+            room = 0.6 * best.total_seconds - bound.total_seconds
+            print(
+                f"40% below periods is {'within' if room >= 0 else 'BEYOND'} the reach of such a "
+                f"pool: the bound is {abs(room) / max(1, bound.jobs):.0f} machine-s per job "
+                f"{'below' if room >= 0 else 'above'} it."
+            )
     if args.tier:
         stopped_tier(trace, timing, args)
     if args.fanout:

@@ -27,7 +27,17 @@ def test_a_gitlab_export_is_replayed_through_every_policy(
         "demand + lookahead",
         "demand + learned shapes",
         "oracle (the floor)",
+        "bound (unannounced jobs unforeseen)",
     ]
+    # Total machine-s per job: no policy below the bound, the bound not below the floor.
+    totals = {
+        policy: float(row.split(" | ")[5])
+        for policy, row in zip(policies, rows, strict=True)
+        if "none searched" not in row
+    }
+    bound = totals.pop("bound (unannounced jobs unforeseen)")
+    floor = totals.pop("oracle (the floor)")
+    assert floor <= bound <= min(totals.values())
     assert "total machine-s per job" in out
     assert "demand + lookahead against periods + lookahead: total" in out
     assert "demand + learned shapes (no [gitlab]) against periods: total" in out
