@@ -131,6 +131,8 @@ class ClaimServer:
         self.wake_r, self.wake_w = os.pipe()
         self.thread: threading.Thread | None = None
         self.serving: set[threading.Thread] = set()  # a connection's thread each
+        # Peers told "busy", until they close: (the time they must have closed by).
+        self.told_busy: dict[socket.socket, float] = {}
         self.inode = 0
 
     def start(self) -> None:
@@ -178,21 +180,53 @@ class ClaimServer:
                 os.close(fd)
 
     def _accept(self) -> None:
+        """Accept, and hand each connection to a thread of its own. When every slot is
+        taken, answer "busy" here without ever waiting on the peer (a peer that sends
+        slowly must not hold up the claims behind it): what it still sends is read as
+        it comes, and its socket closed when it closes (or READ_TIMEOUT after)."""
         assert self.sock is not None
         while True:
-            readable, _, _ = select.select([self.sock.fileno(), self.wake_r], [], [])
+            deadlines = self.told_busy.values()
+            wait = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            watched = [self.sock.fileno(), self.wake_r, *(c.fileno() for c in self.told_busy)]
+            readable, _, _ = select.select(watched, [], [], wait)
             if self.wake_r in readable:
+                for conn in self.told_busy:
+                    conn.close()
                 return
+            now = time.monotonic()
+            for conn, deadline in list(self.told_busy.items()):
+                if (conn.fileno() in readable and not drained(conn)) or now >= deadline:
+                    del self.told_busy[conn]
+                    conn.close()
+            if self.sock.fileno() not in readable:
+                continue
             try:
                 conn, _ = self.sock.accept()
             except OSError:
                 continue  # the peer went before we took it
             if not self.slots.acquire(blocking=False):
-                self._reply(conn, Reply(NOT_HERE, "the pool service is busy"))
+                self._tell_busy(conn)
                 continue
             serving = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             self.serving.add(serving)
             serving.start()
+
+    def _tell_busy(self, conn: socket.socket) -> None:
+        """The reply, without waiting; the socket stays open until the peer closes: one
+        closed with its request unread would reset, and the peer lose the reply."""
+        try:
+            conn.setblocking(False)
+            conn.send(Reply(NOT_HERE, "the pool service is busy").encode())
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.close()  # the peer went: nothing to tell
+            return
+        if len(self.told_busy) >= MAX_AT_ONCE:  # the longest told goes first
+            oldest = min(self.told_busy, key=self.told_busy.__getitem__)
+            del self.told_busy[oldest]
+            oldest.close()
+        self.told_busy[conn] = time.monotonic() + READ_TIMEOUT
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -230,6 +264,20 @@ class ClaimServer:
             for _ in range(MAX_REQUEST // 4096 + 1):
                 if not conn.recv(4096):
                     break
+
+
+def drained(conn: socket.socket) -> bool:
+    """Read what a non-blocking socket holds; False once the peer closed, failed, or sent
+    more than any request."""
+    try:
+        for _ in range(MAX_REQUEST // 4096 + 2):
+            if not conn.recv(4096):
+                return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        pass
+    return False
 
 
 def read_line(conn: socket.socket) -> bytes:

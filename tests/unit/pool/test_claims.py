@@ -36,6 +36,7 @@ from driver.state import (
     pid_namespace,
     write_private,
 )
+from testing.world import wait_for
 
 CONFIG = """\
 state_dir = "{state}"
@@ -145,6 +146,28 @@ def test_a_peer_of_another_uid_is_refused_and_the_next_one_served(world: World) 
         assert len(answered) == 1
     finally:
         server.stop()
+
+
+def test_a_busy_service_is_not_held_up_by_a_peer_that_sends_nothing(
+    world: World, desk: ClaimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every serving slot taken; a peer connects and sends nothing. The accepting thread
+    # answers it "busy" without waiting on it, so the next peer is answered well within
+    # its wait while the silent one still holds its connection open.
+    monkeypatch.setattr(claims, "READ_TIMEOUT", 600.0)
+    for _ in range(claims.MAX_AT_ONCE):
+        assert desk.slots.acquire(blocking=False)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+            silent.connect(str(world.socket))
+            reply = asked(world, request(world, 13))  # prepare's client, its own timeout
+            assert reply["outcome"] == "not_here"
+            assert reply["reason"] == "the pool service is busy"
+            wait_for(lambda: len(desk.told_busy) == 1)  # closed by the peer: closed here
+        wait_for(lambda: not desk.told_busy)
+    finally:
+        for _ in range(claims.MAX_AT_ONCE):
+            desk.slots.release()
 
 
 def test_bad_requests_get_a_clear_error_and_the_service_goes_on(
