@@ -18,7 +18,7 @@ import pytest
 
 from testing import images
 from testing.runner import CancelPlan, Job, Service, Variable
-from testing.world import Env, driver_argv
+from testing.world import Env, driver_argv, stop_pool, wait_for
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not images.available(),
@@ -436,6 +436,54 @@ def test_the_pool_learns_the_images_recent_jobs_ran(env: Env, registry: images.R
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=180)
     env.assert_nothing_left()
+
+
+def test_a_stopped_machine_back_at_a_new_address_runs_the_job_in_its_image(
+    env: Env, registry: images.Registry
+) -> None:
+    """Image mode speaks to the VM's engine over TLS; a stopped machine that comes back at
+    a new address has a certificate for the old one: made again, the job's containers
+    run there (docker-machine's own words after a start: "Started machines may have new
+    IP addresses"; testing/docker_machine/power.py)."""
+    image_world(env, registry)
+    env.configure(
+        docker={"check": False},  # image mode alone must ask for the new certificates
+        pool={"idle_count": 0, "stopped_count": 1, "check_interval": 0.5, "drain_on_stop": True},
+    )
+    service = env.start_pool(quiet=True)
+    try:
+        wait_for(lambda: stopped_machines(env) != [], timeout=180)
+        [name] = stopped_machines(env)
+        env.faults(start_new_address={"times": 1})
+        job = Job(
+            image=f"{registry.open}/ci/bash:1",
+            script=["test -f /.dockerenv && echo in-a-container"],
+        )
+        result = env.run_job(job)
+        assert result.outcome == "success", result.describe()
+        lines = result.lines()
+        prefix = "[gitlab-machine-driver] "
+        assert (
+            f"{prefix}Regenerating the engine certificates of {name} for its new address..."
+            in lines
+        )
+        assert any(
+            line.startswith(f"{prefix}Machine {name} came back at a new address: ")
+            for line in lines
+        )
+        started = f"{prefix}Started machine {name} from the warm pool's stopped tier ("
+        assert any(line.startswith(started) for line in lines)
+        assert any(line.startswith(f"Running on {name} via ") for line in lines)  # no retry
+        assert "in-a-container" in result.lines("build_script")
+    finally:
+        stop_pool(service)
+    env.assert_nothing_left()
+
+
+def stopped_machines(env: Env) -> list[str]:
+    machines = env.pool_status()["machines"]
+    assert isinstance(machines, list)
+    return [str(m["name"]) for m in machines if m["state"] == "stopped"]
 
 
 def test_a_non_root_user_runs_the_stages_and_writes_the_clone(
