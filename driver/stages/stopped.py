@@ -119,7 +119,8 @@ def start(
         progress=say,
         pinned=True,
     )
-    if settings.docker.check:  # as make_ready: image mode's containers ask it themselves
+    if engine_used:  # in image mode too: an engine that refuses costs the machine here,
+        # not a failed prepare the runner must retry (a start's certificates can race)
         address.engine_url = dm.url(name)
         timeout, step = min(settings.docker.ready_timeout, left()), log.Timer()
         version = engine.wait_ready(engine.Engine.of(address), timeout=timeout, progress=say)

@@ -14,7 +14,7 @@ import pytest
 
 from driver import engine, metrics, signals, ssh
 from driver.docker_machine import MachineInfo
-from driver.errors import Cancelled, CommandError, CommandTimedOut
+from driver.errors import Cancelled, CommandError, CommandTimedOut, DriverError
 from driver.payload import Job
 from driver.process import Result
 from driver.settings import Settings, parse_settings
@@ -98,7 +98,7 @@ class Connections:
 
 
 def world(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check: bool = False
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check: bool = False, mode: str = "shell"
 ) -> tuple[Settings, StateDir, Connections]:
     settings = parse_settings(
         {
@@ -108,6 +108,7 @@ def world(
             "cleanup": {"timeout": 5, "remove_attempts": 1, "remove_timeout": 5},
             "pool": {"stopped_count": 1, "start_timeout": 120},
             "docker": {"check": check},
+            "image": {"mode": mode},
         }
     )
     state = StateDir(settings.state_dir)
@@ -184,6 +185,25 @@ def test_new_engine_certs_when_it_moved_and_the_engine_is_spoken_to(
     assert take(stage_of(settings, state, 42), dm) is True
     assert [action for action, _ in dm.calls] == ["start", "regenerate-certs"]
     assert engines == ["tcp://10.214.0.6:2376"]
+
+
+def test_in_image_mode_an_engine_that_refuses_costs_the_machine_not_the_prepare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Image mode speaks to the engine over TLS even without [docker] check: asked here,
+    # a refusal (certificates made again, but for the wrong address) removes the machine
+    # and the job creates its own, instead of failing its prepare when its containers start.
+    settings, state, _ = world(tmp_path, monkeypatch, mode="container")
+
+    def refuses(at: engine.Engine, **_: object) -> str:
+        raise DriverError(f"the VM's Docker engine at {at.url} did not answer: IP address mismatch")
+
+    monkeypatch.setattr(engine, "wait_ready", refuses)
+    dm = StartingMachines(tmp_path / "dm", now_at="10.214.0.6")
+    dm.add(NAME)
+    assert take(stage_of(settings, state, 44), dm) is False
+    assert [action for action, _ in dm.calls] == ["start", "regenerate-certs", "rm"]
+    assert counted(settings, metrics.POOL_STOPPED_STARTS, "result", "failed") == 1
 
 
 def test_no_new_certs_when_it_came_back_where_it_was(
