@@ -144,7 +144,8 @@ def run(mode: str, pipelines: int, concurrent: int, fan_out: int) -> dict[str, f
                 statuses = {status(job, t) for job in jobs}
                 overall = "success" if statuses == {"success"} else "running"
                 overall = "pending" if statuses <= {"created", "pending"} else overall
-                if shared and pipeline_seen.get(p) != overall:  # a Pipeline Hook
+                # A Pipeline Hook; GitLab queues the first stage as it makes the pipeline.
+                if shared and statuses != {"created"} and pipeline_seen.get(p) != overall:
                     watch.heard(p, None, overall, EPOCH + t, PROJECT)
                     pipeline_seen[p] = overall
             watch.poll(EPOCH + t)
