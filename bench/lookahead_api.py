@@ -17,6 +17,11 @@ the reader makes (the clients' response hooks), in three modes:
             asked before it asked for 100)
   webhook   graphql, with a webhook event for every job status change (each
             asks for a look at the next tick; the timed looks every 300 s)
+  shared    webhook, with two runner managers: each job taken by this one or
+            the other (half each, at random), GitLab's pipeline events too,
+            and `[gitlab] watch_heard_pipelines = false`
+  heard     the same with watch_heard_pipelines (the default with the webhook):
+            the pipelines heard of are watched too
 
 Per minute is counted over the steady part, when --concurrent pipelines run.
 """
@@ -24,6 +29,7 @@ Per minute is counted over the steady part, when --concurrent pipelines run.
 from __future__ import annotations
 
 import argparse
+import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -97,8 +103,15 @@ def run(mode: str, pipelines: int, concurrent: int, fan_out: int) -> dict[str, f
         reader = GitLabJobs(GitLabSettings(url=gitlab.url, token=TOKEN), per_page=per_page)
         lookahead = Lookahead()
         watch = PipelineWatch(lookahead, reader.list_jobs, lambda m: None, reader.usual_durations)
-        if mode == "webhook":
+        events = mode in ("webhook", "shared", "heard")
+        if events:
             watch.recheck = HEARD_RECHECK  # as driver.pool.webhook.start sets it
+            watch.watch_heard = mode != "shared"  # [gitlab] watch_heard_pipelines
+        shared = mode in ("shared", "heard")
+        here = {j.id for jobs in laid.values() for j in jobs}
+        if shared:  # the same draw in both modes
+            here = {i for i in sorted(here) if random.Random(i).random() < 0.5}
+        pipeline_seen: dict[int, str] = {}
         steady = (length, pipelines * every)  # when `concurrent` pipelines run at once
         calls_at_steady = [0, 0]
         seen: dict[int, str] = {}
@@ -122,11 +135,19 @@ def run(mode: str, pipelines: int, concurrent: int, fan_out: int) -> dict[str, f
                 ]
                 for job in jobs:
                     now = status(job, t)
-                    if now == "running" and seen.get(job.id) in (None, "created", "pending"):
+                    came = now == "running" and seen.get(job.id) in (None, "created", "pending")
+                    if came and job.id in here:
                         watch.job_arrived(PROJECT, p, job.id, EPOCH + t, hit=True)
-                    if mode == "webhook" and seen.get(job.id, "created") != now:
+                    if events and seen.get(job.id, "created") != now:
                         watch.heard(p, job.id, now, EPOCH + t)
                     seen[job.id] = now
+                statuses = {status(job, t) for job in jobs}
+                overall = "success" if statuses == {"success"} else "running"
+                overall = "pending" if statuses <= {"created", "pending"} else overall
+                # A Pipeline Hook; GitLab queues the first stage as it makes the pipeline.
+                if shared and statuses != {"created"} and pipeline_seen.get(p) != overall:
+                    watch.heard(p, None, overall, EPOCH + t, PROJECT)
+                    pipeline_seen[p] = overall
             watch.poll(EPOCH + t)
             total = reader.calls.total()
             if t <= steady[0]:
@@ -135,6 +156,7 @@ def run(mode: str, pipelines: int, concurrent: int, fan_out: int) -> dict[str, f
                 calls_at_steady[1] = total
             t += TICK
         calls = reader.calls.snapshot()
+        report = lookahead.report()
         minutes = (steady[1] - steady[0]) / 60.0
         return {
             "calls": float(sum(calls.values())),
@@ -143,6 +165,8 @@ def run(mode: str, pipelines: int, concurrent: int, fan_out: int) -> dict[str, f
             "per_pipeline": sum(calls.values()) / pipelines,
             "per_minute": (calls_at_steady[1] - calls_at_steady[0]) / minutes,
             "wall": time.monotonic() - wall,
+            "here": float(len(here)),
+            "announced": float(len(report.leads)),  # of those here, announced before
         }
 
 
@@ -151,7 +175,7 @@ def main() -> None:
     parser.add_argument("--pipelines", type=int, default=150)
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--fan-out", type=int, default=4, help="jobs in the test stage (<9997)")
-    parser.add_argument("--modes", default="graphql,rest,webhook")
+    parser.add_argument("--modes", default="graphql,rest,webhook,shared,heard")
     args = parser.parse_args()
     print(
         f"{args.pipelines} pipelines, about {args.concurrent} at once, "
@@ -159,7 +183,7 @@ def main() -> None:
     )
     print(
         f"{'mode':8}  {'API calls':>9}  {'graphql':>7}  {'rest':>5}  "
-        f"{'per pipeline':>12}  {'per minute':>10}  {'wall s':>6}"
+        f"{'per pipeline':>12}  {'per minute':>10}  {'wall s':>6}  announced ahead"
     )
     base = None
     for mode in args.modes.split(","):
@@ -168,6 +192,7 @@ def main() -> None:
         print(
             f"{mode:8}  {r['calls']:9.0f}  {r['graphql']:7.0f}  {r['rest']:5.0f}  "
             f"{r['per_pipeline']:12.1f}  {r['per_minute']:10.1f}  {r['wall']:6.1f}"
+            f"  {r['announced']:.0f} of {r['here']:.0f} jobs here"
             f"   ({r['per_pipeline'] / base:.2f}x graphql per pipeline)"
         )
 

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.replay --jobs 2                 # the standard week, seed 1
     .venv/bin/python -m bench.replay --jobs 2 --dag 1         # every staged pipeline a DAG
     .venv/bin/python -m bench.replay --jobs 2 --managers 2    # two runner managers
+    .venv/bin/python -m bench.replay --jobs 2 --managers 2 --watch-all 1   # hearing all pipelines
     .venv/bin/python -m bench.replay --trace jobs.csv         # your own jobs
     .venv/bin/python -m bench.replay --write-trace week.csv   # the week as CSV
 

@@ -194,6 +194,9 @@ class GitLabSettings(Section):
     # The pool's lookahead hears GitLab's pipeline and job events here ("HOST:PORT").
     webhook_listen: str = ""
     webhook_secret_file: Path | None = None  # the hook's secret token, mode 0600
+    # A pipeline event of a pipeline none of whose jobs came here starts watching it
+    # (driver.pool.pipelines); unset: on when webhook_listen is set.
+    watch_heard_pipelines: bool | None = None
 
     @field_validator("webhook_listen")
     @classmethod
@@ -202,6 +205,22 @@ class GitLabSettings(Section):
         if listen and not (colon and port.isdigit() and int(port) < 65536):
             raise ValueError(f'{listen!r} is not HOST:PORT (e.g. "0.0.0.0:8950")')
         return listen
+
+    @field_validator("watch_heard_pipelines")
+    @classmethod
+    def _heard_needs_events(cls, watch: bool | None, info: ValidationInfo) -> bool | None:
+        if watch and not info.data.get("webhook_listen"):
+            raise ValueError(
+                "watch_heard_pipelines = true needs GitLab's pipeline events: set "
+                'webhook_listen (e.g. "0.0.0.0:8950") and a group webhook, or remove it'
+            )
+        return watch
+
+    @property
+    def watches_heard_pipelines(self) -> bool:
+        if self.watch_heard_pipelines is None:
+            return bool(self.webhook_listen)
+        return self.watch_heard_pipelines
 
     @property
     def configured(self) -> bool:

@@ -13,6 +13,17 @@ that will not come (skipped, canceled, waiting for a resource group), and
 those seen running elsewhere as taken by another runner manager (which the
 lookahead counts per tag set). A job of P arriving asks for a look at once.
 
+With `[gitlab] watch_heard_pipelines` (driver.pool.webhook), a Pipeline Hook
+event of a pipeline no job of which came here starts watching it too, so that
+a stage whose stage before ran on another runner manager is announced here:
+its jobs this runner could take are those whose tags the jobs it took lately
+had (none learned yet: nothing is watched). One found to have none is
+remembered as not ours (NOT_OURS_KEPT at most, for WATCHED_AT_MOST): its
+further events ask GitLab nothing. Such a pipeline, or any with jobs of ours
+still to begin, stays watched while nothing is announced, looked at again
+only when an event of it comes, and let go WATCHED_AT_MOST after its last
+event or job here.
+
 The predictions: a job should end its usual duration (the median of its name's
 last successful runs in the project, read at most once per USUAL_KEPT seconds)
 after it started; a job waiting starts at the latest predicted end of the jobs
@@ -47,6 +58,12 @@ WATCHED_AT_MOST = 3 * 3600.0
 # runner manager (GitLab marks it running when a runner takes it; ours writes its
 # record within seconds, seen at the next tick).
 ELSEWHERE_AFTER = RECHECK
+NOT_OURS_KEPT = 10_000  # heard pipelines remembered as having nothing for this runner
+TAG_SETS_KEPT = 100  # the tag sets of the jobs this runner took lately
+# A pipeline event of these: a pipeline done (or going), not worth a first look.
+DONE = {"success", "failed", "canceled", "canceling", "skipped"}
+# Jobs that may still begin: one of these keeps a pipeline watched while events come.
+NOT_BEGUN = {"created", "pending", "preparing", "scheduled", "waiting_for_resource", "manual"}
 COMING_NOW = {"pending", "preparing"}  # an announced job GitLab queued: it comes now
 RAN = {"running", "waiting_for_callback", "success", "failed", "canceled", "canceling"}
 
@@ -67,12 +84,14 @@ class Pipeline:
     ours: set[int] = field(default_factory=set)  # its jobs that came to this runner
     announced: set[int] = field(default_factory=set)
     look_at: float = 0.0  # when to list its jobs next
-    last_arrival: float = 0.0  # when a job of it last came here
+    last_arrival: float = 0.0  # when a job of it last came here (or it was last heard)
     # The tags of the jobs of it (or of its parent's) that came here: those the runner has.
     tag_sets: set[frozenset[str]] = field(default_factory=set)
     ends: float = math.nan  # when its last job should end (a child's: its bridge's end)
     children: set[int] = field(default_factory=set)  # downstream pipelines seen
     parent: int | None = None  # the pipeline whose trigger job made it
+    heard: bool = False  # watched because an event of it was heard, not a job of ours
+    waiting: bool = False  # a job this runner could take has not begun yet
 
 
 class PipelineWatch:
@@ -95,6 +114,11 @@ class PipelineWatch:
         self.failing = False  # warn once per run of errors, not every tick
         self.quiet_until = -math.inf  # GitLab's rate limit said: ask nothing before then
         self.recheck = RECHECK  # HEARD_RECHECK once webhook events come (driver.pool.webhook)
+        # [gitlab] watch_heard_pipelines: a pipeline event starts watching its pipeline.
+        self.watch_heard = False
+        # Tag sets of the jobs this runner took (the latest last), for heard pipelines.
+        self.tag_sets: dict[frozenset[str], None] = {}
+        self.not_ours: dict[int, float] = {}  # heard pipelines with nothing for us: since
         # The pool's loop tells of arrivals while `poll` may be waiting on GitLab in
         # another thread: GitLab is asked outside this lock, never holding the loop.
         self.lock = threading.Lock()
@@ -112,13 +136,25 @@ class PipelineWatch:
             pipeline.look_at = now  # its next stage may be the one after this job's
             pipeline.last_arrival = now
 
-    def heard(self, pipeline_id: int, job_id: int | None, status: str, now: float) -> None:
+    def heard(
+        self,
+        pipeline_id: int,
+        job_id: int | None,
+        status: str,
+        now: float,
+        project_id: int | None = None,
+    ) -> None:
         """A webhook event of a pipeline (job_id None) or one of its jobs: a cancel
-        withdraws at once; anything else asks for a look at the next poll."""
+        withdraws at once; anything else asks for a look at the next poll. With
+        `watch_heard`, a pipeline event of a pipeline not watched starts watching it."""
         with self.lock:
             pipeline = self.pipelines.get(pipeline_id)
             if pipeline is None:
+                if job_id is None and project_id is not None:
+                    self._hear(pipeline_id, project_id, status, now)
                 return
+            if self.watch_heard:  # an event of it: GitLab still tells of it
+                pipeline.last_arrival = max(pipeline.last_arrival, now)
             if status in ("canceled", "canceling"):
                 canceled = pipeline.announced if job_id is None else {job_id}
                 canceled = canceled & pipeline.announced
@@ -126,12 +162,27 @@ class PipelineWatch:
                 pipeline.announced -= canceled
             pipeline.look_at = now  # (during a look: looked at again once it is done)
 
+    def _hear(self, pipeline_id: int, project_id: int, status: str, now: float) -> None:
+        """Start watching a pipeline heard of, unless it is done, known to have nothing
+        for this runner, or this runner's tags are not known yet."""
+        if not self.watch_heard or not self.tag_sets or status in DONE:
+            return
+        if now - self.not_ours.get(pipeline_id, -math.inf) <= WATCHED_AT_MOST:
+            return
+        self.pipelines[pipeline_id] = Pipeline(
+            project_id, look_at=now, last_arrival=now, tag_sets=set(self.tag_sets), heard=True
+        )
+
     def poll(self, now: float) -> None:
         with self.lock:
             for pipeline_id, old in list(self.pipelines.items()):
                 if now - old.last_arrival > WATCHED_AT_MOST:
                     self.lookahead.withdraw(old.announced)
                     del self.pipelines[pipeline_id]
+            for pipeline_id, since in list(self.not_ours.items()):  # the oldest first
+                if now - since <= WATCHED_AT_MOST and len(self.not_ours) <= NOT_OURS_KEPT:
+                    break
+                del self.not_ours[pipeline_id]
         looked: set[int] = set()
         for _ in range(2):  # and once more for the child pipelines the first round found
             with self.lock:
@@ -168,7 +219,13 @@ class PipelineWatch:
             arrived_meanwhile = pipeline.look_at > now
             if jobs is not None:
                 self.failing = False
-                self._update(pipeline_id, pipeline, jobs, now, usual)
+                if not self._update(pipeline_id, pipeline, jobs, now, usual) and (
+                    pipeline.heard and not pipeline.ours
+                ):  # heard of, and nothing of it for this runner: not asked of again
+                    self.not_ours[pipeline_id] = now
+                    self.lookahead.withdraw(pipeline.announced)
+                    del self.pipelines[pipeline_id]
+                    return True
             if arrived_meanwhile:
                 return True
             parent = self.pipelines.get(pipeline.parent) if pipeline.parent else None
@@ -176,6 +233,8 @@ class PipelineWatch:
             awaited = parent is not None and pipeline.ends != -math.inf
             if pipeline.announced or jobs is None or awaited:
                 pipeline.look_at = now + self.recheck
+            elif self.watch_heard and pipeline.waiting:
+                pipeline.look_at = math.inf  # looked at again when an event of it comes
             else:  # nothing more to watch until another of its jobs comes here
                 del self.pipelines[pipeline_id]
         return True
@@ -210,9 +269,16 @@ class PipelineWatch:
         jobs: Iterable[PipelineJob],
         now: float,
         usual: dict[str, float],
-    ) -> None:
+    ) -> bool:
+        """Announce and withdraw; False if no job of it is one this runner could take."""
         jobs = list(jobs)
-        pipeline.tag_sets.update(job.tags for job in jobs if job.id in pipeline.ours)
+        for job in jobs:
+            if job.id in pipeline.ours:
+                pipeline.tag_sets.add(job.tags)
+                self.tag_sets.pop(job.tags, None)  # the latest last
+                self.tag_sets[job.tags] = None
+        while len(self.tag_sets) > TAG_SETS_KEPT:
+            del self.tag_sets[next(iter(self.tag_sets))]
         # GitLab gives a runner the jobs whose tags it all has; this runner has at least
         # the tags of the jobs it took, and takes untagged jobs if it took one.
         runner_tags = frozenset[str]().union(*pipeline.tag_sets)
@@ -252,6 +318,9 @@ class PipelineWatch:
         for job in jobs:  # child pipelines: watched like any, their jobs announced
             if job.bridge and job.downstream is not None:
                 self._watch_child(pipeline_id, pipeline, job, now)
+        takes = [job for job in jobs if job.id not in pipeline.ours and could_be_ours(job.tags)]
+        pipeline.waiting = any(job.status in NOT_BEGUN for job in takes)
+        return bool(takes) or bool(pipeline.ours)
 
     def _watch_child(
         self, parent_id: int, parent: Pipeline, bridge: PipelineJob, now: float

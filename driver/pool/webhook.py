@@ -6,14 +6,18 @@ a group (or instance) webhook at the runner host makes that seconds: a job event
 pipeline's announced jobs, and any other event of a watched pipeline makes the
 service look at it at its next tick (one look per pipeline per tick, however
 many events came). The looks every 30 s become a safety net every 300 s.
+With `[gitlab] watch_heard_pipelines` (on by default with webhook_listen), a
+pipeline event of a pipeline not watched starts watching it (its project's
+`project.id`): its later jobs are announced even when no job of it came here
+(driver.pool.pipelines).
 
 GitLab sends the hook's secret token in `X-Gitlab-Token`; it is compared in
 constant time with the one in `[gitlab] webhook_secret_file` (mode 0600) or
 the WEBHOOK_SECRET_ENV variable, never an argument. A request without it is
 refused with 401 and changes nothing. Events are `X-Gitlab-Event: Job Hook`
 (`build_id`, `build_status`, `pipeline_id`) and `Pipeline Hook`
-(`object_attributes.id`, `object_attributes.status`), as GitLab's webhook docs
-describe them; others are answered 200 and ignored.
+(`object_attributes.id`, `object_attributes.status`, `project.id`), as GitLab's
+webhook docs describe them; others are answered 200 and ignored.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ LARGEST_BODY = 4 << 20  # a pipeline event lists every job: a few hundred KiB at
 READ_TIMEOUT = 10.0  # seconds a sender may take to send its request
 CANCELED = {"canceled", "canceling"}
 
-# What an event tells: (pipeline id, job id or None for a pipeline event, status).
-Heard = Callable[[int, int | None, str], None]
+# What an event tells: (pipeline id, job id or None for a pipeline event, status,
+# project id or None).
+Event = tuple[int, int | None, str, int | None]
+Heard = Callable[[int, int | None, str, int | None], None]
 
 
 def read_secret(path: Path | None) -> str:
@@ -62,19 +68,28 @@ def read_secret(path: Path | None) -> str:
     return secret
 
 
-def parse_event(kind: str, body: object) -> tuple[int, int | None, str] | None:
-    """(pipeline, job or None, status) from a Job Hook or Pipeline Hook; else None."""
+def parse_event(kind: str, body: object) -> Event | None:
+    """(pipeline, job or None, status, project or None) from a Job Hook or Pipeline
+    Hook; else None."""
     if not isinstance(body, dict):
         return None
     try:
         if kind == "Job Hook":
-            return int(body["pipeline_id"]), int(body["build_id"]), str(body["build_status"])
+            pipeline, job = int(body["pipeline_id"]), int(body["build_id"])
+            return pipeline, job, str(body["build_status"]), _project(body.get("project_id"))
         if kind == "Pipeline Hook":
             attributes = body["object_attributes"]
-            return int(attributes["id"]), None, str(attributes["status"])
+            project = body.get("project")
+            project_id = _project(project.get("id")) if isinstance(project, dict) else None
+            return int(attributes["id"]), None, str(attributes["status"]), project_id
     except (KeyError, TypeError, ValueError):
         return None
     return None
+
+
+def _project(value: object) -> int | None:
+    """A project id, if the event tells one (only needed to watch a pipeline heard)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class WebhookReceiver:
@@ -133,8 +148,11 @@ def start(settings: GitLabSettings, watch: PipelineWatch | None) -> WebhookRecei
         return None
     secret = read_secret(settings.webhook_secret_file)
     watch.recheck = HEARD_RECHECK  # events ask for the looks; the timer is a safety net
+    watch.watch_heard = settings.watches_heard_pipelines
     return WebhookReceiver(
         settings.webhook_listen,
         secret,
-        lambda pipeline, job, status: watch.heard(pipeline, job, status, time.time()),
+        lambda pipeline, job, status, project: watch.heard(
+            pipeline, job, status, time.time(), project
+        ),
     )

@@ -37,10 +37,16 @@ The knobs (shares, 0 by default) reshape that week as GitLab does:
               does, and is withdrawn when the service looks next (`poll` s)
   retry       jobs that fail and are retried: a new job (unannounced) after them
 
+And one switch (0 or 1): `watch_all` 1 announces a job when the first job it
+waits for arrives at ANY runner manager, as the pool service does with a group
+webhook's pipeline events (`[gitlab] watch_heard_pipelines`); 0, only when it
+arrives here.
+
 What the pool service learns of a job (the lookahead, as driver.pool.pipelines
 does with GitLab's needs): a job is announced when the first job it waits for
-(the stage before it, or its `needs:`) arrives here, predicted to arrive when
-the last of them should end (arrival plus usual duration).
+(the stage before it, or its `needs:`) arrives here (or anywhere, with
+`watch_all`), predicted to arrive when the last of them should end (arrival
+plus usual duration).
 """
 
 from __future__ import annotations
@@ -98,6 +104,7 @@ class Shape:
     retry: float = 0.0
     poll: float = 30.0
     projects: int = 0
+    watch_all: int = 0  # 1: a job is announced when one it waits for came to any manager
 
 
 def week_level(seconds: float) -> float:
@@ -347,9 +354,10 @@ class _Week:
 
     def trace_jobs(self) -> list[TraceJob]:
         jobs = []
+        watch_all = bool(self.shape.watch_all)
         for node in self.nodes:
             announced, predicted = NEVER, math.nan
-            came = [w.arrival for w in node.waits if w.runs and w.here]
+            came = [w.arrival for w in node.waits if w.runs and (w.here or watch_all)]
             if node.announceable and came:
                 announced = min(came)
                 predicted = max(w.arrival + self.claim + w.usual for w in node.waits)

@@ -403,3 +403,116 @@ def test_the_pool_service_wants_machines_for_the_next_stage_of_a_job_here(
     # Without [gitlab] the service cannot know: nothing is expected.
     blind = PoolService(parse_settings({"state_dir": str(state), "pool": pool}))
     assert blind.observe()[0].ahead.expected == ()
+
+
+def heard_watch() -> tuple[PipelineWatch, Lookahead, Pipelines]:
+    """A watch hearing GitLab's pipeline events, that learned this runner's tags ("vm")
+    from build job 1 of pipeline 7, which came here."""
+    pipelines, lookahead, gitlab, _ = watch()
+    pipelines.watch_heard = True  # [gitlab] watch_heard_pipelines
+    gitlab.jobs[7] = [job(1, "success", "build")]
+    pipelines.job_arrived(40, 7, 1, now=100.0, hit=True)
+    pipelines.poll(100.0)
+    assert pipelines.pipelines == {}  # nothing more of it to watch
+    return pipelines, lookahead, gitlab
+
+
+def test_a_pipeline_heard_of_announces_its_jobs_for_us_though_none_came_here() -> None:
+    """Another runner manager took pipeline 9's build job: its test stage is still
+    announced here, the jobs whose tags this runner has."""
+    pipelines, lookahead, gitlab = heard_watch()
+    gitlab.jobs[9] = [
+        job(11, "running", "build"),  # on another runner manager
+        job(12, "created", "test"),
+        job(13, "created", "test", ("windows",)),  # not this runner's
+    ]
+    pipelines.heard(9, None, "running", 200.0, project_id=41)
+    pipelines.poll(200.0)
+    assert sorted(lookahead.expected) == [12]
+    # Its jobs' events ask for looks as for any watched pipeline.
+    gitlab.jobs[9][1] = job(12, "running", "test", started=200.0)
+    pipelines.heard(9, 12, "running", 300.0)
+    pipelines.poll(300.0)
+    assert lookahead.expected == {}  # taken elsewhere
+    # Done: let go, and a late event of a done pipeline starts nothing.
+    gitlab.jobs[9] = [job(11, "success", "build"), job(12, "success", "test", started=200.0)]
+    pipelines.heard(9, None, "success", 400.0, project_id=41)
+    pipelines.poll(400.0)
+    assert 9 not in pipelines.pipelines
+    calls = gitlab.calls
+    pipelines.heard(9, None, "success", 500.0, project_id=41)
+    pipelines.poll(500.0)
+    assert gitlab.calls == calls
+
+
+def test_a_heard_pipeline_stays_watched_until_its_stage_for_us_can_be_announced() -> None:
+    """Heard when it starts: its deploy job (ours) waits for tests another runner takes,
+    not begun yet, so nothing is announced; no pipeline event comes while it runs, and
+    the events of its jobs bring the looks."""
+    pipelines, lookahead, gitlab = heard_watch()
+    gitlab.jobs[9] = [
+        job(11, "pending", "build"),
+        job(12, "created", "test", ("windows",)),
+        job(13, "created", "deploy"),
+    ]
+    pipelines.heard(9, None, "pending", 200.0, project_id=41)
+    pipelines.poll(200.0)
+    assert lookahead.expected == {}
+    calls = gitlab.calls
+    for now in (230.0, 600.0, 1000.0):  # no timed looks meanwhile
+        pipelines.poll(now)
+    assert gitlab.calls == calls
+    gitlab.jobs[9][:2] = [job(11, "success", "build"), job(12, "running", "test", ("windows",))]
+    pipelines.heard(9, 12, "running", 1100.0)
+    pipelines.poll(1100.0)
+    assert sorted(lookahead.expected) == [13]
+
+
+def test_a_heard_pipeline_with_nothing_for_us_is_looked_at_once() -> None:
+    pipelines, lookahead, gitlab = heard_watch()
+    gitlab.jobs[9] = [job(11, "running", "build", ("windows",))]
+    gitlab.jobs[9] += [job(12, "created", "test", ("windows",))]
+    calls = gitlab.calls
+    pipelines.heard(9, None, "pending", 200.0, project_id=41)
+    pipelines.poll(200.0)
+    assert gitlab.calls == calls + 1
+    for now in (210.0, 220.0, 230.0):  # its next events cost nothing
+        pipelines.heard(9, None, "running", now, project_id=41)
+        pipelines.heard(9, 11, "running", now)
+        pipelines.poll(now)
+    assert gitlab.calls == calls + 1 and lookahead.expected == {}
+    # Remembered for as long as a pipeline is watched at most, then asked of again.
+    later = 200.0 + WATCHED_AT_MOST + 1
+    pipelines.heard(9, None, "running", later, project_id=41)
+    pipelines.poll(later)
+    assert gitlab.calls == calls + 2
+
+
+def test_a_pipeline_heard_before_any_job_came_here_is_not_watched() -> None:
+    """Without a job taken, this runner's tags are unknown: nothing is asked of GitLab."""
+    pipelines, lookahead, gitlab, _ = watch()
+    pipelines.watch_heard = True
+    gitlab.jobs[9] = [job(11, "running", "build"), job(12, "created", "test")]
+    pipelines.heard(9, None, "running", 100.0, project_id=41)
+    pipelines.poll(100.0)
+    assert gitlab.calls == 0 and pipelines.pipelines == {}
+    # Once a job came here (its tags "vm"), the same event watches the pipeline.
+    gitlab.jobs[7] = [job(1, "success", "build")]
+    pipelines.job_arrived(40, 7, 1, now=150.0, hit=True)
+    pipelines.poll(150.0)
+    pipelines.heard(9, None, "running", 160.0, project_id=41)
+    pipelines.poll(160.0)
+    assert sorted(lookahead.expected) == [12]
+
+
+def test_a_heard_pipeline_is_let_go_hours_after_it_was_last_heard() -> None:
+    pipelines, lookahead, gitlab = heard_watch()
+    gitlab.jobs[9] = [job(11, "running", "build"), job(12, "created", "test")]
+    pipelines.heard(9, None, "running", 200.0, project_id=41)
+    pipelines.poll(200.0)
+    gitlab.down = True
+    pipelines.heard(9, 11, "running", 1000.0)  # heard again: the hours count from here
+    pipelines.poll(200.0 + WATCHED_AT_MOST + 1)
+    assert list(lookahead.expected) == [12]
+    pipelines.poll(1000.0 + WATCHED_AT_MOST + 1)
+    assert lookahead.expected == {} and pipelines.pipelines == {}

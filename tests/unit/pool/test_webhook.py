@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from driver.errors import ConfigError
-from driver.pool.pipelines import HEARD_RECHECK, RECHECK, PipelineWatch
+from driver.pool.pipelines import HEARD_RECHECK, RECHECK, PipelineJob, PipelineWatch
 from driver.pool.webhook import WEBHOOK_SECRET_ENV, WebhookReceiver, read_secret, start
 from driver.settings import GitLabSettings
 from tests.unit.pool.test_pipelines import job, watch
@@ -34,7 +34,9 @@ def watched() -> Iterator[tuple[PipelineWatch, WebhookReceiver, list[float]]]:
     receiver = WebhookReceiver(
         "127.0.0.1:0",
         SECRET,
-        lambda pipeline, job_id, status: pipelines.heard(pipeline, job_id, status, 110.0),
+        lambda pipeline, job_id, status, project: pipelines.heard(
+            pipeline, job_id, status, 110.0, project
+        ),
     )
     try:
         yield pipelines, receiver, times
@@ -84,6 +86,31 @@ def test_any_other_event_asks_for_a_look_at_the_next_tick(
     assert pipelines.pipelines[7].look_at == 110.0
 
 
+def test_a_pipeline_event_of_a_pipeline_not_watched_starts_watching_it(
+    watched: tuple[PipelineWatch, WebhookReceiver, list[float]],
+) -> None:
+    """A group webhook tells of pipeline 9 of project 41, no job of which came here:
+    its project, from the event's `project.id`, is where its jobs are listed."""
+    pipelines, receiver, _ = watched
+    pipelines.watch_heard = True  # [gitlab] watch_heard_pipelines
+    listed: list[tuple[int, int]] = []
+
+    def list_jobs(project_id: int, pipeline_id: int) -> list[PipelineJob]:
+        listed.append((project_id, pipeline_id))
+        return [job(11, "running", "build"), job(12, "created", "test")]
+
+    pipelines.list_jobs = list_jobs
+    event = {
+        "object_kind": "pipeline",
+        "object_attributes": {"id": 9, "status": "running"},
+        "project": {"id": 41, "path_with_namespace": "group/project-41"},
+    }
+    assert send(receiver, "Pipeline Hook", event) == 200
+    pipelines.poll(110.0)
+    assert listed == [(41, 9)]
+    assert sorted(pipelines.lookahead.expected) == [2, 3, 12]
+
+
 def test_without_the_secret_token_nothing_changes(
     watched: tuple[PipelineWatch, WebhookReceiver, list[float]],
 ) -> None:
@@ -118,6 +145,25 @@ def test_the_secret_comes_from_a_private_file_or_the_environment(
     assert receiver is not None
     receiver.stop()
     assert pipelines.recheck == HEARD_RECHECK  # events ask for looks: the timer a safety net
+    assert pipelines.watch_heard  # on by default with the events
+
+
+def test_watching_pipelines_heard_of_is_on_with_the_events_unless_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(WEBHOOK_SECRET_ENV, SECRET)
+    url, listen = "https://gitlab.example.com", "127.0.0.1:0"
+    for setting, on in ((None, True), (True, True), (False, False)):
+        pipelines, *_ = watch()
+        settings = GitLabSettings(url=url, webhook_listen=listen, watch_heard_pipelines=setting)
+        receiver = start(settings, pipelines)
+        assert receiver is not None
+        receiver.stop()
+        assert pipelines.watch_heard is on, setting
+    # Without the events there is nothing to hear: asking for it is an error.
+    with pytest.raises(ValueError, match=r"watch_heard_pipelines = true needs .* webhook_listen"):
+        GitLabSettings(url=url, watch_heard_pipelines=True)
+    assert not GitLabSettings(url=url).watches_heard_pipelines
 
 
 def test_webhook_listen_is_host_and_port() -> None:

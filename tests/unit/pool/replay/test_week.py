@@ -55,6 +55,16 @@ def test_another_runner_manager_takes_its_share_of_the_jobs() -> None:
     assert any(not announced(j) for j in ran if j.stage > 0)
 
 
+def test_watching_every_pipeline_announces_the_jobs_after_one_run_elsewhere() -> None:
+    """watch_all: the pool service hearing a group webhook's pipeline events."""
+    trace = week(managers=2, watch_all=1)
+    assert [(j.arrival, j.here) for j in trace.jobs] == [
+        (j.arrival, j.here) for j in week(managers=2).jobs
+    ]  # the same week, only more of it announced
+    later = [j for j in trace.jobs if j.runs and j.stage > 0]
+    assert later and all(announced(j) for j in later)
+
+
 def test_jobs_gitlab_does_not_announce_are_never_announced() -> None:
     plain = week()
     for knob in ("manual", "delayed", "retry", "children"):
