@@ -158,7 +158,10 @@ class DemandPolicy:
     expected share of jobs finding a machine over that week (each moment
     weighted by its jobs) is the target, the expected share at one moment
     being 1 - E[(N - S)+] / E[N]. The model's estimates lag a changing rate,
-    so it aims above the target by as much as the jobs of that week fell short.
+    so it aims above the target by as much as the jobs of that week fell short;
+    a shortfall seen over a short history is mostly where one big fan-out
+    happened to land, so it counts in proportion to the samples behind it
+    (half at two days of them, AIM_TRUST).
 
     Jobs announced ahead (a pipeline's next stage, driver.pool.lookahead) are
     not guessed but known: the policy adds one machine for each, started so it
@@ -178,6 +181,7 @@ class DemandPolicy:
     SMALLEST_ALLOWANCE, LARGEST_ALLOWANCE = 1e-5, 0.5
     HIGHEST_AIM = 0.999
     AIM_GAIN = 3.0
+    AIM_TRUST = 2 * 144  # samples (two days) at which a shortfall counts half
     LEADS_NEEDED = AnnouncedTiming.LEADS_NEEDED
 
     def __init__(self, pool: PoolSettings, create_seconds: float = DEFAULT_CREATE_SECONDS) -> None:
@@ -254,6 +258,7 @@ class DemandPolicy:
             if jobs > announced:
                 base = (self.target * jobs - announced_hits) / (jobs - announced)
             shortfall = self.target - hits / jobs if jobs else 0.0
+            shortfall *= len(self.history) / (len(self.history) + self.AIM_TRUST)
             self.aim = min(self.HIGHEST_AIM, max(0.0, base, base + self.AIM_GAIN * shortfall))
             self.allowance = self.calibrate(self.model, self.aim)
             self.next_calibration = now + self.RECALIBRATE_EVERY

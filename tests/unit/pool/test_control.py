@@ -296,6 +296,25 @@ def test_the_allowance_is_calibrated_so_the_expected_hit_rate_is_the_target() ->
         assert aim <= expected(allowance) < aim + 0.03
 
 
+def test_a_shortfall_seen_over_hours_raises_the_aim_less_than_one_seen_over_days() -> None:
+    """Jobs that fell short of the target raise the aim; over a few hours that is mostly
+    where one big fan-out happened to land, so it counts for little until days back it."""
+    raised = []
+    for hours in (3, 72):
+        policy = DemandPolicy(demand_pool(0.9), create_seconds=90)
+        rng = random.Random(7)
+        now, jobs = 0.0, 0
+        while now < hours * 3600:  # one job in eight misses: 2.5 points short of 0.9
+            now += rng.expovariate(20 / 3600)
+            jobs += 1
+            hit = jobs % 8 != 0
+            policy.observe(now, Observation((), 0, 0, hits=int(hit), misses=int(not hit)))
+        raised.append(policy.aim - 0.9)
+    full = DemandPolicy.AIM_GAIN * 0.025
+    assert 0 <= raised[0] < full / 4  # a few hours: a small part of the shortfall
+    assert raised[1] > full / 2  # three days: most of it
+
+
 def test_the_demand_policy_is_the_default_only_when_chosen() -> None:
     assert isinstance(control.make_policy(PoolSettings()), control.IdleCountPolicy)
     assert isinstance(control.make_policy(demand_pool()), DemandPolicy)
