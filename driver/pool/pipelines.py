@@ -21,8 +21,8 @@ had (none learned yet: nothing is watched). One found to have none is
 remembered as not ours (NOT_OURS_KEPT at most, for WATCHED_AT_MOST): its
 further events ask GitLab nothing. Such a pipeline, or any with jobs of ours
 still to begin, stays watched while nothing is announced, looked at again
-only when an event of it comes, and let go WATCHED_AT_MOST after its last
-event or job here.
+when an event of it comes and every RECHECK (HEARD_RECHECK) seconds, and let
+go WATCHED_AT_MOST after its last event or job here.
 
 The predictions: a job should end its usual duration (the median of its name's
 last successful runs in the project, read at most once per USUAL_KEPT seconds)
@@ -231,10 +231,11 @@ class PipelineWatch:
             parent = self.pipelines.get(pipeline.parent) if pipeline.parent else None
             # A child a watched parent may wait for is watched until its jobs are done.
             awaited = parent is not None and pipeline.ends != -math.inf
-            if pipeline.announced or jobs is None or awaited:
+            # Heard of, with a job for us still to begin: its events (if the hook sends
+            # job events) ask for the looks, the timer makes sure of them.
+            waiting = self.watch_heard and pipeline.waiting
+            if pipeline.announced or jobs is None or awaited or waiting:
                 pipeline.look_at = now + self.recheck
-            elif self.watch_heard and pipeline.waiting:
-                pipeline.look_at = math.inf  # looked at again when an event of it comes
             else:  # nothing more to watch until another of its jobs comes here
                 del self.pipelines[pipeline_id]
         return True

@@ -14,7 +14,13 @@ import pytest
 from driver.pool.gitlab_api import RateLimited
 from driver.pool.gitlab_jobs import GitLabJobs
 from driver.pool.lookahead import Lookahead
-from driver.pool.pipelines import RECHECK, WATCHED_AT_MOST, PipelineJob, PipelineWatch
+from driver.pool.pipelines import (
+    HEARD_RECHECK,
+    RECHECK,
+    WATCHED_AT_MOST,
+    PipelineJob,
+    PipelineWatch,
+)
 from driver.pool.service import PoolService
 from driver.settings import GitLabSettings, parse_settings
 from driver.state import JobDir, JobPhase, JobRecord
@@ -447,9 +453,11 @@ def test_a_pipeline_heard_of_announces_its_jobs_for_us_though_none_came_here() -
 
 def test_a_heard_pipeline_stays_watched_until_its_stage_for_us_can_be_announced() -> None:
     """Heard when it starts: its deploy job (ours) waits for tests another runner takes,
-    not begun yet, so nothing is announced; no pipeline event comes while it runs, and
-    the events of its jobs bring the looks."""
+    not begun yet, so nothing is announced; no pipeline event comes while it runs. The
+    events of its jobs bring the looks; a hook that sends pipeline events only still
+    gets one every HEARD_RECHECK seconds."""
     pipelines, lookahead, gitlab = heard_watch()
+    pipelines.recheck = HEARD_RECHECK  # as driver.pool.webhook.start sets it
     gitlab.jobs[9] = [
         job(11, "pending", "build"),
         job(12, "created", "test", ("windows",)),
@@ -459,12 +467,32 @@ def test_a_heard_pipeline_stays_watched_until_its_stage_for_us_can_be_announced(
     pipelines.poll(200.0)
     assert lookahead.expected == {}
     calls = gitlab.calls
-    for now in (230.0, 600.0, 1000.0):  # no timed looks meanwhile
-        pipelines.poll(now)
+    pipelines.poll(200.0 + HEARD_RECHECK - 1)  # no look before the timer's
     assert gitlab.calls == calls
     gitlab.jobs[9][:2] = [job(11, "success", "build"), job(12, "running", "test", ("windows",))]
-    pipelines.heard(9, 12, "running", 1100.0)
-    pipelines.poll(1100.0)
+    pipelines.heard(9, 12, "running", 400.0)  # a job event: looked at at once
+    pipelines.poll(400.0)
+    assert sorted(lookahead.expected) == [13]
+
+
+def test_a_heard_pipeline_is_looked_at_again_without_job_events() -> None:
+    """A hook that sends pipeline events only: nothing tells when the tests begin, the
+    timer's look does, and the deploy job (ours) is announced then."""
+    pipelines, lookahead, gitlab = heard_watch()
+    pipelines.recheck = HEARD_RECHECK
+    gitlab.jobs[9] = [
+        job(11, "pending", "build", ("windows",)),
+        job(12, "created", "test", ("windows",)),
+        job(13, "created", "deploy"),
+    ]
+    pipelines.heard(9, None, "pending", 200.0, project_id=41)
+    pipelines.poll(200.0)
+    assert lookahead.expected == {}
+    gitlab.jobs[9][:2] = [
+        job(11, "success", "build", ("windows",)),
+        job(12, "running", "test", ("windows",)),
+    ]
+    pipelines.poll(200.0 + HEARD_RECHECK)  # no event came: the timer's look
     assert sorted(lookahead.expected) == [13]
 
 
