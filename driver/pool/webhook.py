@@ -70,13 +70,13 @@ def read_secret(path: Path | None) -> str:
 
 def parse_event(kind: str, body: object) -> Event | None:
     """(pipeline, job or None, status, project or None) from a Job Hook or Pipeline
-    Hook; else None."""
+    Hook (the project of a pipeline event only); else None."""
     if not isinstance(body, dict):
         return None
     try:
         if kind == "Job Hook":
-            pipeline, job = int(body["pipeline_id"]), int(body["build_id"])
-            return pipeline, job, str(body["build_status"]), _project(body.get("project_id"))
+            # Its project is not needed: a job event never starts a watch.
+            return int(body["pipeline_id"]), int(body["build_id"]), str(body["build_status"]), None
         if kind == "Pipeline Hook":
             attributes = body["object_attributes"]
             project = body.get("project")
