@@ -158,6 +158,12 @@ class Env:
         assert out.returncode == 0, out.stderr
         return dict(json.loads(out.stdout))
 
+    def stopped_machines(self) -> list[str]:
+        """The pool's stopped tier ([pool] stopped_count), as `pool status` lists it."""
+        machines = self.pool_status()["machines"]
+        assert isinstance(machines, list)
+        return [str(m["name"]) for m in machines if m["state"] == "stopped"]
+
     def machines(self) -> list[str]:
         return double.machine_names(str(self.storage))
 

@@ -452,8 +452,8 @@ def test_a_stopped_machine_back_at_a_new_address_runs_the_job_in_its_image(
     )
     service = env.start_pool(quiet=True)
     try:
-        wait_for(lambda: stopped_machines(env) != [], timeout=180)
-        [name] = stopped_machines(env)
+        wait_for(lambda: env.stopped_machines() != [], timeout=180)
+        [name] = env.stopped_machines()
         env.faults(start_new_address={"times": 1})
         job = Job(
             image=f"{registry.open}/ci/bash:1",
@@ -478,12 +478,6 @@ def test_a_stopped_machine_back_at_a_new_address_runs_the_job_in_its_image(
     finally:
         stop_pool(service)
     env.assert_nothing_left()
-
-
-def stopped_machines(env: Env) -> list[str]:
-    machines = env.pool_status()["machines"]
-    assert isinstance(machines, list)
-    return [str(m["name"]) for m in machines if m["state"] == "stopped"]
 
 
 def test_a_non_root_user_runs_the_stages_and_writes_the_clone(

@@ -30,12 +30,6 @@ WORLD = {
 SAY = "[gitlab-machine-driver] "
 
 
-def stopped(env: Env) -> list[str]:
-    machines = env.pool_status()["machines"]
-    assert isinstance(machines, list)
-    return [str(m["name"]) for m in machines if m["state"] == "stopped"]
-
-
 def said(lines: list[str], pattern: str) -> list[re.Match[str]]:
     """The driver's own job-log lines that match ``pattern`` whole."""
     return [m for line in lines if (m := re.fullmatch(re.escape(SAY) + pattern, line))]
@@ -49,8 +43,8 @@ def counter(env: Env, metric: metrics.Counter, label: str, value: str) -> float:
 def test_a_job_starts_the_stopped_machine_and_the_service_makes_another(env: Env) -> None:
     service = env.start_pool()
     try:
-        wait_for(lambda: len(stopped(env)) == 1, timeout=180)
-        [name] = stopped(env)
+        wait_for(lambda: len(env.stopped_machines()) == 1, timeout=180)
+        [name] = env.stopped_machines()
         assert double.vm_pids(str(env.storage), name) == []  # stopped: nothing runs
         result = env.run_job(Job(script=['echo "on $(hostname)"']))
         assert result.outcome == "success", result.describe()
@@ -58,7 +52,10 @@ def test_a_job_starts_the_stopped_machine_and_the_service_makes_another(env: Env
         assert said(lines, rf"Started machine {name} from the warm pool's stopped tier \(.*s\)")
         assert f"on {name}" in lines
         assert name not in env.machines()  # single use: cleanup removed it
-        wait_for(lambda: len(stopped(env)) == 1 and stopped(env) != [name], timeout=180)
+        wait_for(
+            lambda: len(env.stopped_machines()) == 1 and env.stopped_machines() != [name],
+            timeout=180,
+        )
         assert counter(env, metrics.POOL_STOPPED_STARTS, "result", "started") == 1
     finally:
         stop_pool(service)
@@ -73,8 +70,8 @@ def test_a_machine_back_at_a_new_address_is_used_there(env: Env, check: bool) ->
     env.configure(docker={"check": check})
     service = env.start_pool()
     try:
-        wait_for(lambda: len(stopped(env)) == 1, timeout=180)
-        [name] = stopped(env)
+        wait_for(lambda: len(env.stopped_machines()) == 1, timeout=180)
+        [name] = env.stopped_machines()
         env.faults(start_new_address={"times": 1})
         result = env.run_job(Job(script=['echo "on $(hostname)"']))
         assert result.outcome == "success", result.describe()
@@ -95,8 +92,8 @@ def test_a_machine_back_at_a_new_address_is_used_there(env: Env, check: bool) ->
 def test_another_host_key_is_refused_and_the_job_creates_its_own(env: Env) -> None:
     service = env.start_pool()
     try:
-        wait_for(lambda: len(stopped(env)) == 1, timeout=180)
-        [name] = stopped(env)
+        wait_for(lambda: len(env.stopped_machines()) == 1, timeout=180)
+        [name] = env.stopped_machines()
         double.rotate_host_key(str(env.storage), name)  # another VM would answer there
         result = env.run_job(Job(script=['echo "on $(hostname)"']))
         assert result.outcome == "success", result.describe()
@@ -120,8 +117,8 @@ def test_a_start_that_fails_or_hangs_costs_the_machine_not_the_job(env: Env, fau
     env.configure(pool={"start_timeout": 5})  # a hung start is given up after this
     service = env.start_pool()
     try:
-        wait_for(lambda: len(stopped(env)) == 1, timeout=180)
-        [name] = stopped(env)
+        wait_for(lambda: len(env.stopped_machines()) == 1, timeout=180)
+        [name] = env.stopped_machines()
         env.faults(**{fault: {"times": 1}})
         result = env.run_job(Job(script=['echo "on $(hostname)"']))
         assert result.outcome == "success", result.describe()
