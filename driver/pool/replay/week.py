@@ -37,10 +37,12 @@ The knobs (shares, 0 by default) reshape that week as GitLab does:
               does, and is withdrawn when the service looks next (`poll` s)
   retry       jobs that fail and are retried: a new job (unannounced) after them
 
-And one switch (0 or 1): `watch_all` 1 announces a job when the first job it
+And two switches (0 or 1): `watch_all` 1 announces a job when the first job it
 waits for arrives at ANY runner manager, as the pool service does with a group
 webhook's pipeline events (`[gitlab] watch_heard_pipelines`); 0, only when it
-arrives here.
+arrives here. `exact` 1 predicts each announced job's arrival exactly, which
+no GitLab can tell (a job runs its usual duration give or take): what the
+lookahead's prediction errors cost, by comparison with 0.
 
 What the pool service learns of a job (the lookahead, as driver.pool.pipelines
 does with GitLab's needs): a job is announced when the first job it waits for
@@ -105,6 +107,7 @@ class Shape:
     poll: float = 30.0
     projects: int = 0
     watch_all: int = 0  # 1: a job is announced when one it waits for came to any manager
+    exact: int = 0  # 1: an announced job is predicted to arrive when it does
 
 
 def week_level(seconds: float) -> float:
@@ -354,13 +357,15 @@ class _Week:
 
     def trace_jobs(self) -> list[TraceJob]:
         jobs = []
-        watch_all = bool(self.shape.watch_all)
+        watch_all, exact = bool(self.shape.watch_all), bool(self.shape.exact)
         for node in self.nodes:
             announced, predicted = NEVER, math.nan
             came = [w.arrival for w in node.waits if w.runs and (w.here or watch_all)]
             if node.announceable and came:
                 announced = min(came)
                 predicted = max(w.arrival + self.claim + w.usual for w in node.waits)
+                if exact:
+                    predicted = node.arrival
             jobs.append(
                 TraceJob(
                     node.arrival,

@@ -65,6 +65,18 @@ def test_watching_every_pipeline_announces_the_jobs_after_one_run_elsewhere() ->
     assert later and all(announced(j) for j in later)
 
 
+def test_exact_predictions_change_only_the_predictions() -> None:
+    """exact: what the lookahead's prediction errors cost, measured against none."""
+    usual, exact = week(), week(exact=1)
+    assert [(j.arrival, j.announced) for j in exact.jobs] == [
+        (j.arrival, j.announced) for j in usual.jobs
+    ]
+    foreseen = [(u, e) for u, e in zip(usual.jobs, exact.jobs, strict=True) if announced(u)]
+    assert foreseen and all(e.predicted == e.arrival for _, e in foreseen)
+    # The usual predictions miss: a job runs its usual duration give or take.
+    assert sum(abs(u.predicted - u.arrival) > 10 for u, _ in foreseen) > len(foreseen) / 2
+
+
 def test_jobs_gitlab_does_not_announce_are_never_announced() -> None:
     plain = week()
     for knob in ("manual", "delayed", "retry", "children"):
