@@ -86,6 +86,9 @@ class Policy(Protocol):
     def idle_time(self, now: float) -> float:
         """Seconds a machine beyond `wanted` may stay idle before it is removed."""
 
+    def kept(self, now: float, wanted: int) -> int:
+        """Machines (ready or being created) safe from removal now: `wanted`, or more."""
+
     def memory(self) -> dict[str, object]:
         """What it learned, as JSON, for the next start of the service."""
 
@@ -123,6 +126,9 @@ class IdleCountPolicy:
 
     def idle_time(self, now: float) -> float:
         return self.target(now).idle_time
+
+    def kept(self, now: float, wanted: int) -> int:
+        return wanted  # docker+machine: what is beyond IdleCount goes after IdleTime
 
     def memory(self) -> dict[str, object]:
         return {}  # nothing learned: its settings say it all
@@ -163,6 +169,13 @@ class DemandPolicy:
     happened to land, so it counts in proportion to the samples behind it
     (half at two days of them, AIM_TRUST).
 
+    A machine beyond what the policy wants goes once it idled past `idle_time`,
+    and only if the policy wanted fewer all that time (`kept`: the most it
+    wanted over the last `idle_time` seconds, as Kubernetes' autoscaler
+    steadies a scale-down). The estimate wavers as fan-outs come and go; a
+    machine removed to be made again minutes later costs a create, and is
+    often never used at all.
+
     Jobs announced ahead (a pipeline's next stage, driver.pool.lookahead) are
     not guessed but known: the policy adds one machine for each, started so it
     is ready when the job is likely to come (see `announced_due`), and leaves
@@ -187,6 +200,7 @@ class DemandPolicy:
     def __init__(self, pool: PoolSettings, create_seconds: float = DEFAULT_CREATE_SECONDS) -> None:
         self.pool = pool
         self.target = pool.hit_rate_target
+        self.recent_wanted: deque[tuple[float, int]] = deque()  # (when, wanted), see `kept`
         self.window = pool.demand_window
         self.starts: deque[float] = deque(maxlen=self.SIZES_KEPT)  # when each fan-out began
         self.sizes: deque[int] = deque(maxlen=self.SIZES_KEPT)  # and its jobs
@@ -322,6 +336,16 @@ class DemandPolicy:
 
     def idle_time(self, now: float) -> float:
         return self.pool.idle_time
+
+    def kept(self, now: float, wanted: int) -> int:
+        """The largest `wanted` of the last `idle_time` seconds."""
+        recent = self.recent_wanted  # newer entries only, each wanting less than the one before
+        while recent and recent[-1][1] <= wanted:
+            recent.pop()
+        recent.append((now, wanted))
+        while recent[0][0] < now - self.pool.idle_time:
+            recent.popleft()
+        return recent[0][1]
 
     MEMORY_VERSION = 1
 
@@ -517,7 +541,7 @@ class PoolController:
         # Idle machines beyond the target go once they have idled past idle_time,
         # the longest idle first.
         removed: list[str] = []
-        excess = len(obs.ready) + obs.creating + created - wanted
+        excess = len(obs.ready) + obs.creating + created - self.policy.kept(now, wanted)
         idle_time = self.policy.idle_time(now)
         for machine in obs.ready:
             if excess <= 0:

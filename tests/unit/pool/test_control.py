@@ -315,6 +315,55 @@ def test_a_shortfall_seen_over_hours_raises_the_aim_less_than_one_seen_over_days
     assert raised[1] > full / 2  # three days: most of it
 
 
+class ScriptedDemand(DemandPolicy):
+    """The demand policy, wanting what the test says (its removal rule is under test)."""
+
+    def __init__(self) -> None:
+        super().__init__(parse_settings({"pool": {"policy": "demand", "idle_time": 600}}).pool)
+        self.now_wanted = 0
+
+    def wanted(self, now: float, obs: Observation) -> int:
+        return self.now_wanted
+
+
+def test_the_demand_policy_removes_only_what_it_wanted_none_of_for_idle_time() -> None:
+    """The estimate wavers: a machine beyond today's number but wanted minutes ago stays
+    (a removal then a create for it again costs a create, for a machine often never used)."""
+    policy = ScriptedDemand()
+    pool = Harness()
+    pool.controller = PoolController(
+        policy.pool,
+        LimitSettings(),
+        clock=lambda: pool.now,
+        create=pool._create,
+        remove=lambda name, why: pool.removed.append((name, why)),
+        policy=policy,
+    )
+    start = pool.now
+    policy.now_wanted = 5
+    assert pool.step(ready=ready(700, 700, 700, 700, 700)).remove == ()
+    pool.now = start + 300
+    policy.now_wanted = 2
+    # Three beyond the number wanted, idle past idle_time, but wanted 300 s ago: kept.
+    assert pool.step(ready=ready(1000, 1000, 1000, 1000, 1000, now=pool.now)).remove == ()
+    pool.now = start + 601
+    assert pool.step(ready=ready(1300, 1300, 1300, 1300, 1300, now=pool.now)).remove == (
+        "m0",
+        "m1",
+        "m2",
+    )
+    # docker+machine's rule, which the idle_count policy keeps: beyond IdleCount and
+    # idle past IdleTime is enough (test_only_machines_beyond_the_target_...).
+
+
+def test_what_the_demand_policy_keeps_is_the_most_it_wanted_over_idle_time() -> None:
+    policy = ScriptedDemand()
+    assert [policy.kept(t, w) for t, w in [(0, 3), (100, 5), (200, 4), (700, 2)]] == [3, 5, 5, 5]
+    assert policy.kept(701, 2) == 4  # 5 was wanted 601 s ago
+    assert policy.kept(801, 1) == 2
+    assert policy.kept(2000, 0) == 0
+
+
 def test_the_demand_policy_is_the_default_only_when_chosen() -> None:
     assert isinstance(control.make_policy(PoolSettings()), control.IdleCountPolicy)
     assert isinstance(control.make_policy(demand_pool()), DemandPolicy)
