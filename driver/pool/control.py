@@ -170,11 +170,12 @@ class DemandPolicy:
     (half at two days of them, AIM_TRUST).
 
     A machine beyond what the policy wants goes once it idled past `idle_time`,
-    and only if the policy wanted fewer all that time (`kept`: the most it
-    wanted over the last `idle_time` seconds, as Kubernetes' autoscaler
-    steadies a scale-down). The estimate wavers as fan-outs come and go; a
-    machine removed to be made again minutes later costs a create, and is
-    often never used at all.
+    and only if the policy guessed fewer all that time (`kept`: the most it
+    guessed over the last `idle_time` seconds, as Kubernetes' autoscaler
+    steadies a scale-down). A guess wavers as fan-outs come and go; a machine
+    removed to be made again minutes later costs a create, and is often never
+    used at all. The machines for jobs GitLab announced are known, not
+    guessed: once those jobs came, or were withdrawn, they are not held.
 
     Jobs announced ahead (a pipeline's next stage, driver.pool.lookahead) are
     not guessed but known: the policy adds one machine for each, started so it
@@ -200,7 +201,8 @@ class DemandPolicy:
     def __init__(self, pool: PoolSettings, create_seconds: float = DEFAULT_CREATE_SECONDS) -> None:
         self.pool = pool
         self.target = pool.hit_rate_target
-        self.recent_wanted: deque[tuple[float, int]] = deque()  # (when, wanted), see `kept`
+        self.recent_wanted: deque[tuple[float, int]] = deque()  # (when, guessed), see `kept`
+        self.told = 0  # machines due for jobs GitLab told of, as `wanted` last counted them
         self.window = pool.demand_window
         self.starts: deque[float] = deque(maxlen=self.SIZES_KEPT)  # when each fan-out began
         self.sizes: deque[int] = deque(maxlen=self.SIZES_KEPT)  # and its jobs
@@ -320,7 +322,10 @@ class DemandPolicy:
         return math.exp(low)
 
     def wanted(self, now: float, obs: Observation) -> int:
-        due = self.announced_due(now, obs.ahead.expected)
+        expected = obs.ahead.expected
+        due = self.told = self.announced_due(now, expected)
+        if any(job.guess for job in expected):  # guessed stages waver as the stock does
+            self.told = self.announced_due(now, [job for job in expected if not job.guess])
         bucket = self._bucket(self.fanout_rate(now))
         if bucket is None or self.model is None:
             return due
@@ -338,14 +343,16 @@ class DemandPolicy:
         return self.pool.idle_time
 
     def kept(self, now: float, wanted: int) -> int:
-        """The largest `wanted` of the last `idle_time` seconds."""
+        """The machines due now for jobs GitLab told of, and the largest number of the
+        others wanted over the last `idle_time` seconds (only a guess wavers)."""
+        guessed = wanted - self.told
         recent = self.recent_wanted  # newer entries only, each wanting less than the one before
-        while recent and recent[-1][1] <= wanted:
+        while recent and recent[-1][1] <= guessed:
             recent.pop()
-        recent.append((now, wanted))
+        recent.append((now, guessed))
         while recent[0][0] < now - self.pool.idle_time:
             recent.popleft()
-        return recent[0][1]
+        return recent[0][1] + self.told
 
     MEMORY_VERSION = 1
 

@@ -19,6 +19,7 @@ from driver.pool.control import (
     ReadyMachine,
     jobs_within,
 )
+from driver.pool.lookahead import Expected, Report
 from driver.settings import LimitSettings, PoolSettings, parse_settings
 
 MONDAY_NOON = datetime(2026, 1, 5, 12, 0, tzinfo=UTC).timestamp()
@@ -362,6 +363,24 @@ def test_what_the_demand_policy_keeps_is_the_most_it_wanted_over_idle_time() -> 
     assert policy.kept(701, 2) == 4  # 5 was wanted 601 s ago
     assert policy.kept(801, 1) == 2
     assert policy.kept(2000, 0) == 0
+
+
+def test_machines_for_jobs_gitlab_told_of_are_not_held_but_guessed_ones_are() -> None:
+    """A job GitLab announced is known: once it came (or was withdrawn) its machine is
+    no longer wanted. A guessed stage (driver.pool.shapes) wavers as the stock does."""
+    policy = ScriptedDemand()
+    DemandPolicy.wanted(policy, 0.0, Observation((), 0, 0))  # the real count of what is due
+
+    def wanted(now: float, *expected: Expected) -> int:
+        ahead = Report(tuple(expected), (), (), 0, 0)
+        return DemandPolicy.wanted(policy, now, Observation((), 0, 0, ahead=ahead))
+
+    told, guessed = Expected(announced=0.0), Expected(announced=0.0, guess=True)
+    assert policy.kept(10.0, wanted(10.0, told, told, told)) == 3
+    assert policy.kept(20.0, wanted(20.0)) == 0  # they came: nothing to hold
+    assert policy.kept(30.0, wanted(30.0, guessed, guessed, guessed)) == 3
+    assert policy.kept(40.0, wanted(40.0)) == 3  # the guess gone: held for idle_time
+    assert policy.kept(631.0, wanted(631.0)) == 0
 
 
 def test_the_demand_policy_is_the_default_only_when_chosen() -> None:
