@@ -87,7 +87,8 @@ class Policy(Protocol):
         """Seconds a machine beyond `wanted` may stay idle before it is removed."""
 
     def kept(self, now: float, wanted: int) -> int:
-        """Machines (ready or being created) safe from removal now: `wanted`, or more."""
+        """Machines (ready or being created) safe from removal now: `wanted`, or more.
+        Called once a step, after `wanted`, with what it returned."""
 
     def memory(self) -> dict[str, object]:
         """What it learned, as JSON, for the next start of the service."""

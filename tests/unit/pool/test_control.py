@@ -353,8 +353,6 @@ def test_the_demand_policy_removes_only_what_it_wanted_none_of_for_idle_time() -
         "m1",
         "m2",
     )
-    # docker+machine's rule, which the idle_count policy keeps: beyond IdleCount and
-    # idle past IdleTime is enough (test_only_machines_beyond_the_target_...).
 
 
 def test_what_the_demand_policy_keeps_is_the_most_it_wanted_over_idle_time() -> None:
@@ -369,12 +367,12 @@ def test_machines_for_jobs_gitlab_told_of_are_not_held_but_guessed_ones_are() ->
     """A job GitLab announced is known: once it came (or was withdrawn) its machine is
     no longer wanted. A guessed stage (driver.pool.shapes) wavers as the stock does."""
     policy = ScriptedDemand()
-    DemandPolicy.wanted(policy, 0.0, Observation((), 0, 0))  # the real count of what is due
 
     def wanted(now: float, *expected: Expected) -> int:
         ahead = Report(tuple(expected), (), (), 0, 0)
         return DemandPolicy.wanted(policy, now, Observation((), 0, 0, ahead=ahead))
 
+    # The real policy's count of what is due (no fan-out seen: nothing else wanted).
     told, guessed = Expected(announced=0.0), Expected(announced=0.0, guess=True)
     assert policy.kept(10.0, wanted(10.0, told, told, told)) == 3
     assert policy.kept(20.0, wanted(20.0)) == 0  # they came: nothing to hold
